@@ -1,0 +1,118 @@
+# The deploy source: scripts/package_functions.sh writes var.function_source_dir, Terraform zips
+# it and uploads it under a name derived from its content, so a code change (and only a code
+# change) makes a new object and redeploys the three functions.
+
+locals {
+  source_files = sort(fileset(var.function_source_dir, "**"))
+  source_hash = sha256(join("\n", [
+    for file in local.source_files : "${file}:${filesha256("${var.function_source_dir}/${file}")}"
+  ]))
+}
+
+data "archive_file" "functions" {
+  type        = "zip"
+  source_dir  = var.function_source_dir
+  output_path = "${path.module}/.build/functions-${substr(local.source_hash, 0, 16)}.zip"
+
+  lifecycle {
+    precondition {
+      condition     = contains(local.source_files, "main.py") && contains(local.source_files, "requirements.txt") && contains(local.source_files, "shared/__init__.py")
+      error_message = "function_source_dir holds no packaged functions: run scripts/package_functions.sh <function_source_dir> first."
+    }
+  }
+}
+
+resource "google_storage_bucket" "function_source" {
+  name                        = "${var.project_id}-${var.name_prefix}-src"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  labels                      = local.labels
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_storage_bucket_object" "functions" {
+  name   = "functions-${local.source_hash}.zip"
+  bucket = google_storage_bucket.function_source.name
+  source = data.archive_file.functions.output_path
+}
+
+locals {
+  functions = {
+    trigger = {
+      entry_point   = "backfill_trigger"
+      description   = "Starts a backfill run: POST by operators and Cloud Scheduler (OIDC)."
+      timeout       = var.api_timeout_seconds
+      memory        = var.api_memory
+      max_instances = var.api_max_instances
+    }
+    chunk = {
+      entry_point   = "backfill_chunk"
+      description   = "Processes one chunk of a backfill run: the Cloud Tasks target (OIDC)."
+      timeout       = var.chunk_timeout_seconds
+      memory        = var.chunk_memory
+      max_instances = local.chunk_max_instances
+    }
+    status = {
+      entry_point   = "backfill_status"
+      description   = "Reports a backfill run's progress: GET by operators (OIDC)."
+      timeout       = var.api_timeout_seconds
+      memory        = var.api_memory
+      max_instances = var.api_max_instances
+    }
+  }
+}
+
+resource "google_cloudfunctions2_function" "backfill" {
+  for_each = local.functions
+
+  name        = local.function_names[each.key]
+  location    = var.region
+  description = each.value.description
+  labels      = local.labels
+
+  build_config {
+    runtime         = "python311"
+    entry_point     = each.value.entry_point
+    service_account = var.build_service_account
+
+    source {
+      storage_source {
+        bucket = google_storage_bucket.function_source.name
+        object = google_storage_bucket_object.functions.name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email          = google_service_account.runtime.email
+    environment_variables          = local.function_environment
+    timeout_seconds                = each.value.timeout
+    available_memory               = each.value.memory
+    max_instance_count             = each.value.max_instances
+    min_instance_count             = 0
+    ingress_settings               = "ALLOW_ALL"
+    all_traffic_on_latest_revision = true
+  }
+
+  lifecycle {
+    precondition {
+      condition     = length("${local.function_names[each.key]}-${data.google_project.this.number}") <= 63
+      error_message = "The function's deterministic URL needs name + \"-\" + project number to fit one 63-character DNS label; shorten name_prefix."
+    }
+    precondition {
+      condition     = each.key != "chunk" || var.dispatch_deadline_seconds <= var.chunk_timeout_seconds
+      error_message = "dispatch_deadline_seconds must be <= chunk_timeout_seconds, or Cloud Tasks would wait for a request the function has already abandoned."
+    }
+    precondition {
+      condition     = var.time_budget_seconds > 0 && var.time_budget_seconds * 2 <= var.dispatch_deadline_seconds
+      error_message = "time_budget_seconds must be at most half of dispatch_deadline_seconds (the code refuses to start otherwise)."
+    }
+  }
+
+  depends_on = [
+    google_project_service.required,
+    google_project_iam_member.runtime,
+  ]
+}

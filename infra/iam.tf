@@ -1,0 +1,92 @@
+# Three identities, each with only what its job needs:
+#   runtime   - what the three functions run as: Firestore, enqueue chunk tasks, logs.
+#   tasks     - what Cloud Tasks calls the chunk function as (OIDC token on every chunk task).
+#   scheduler - what Cloud Scheduler calls the trigger function as (OIDC token).
+# Operators are people (or automation accounts) who may call the trigger and status functions.
+# Every function is IAM-gated (no allUsers) and the code also verifies each OIDC token itself:
+# issuer, audience (the function URL) and that the caller is the identity allowed for it.
+
+resource "google_service_account" "runtime" {
+  account_id   = "${var.name_prefix}-runtime"
+  display_name = "Backfill functions runtime"
+  description  = "Runs the backfill trigger, chunk and status functions."
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_service_account" "tasks" {
+  account_id   = "${var.name_prefix}-tasks"
+  display_name = "Backfill chunk task invoker"
+  description  = "Identity of the OIDC token on backfill chunk tasks; may invoke only the chunk function."
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_service_account" "scheduler" {
+  account_id   = "${var.name_prefix}-scheduler"
+  display_name = "Backfill scheduler invoker"
+  description  = "Identity of the nightly Cloud Scheduler job; may invoke only the trigger function."
+
+  depends_on = [google_project_service.required]
+}
+
+# --- runtime -----------------------------------------------------------------------------------
+
+resource "google_project_iam_member" "runtime" {
+  for_each = toset([
+    "roles/datastore.user",
+    "roles/logging.logWriter",
+  ])
+
+  project = var.project_id
+  role    = each.value
+  member  = "serviceAccount:${google_service_account.runtime.email}"
+}
+
+# Enqueue rights on the chunk queue only, not on every queue of the project.
+resource "google_cloud_tasks_queue_iam_member" "runtime_enqueuer" {
+  project  = var.project_id
+  location = google_cloud_tasks_queue.chunks.location
+  name     = google_cloud_tasks_queue.chunks.name
+  role     = "roles/cloudtasks.enqueuer"
+  member   = "serviceAccount:${google_service_account.runtime.email}"
+}
+
+# Creating a task that carries an OIDC token of the tasks service account requires
+# iam.serviceAccounts.actAs on that account.
+resource "google_service_account_iam_member" "runtime_acts_as_tasks" {
+  service_account_id = google_service_account.tasks.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${google_service_account.runtime.email}"
+}
+
+# --- invokers (a 2nd-gen function is a Cloud Run service of the same name) ----------------------
+
+resource "google_cloud_run_v2_service_iam_member" "tasks_invokes_chunk" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.backfill["chunk"].name
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.tasks.email}"
+}
+
+resource "google_cloud_run_v2_service_iam_member" "scheduler_invokes_trigger" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.backfill["trigger"].name
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.scheduler.email}"
+}
+
+resource "google_cloud_run_v2_service_iam_member" "operators" {
+  for_each = {
+    for pair in setproduct(["trigger", "status"], local.operator_members) :
+    "${pair[0]} ${pair[1]}" => { function = pair[0], member = pair[1] }
+  }
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.backfill[each.value.function].name
+  role     = "roles/run.invoker"
+  member   = each.value.member
+}

@@ -1,0 +1,52 @@
+locals {
+  function_names = {
+    trigger = "${var.name_prefix}-trigger"
+    chunk   = "${var.name_prefix}-chunk"
+    status  = "${var.name_prefix}-status"
+  }
+
+  # Deterministic Cloud Run URLs (https://SERVICE-PROJECT_NUMBER.REGION.run.app), known before the
+  # functions exist. Every function needs URLs of the bundle in its environment, its own included
+  # (the chunk function enqueues its own continuations; the trigger and status functions check the
+  # audience of operator tokens against their own URLs). Reading service_config[0].uri instead
+  # would make each function depend on itself. See README "Function URLs".
+  function_urls = {
+    for key, name in local.function_names :
+    key => "https://${name}-${data.google_project.this.number}.${var.region}.run.app"
+  }
+
+  operator_audiences = concat(
+    [local.function_urls.trigger, local.function_urls.status],
+    var.extra_operator_audiences,
+  )
+
+  # One environment for all three functions: the code validates one Settings object at start.
+  function_environment = merge(var.extra_environment, {
+    BACKFILL_ENV                       = "production"
+    BACKFILL_ENABLED                   = tostring(var.backfill_enabled)
+    BACKFILL_PROJECT_ID                = var.project_id
+    BACKFILL_DATABASE                  = var.firestore_database
+    BACKFILL_TASKS_LOCATION            = google_cloud_tasks_queue.chunks.location
+    BACKFILL_TASKS_QUEUE               = google_cloud_tasks_queue.chunks.name
+    BACKFILL_CHUNK_URL                 = local.function_urls.chunk
+    BACKFILL_CHUNK_AUDIENCE            = local.function_urls.chunk
+    BACKFILL_STATUS_URL                = local.function_urls.status
+    BACKFILL_OPERATOR_AUDIENCES        = join(",", local.operator_audiences)
+    BACKFILL_OPERATORS                 = join(",", var.operators)
+    BACKFILL_SCHEDULER_IDENTITY        = google_service_account.scheduler.email
+    BACKFILL_TASKS_IDENTITY            = google_service_account.tasks.email
+    BACKFILL_TASK_MAX_ATTEMPTS         = tostring(var.task_max_attempts) # == the queue's retry_config.max_attempts
+    BACKFILL_TIME_BUDGET_SECONDS       = tostring(var.time_budget_seconds)
+    BACKFILL_DISPATCH_DEADLINE_SECONDS = tostring(var.dispatch_deadline_seconds)
+  })
+
+  chunk_max_instances = coalesce(var.chunk_max_instances, var.queue_max_concurrent_dispatches)
+
+  # IAM member strings of the operators: service accounts are recognised by their domain.
+  operator_members = [
+    for email in var.operators :
+    endswith(email, ".gserviceaccount.com") ? "serviceAccount:${email}" : "user:${email}"
+  ]
+
+  labels = merge(var.labels, { app = "backfill-bundle" })
+}

@@ -1,0 +1,164 @@
+# Log-based metrics on the functions' structured logs (every record carries
+# jsonPayload.component = "backfill"). The chunk handler writes one line per applied page with the
+# page's counts; summing those lines gives events processed and event errors over time. Counters
+# cannot sum a field, so the per-page counts are distribution metrics (their sum is the total).
+
+locals {
+  backfill_logs = "jsonPayload.component=\"backfill\""
+  page_logs     = "${local.backfill_logs} AND jsonPayload.message=\"${var.page_log_message}\""
+}
+
+resource "google_logging_metric" "events_processed" {
+  name        = "${var.name_prefix}/events_processed"
+  description = "Events handled per applied page (sum = events processed)."
+  filter      = "${local.page_logs} AND jsonPayload.processed>0"
+
+  value_extractor = "EXTRACT(jsonPayload.processed)"
+  label_extractors = {
+    type = "EXTRACT(jsonPayload.type)"
+  }
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "DISTRIBUTION"
+    unit         = "1"
+    display_name = "Backfill events processed per page"
+    labels {
+      key         = "type"
+      value_type  = "STRING"
+      description = "Backfill type, e.g. webhook_replay."
+    }
+  }
+
+  bucket_options {
+    exponential_buckets {
+      num_finite_buckets = 16
+      growth_factor      = 2
+      scale              = 1
+    }
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_logging_metric" "event_errors" {
+  name        = "${var.name_prefix}/event_errors"
+  description = "Events that failed per applied page (sum = event errors)."
+  filter      = "${local.page_logs} AND jsonPayload.errors>0"
+
+  value_extractor = "EXTRACT(jsonPayload.errors)"
+  label_extractors = {
+    type = "EXTRACT(jsonPayload.type)"
+  }
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "DISTRIBUTION"
+    unit         = "1"
+    display_name = "Backfill event errors per page"
+    labels {
+      key         = "type"
+      value_type  = "STRING"
+      description = "Backfill type, e.g. webhook_replay."
+    }
+  }
+
+  bucket_options {
+    exponential_buckets {
+      num_finite_buckets = 16
+      growth_factor      = 2
+      scale              = 1
+    }
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+# Counters that alerting can threshold directly.
+resource "google_logging_metric" "pages_with_errors" {
+  name        = "${var.name_prefix}/pages_with_errors"
+  description = "Applied pages that reported at least one event error."
+  filter      = "${local.page_logs} AND jsonPayload.errors>0"
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "INT64"
+    unit         = "1"
+    display_name = "Backfill pages with event errors"
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_logging_metric" "error_logs" {
+  name        = "${var.name_prefix}/error_logs"
+  description = "Backfill log records at severity ERROR or above (failed requests, failed runs)."
+  filter      = "${local.backfill_logs} AND severity>=ERROR"
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "INT64"
+    unit         = "1"
+    display_name = "Backfill error logs"
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+# A starting point, off by default: wire notification channels before turning it on.
+resource "google_monitoring_alert_policy" "backfill_errors" {
+  count = var.alerting_enabled ? 1 : 0
+
+  display_name          = "Backfill: event errors or error logs"
+  combiner              = "OR"
+  notification_channels = var.alert_notification_channels
+
+  conditions {
+    display_name = "Pages with event errors"
+    condition_threshold {
+      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.pages_with_errors.name}\" AND resource.type=\"cloud_run_revision\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = var.alert_error_pages_threshold
+      duration        = "0s"
+
+      aggregations {
+        alignment_period     = "600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+
+      trigger {
+        count = 1
+      }
+    }
+  }
+
+  conditions {
+    display_name = "Backfill error logs"
+    condition_threshold {
+      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.error_logs.name}\" AND resource.type=\"cloud_run_revision\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+
+      aggregations {
+        alignment_period     = "600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+
+      trigger {
+        count = 1
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "A backfill run reported failed events or errors. Check the run with the status function (`GET ${local.function_urls.status}`) and the logs: `jsonPayload.component=\"backfill\" severity>=WARNING`. Item errors are stored per run under `dataMigrations/{migrationId}/errors`."
+  }
+
+  alert_strategy {
+    auto_close = "86400s"
+  }
+}

@@ -1,0 +1,49 @@
+output "trigger_url" {
+  description = "URL of the trigger function (POST a run request; token audience)."
+  value       = local.function_urls.trigger
+}
+
+output "chunk_url" {
+  description = "URL of the chunk function (Cloud Tasks target; token audience)."
+  value       = local.function_urls.chunk
+}
+
+output "status_url" {
+  description = "URL of the status function (GET; token audience)."
+  value       = local.function_urls.status
+}
+
+output "function_service_uris" {
+  description = "The URIs the Functions API reports (service_config[0].uri); the same services as the *_url outputs, possibly under the hash-based host name."
+  value       = { for key, function in google_cloudfunctions2_function.backfill : key => function.service_config[0].uri }
+}
+
+output "queue_name" {
+  description = "Full name of the chunk queue."
+  value       = google_cloud_tasks_queue.chunks.id
+}
+
+output "queue_id" {
+  description = "Short id of the chunk queue (BACKFILL_TASKS_QUEUE)."
+  value       = google_cloud_tasks_queue.chunks.name
+}
+
+output "runtime_service_account" {
+  description = "Email of the functions' runtime service account."
+  value       = google_service_account.runtime.email
+}
+
+output "tasks_service_account" {
+  description = "Email of the service account on chunk task OIDC tokens (BACKFILL_TASKS_IDENTITY)."
+  value       = google_service_account.tasks.email
+}
+
+output "scheduler_service_account" {
+  description = "Email of the Cloud Scheduler service account (BACKFILL_SCHEDULER_IDENTITY)."
+  value       = google_service_account.scheduler.email
+}
+
+output "function_environment" {
+  description = "The environment every function runs with (no secrets in it)."
+  value       = local.function_environment
+}

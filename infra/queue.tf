@@ -1,0 +1,25 @@
+# One Cloud Task per chunk (and per continuation of a chunk that ran out of time budget).
+# retry_config.max_attempts is passed to the code as BACKFILL_TASK_MAX_ATTEMPTS (locals.tf), so a
+# handler knows when it is running a task's last attempt; both come from var.task_max_attempts.
+resource "google_cloud_tasks_queue" "chunks" {
+  name     = "${var.name_prefix}-chunks"
+  location = var.region
+
+  rate_limits {
+    max_concurrent_dispatches = var.queue_max_concurrent_dispatches
+    max_dispatches_per_second = var.queue_max_dispatches_per_second
+  }
+
+  retry_config {
+    max_attempts  = var.task_max_attempts
+    min_backoff   = "2s"
+    max_backoff   = "300s"
+    max_doublings = 5
+  }
+
+  stackdriver_logging_config {
+    sampling_ratio = 1.0
+  }
+
+  depends_on = [google_project_service.required]
+}

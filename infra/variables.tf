@@ -1,0 +1,217 @@
+# --- Where -------------------------------------------------------------------------------------
+
+variable "project_id" {
+  description = "Google Cloud project that holds the payment app's Firestore database."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the functions, the Cloud Tasks queue and the Cloud Scheduler job."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "name_prefix" {
+  description = "Prefix of every resource name: functions <prefix>-trigger|chunk|status, queue <prefix>-chunks."
+  type        = string
+  default     = "backfill"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,19}$", var.name_prefix))
+    error_message = "name_prefix must be 2-20 lowercase letters, digits or hyphens, starting with a letter (it becomes part of service account ids, which allow 30 characters, and of function URLs)."
+  }
+}
+
+variable "firestore_database" {
+  description = "Firestore database id the live app writes to (BACKFILL_DATABASE)."
+  type        = string
+  default     = "(default)"
+}
+
+variable "enable_apis" {
+  description = "Enable the Google APIs the bundle needs (never disabled on destroy)."
+  type        = bool
+  default     = true
+}
+
+variable "labels" {
+  description = "Labels added to the functions, the bucket and the other labelled resources."
+  type        = map(string)
+  default     = {}
+}
+
+# --- Code --------------------------------------------------------------------------------------
+
+variable "function_source_dir" {
+  description = "Directory made by scripts/package_functions.sh (main.py, shared/, requirements.txt); zipped and uploaded at plan/apply."
+  type        = string
+  default     = "../build/functions"
+}
+
+variable "build_service_account" {
+  description = "Service account Cloud Build uses to build the functions, as projects/P/serviceAccounts/EMAIL; null uses the project's default build service account."
+  type        = string
+  default     = null
+}
+
+# --- Behaviour ---------------------------------------------------------------------------------
+
+variable "backfill_enabled" {
+  description = "Kill switch (BACKFILL_ENABLED): false tells the functions to refuse work; flipping it is an env change, so apply redeploys the functions."
+  type        = bool
+  default     = true
+}
+
+variable "operators" {
+  description = "Emails of the people (or service accounts) who may start runs and read status: BACKFILL_OPERATORS and run.invoker on the trigger and status functions."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for email in var.operators : can(regex("^[^@:,\\s]+@[^@:,\\s]+$", email))])
+    error_message = "operators must be plain email addresses (no \"user:\" prefix, no commas)."
+  }
+}
+
+variable "extra_operator_audiences" {
+  description = "Audiences accepted on operator tokens besides the trigger and status URLs (appended to BACKFILL_OPERATOR_AUDIENCES). See README before adding any."
+  type        = list(string)
+  default     = []
+}
+
+variable "extra_environment" {
+  description = "More BACKFILL_* tuning variables (e.g. BACKFILL_PAGE_SIZE, BACKFILL_CHUNK_DAYS). The variables Terraform derives always win."
+  type        = map(string)
+  default     = {}
+}
+
+variable "time_budget_seconds" {
+  description = "BACKFILL_TIME_BUDGET_SECONDS: how long a chunk task works before it checkpoints and continues in a new task."
+  type        = number
+  default     = 240
+}
+
+variable "dispatch_deadline_seconds" {
+  description = "BACKFILL_DISPATCH_DEADLINE_SECONDS: the dispatch deadline the code sets on every chunk task (Cloud Tasks allows 15-1800)."
+  type        = number
+  default     = 600
+
+  validation {
+    condition     = var.dispatch_deadline_seconds >= 15 && var.dispatch_deadline_seconds <= 1800
+    error_message = "dispatch_deadline_seconds must be between 15 and 1800 (the Cloud Tasks limit for HTTP targets)."
+  }
+}
+
+# --- Queue -------------------------------------------------------------------------------------
+
+variable "task_max_attempts" {
+  description = "The queue's retry_config.max_attempts, also passed to the code as BACKFILL_TASK_MAX_ATTEMPTS."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.task_max_attempts >= 1 && var.task_max_attempts <= 100
+    error_message = "task_max_attempts must be between 1 and 100: the code needs a finite number to know a task's last attempt."
+  }
+}
+
+variable "queue_max_concurrent_dispatches" {
+  description = "Chunk tasks running at once (rate_limits.max_concurrent_dispatches); bounds the write load on Firestore."
+  type        = number
+  default     = 20
+}
+
+variable "queue_max_dispatches_per_second" {
+  description = "rate_limits.max_dispatches_per_second of the chunk queue."
+  type        = number
+  default     = 50
+}
+
+# --- Functions ---------------------------------------------------------------------------------
+
+variable "chunk_timeout_seconds" {
+  description = "Request timeout of the chunk function; must be >= dispatch_deadline_seconds."
+  type        = number
+  default     = 600
+
+  validation {
+    condition     = var.chunk_timeout_seconds >= 1 && var.chunk_timeout_seconds <= 3600
+    error_message = "chunk_timeout_seconds must be between 1 and 3600 (HTTP functions, 2nd gen)."
+  }
+}
+
+variable "chunk_memory" {
+  description = "Memory of the chunk function."
+  type        = string
+  default     = "1Gi"
+}
+
+variable "chunk_max_instances" {
+  description = "Max instances of the chunk function; null means queue_max_concurrent_dispatches, so every dispatched task finds an instance."
+  type        = number
+  default     = null
+}
+
+variable "api_timeout_seconds" {
+  description = "Request timeout of the trigger and status functions (the trigger plans chunks and enqueues their tasks)."
+  type        = number
+  default     = 300
+}
+
+variable "api_memory" {
+  description = "Memory of the trigger and status functions."
+  type        = string
+  default     = "512Mi"
+}
+
+variable "api_max_instances" {
+  description = "Max instances of the trigger and status functions."
+  type        = number
+  default     = 5
+}
+
+# --- Scheduler ---------------------------------------------------------------------------------
+
+variable "scheduler_enabled" {
+  description = "Create the nightly Cloud Scheduler job that starts a webhook_replay run over the last two days."
+  type        = bool
+  default     = false
+}
+
+variable "scheduler_schedule" {
+  description = "Cron schedule of the nightly job."
+  type        = string
+  default     = "30 3 * * *"
+}
+
+variable "scheduler_time_zone" {
+  description = "Time zone of scheduler_schedule."
+  type        = string
+  default     = "Etc/UTC"
+}
+
+# --- Monitoring --------------------------------------------------------------------------------
+
+variable "page_log_message" {
+  description = "Message of the structured log line the chunk handler writes once per applied page; the event metrics count only these lines."
+  type        = string
+  default     = "chunk page applied"
+}
+
+variable "alerting_enabled" {
+  description = "Create the alert policy on event errors and error logs."
+  type        = bool
+  default     = false
+}
+
+variable "alert_notification_channels" {
+  description = "Notification channel ids (projects/P/notificationChannels/N) of the alert policy."
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_error_pages_threshold" {
+  description = "Alert when more than this many applied pages reported event errors within 10 minutes."
+  type        = number
+  default     = 0
+}
