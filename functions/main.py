@@ -1,0 +1,153 @@
+"""HTTP entry points of the backfill bundle: authenticate, parse, call ``shared``, map errors.
+
+- ``backfill_trigger``  POST  /api/jobs/backfill                     operators, Cloud Scheduler
+- ``backfill_status``   GET   /api/admin/dataMigrations[/{id}]       operators
+- ``backfill_chunk``    POST  (the Cloud Tasks target)               the tasks service account
+
+Every answer is JSON. A ``BackfillError`` answers its own status and body; anything else is a
+bug: it is logged with its traceback and answers 500 with no details.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import flask
+import functions_framework
+
+from shared import logs, progress, runs
+from shared.auth import authenticate
+from shared.chunks import Delivery
+from shared.dispatch import ChunkTask
+from shared.errors import (
+    BackfillDisabled,
+    BackfillError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+)
+from shared.models import parse_request
+from shared.wiring import services
+
+logger = logging.getLogger("backfill.functions")
+
+_RUN_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/([A-Za-z0-9_-]{1,200})/?$")
+_LIST_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/?$")
+
+
+def _answer(handler: Callable[[flask.Request], tuple[dict[str, Any], int]],
+            request: flask.Request) -> flask.Response:
+    try:
+        body, status = handler(request)
+    except BackfillError as error:
+        body, status = error.body(), error.status
+    except Exception:
+        logger.exception("unexpected failure", extra={"json_fields": {"component": "backfill"}})
+        body, status = {"error": "internal", "message": "unexpected failure; see the logs"}, 500
+    return flask.Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def _require(request: flask.Request, method: str) -> None:
+    if request.method != method:
+        raise MethodNotAllowed(f"use {method}")
+
+
+@functions_framework.http
+def backfill_trigger(request: flask.Request) -> flask.Response:
+    """Start a run: 202 with its id and status URL; nothing written on any 4xx or 503."""
+    return _answer(_trigger, request)
+
+
+def _trigger(request: flask.Request) -> tuple[dict[str, Any], int]:
+    svc = services()
+    settings = svc.settings
+    _require(request, "POST")
+    caller = authenticate(request.headers.get("Authorization"), settings,
+                          settings.operator_audiences, settings.trigger_identities)
+    if not settings.enabled:
+        raise BackfillDisabled("backfills are switched off (BACKFILL_ENABLED=false); "
+                               "nothing was started")
+    backfill = parse_request(request.get_data(cache=False), settings.max_range_days,
+                             dt.datetime.now(dt.UTC).date())
+    started = runs.start_run(backfill, caller, settings, svc.db, svc.dispatcher)
+    status_url = f"{settings.status_url.rstrip('/')}/{started.migration_id}"
+    return {
+        "migrationId": started.migration_id,
+        "status": started.status.value,
+        "statusUrl": status_url,
+        "chunks": started.chunks,
+        "eligible": started.eligible,
+        "total": started.total,
+        "enqueued": started.enqueued,
+    }, 202
+
+
+@functions_framework.http
+def backfill_status(request: flask.Request) -> flask.Response:
+    """List recent runs, or show one run with per-chunk progress and its first errors."""
+    return _answer(_status, request)
+
+
+def _status(request: flask.Request) -> tuple[dict[str, Any], int]:
+    svc = services()
+    settings = svc.settings
+    _require(request, "GET")
+    authenticate(request.headers.get("Authorization"), settings, settings.operator_audiences,
+                 settings.status_identities)
+    if match := _RUN_PATH.match(request.path):
+        return progress.describe_run(svc.db, match.group(1), settings.first_errors_shown), 200
+    if _LIST_PATH.match(request.path):
+        limit = request.args.get("limit", "20")
+        if not limit.isdigit():
+            raise InvalidRequest("limit", "must be a whole number")
+        listed = progress.list_runs(svc.db, int(limit), request.args.get("type"),
+                                    request.args.get("status"))
+        return {"runs": listed}, 200
+    raise NotFound("no such resource")
+
+
+@functions_framework.http
+def backfill_chunk(request: flask.Request) -> flask.Response:
+    """Process one chunk task. 2xx when the work is done, handed on or failed for good; a
+    retryable status only when a retry can help."""
+    return _answer(_chunk, request)
+
+
+def _chunk(request: flask.Request) -> tuple[dict[str, Any], int]:
+    svc = services()
+    settings = svc.settings
+    _require(request, "POST")
+    authenticate(request.headers.get("Authorization"), settings,
+                 (settings.effective_chunk_audience,), settings.chunk_identities)
+    task = _parse_task(request)
+    retries = request.headers.get("X-CloudTasks-TaskRetryCount", "0")
+    delivery = Delivery(task, int(retries) if retries.isdigit() else 0)
+    report = svc.chunks.run(delivery)
+    logs.log(logger, "chunk task answered", migration_id=task.migration_id,
+             chunk_id=task.chunk_id, segment=task.segment, status=report.result,
+             event_count=report.events, attempt=delivery.retry_count + 1)
+    return {"result": report.result, "pages": report.pages, "events": report.events,
+            "detail": report.detail}, 200
+
+
+def _parse_task(request: flask.Request) -> ChunkTask:
+    try:
+        body = json.loads(request.get_data(cache=False) or b"null")
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise InvalidRequest("body", "must be a JSON object")
+    migration_id, chunk_id, segment = (body.get("migrationId"), body.get("chunkId"),
+                                       body.get("segment", 0))
+    for field, value in (("migrationId", migration_id), ("chunkId", chunk_id)):
+        if not isinstance(value, str) or not value:
+            raise InvalidRequest(field, "must be a non-empty string")
+    if not isinstance(segment, int) or isinstance(segment, bool) or segment < 0:
+        raise InvalidRequest("segment", "must be a whole number >= 0")
+    assert isinstance(migration_id, str) and isinstance(chunk_id, str)
+    return ChunkTask(migration_id, chunk_id, segment)

@@ -1,0 +1,160 @@
+"""Applying one event to the ledger: the rules both backfill types share.
+
+``Book`` is a page's view of the ledger: the entries read before planning plus what the page has
+planned so far, so two events of one order in one page see each other (the second purchase is a
+duplicate; a refund after its purchase reverses the new entry). Why a repeat is safe:
+
+- a purchase creates ``purchase_{orderId}``, a reversal creates ``reversal_{eventId}``; the
+  executor writes both with create-if-absent, so an entry that exists makes the commit fail and
+  the page is planned again, now seeing the entry and calling the event a duplicate;
+- a reversal changes its purchase entry under an update-time precondition, so two refunds of
+  one order applied at the same moment cannot both start from the same ``refundedAmount``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from google.cloud import firestore
+
+from shared import ledger, store
+from shared.backfills.base import Event, ItemResult, PagePlan, Stored
+from shared.errors import ItemError, MalformedPayload, PurchaseNotFound
+from shared.models import OrderCompleted, Outcome, Reversal, parse_body
+
+
+def entry_path(entry_id: str) -> str:
+    return f"{store.LEDGER}/{entry_id}"
+
+
+def product_path(product_id: str) -> str:
+    return f"{store.PRODUCTS}/{product_id}"
+
+
+class Book:
+    """Ledger entries as stored, overlaid with the page's planned creates and updates."""
+
+    def __init__(self, stored: Mapping[str, Stored], plan: PagePlan) -> None:
+        self._stored = stored
+        self._plan = plan
+        self._changed: dict[str, dict[str, Any]] = {}
+
+    def entry(self, entry_id: str) -> dict[str, Any] | None:
+        if entry_id in self._plan.creates:
+            return self._plan.creates[entry_id]
+        found = self._stored.get(entry_path(entry_id))
+        if found is None or found.data is None:
+            return None
+        return {**found.data, **self._changed.get(entry_id, {})}
+
+    def product(self, product_id: str) -> Mapping[str, Any] | None:
+        found = self._stored.get(product_path(product_id))
+        return found.data if found is not None else None
+
+    def change(self, entry_id: str, fields: Mapping[str, Any]) -> None:
+        """Change an entry: in place if this page creates it, else under a precondition."""
+        if entry_id in self._plan.creates:
+            self._plan.creates[entry_id].update(fields)
+            return
+        stored = self._stored[entry_path(entry_id)]
+        assert stored.update_time is not None
+        self._changed.setdefault(entry_id, {}).update(fields)
+        self._plan.updates[entry_id] = (self._changed[entry_id], stored.update_time)
+
+
+def purchase_lookups(event: Event) -> list[str]:
+    try:
+        order = parse_body(OrderCompleted, event.data)
+    except ItemError:
+        return []
+    return [entry_path(ledger.purchase_id(order.id)),
+            *(product_path(line.product_id) for line in order.lines)]
+
+
+def reversal_lookups(event: Event) -> list[str]:
+    try:
+        reversal = parse_body(Reversal, event.data)
+    except ItemError:
+        return []
+    return [entry_path(ledger.purchase_id(reversal.order_id)),
+            entry_path(ledger.reversal_id(event.event_id))]
+
+
+def apply_purchase(event: Event, book: Book, plan: PagePlan, migration_id: str) -> ItemResult:
+    """Credit an order's points once: its ``purchase_{orderId}`` entry and the wallet increment."""
+    order = parse_body(OrderCompleted, event.data)
+    entry_id = ledger.purchase_id(order.id)
+    if book.entry(entry_id) is not None:
+        return ItemResult(event.event_id, event.event_type, Outcome.DUPLICATE,
+                          message=f"{entry_id} exists already")
+    points = ledger.purchase_points(
+        order, {line.product_id: book.product(line.product_id) for line in order.lines})
+    if points <= 0:
+        return ItemResult(event.event_id, event.event_type, Outcome.SKIPPED, code="no_points",
+                          message="the order credits no points")
+    plan.creates[entry_id] = {
+        "customerId": order.customer.id,
+        "type": "purchase",
+        "points": points,
+        "orderId": order.id,
+        "sourceEventId": event.event_id,
+        "createdAt": firestore.SERVER_TIMESTAMP,
+        "source": "backfill",
+        "migrationId": migration_id,
+        "orderTotal": order.total_amount,
+        "refundedAmount": 0,
+        "reversedPoints": 0,
+    }
+    plan.credit(order.customer.id, points)
+    return ItemResult(event.event_id, event.event_type, Outcome.APPLIED, points=points,
+                      customer_id=order.customer.id)
+
+
+def apply_reversal(event: Event, book: Book, plan: PagePlan, migration_id: str) -> ItemResult:
+    """Reverse a refund's or chargeback's share of its purchase, cumulatively and once.
+
+    A refund that moves ``refundedAmount`` gets its ``reversal_{eventId}`` entry even when its
+    share rounds to 0 points: the entry is what makes a repeat a no-op. A refund or chargeback of
+    an order already fully refunded changes nothing and is skipped with that reason.
+    """
+    reversal = parse_body(Reversal, event.data)
+    entry_id = ledger.reversal_id(event.event_id)
+    if book.entry(entry_id) is not None:
+        return ItemResult(event.event_id, event.event_type, Outcome.DUPLICATE,
+                          message=f"{entry_id} exists already")
+    purchase_id = ledger.purchase_id(reversal.order_id)
+    purchase = book.entry(purchase_id)
+    if purchase is None:
+        raise PurchaseNotFound(reversal.order_id)
+    points, total = purchase.get("points"), purchase.get("orderTotal")
+    refunded, reversed_ = purchase.get("refundedAmount", 0), purchase.get("reversedPoints", 0)
+    customer_id = purchase.get("customerId")
+    if not (_ints(points, total, refunded, reversed_) and isinstance(customer_id, str)):
+        raise MalformedPayload(f"Malformed purchase entry: {purchase_id}")
+    share = ledger.reverse(points, total, refunded, reversed_, reversal.amount)
+    if share.refunded_amount == refunded:
+        return ItemResult(event.event_id, event.event_type, Outcome.SKIPPED,
+                          code="fully_reversed", settled=True,
+                          message=f"order {reversal.order_id} is already fully reversed")
+    book.change(purchase_id, {"refundedAmount": share.refunded_amount,
+                              "reversedPoints": share.reversed_points})
+    plan.creates[entry_id] = {
+        "customerId": customer_id,
+        "type": "reversal",
+        "points": share.points,
+        "orderId": reversal.order_id,
+        "sourceEventId": event.event_id,
+        "createdAt": firestore.SERVER_TIMESTAMP,
+        "source": "backfill",
+        "migrationId": migration_id,
+        "reversesEntryId": purchase_id,
+        "amount": reversal.amount,
+    }
+    plan.credit(customer_id, share.points)
+    return ItemResult(event.event_id, event.event_type, Outcome.APPLIED, points=share.points,
+                      customer_id=customer_id)
+
+
+def _ints(*values: object) -> bool:
+    return all(isinstance(value, int) and not isinstance(value, bool) for value in values)

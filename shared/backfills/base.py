@@ -1,0 +1,101 @@
+"""What a backfill type is: what it reads, and how it applies one page of events.
+
+A backfill definition is kept apart from the run record and from the executor that iterates a
+chunk (``shared.chunks``). It is pure where it matters: ``plan`` turns a page of events and the
+documents they refer to into outcomes and ledger effects without any I/O, so the same code
+serves live runs, dry runs and unit tests. Every effect it plans is guarded by the executor's
+commit (create-if-absent ledger ids, update-time preconditions), which is why a repeat is safe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from google.cloud import firestore
+
+from shared.models import Outcome
+from shared.planning import Window
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One ``webhookEvents`` document as read from a page."""
+
+    event_id: str
+    data: Mapping[str, Any]
+
+    @property
+    def event_type(self) -> str:
+        value = self.data.get("eventType")
+        return value if isinstance(value, str) else ""
+
+    @property
+    def received_at(self) -> dt.datetime:
+        value = self.data["receivedAt"]
+        assert isinstance(value, dt.datetime)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """A document a page refers to, as read before planning (``data`` None: it does not exist)."""
+
+    data: Mapping[str, Any] | None
+    update_time: dt.datetime | None = None
+
+
+@dataclasses.dataclass
+class ItemResult:
+    """One event's outcome; errors and skips say why (``code``, ``message``, ``hint``)."""
+
+    event_id: str
+    event_type: str
+    outcome: Outcome
+    code: str = ""
+    message: str = ""
+    hint: str = ""
+    points: int = 0
+    customer_id: str = ""
+    # Whether the event's ledger effect now exists (or is nothing at all), so the event is
+    # marked processed: true for applied and duplicate events, and for skips that say so.
+    settled: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.settled is None:
+            self.settled = self.outcome in (Outcome.APPLIED, Outcome.DUPLICATE)
+
+
+@dataclasses.dataclass
+class PagePlan:
+    """A page's outcomes and the writes that make them so.
+
+    ``creates`` are new ledger entries (create-if-absent); ``updates`` are the changed fields of
+    existing ledger entries, written under the update time they were read at; ``wallet_deltas``
+    are summed per wallet.
+    """
+
+    results: list[ItemResult] = dataclasses.field(default_factory=list)
+    creates: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    updates: dict[str, tuple[dict[str, Any], dt.datetime]] = dataclasses.field(
+        default_factory=dict)
+    wallet_deltas: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def credit(self, customer_id: str, points: int) -> None:
+        self.wallet_deltas[customer_id] = self.wallet_deltas.get(customer_id, 0) + points
+
+
+class Backfill(Protocol):
+    """A backfill type: its selection of events and its rule for applying them."""
+
+    def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
+        """The query of the events a chunk takes (without order, cursor or limit)."""
+
+    def lookups(self, events: Sequence[Event]) -> list[str]:
+        """Paths of the documents ``plan`` needs, read in one round trip before planning."""
+
+    def plan(self, events: Sequence[Event], stored: Mapping[str, Stored],
+             migration_id: str) -> PagePlan:
+        """Outcomes and effects of applying ``events`` in order, given ``stored`` documents."""

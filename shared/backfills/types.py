@@ -1,0 +1,103 @@
+"""The backfill types: webhook replay and reversal backfill.
+
+- ``webhook_replay`` takes the unprocessed events of a window and applies each as the live path
+  would: purchases credit, refunds and chargebacks reverse, other types are skipped.
+- ``reversal_backfill`` takes every refund and chargeback of a window, processed or not, and
+  makes sure each has its reversal entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from shared.backfills.apply import (
+    Book,
+    apply_purchase,
+    apply_reversal,
+    purchase_lookups,
+    reversal_lookups,
+)
+from shared.backfills.base import Backfill, Event, ItemResult, PagePlan, Stored
+from shared.errors import ItemError
+from shared.models import BackfillType, EventType, Outcome
+from shared.planning import Window
+
+Rule = Callable[[Event, Book, PagePlan, str], ItemResult]
+REVERSAL_TYPES = (EventType.REFUND.value, EventType.CHARGEBACK.value)
+
+
+def _in_window(query: Any, window: Window) -> Any:
+    return query.where(filter=FieldFilter("receivedAt", ">=", window.start)).where(
+        filter=FieldFilter("receivedAt", "<", window.end))
+
+
+class _RuleBook:
+    """Applies each event by the rule of its type; events of other types are skipped."""
+
+    rules: Mapping[str, Rule]
+    lookups_by_type: Mapping[str, Callable[[Event], list[str]]]
+
+    def lookups(self, events: Sequence[Event]) -> list[str]:
+        paths: dict[str, None] = {}
+        for event in events:
+            finder = self.lookups_by_type.get(event.event_type)
+            if finder is not None:
+                paths.update(dict.fromkeys(finder(event)))
+        return list(paths)
+
+    def plan(self, events: Sequence[Event], stored: Mapping[str, Stored],
+             migration_id: str) -> PagePlan:
+        plan = PagePlan()
+        book = Book(stored, plan)
+        for event in events:
+            plan.results.append(self._apply(event, book, plan, migration_id))
+        return plan
+
+    def _apply(self, event: Event, book: Book, plan: PagePlan, migration_id: str) -> ItemResult:
+        rule = self.rules.get(event.event_type)
+        if rule is None:
+            return ItemResult(event.event_id, event.event_type, Outcome.SKIPPED,
+                              code="no_ledger_effect",
+                              message=f"event type {event.event_type or '(none)'} "
+                                      "has no ledger effect")
+        try:
+            # Rules check everything before they change the plan, so an error leaves no trace.
+            return rule(event, book, plan, migration_id)
+        except ItemError as error:
+            return ItemResult(event.event_id, event.event_type, Outcome.ERROR, code=error.code,
+                              message=error.message, hint=error.hint)
+
+
+class WebhookReplay(_RuleBook):
+    rules = {
+        EventType.ORDER_COMPLETED.value: apply_purchase,
+        EventType.REFUND.value: apply_reversal,
+        EventType.CHARGEBACK.value: apply_reversal,
+    }
+    lookups_by_type = {
+        EventType.ORDER_COMPLETED.value: purchase_lookups,
+        EventType.REFUND.value: reversal_lookups,
+        EventType.CHARGEBACK.value: reversal_lookups,
+    }
+
+    def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
+        return _in_window(events.where(filter=FieldFilter("processed", "==", False)), window)
+
+
+class ReversalBackfill(_RuleBook):
+    rules = {kind: apply_reversal for kind in REVERSAL_TYPES}
+    lookups_by_type = {kind: reversal_lookups for kind in REVERSAL_TYPES}
+
+    def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
+        return _in_window(events.where(filter=FieldFilter("eventType", "in",
+                                                          list(REVERSAL_TYPES))), window)
+
+
+BACKFILLS: Mapping[BackfillType, Backfill] = {
+    BackfillType.WEBHOOK_REPLAY: WebhookReplay(),
+    BackfillType.REVERSAL_BACKFILL: ReversalBackfill(),
+}

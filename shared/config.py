@@ -1,0 +1,163 @@
+"""The bundle's configuration: one Settings object, the only reader of the environment.
+
+Every knob is an environment variable prefixed ``BACKFILL_`` (plus ``FIRESTORE_EMULATOR_HOST`` and
+``CLOUD_TASKS_EMULATOR_HOST``, which the Google client libraries read too). Settings are validated
+once, at start, and refuse unsafe combinations: a production configuration cannot name local
+certificates, a local issuer, an emulator or a fault injection, so a token minted by the local
+issuer can never be accepted in production.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import ipaddress
+from typing import Annotated, Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+GOOGLE_CERTS_URLS = (
+    "https://www.googleapis.com/oauth2/v1/certs",
+    "https://www.googleapis.com/oauth2/v3/certs",
+)
+GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
+
+# Firestore takes at most 500 writes in one commit. Applying one event writes at most four
+# documents (ledger entry, purchase entry, wallet, event); the chunk checkpoint is one more.
+MAX_WRITES_PER_COMMIT = 500
+MAX_WRITES_PER_EVENT = 4
+MAX_PAGE_SIZE = (MAX_WRITES_PER_COMMIT - 1) // MAX_WRITES_PER_EVENT
+
+CsvList = Annotated[tuple[str, ...], NoDecode]
+
+
+class Environment(enum.StrEnum):
+    """Where the bundle runs; only ``local`` may use emulators, local tokens and faults."""
+
+    PRODUCTION = "production"
+    LOCAL = "local"
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Validated configuration of every function; see the README for each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="BACKFILL_", frozen=True, extra="ignore")
+
+    env: Environment = Environment.PRODUCTION
+    enabled: bool = True
+    project_id: str = Field(min_length=1)
+    database: str = "(default)"
+
+    tasks_location: str = "us-central1"
+    tasks_queue: str = "backfill-chunks"
+    chunk_url: str = Field(min_length=1)
+    chunk_audience: str = ""
+    status_url: str = ""
+
+    operator_audiences: CsvList = Field(min_length=1)
+    operators: CsvList = ()
+    scheduler_identity: str = ""
+    tasks_identity: str = Field(min_length=1)
+    certs_url: str = GOOGLE_CERTS_URLS[0]
+    issuers: CsvList = GOOGLE_ISSUERS
+
+    chunk_days: int = Field(1, ge=1, le=31)
+    page_size: int = Field(100, ge=1, le=MAX_PAGE_SIZE)
+    time_budget_seconds: float = Field(240.0, gt=0)
+    dispatch_deadline_seconds: int = Field(600, ge=15, le=1800)
+    task_max_attempts: int = Field(10, ge=1, le=100)
+    max_range_days: int = Field(366, ge=1, le=3660)
+    enqueue_workers: int = Field(16, ge=1, le=64)
+    first_errors_shown: int = Field(20, ge=1, le=500)
+
+    firestore_emulator_host: str = Field("", validation_alias="FIRESTORE_EMULATOR_HOST")
+    tasks_emulator_host: str = Field("", validation_alias="CLOUD_TASKS_EMULATOR_HOST")
+    # Local only: the chunk handler's process exits right after its Nth page commit, before it
+    # answers, as a handler killed mid-chunk would. Tests use it to prove at-least-once safety.
+    fault_exit_after_commits: int = Field(0, ge=0)
+
+    @field_validator("operator_audiences", "operators", "issuers", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Self:
+        if self.time_budget_seconds > self.dispatch_deadline_seconds / 2:
+            raise ValueError(
+                "BACKFILL_TIME_BUDGET_SECONDS must be at most half of "
+                "BACKFILL_DISPATCH_DEADLINE_SECONDS, so a chunk checkpoints well before "
+                "Cloud Tasks gives up on the request"
+            )
+        if self.env is Environment.PRODUCTION:
+            self._refuse_local_shortcuts()
+        return self
+
+    def _refuse_local_shortcuts(self) -> None:
+        problems: list[str] = []
+        if self.certs_url not in GOOGLE_CERTS_URLS:
+            problems.append("BACKFILL_CERTS_URL must be Google's certificates URL")
+        if not set(self.issuers) <= set(GOOGLE_ISSUERS):
+            problems.append("BACKFILL_ISSUERS may only name Google's issuers")
+        if self.firestore_emulator_host or self.tasks_emulator_host:
+            problems.append("emulator hosts (FIRESTORE_/CLOUD_TASKS_EMULATOR_HOST) must be unset")
+        if self.fault_exit_after_commits:
+            problems.append("fault injection must be off")
+        for name, url in (("BACKFILL_CHUNK_URL", self.chunk_url), ("BACKFILL_CHUNK_AUDIENCE",
+                          self.chunk_audience or self.chunk_url)):
+            if urlsplit(url).scheme != "https" or _is_loopback_url(url):
+                problems.append(f"{name} must be an https URL of a deployed function")
+        if problems:
+            raise ValueError(
+                "unsafe production configuration (set BACKFILL_ENV=local only on a developer "
+                "machine): " + "; ".join(problems)
+            )
+
+    @property
+    def local(self) -> bool:
+        return self.env is Environment.LOCAL
+
+    @property
+    def effective_chunk_audience(self) -> str:
+        return self.chunk_audience or self.chunk_url
+
+    @property
+    def queue_path(self) -> str:
+        return (
+            f"projects/{self.project_id}/locations/{self.tasks_location}"
+            f"/queues/{self.tasks_queue}"
+        )
+
+    @property
+    def trigger_identities(self) -> frozenset[str]:
+        """Who may start a run: the operators and the Cloud Scheduler service account."""
+        return frozenset(filter(None, (*self.operators, self.scheduler_identity)))
+
+    @property
+    def status_identities(self) -> frozenset[str]:
+        return frozenset(self.operators)
+
+    @property
+    def chunk_identities(self) -> frozenset[str]:
+        """Only Cloud Tasks, calling as the tasks service account, may run a chunk."""
+        return frozenset({self.tasks_identity})
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once (tests call ``cache_clear``)."""
+    return Settings()  # type: ignore[call-arg]

@@ -1,0 +1,138 @@
+"""The dispatch port: how a chunk's work is handed to a handler.
+
+``Dispatcher.enqueue`` takes a ``ChunkTask`` and answers whether it created a task (``False``:
+a task of that name exists already, so enqueuing the same chunk segment twice is a no-op).
+``CloudTasksDispatcher`` is the real adapter (Cloud Tasks, or its emulator in local mode);
+``InProcessDispatcher`` keeps tasks in memory for function tests that drive them by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import grpc
+from google.api_core import exceptions as api_exceptions
+from google.api_core import retry as api_retry
+from google.cloud import tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+from google.protobuf import duration_pb2
+
+from shared.config import Settings
+from shared.errors import Unavailable
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkTask:
+    """One segment of one chunk's work; segment n+1 continues where segment n ran out of time."""
+
+    migration_id: str
+    chunk_id: str
+    segment: int = 0
+
+    @property
+    def name(self) -> str:
+        """A deterministic task id. The short hash in front spreads names over Cloud Tasks'
+        key space (sequential names hot-spot its index, its docs warn)."""
+        key = f"{self.migration_id}-{self.chunk_id}-{self.segment}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        return f"{digest}-{key}"
+
+    def body(self) -> bytes:
+        return json.dumps(
+            {"migrationId": self.migration_id, "chunkId": self.chunk_id, "segment": self.segment}
+        ).encode()
+
+
+class Dispatcher(Protocol):
+    def enqueue(self, task: ChunkTask) -> bool: ...
+
+
+def enqueue_all(dispatcher: Dispatcher, tasks: Iterable[ChunkTask], workers: int) -> int:
+    """Enqueue ``tasks`` concurrently (one create call each); return how many were created.
+
+    Raises ``Unavailable`` if any could not be enqueued; those already enqueued stay queued, and
+    enqueuing them again is a no-op.
+    """
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return sum(pool.map(dispatcher.enqueue, tasks))
+
+
+_RETRY = api_retry.Retry(
+    predicate=api_retry.if_exception_type(
+        api_exceptions.ServiceUnavailable,
+        api_exceptions.DeadlineExceeded,
+        api_exceptions.InternalServerError,
+    ),
+    initial=0.2,
+    maximum=5.0,
+    timeout=30.0,
+)
+
+
+class CloudTasksDispatcher:
+    """Creates HTTP tasks for the chunk handler, each with an OIDC token of the tasks identity."""
+
+    def __init__(self, settings: Settings, client: tasks_v2.CloudTasksClient | None = None):
+        self._settings = settings
+        self._client = client or self._make_client(settings)
+
+    @staticmethod
+    def _make_client(settings: Settings) -> tasks_v2.CloudTasksClient:
+        if settings.tasks_emulator_host:
+            channel = grpc.insecure_channel(settings.tasks_emulator_host)
+            return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        return tasks_v2.CloudTasksClient()
+
+    def enqueue(self, task: ChunkTask) -> bool:
+        settings = self._settings
+        request = tasks_v2.Task(
+            name=f"{settings.queue_path}/tasks/{task.name}",
+            http_request=tasks_v2.HttpRequest(
+                http_method=tasks_v2.HttpMethod.POST,
+                url=settings.chunk_url,
+                headers={"Content-Type": "application/json"},
+                body=task.body(),
+                oidc_token=tasks_v2.OidcToken(
+                    service_account_email=settings.tasks_identity,
+                    audience=settings.effective_chunk_audience,
+                ),
+            ),
+            dispatch_deadline=duration_pb2.Duration(seconds=settings.dispatch_deadline_seconds),
+        )
+        try:
+            # Retrying a create is safe: the name is deterministic, so a retry of a create that
+            # did land answers ALREADY_EXISTS.
+            self._client.create_task(parent=settings.queue_path, task=request, retry=_RETRY)
+        except api_exceptions.AlreadyExists:
+            return False
+        except api_exceptions.GoogleAPICallError as exc:
+            raise Unavailable(f"Cloud Tasks refused a task: {type(exc).__name__}") from exc
+        return True
+
+
+class InProcessDispatcher:
+    """Keeps tasks in memory, with Cloud Tasks' name dedup; tests deliver them by hand."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._names: set[str] = set()
+        self.queued: list[ChunkTask] = []
+
+    def enqueue(self, task: ChunkTask) -> bool:
+        with self._lock:
+            if task.name in self._names:
+                return False
+            self._names.add(task.name)
+            self.queued.append(task)
+            return True
+
+    def take(self) -> list[ChunkTask]:
+        with self._lock:
+            taken, self.queued = self.queued, []
+            return taken

@@ -1,0 +1,123 @@
+"""One error tree for the bundle; each error knows its HTTP status and whether a retry helps.
+
+::
+
+    BackfillError                      status  retryable
+     ├── InvalidRequest                  400     no     a field of the request is wrong; nothing written
+     ├── Unauthenticated                 401     no     no valid OIDC token
+     ├── Forbidden                       403     no     a valid token of an identity not allowed
+     ├── NotFound                        404     no
+     ├── MethodNotAllowed                405     no
+     ├── BackfillDisabled                503     no     the BACKFILL_ENABLED kill switch is off
+     └── Unavailable                     503     yes    Firestore or Cloud Tasks did not answer
+
+    ItemError                          (no HTTP status: recorded per event, the run goes on)
+     ├── MalformedPayload                malformed_payload
+     ├── ProductNotFound                 product_not_found
+     └── PurchaseNotFound                purchase_not_found
+
+Functions map a ``BackfillError`` to its status and JSON body; anything else is a bug and answers
+500 without details (the traceback goes to the logs, never to the caller).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class BackfillError(Exception):
+    """Base of every error a function answers with; ``code`` names it in the JSON body."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message}
+
+
+class InvalidRequest(BackfillError):
+    """A request field is missing or wrong; ``field`` and ``reason`` say which and why."""
+
+    status = 400
+    code = "invalid_request"
+
+    def __init__(self, field: str, reason: str, errors: list[dict[str, str]] | None = None):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+        self.errors = errors or [{"field": field, "reason": reason}]
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "field": self.field, "reason": self.reason,
+                "errors": self.errors}
+
+
+class Unauthenticated(BackfillError):
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(BackfillError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(BackfillError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(BackfillError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class BackfillDisabled(BackfillError):
+    status = 503
+    code = "backfill_disabled"
+
+
+class Unavailable(BackfillError):
+    status = 503
+    code = "unavailable"
+    retryable = True
+
+
+class ItemError(Exception):
+    """One event cannot be applied. Recorded on the run with its event id; never a crash."""
+
+    code: ClassVar[str] = "item_error"
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class MalformedPayload(ItemError):
+    code = "malformed_payload"
+
+
+class ProductNotFound(ItemError):
+    code = "product_not_found"
+
+    def __init__(self, product_id: str) -> None:
+        super().__init__(
+            f"Product not found: {product_id}",
+            hint="add the product, then retry the run's failed events",
+        )
+
+
+class PurchaseNotFound(ItemError):
+    code = "purchase_not_found"
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(
+            f"Original purchase entry not found: {order_id}",
+            hint="replay the purchase with webhook_replay first, then run reversal_backfill",
+        )

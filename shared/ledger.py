@@ -1,0 +1,61 @@
+"""The ledger's rules from ``contracts/firestore.md``, as pure functions.
+
+Deterministic ids (``purchase_{orderId}``, ``reversal_{sourceEventId}``) are what make every
+ledger effect happen at most once, whichever path (live webhook or backfill) writes it first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from shared.errors import ProductNotFound
+from shared.models import OrderCompleted
+
+
+def purchase_id(order_id: str) -> str:
+    return f"purchase_{order_id}"
+
+
+def reversal_id(source_event_id: str) -> str:
+    return f"reversal_{source_event_id}"
+
+
+def purchase_points(order: OrderCompleted, products: Mapping[str, Mapping[str, Any] | None]) -> int:
+    """Points an order credits: ``sum(product.points * quantity)`` over its lines.
+
+    Raises ``ProductNotFound`` for the first line whose product is missing (or has no integer
+    ``points``, which is as unusable as missing).
+    """
+    total = 0
+    for line in order.lines:
+        product = products.get(line.product_id)
+        points = product.get("points") if product is not None else None
+        if not isinstance(points, int) or isinstance(points, bool):
+            raise ProductNotFound(line.product_id)
+        total += points * line.quantity
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class ReversalShare:
+    """What one refund or chargeback does to its purchase entry."""
+
+    refunded_amount: int  # the purchase entry's refundedAmount afterwards
+    reversed_points: int  # the purchase entry's reversedPoints afterwards
+    points: int  # the reversal entry's points (<= 0)
+
+
+def reverse(points: int, order_total: int, refunded_before: int, reversed_before: int,
+            amount: int) -> ReversalShare:
+    """Cumulative reversal: refunds add up exactly and never reverse more than was credited.
+
+    ``refundedAmount`` grows by ``amount`` capped at ``orderTotal``; the reversed points so far
+    are ``floor(points * refundedAmount / orderTotal)``, and this event reverses the difference
+    from ``reversedPoints`` before it. A zero ``orderTotal`` reverses everything at once.
+    """
+    refunded = min(order_total, refunded_before + amount)
+    target = points if order_total <= 0 else (points * refunded) // order_total
+    target = max(target, reversed_before)
+    return ReversalShare(refunded, target, -(target - reversed_before))

@@ -1,0 +1,56 @@
+"""Planning a run: its chunks (windows of ``receivedAt``) and how ``maxEvents`` is shared out.
+
+Pure functions; the trigger counts eligible events per window and stores the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A half-open interval ``[start, end)`` of ``receivedAt``, in UTC."""
+
+    start: dt.datetime
+    end: dt.datetime
+
+    @property
+    def chunk_id(self) -> str:
+        """The chunk's id: its first UTC day, which also sorts chunks oldest first."""
+        return self.start.date().isoformat()
+
+
+def windows(start_date: dt.date, end_date: dt.date, chunk_days: int) -> list[Window]:
+    """Split the UTC days ``start_date..end_date`` (inclusive) into windows of ``chunk_days``."""
+    if start_date > end_date:
+        raise ValueError("start_date is after end_date")
+    first = dt.datetime.combine(start_date, dt.time(), tzinfo=dt.UTC)
+    last = dt.datetime.combine(end_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    step = dt.timedelta(days=chunk_days)
+    result: list[Window] = []
+    start = first
+    while start < last:
+        end = min(start + step, last)
+        result.append(Window(start, end))
+        start = end
+    return result
+
+
+def quotas(eligible: list[int], max_events: int | None) -> list[int | None]:
+    """Each chunk's bound on the events it takes, sharing ``max_events`` out oldest first.
+
+    Without a bound every chunk takes all it finds (``None``). With one, chunk i gets
+    ``min(eligible[i], what earlier chunks left)``, so the run never takes more than
+    ``max_events`` and takes the oldest eligible events as counted when the run was planned.
+    """
+    if max_events is None:
+        return [None] * len(eligible)
+    left = max_events
+    result: list[int | None] = []
+    for count in eligible:
+        quota = min(count, left)
+        result.append(quota)
+        left -= quota
+    return result
