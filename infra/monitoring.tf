@@ -1,65 +1,53 @@
 # Log-based metrics on the functions' structured logs (every record carries
-# jsonPayload.component = "backfill"). The chunk handler writes one line per applied page with the
-# page's counts; summing those lines gives events processed and event errors over time. Counters
-# cannot sum a field, so the per-page counts are distribution metrics (their sum is the total).
+# jsonPayload.component = "backfill"). The chunk handler writes one line per committed page
+# (message var.page_log_message) with the page's counts: event_count, applied, duplicates,
+# skipped, errors, and dry_run. Counters cannot add up a field, so the per-page counts are
+# distribution metrics: the sum of a distribution over a period is the total for that period.
 
 locals {
   backfill_logs = "jsonPayload.component=\"backfill\""
   page_logs     = "${local.backfill_logs} AND jsonPayload.message=\"${var.page_log_message}\""
+
+  page_count_metrics = {
+    events_processed = {
+      field        = "event_count"
+      display_name = "Backfill events processed per page"
+      description  = "Events read and handled per committed page (sum = events processed)."
+    }
+    events_applied = {
+      field        = "applied"
+      display_name = "Backfill events applied per page"
+      description  = "Events whose ledger effect a page applied (sum = events applied)."
+    }
+    event_errors = {
+      field        = "errors"
+      display_name = "Backfill event errors per page"
+      description  = "Events that failed per committed page (sum = event errors)."
+    }
+  }
 }
 
-resource "google_logging_metric" "events_processed" {
-  name        = "${var.name_prefix}/events_processed"
-  description = "Events handled per applied page (sum = events processed)."
-  filter      = "${local.page_logs} AND jsonPayload.processed>0"
+resource "google_logging_metric" "page_counts" {
+  for_each = local.page_count_metrics
 
-  value_extractor = "EXTRACT(jsonPayload.processed)"
+  name        = "${var.name_prefix}/${each.key}"
+  description = each.value.description
+  filter      = "${local.page_logs} AND jsonPayload.${each.value.field}>0"
+
+  value_extractor = "EXTRACT(jsonPayload.${each.value.field})"
   label_extractors = {
-    type = "EXTRACT(jsonPayload.type)"
+    dry_run = "EXTRACT(jsonPayload.dry_run)"
   }
 
   metric_descriptor {
     metric_kind  = "DELTA"
     value_type   = "DISTRIBUTION"
     unit         = "1"
-    display_name = "Backfill events processed per page"
+    display_name = each.value.display_name
     labels {
-      key         = "type"
+      key         = "dry_run"
       value_type  = "STRING"
-      description = "Backfill type, e.g. webhook_replay."
-    }
-  }
-
-  bucket_options {
-    exponential_buckets {
-      num_finite_buckets = 16
-      growth_factor      = 2
-      scale              = 1
-    }
-  }
-
-  depends_on = [google_project_service.required]
-}
-
-resource "google_logging_metric" "event_errors" {
-  name        = "${var.name_prefix}/event_errors"
-  description = "Events that failed per applied page (sum = event errors)."
-  filter      = "${local.page_logs} AND jsonPayload.errors>0"
-
-  value_extractor = "EXTRACT(jsonPayload.errors)"
-  label_extractors = {
-    type = "EXTRACT(jsonPayload.type)"
-  }
-
-  metric_descriptor {
-    metric_kind  = "DELTA"
-    value_type   = "DISTRIBUTION"
-    unit         = "1"
-    display_name = "Backfill event errors per page"
-    labels {
-      key         = "type"
-      value_type  = "STRING"
-      description = "Backfill type, e.g. webhook_replay."
+      description = "true for dry runs, which report instead of committing."
     }
   }
 

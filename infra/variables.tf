@@ -193,9 +193,9 @@ variable "scheduler_time_zone" {
 # --- Monitoring --------------------------------------------------------------------------------
 
 variable "page_log_message" {
-  description = "Message of the structured log line the chunk handler writes once per applied page; the event metrics count only these lines."
+  description = "Message of the structured log line the chunk handler writes once per committed page; the event metrics read only these lines."
   type        = string
-  default     = "chunk page applied"
+  default     = "page applied"
 }
 
 variable "alerting_enabled" {
