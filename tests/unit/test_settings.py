@@ -1,0 +1,69 @@
+import pytest
+from pydantic import ValidationError
+
+from shared.config import Settings
+
+LOCAL = {
+    "BACKFILL_ENV": "local",
+    "BACKFILL_PROJECT_ID": "demo",
+    "BACKFILL_CHUNK_URL": "http://127.0.0.1:8685/tasks/chunk",
+    "BACKFILL_OPERATOR_AUDIENCES": "http://127.0.0.1:8685",
+    "BACKFILL_OPERATORS": "ops@example.com, lead@example.com",
+    "BACKFILL_TASKS_IDENTITY": "tasks@demo.iam.gserviceaccount.com",
+    "BACKFILL_CERTS_URL": "http://127.0.0.1:8684/oauth2/v1/certs",
+    "BACKFILL_ISSUERS": "http://127.0.0.1:8684",
+    "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8681",
+}
+PRODUCTION = {
+    "BACKFILL_PROJECT_ID": "payments",
+    "BACKFILL_CHUNK_URL": "https://backfill-chunk-123.europe-west1.run.app",
+    "BACKFILL_OPERATOR_AUDIENCES": "https://backfill-trigger-123.europe-west1.run.app",
+    "BACKFILL_TASKS_IDENTITY": "tasks@payments.iam.gserviceaccount.com",
+}
+
+
+def settings_from(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
+    for key in (*LOCAL, *PRODUCTION, "BACKFILL_FAULT_EXIT_AFTER_COMMITS",
+                "CLOUD_TASKS_EMULATOR_HOST", "BACKFILL_ENABLED"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings()  # type: ignore[call-arg]
+
+
+def test_production_is_the_default_and_trusts_only_google(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_from(monkeypatch, PRODUCTION)
+
+    assert settings.local is False
+    assert settings.certs_url == "https://www.googleapis.com/oauth2/v1/certs"
+    assert set(settings.issuers) == {"https://accounts.google.com", "accounts.google.com"}
+
+
+def test_local_mode_reads_lists_and_identities(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_from(monkeypatch, LOCAL)
+
+    assert settings.operators == ("ops@example.com", "lead@example.com")
+    assert settings.chunk_identities == {"tasks@demo.iam.gserviceaccount.com"}
+    assert settings.effective_chunk_audience == LOCAL["BACKFILL_CHUNK_URL"]
+
+
+@pytest.mark.parametrize("shortcut", [
+    {"BACKFILL_CERTS_URL": "http://127.0.0.1:8684/oauth2/v1/certs"},
+    {"BACKFILL_ISSUERS": "http://127.0.0.1:8684"},
+    {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:8681"},
+    {"CLOUD_TASKS_EMULATOR_HOST": "127.0.0.1:8682"},
+    {"BACKFILL_FAULT_EXIT_AFTER_COMMITS": "3"},
+    {"BACKFILL_CHUNK_URL": "http://127.0.0.1:8685/tasks/chunk"},
+])
+def test_production_refuses_every_local_shortcut(monkeypatch: pytest.MonkeyPatch,
+                                                 shortcut: dict[str, str]) -> None:
+    monkeypatch.delenv("CLOUD_TASKS_EMULATOR_HOST", raising=False)
+    with pytest.raises(ValidationError, match="unsafe production configuration"):
+        settings_from(monkeypatch, {**PRODUCTION, **shortcut})
+
+
+def test_the_time_budget_must_leave_room_under_the_dispatch_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match="at most half"):
+        settings_from(monkeypatch, {**LOCAL, "BACKFILL_TIME_BUDGET_SECONDS": "400",
+                                    "BACKFILL_DISPATCH_DEADLINE_SECONDS": "600"})
