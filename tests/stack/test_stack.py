@@ -1,0 +1,408 @@
+"""The local stack behaves like production where the bundle relies on it.
+
+Real processes: the Firestore emulator, the Cloud Tasks emulator and the issuer, started by
+``emulators.stack.Stack`` (without the gateway) on port base 9300. Tasks go to a tiny HTTP
+target served by this module. Every test uses its own queue so that counters do not mix.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import itertools
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+import pytest
+from google.api_core import exceptions
+from google.auth.transport.requests import Request
+from google.cloud import tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+from google.oauth2 import id_token
+
+from emulators.issuer import Issuer, SigningKey, mint_token
+from emulators.stack import QUEUE_ID, REPO_ROOT, Stack
+
+pytestmark = pytest.mark.emulator
+
+PORT_BASE = int(os.environ.get("BACKFILL_STACK_TEST_PORT_BASE", "9300"))
+PARENT = "projects/demo-backfill/locations/us-central1"
+TASKS_SA = "tasks@demo-backfill.iam.gserviceaccount.com"
+
+
+@dataclass
+class Delivery:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    received_at: float
+
+
+class Target:
+    """An HTTP task target: ``/ok``, ``/fail`` (500) and ``/sleep/<seconds>``, per test prefix."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+        self.active: dict[str, int] = {}
+        self.max_active: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                prefix = self.path.split("/")[1]
+                with target._lock:
+                    target.deliveries.append(
+                        Delivery(
+                            self.path,
+                            {k.lower(): v for k, v in self.headers.items()},
+                            body,
+                            time.monotonic(),
+                        )
+                    )
+                    active = target.active[prefix] = target.active.get(prefix, 0) + 1
+                    target.max_active[prefix] = max(target.max_active.get(prefix, 0), active)
+                try:
+                    status = 500 if self.path.endswith("/fail") else 200
+                    if "/sleep/" in self.path:
+                        time.sleep(float(self.path.rsplit("/", 1)[1]))
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass  # the emulator gave up on this attempt (dispatch deadline)
+                finally:
+                    with target._lock:
+                        target.active[prefix] -= 1
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def for_prefix(self, prefix: str) -> list[Delivery]:
+        with self._lock:
+            return [d for d in self.deliveries if d.path.startswith(f"/{prefix}/")]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    state_dir = REPO_ROOT / ".local" / "stack-tests"
+    # Share the dev stack's tasks venv when it exists: building one takes ~15 s.
+    shared_venv = REPO_ROOT / ".local" / "tasks-venv"
+    with Stack(
+        state_dir,
+        PORT_BASE,
+        with_gateway=False,
+        tasks_venv=shared_venv if shared_venv.is_dir() else None,
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    served = Target()
+    thread = threading.Thread(target=served.server.serve_forever, daemon=True)
+    thread.start()
+    yield served
+    served.server.shutdown()
+    served.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[tasks_v2.CloudTasksClient]:
+    channel = grpc.insecure_channel(stack.env()["CLOUD_TASKS_EMULATOR_HOST"])
+    yield tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+    channel.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def make_queue(
+    client: tasks_v2.CloudTasksClient,
+    queue_id: str,
+    max_attempts: int = 3,
+    max_concurrent: int = 4,
+) -> str:
+    queue = client.create_queue(
+        parent=PARENT,
+        queue=tasks_v2.Queue(
+            name=f"{PARENT}/queues/{queue_id}",
+            retry_config=tasks_v2.RetryConfig(
+                max_attempts=max_attempts,
+                min_backoff=dt.timedelta(seconds=0.2),
+                max_backoff=dt.timedelta(seconds=4),
+                max_doublings=4,
+            ),
+            rate_limits=tasks_v2.RateLimits(max_concurrent_dispatches=max_concurrent),
+        ),
+    )
+    return str(queue.name)
+
+
+def http_task(
+    queue: str,
+    task_id: str,
+    url: str,
+    *,
+    audience: str = "",
+    deadline: float | None = None,
+    schedule_in: float | None = None,
+) -> tasks_v2.Task:
+    task = tasks_v2.Task(
+        name=f"{queue}/tasks/{task_id}",
+        http_request=tasks_v2.HttpRequest(
+            url=url,
+            http_method=tasks_v2.HttpMethod.POST,
+            headers={"Content-Type": "application/json", "X-Chunk": task_id},
+            body=json.dumps({"chunk": task_id}).encode(),
+            oidc_token=tasks_v2.OidcToken(service_account_email=TASKS_SA, audience=audience),
+        ),
+    )
+    if deadline is not None:
+        task.dispatch_deadline = dt.timedelta(seconds=deadline)
+    if schedule_in is not None:
+        task.schedule_time = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=schedule_in)
+    return task
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def verify(stack: Stack, token: str, audience: str) -> dict[str, Any]:
+    claims = id_token.verify_token(
+        token, Request(), audience=audience, certs_url=stack.env()["BACKFILL_CERTS_URL"]
+    )
+    return dict(claims)
+
+
+# --- issuer -----------------------------------------------------------------------------------
+
+
+def test_issuer_tokens_verify_with_google_auth(stack: Stack) -> None:
+    issuer_url = stack.env()["BACKFILL_ISSUER_URL"]
+
+    token = mint_token(issuer_url, "ops@example.com", "http://127.0.0.1/aud")
+
+    claims = verify(stack, token, "http://127.0.0.1/aud")
+    assert claims["iss"] == issuer_url
+    assert claims["email"] == "ops@example.com"
+    assert claims["email_verified"] is True
+    assert claims["exp"] - claims["iat"] == 3600
+
+
+def test_issuer_tokens_fail_on_tampering_foreign_keys_and_wrong_audience(stack: Stack) -> None:
+    issuer_url = stack.env()["BACKFILL_ISSUER_URL"]
+    token = mint_token(issuer_url, "ops@example.com", "aud")
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["email"] = "attacker@example.com"
+    forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    tampered = f"{header}.{forged_payload}.{signature}"
+    own_kid = next(iter(json.loads(_get(stack.env()["BACKFILL_CERTS_URL"]))))
+    foreign_key = SigningKey.generate()
+    same_kid_key = SigningKey(own_kid, foreign_key.private_key_pem, foreign_key.certificate_pem)
+
+    for bad_token, audience in [
+        (tampered, "aud"),
+        (Issuer(issuer_url, foreign_key).mint("ops@example.com", "aud"), "aud"),
+        (Issuer(issuer_url, same_kid_key).mint("ops@example.com", "aud"), "aud"),
+        (token, "another-audience"),
+    ]:
+        with pytest.raises(ValueError):
+            verify(stack, bad_token, audience)
+
+
+def _get(url: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return bytes(response.read())
+
+
+# --- Cloud Tasks emulator -------------------------------------------------------------------
+
+
+def test_stack_creates_the_chunk_queue_from_the_contract(
+    stack: Stack, client: tasks_v2.CloudTasksClient
+) -> None:
+    queue = client.get_queue(name=f"{PARENT}/queues/{QUEUE_ID}")
+
+    assert queue.retry_config.max_attempts == int(stack.env()["BACKFILL_TASK_MAX_ATTEMPTS"])
+    assert queue.retry_config.min_backoff == dt.timedelta(seconds=0.2)
+    assert queue.retry_config.max_backoff == dt.timedelta(seconds=4)
+    assert queue.retry_config.max_doublings == 4
+    assert queue.rate_limits.max_concurrent_dispatches == 4
+    assert "export BACKFILL_TASKS_QUEUE='backfill-chunks'" in stack.env_file.read_text()
+
+
+def test_task_names_are_deduplicated_like_production(
+    stack: Stack, client: tasks_v2.CloudTasksClient, target: Target, prefix: str
+) -> None:
+    queue = make_queue(client, prefix)
+    task = http_task(queue, "chunk-1", f"{target.url}/{prefix}/ok")
+    before = stack.tasks_stats()["deduplicated"]
+
+    client.create_task(parent=queue, task=task)
+    with pytest.raises(exceptions.AlreadyExists):
+        client.create_task(parent=queue, task=task)  # still pending or running
+    stack.wait_idle(10)
+    with pytest.raises(exceptions.AlreadyExists):
+        client.create_task(parent=queue, task=task)  # already executed
+
+    assert len(target.for_prefix(prefix)) == 1
+    assert stack.tasks_stats()["deduplicated"] == before + 2
+
+
+def test_tasks_carry_a_verifiable_oidc_token_and_production_headers(
+    stack: Stack, client: tasks_v2.CloudTasksClient, target: Target, prefix: str
+) -> None:
+    queue = make_queue(client, prefix)
+    url = f"{target.url}/{prefix}/ok"
+
+    client.create_task(parent=queue, task=http_task(queue, "default-aud", url))
+    client.create_task(
+        parent=queue, task=http_task(queue, "explicit-aud", url, audience="https://chunk.example")
+    )
+    stack.wait_idle(10)
+
+    by_name = {d.headers["x-cloudtasks-taskname"]: d for d in target.for_prefix(prefix)}
+    assert set(by_name) == {"default-aud", "explicit-aud"}
+    for name, audience in [("default-aud", url), ("explicit-aud", "https://chunk.example")]:
+        delivery = by_name[name]
+        scheme, token = delivery.headers["authorization"].split(" ", 1)
+        claims = verify(stack, token, audience)
+        assert scheme == "Bearer"
+        assert claims["email"] == TASKS_SA
+        assert claims["email_verified"] is True
+        assert delivery.headers["x-cloudtasks-queuename"] == prefix
+        assert delivery.headers["x-cloudtasks-taskretrycount"] == "0"
+        assert delivery.headers["x-cloudtasks-taskexecutioncount"] == "0"
+        assert delivery.headers["x-chunk"] == name
+        assert delivery.headers["content-type"] == "application/json"
+        assert json.loads(delivery.body) == {"chunk": name}
+
+
+def test_failing_tasks_back_off_and_stop_after_max_attempts(
+    stack: Stack, client: tasks_v2.CloudTasksClient, target: Target, prefix: str
+) -> None:
+    queue = make_queue(client, prefix, max_attempts=4)
+    before = stack.tasks_stats()
+
+    client.create_task(parent=queue, task=http_task(queue, "doomed", f"{target.url}/{prefix}/fail"))
+    stack.wait_idle(15)
+
+    deliveries = target.for_prefix(prefix)
+    gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(deliveries)]
+    after = stack.tasks_stats()
+    assert [d.headers["x-cloudtasks-taskretrycount"] for d in deliveries] == ["0", "1", "2", "3"]
+    # min_backoff 0.2 s doubling: 0.2, 0.4, 0.8 (a little scheduling slack either way).
+    for gap, expected in zip(gaps, [0.2, 0.4, 0.8], strict=True):
+        assert expected * 0.9 <= gap <= expected + 0.5
+    assert after["droppedForGood"] == before["droppedForGood"] + 1
+    assert after["retried"] == before["retried"] + 3
+
+
+def test_dispatch_is_concurrent_up_to_the_queue_limit_and_survives_a_hung_handler(
+    stack: Stack, client: tasks_v2.CloudTasksClient, target: Target, prefix: str
+) -> None:
+    queue = make_queue(client, prefix, max_attempts=1, max_concurrent=3)
+    # The hung handler has its own path prefix: it keeps sleeping after the emulator gives up.
+    hung = http_task(queue, "hung", f"{target.url}/{prefix}h/sleep/3", deadline=0.5)
+    started = time.monotonic()
+
+    client.create_task(parent=queue, task=hung)
+    for index in range(6):
+        task = http_task(queue, f"slow-{index}", f"{target.url}/{prefix}/sleep/0.4")
+        client.create_task(parent=queue, task=task)
+    wait_for(lambda: len(target.for_prefix(prefix)) == 6)
+    stats = stack.wait_idle(10)
+    elapsed = time.monotonic() - started
+
+    assert len(target.for_prefix(prefix + "h")) == 1  # timed out once, max_attempts 1
+    assert target.max_active[prefix] == 3
+    # Serially this takes 2.4 s plus the hung handler; three at a time it takes about 1.3 s.
+    assert elapsed < 2.4
+    assert stats["queues"][prefix] == {"queued": 0, "inFlight": 0}
+
+
+def test_schedule_time_is_honoured(
+    stack: Stack, client: tasks_v2.CloudTasksClient, target: Target, prefix: str
+) -> None:
+    queue = make_queue(client, prefix)
+    created = time.monotonic()
+
+    client.create_task(
+        parent=queue, task=http_task(queue, "later", f"{target.url}/{prefix}/ok", schedule_in=1.0)
+    )
+    stack.wait_idle(10)
+
+    [delivery] = target.for_prefix(prefix)
+    assert delivery.received_at - created >= 0.9
+
+
+def test_duplicate_delivery_fault_delivers_each_successful_task_twice(
+    stack: Stack, client: tasks_v2.CloudTasksClient, target: Target, prefix: str
+) -> None:
+    queue = make_queue(client, prefix)
+    stack.set_faults(duplicate_delivery=True)
+    try:
+        client.create_task(
+            parent=queue, task=http_task(queue, "twice", f"{target.url}/{prefix}/ok")
+        )
+        client.create_task(
+            parent=queue, task=http_task(queue, "failing", f"{target.url}/{prefix}/fail")
+        )
+        stack.wait_idle(15)
+    finally:
+        stack.set_faults(duplicate_delivery=False)
+
+    names = [d.headers["x-cloudtasks-taskname"] for d in target.for_prefix(prefix)]
+    assert names.count("twice") == 2
+    assert names.count("failing") == 3  # failures are retried, never duplicated
+
+
+def test_reset_firestore_empties_the_database(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.cloud import firestore
+
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", stack.env()["FIRESTORE_EMULATOR_HOST"])
+    db = firestore.Client(project="demo-backfill")
+    db.collection("stackProbe").document("one").set({"ok": True})
+
+    stack.reset_firestore()
+
+    assert not db.collection("stackProbe").document("one").get().exists
+
+
+def test_up_is_idempotent_and_refuses_taken_ports(stack: Stack, tmp_path: Path) -> None:
+    started = time.monotonic()
+    Stack(stack.state_dir, PORT_BASE, with_gateway=False, tasks_venv=stack.tasks_venv).up()
+    assert time.monotonic() - started < 2
+
+    other = Stack(tmp_path / "other", PORT_BASE, with_gateway=False)
+    with pytest.raises(Exception, match="ports in use"):
+        other.up()
