@@ -29,12 +29,12 @@ from typing import Any
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from shared import logs, runs, store
-from shared.backfills.base import Event, PagePlan, Stored
+from shared import logs, planning, runs, store
+from shared.backfills.base import Backfill, Event, PagePlan, Stored
 from shared.backfills.types import BACKFILLS
 from shared.config import Settings
 from shared.dispatch import ChunkTask, Dispatcher
-from shared.errors import Unavailable
+from shared.errors import PurchaseNotFound, Unavailable
 from shared.models import (
     FINAL_CHUNK_STATES,
     FINAL_RUN_STATUSES,
@@ -171,7 +171,6 @@ class ChunkRunner:
     def _process(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk) -> ChunkReport:
         started = self._clock()
         report = ChunkReport("continued")
-        backfill_type = BackfillType(run["type"])
         dry_run = bool(run.get("dryRun"))
         while True:
             quota = chunk.quota
@@ -183,7 +182,7 @@ class ChunkRunner:
                 break
             limit = self._settings.page_size if left is None else min(self._settings.page_size,
                                                                       left)
-            events, final = self._page(delivery, backfill_type, dry_run, chunk, max(limit, 0))
+            events, final = self._page(delivery, run, chunk, max(limit, 0))
             report.pages += 1
             report.events += events
             if final:
@@ -195,10 +194,13 @@ class ChunkRunner:
                  status=report.result, event_count=report.events, dry_run=dry_run)
         return report
 
-    def _page(self, delivery: Delivery, backfill_type: BackfillType, dry_run: bool,
-              chunk: _Chunk, limit: int) -> tuple[int, bool]:
+    def _page(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk,
+              limit: int) -> tuple[int, bool]:
         """Read, plan and commit one page; return its event count and whether it was the last."""
-        backfill = BACKFILLS[backfill_type]
+        backfill = BACKFILLS[BackfillType(run["type"])]
+        dry_run = bool(run.get("dryRun"))
+        run_window = planning.span(dt.date.fromisoformat(run["startDate"]),
+                                   dt.date.fromisoformat(run["endDate"]))
         migration_id = delivery.task.migration_id
         events_ref = self._db.collection(store.EVENTS)
         for attempt in range(_PAGE_ATTEMPTS):
@@ -211,14 +213,21 @@ class ChunkRunner:
                     query = query.start_after({"receivedAt": cursor["receivedAt"],
                                                "__name__": events_ref.document(cursor["eventId"])})
                 events = [Event(snap.id, snap.to_dict() or {}) for snap in query.stream()]
-            stored = self._read(backfill.lookups(events))
+            shadow = store.run_ref(self._db, migration_id).collection(store.SHADOW_LEDGER) \
+                if dry_run else None
+            stored = self._read(backfill.lookups(events), shadow)
             plan = backfill.plan(events, stored, migration_id)
+            pulled = self._pull(backfill, events, plan, run_window)
+            if pulled:
+                stored = self._read(backfill.lookups([*pulled, *events]), shadow)
+                plan = backfill.plan([*pulled, *events], stored, migration_id)
             below_zero = self._below_zero(plan)
             final = len(events) < limit or limit == 0 or (
                 chunk.quota is not None and chunk.taken + len(events) >= chunk.quota)
             batch = self._db.batch()
-            self._write_effects(batch, plan, migration_id, dry_run, delivery.task.chunk_id)
-            checkpoint = self._checkpoint(events, plan, below_zero, final)
+            self._write_effects(batch, plan, stored, migration_id, shadow,
+                                delivery.task.chunk_id)
+            checkpoint = self._checkpoint(events, plan, below_zero, final, len(pulled))
             batch.update(chunk.ref, checkpoint,
                          option=self._db.write_option(last_update_time=chunk.update_time))
             try:
@@ -240,13 +249,26 @@ class ChunkRunner:
             return len(events), final
         raise Unavailable("a page kept conflicting with concurrent writes; retry")
 
-    def _read(self, paths: list[str]) -> dict[str, Stored]:
+    def _read(self, paths: list[str],
+              shadow: firestore.CollectionReference | None = None) -> dict[str, Stored]:
+        """The documents at ``paths``; ledger entries overlaid by ``shadow`` where it has them."""
         if not paths:
             return {}
         refs = [self._db.document(path) for path in paths]
-        return {snap.reference.path: Stored(snap.to_dict() if snap.exists else None,
-                                            snap.update_time)
-                for snap in self._db.get_all(refs)}
+        if shadow is not None:
+            refs += [shadow.document(path.split("/", 1)[1]) for path in paths
+                     if path.startswith(f"{store.LEDGER}/")]
+        result: dict[str, Stored] = {}
+        shadowed: dict[str, Stored] = {}
+        for snap in self._db.get_all(refs):
+            found = Stored(snap.to_dict() if snap.exists else None, snap.update_time)
+            if shadow is not None and snap.reference.parent.id == store.SHADOW_LEDGER:
+                if snap.exists:
+                    shadowed[f"{store.LEDGER}/{snap.id}"] = dataclasses.replace(found,
+                                                                                shadowed=True)
+            else:
+                result[snap.reference.path] = found
+        return {**result, **shadowed}
 
     def _below_zero(self, plan: PagePlan) -> list[str]:
         """Wallets this page takes from zero or more to below zero (their points were spent)."""
@@ -262,18 +284,28 @@ class ChunkRunner:
                 result.append(cid)
         return result
 
-    def _write_effects(self, batch: firestore.WriteBatch, plan: PagePlan, migration_id: str,
-                       dry_run: bool, chunk_id: str) -> None:
+    def _write_effects(self, batch: firestore.WriteBatch, plan: PagePlan,
+                       stored: dict[str, Stored], migration_id: str,
+                       shadow: firestore.CollectionReference | None, chunk_id: str) -> None:
+        """Add the page's effects to ``batch``; a dry run (``shadow``) writes its ledger entries
+        to the shadow ledger instead, and no wallet."""
         db = self._db
+        dry_run = shadow is not None
         events = db.collection(store.EVENTS)
         errors = store.run_ref(db, migration_id).collection(store.ERRORS)
-        if not dry_run:
-            for entry_id, data in plan.creates.items():
-                batch.create(db.collection(store.LEDGER).document(entry_id), data)
-            for entry_id, (fields, read_at) in plan.updates.items():
-                batch.update(db.collection(store.LEDGER).document(entry_id),
+        ledger = shadow if shadow is not None else db.collection(store.LEDGER)
+        for entry_id, data in plan.creates.items():
+            batch.create(ledger.document(entry_id), data)
+        for entry_id, (fields, read_at) in plan.updates.items():
+            original = stored[f"{store.LEDGER}/{entry_id}"]
+            if dry_run and not original.shadowed:
+                # The first dry-run change of a real entry: copy it into the shadow ledger.
+                batch.create(ledger.document(entry_id), {**(original.data or {}), **fields})
+            else:
+                batch.update(ledger.document(entry_id),
                              {**fields, "updatedAt": firestore.SERVER_TIMESTAMP},
                              option=db.write_option(last_update_time=read_at))
+        if not dry_run:
             for customer_id, delta in plan.wallet_deltas.items():
                 if delta:
                     batch.set(db.collection(store.WALLETS).document(customer_id),
@@ -295,13 +327,22 @@ class ChunkRunner:
                     "chunkId": chunk_id, "at": firestore.SERVER_TIMESTAMP,
                     "attempts": firestore.Increment(1)}, merge=True)
 
+    def _pull(self, backfill: Backfill, events: list[Event], plan: PagePlan,
+              run_window: Window) -> list[Event]:
+        pull = getattr(backfill, "pull", None)
+        if pull is None or not any(r.code == PurchaseNotFound.code for r in plan.results):
+            return []
+        pulled: list[Event] = pull(self._db.collection(store.EVENTS), events, plan, run_window)
+        return pulled
+
     @staticmethod
     def _checkpoint(events: list[Event], plan: PagePlan, below_zero: list[str],
-                    final: bool) -> dict[str, Any]:
+                    final: bool, pulled: int) -> dict[str, Any]:
+        # Pulled purchases are counted where they were applied: taken, and their outcome.
         update: dict[str, Any] = {
             "updatedAt": firestore.SERVER_TIMESTAMP,
             "pages": firestore.Increment(1),
-            "counters.taken": firestore.Increment(len(events)),
+            "counters.taken": firestore.Increment(len(events) + pulled),
             "counters.points": firestore.Increment(sum(r.points for r in plan.results)),
         }
         for name, count in _counts(plan).items():

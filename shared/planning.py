@@ -22,17 +22,22 @@ class Window:
         return self.start.date().isoformat()
 
 
-def windows(start_date: dt.date, end_date: dt.date, chunk_days: int) -> list[Window]:
-    """Split the UTC days ``start_date..end_date`` (inclusive) into windows of ``chunk_days``."""
+def span(start_date: dt.date, end_date: dt.date) -> Window:
+    """The whole of the UTC days ``start_date..end_date`` (inclusive) as one window."""
     if start_date > end_date:
         raise ValueError("start_date is after end_date")
-    first = dt.datetime.combine(start_date, dt.time(), tzinfo=dt.UTC)
-    last = dt.datetime.combine(end_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    return Window(dt.datetime.combine(start_date, dt.time(), tzinfo=dt.UTC),
+                  dt.datetime.combine(end_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC))
+
+
+def windows(start_date: dt.date, end_date: dt.date, chunk_days: int) -> list[Window]:
+    """Split the UTC days ``start_date..end_date`` (inclusive) into windows of ``chunk_days``."""
+    whole = span(start_date, end_date)
     step = dt.timedelta(days=chunk_days)
     result: list[Window] = []
-    start = first
-    while start < last:
-        end = min(start + step, last)
+    start = whole.start
+    while start < whole.end:
+        end = min(start + step, whole.end)
         result.append(Window(start, end))
         start = end
     return result

@@ -3,7 +3,9 @@
 Collections follow ``contracts/firestore.md``. Below a run document the bundle keeps its own
 subcollections: ``chunks/{chunkId}`` (cursor and counters of one chunk, the counter shards of
 the run) and ``errors/{eventId}`` (one record per failed event; its id makes a repeat an
-overwrite, never a second record).
+overwrite, never a second record) and, for dry runs, ``dryRunLedger/{entryId}``: the entries the
+run would have written, which its later pages read over the ledger, so a dry run sees its own
+effects exactly as a live run does.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ LEDGER = "ledgerEntries"
 RUNS = "dataMigrations"
 CHUNKS = "chunks"
 ERRORS = "errors"
+SHADOW_LEDGER = "dryRunLedger"
 
 
 @functools.cache

@@ -45,6 +45,8 @@ class Stored:
 
     data: Mapping[str, Any] | None
     update_time: dt.datetime | None = None
+    # True when read from a dry run's shadow ledger rather than the ledger itself.
+    shadowed: bool = False
 
 
 @dataclasses.dataclass

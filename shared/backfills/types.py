@@ -22,8 +22,8 @@ from shared.backfills.apply import (
     reversal_lookups,
 )
 from shared.backfills.base import Backfill, Event, ItemResult, PagePlan, Stored
-from shared.errors import ItemError
-from shared.models import BackfillType, EventType, Outcome
+from shared.errors import ItemError, PurchaseNotFound
+from shared.models import BackfillType, EventType, Outcome, Reversal, parse_body
 from shared.planning import Window
 
 Rule = Callable[[Event, Book, PagePlan, str], ItemResult]
@@ -73,6 +73,9 @@ class _RuleBook:
 
 
 class WebhookReplay(_RuleBook):
+    """Replays unprocessed events; a refund whose purchase is unprocessed in the same run's
+    range pulls that purchase into its own page, so the order of chunks cannot fail it."""
+
     rules = {
         EventType.ORDER_COMPLETED.value: apply_purchase,
         EventType.REFUND.value: apply_reversal,
@@ -86,6 +89,27 @@ class WebhookReplay(_RuleBook):
 
     def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
         return _in_window(events.where(filter=FieldFilter("processed", "==", False)), window)
+
+    def pull(self, events: firestore.CollectionReference, page: Sequence[Event], plan: PagePlan,
+             run_window: Window) -> list[Event]:
+        """Unprocessed purchases, in ``run_window``, of the page's refunds that lack one."""
+        missing = {result.event_id for result in plan.results
+                   if result.code == PurchaseNotFound.code}
+        order_ids = {parse_body(Reversal, event.data).order_id
+                     for event in page if event.event_id in missing}
+        page_ids = {event.event_id for event in page}
+        pulled: dict[str, Event] = {}
+        for order_id in sorted(order_ids):
+            query = events.where(filter=FieldFilter("eventType", "==",
+                                                    EventType.ORDER_COMPLETED.value)) \
+                .where(filter=FieldFilter("payload.body.id", "==", order_id)) \
+                .where(filter=FieldFilter("processed", "==", False)).limit(10)
+            for snap in query.stream():
+                event = Event(snap.id, snap.to_dict() or {})
+                if snap.id not in page_ids and \
+                        run_window.start <= event.received_at < run_window.end:
+                    pulled[snap.id] = event
+        return sorted(pulled.values(), key=lambda event: (event.received_at, event.event_id))
 
 
 class ReversalBackfill(_RuleBook):

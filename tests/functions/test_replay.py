@@ -1,0 +1,182 @@
+"""Webhook replay through the functions: trigger, chunk tasks delivered by hand, status."""
+
+from __future__ import annotations
+
+from shared import store
+from tests import data
+from tests.functions.conftest import Harness
+
+RANGE = {"type": "webhook_replay", "startDate": "2025-01-01", "endDate": "2025-01-03"}
+
+
+def seed_mixed(harness: Harness) -> None:
+    db = harness.db
+    data.product(db, "p1", 10)
+    data.product(db, "p2", 3)
+    data.put(db, *data.purchases(90, days=3))
+    data.put(db,
+             data.purchase("unknown", "o-unknown", data.at(2, 5), lines=[("retired", 1)]),
+             data.event("malformed", "ON_ORDER_COMPLETED", data.at(2, 6), {"id": "o-bad"}),
+             data.event("other", "ON_CUSTOMER_UPDATED", data.at(3, 1), {"id": "x"}),
+             data.purchase("redelivered", "oe00001", data.at(3, 2)))
+    # The live path credited this order but died before flagging its event.
+    db.collection(store.LEDGER).document("purchase_oe00002").set({
+        "customerId": "c2", "type": "purchase", "points": 30, "orderId": "oe00002",
+        "sourceEventId": "e00002", "source": "webhook", "migrationId": None, "orderTotal": 1000,
+        "refundedAmount": 0, "reversedPoints": 0})
+    db.collection(store.WALLETS).document("c2").set({"balance": 30})
+
+
+def test_a_replay_credits_each_order_once_and_explains_every_failure(harness: Harness) -> None:
+    seed_mixed(harness)
+
+    migration_id = harness.start(**RANGE).get_json()["migrationId"]
+    harness.deliver_all(twice=True)
+
+    run = harness.run(migration_id)
+    assert run["status"] == "completed"
+    assert (run["total"], run["taken"], run["percent"]) == (94, 94, 100.0)
+    assert (run["applied"], run["duplicates"], run["skipped"], run["errors"]) == (89, 2, 1, 2)
+    assert run["processed"] == 91
+    assert {(e["eventId"], e["code"]) for e in run["firstErrors"]} == {
+        ("unknown", "product_not_found"), ("malformed", "malformed_payload")}
+    assert [e["message"] for e in run["firstErrors"] if e["eventId"] == "unknown"] == [
+        "Product not found: retired"]
+    assert set(data.credited_orders(harness.db).values()) == {1}
+    assert len(data.credited_orders(harness.db)) == 90
+    data.assert_ledger_consistent(harness.db)
+    events = data.documents(harness.db, store.EVENTS)
+    assert not events["unknown"]["processed"] and not events["malformed"]["processed"]
+    assert not events["other"]["processed"]
+    assert events["redelivered"]["processed"] and events["e00002"]["processed"]
+    assert events["e00002"]["backfillOutcome"] == "duplicate"
+
+
+def test_rerunning_a_finished_replay_changes_nothing(harness: Harness) -> None:
+    seed_mixed(harness)
+    harness.start(**RANGE)
+    harness.deliver_all()
+    before = data.ledger_state(harness.db)
+
+    again = harness.start(**RANGE).get_json()
+    harness.deliver_all()
+
+    run = harness.run(again["migrationId"])
+    assert run["status"] == "completed"
+    assert (run["total"], run["applied"], run["errors"], run["skipped"]) == (3, 0, 2, 1)
+    assert data.ledger_state(harness.db) == before
+
+
+def test_a_dry_run_reports_without_writing_ledger_or_wallets(harness: Harness) -> None:
+    seed_mixed(harness)
+    before = data.ledger_state(harness.db)
+
+    migration_id = harness.start(**RANGE, dryRun=True).get_json()["migrationId"]
+    harness.deliver_all()
+
+    run = harness.run(migration_id)
+    assert run["dryRun"] is True
+    assert run["status"] == "completed"
+    assert (run["applied"], run["duplicates"], run["skipped"], run["errors"]) == (89, 2, 1, 2)
+    assert data.ledger_state(harness.db) == before
+    events = data.documents(harness.db, store.EVENTS)
+    assert all(e["dryRunProcessed"] for e in events.values())
+    assert not any(e["processed"] for e in events.values())
+
+
+def test_max_events_takes_the_oldest_and_says_what_is_left(harness: Harness) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, *data.purchases(60, days=3))
+
+    started = harness.start(**RANGE, maxEvents=25).get_json()
+    harness.deliver_all(twice=True)
+
+    run = harness.run(started["migrationId"])
+    assert (run["total"], run["applied"], run["leftForLaterRun"]) == (25, 25, 35)
+    assert "left for a later run" in run["note"]
+    processed = [e for e in data.documents(harness.db, store.EVENTS).values() if e["processed"]]
+    unprocessed = [e for e in data.documents(harness.db, store.EVENTS).values()
+                   if not e["processed"]]
+    assert len(processed) == 25
+    assert max(e["receivedAt"] for e in processed) < min(e["receivedAt"] for e in unprocessed)
+
+
+def test_a_chunk_out_of_time_continues_from_its_cursor_in_a_new_task(harness: Harness) -> None:
+    harness.configure(time_budget_seconds=0.001, page_size=7)
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, *data.purchases(30, days=1))
+
+    migration_id = harness.start(**{**RANGE, "endDate": "2025-01-01"}).get_json()["migrationId"]
+    deliveries = harness.deliver_all(twice=True)
+
+    chunk = store.chunk_ref(harness.db, migration_id, "2025-01-01").get().to_dict()
+    assert chunk is not None
+    assert chunk["segment"] == 4  # pages of 7, 7, 7, 7, 2: one page per segment
+    assert deliveries == 10
+    assert harness.run(migration_id)["applied"] == 30
+    data.assert_ledger_consistent(harness.db)
+
+
+def test_the_chunk_handler_accepts_only_the_tasks_identity(harness: Harness) -> None:
+    body = b'{"migrationId": "webhook_replay_1", "chunkId": "2025-01-01", "segment": 0}'
+    audience = harness.settings.effective_chunk_audience
+
+    operator = harness.chunk.post("/", data=body, headers=harness.headers(audience=audience))
+    anonymous = harness.chunk.post("/", data=body)
+    wrong_audience = harness.chunk.post("/", data=body, headers=harness.headers(
+        harness.settings.tasks_identity))
+
+    assert (operator.status_code, anonymous.status_code, wrong_audience.status_code) == (
+        403, 401, 401)
+
+
+def test_a_malformed_task_answers_400(harness: Harness) -> None:
+    headers = harness.headers(harness.settings.tasks_identity,
+                              harness.settings.effective_chunk_audience)
+
+    response = harness.chunk.post("/", data=b'{"chunkId": 5}', headers=headers)
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "migrationId"
+
+
+def test_status_lists_runs_newest_first_and_404s_unknown_ones(harness: Harness) -> None:
+    first = harness.start(**RANGE).get_json()["migrationId"]
+    second = harness.start(**{**RANGE, "type": "reversal_backfill"}).get_json()["migrationId"]
+
+    listed = harness.status.get("/api/admin/dataMigrations", headers=harness.headers())
+    only_replays = harness.status.get("/api/admin/dataMigrations?type=webhook_replay",
+                                      headers=harness.headers())
+    missing = harness.status.get("/api/admin/dataMigrations/webhook_replay_1",
+                                 headers=harness.headers())
+    bad_filter = harness.status.get("/api/admin/dataMigrations?status=done",
+                                    headers=harness.headers())
+    intruder = harness.status.get("/api/admin/dataMigrations",
+                                  headers=harness.headers("intruder@example.com"))
+
+    assert [run["migrationId"] for run in listed.get_json()["runs"]] == [second, first]
+    assert [run["migrationId"] for run in only_replays.get_json()["runs"]] == [first]
+    assert missing.status_code == 404
+    assert (bad_filter.status_code, bad_filter.get_json()["field"]) == (400, "status")
+    assert intruder.status_code == 403
+
+
+def test_status_shows_a_run_with_its_chunks(harness: Harness) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, *data.purchases(6, days=2))
+    migration_id = harness.start(**RANGE, maxEvents=100).get_json()["migrationId"]
+
+    pending = harness.run(migration_id)
+    harness.deliver_all()
+    done = harness.run(migration_id)
+
+    for key in ("migrationId", "type", "status", "dryRun", "startDate", "endDate", "maxEvents",
+                "total", "processed", "skipped", "errors", "createdAt", "startedAt",
+                "finishedAt"):
+        assert key in done
+    assert (pending["status"], pending["startedAt"], pending["processed"]) == ("pending", None, 0)
+    assert (done["status"], done["processed"], done["maxEvents"]) == ("completed", 6, 100)
+    assert done["startedAt"] is not None and done["finishedAt"] is not None
+    assert [(c["chunkId"], c["state"], c["applied"]) for c in done["chunks"]] == [
+        ("2025-01-01", "completed", 3), ("2025-01-02", "completed", 3),
+        ("2025-01-03", "completed", 0)]

@@ -1,0 +1,170 @@
+"""The trigger through its public surface: tokens, validation, kill switch, the run it records."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from emulators.issuer import Issuer, SigningKey
+from shared import store
+from tests import data
+from tests.conftest import ROOT
+from tests.functions.conftest import Harness
+
+BODY = {"type": "webhook_replay", "startDate": "2025-01-01", "endDate": "2025-01-03",
+        "dryRun": False, "maxEvents": 1000}
+
+
+def stack_key() -> SigningKey:
+    """The test stack issuer's own key, to sign tokens it would not hand out (expired ones)."""
+    state = ROOT / ".local" / "test-stack"
+    certificate = (state / "issuer-cert.pem").read_bytes()
+    der = x509.load_pem_x509_certificate(certificate).public_bytes(Encoding.DER)
+    return SigningKey(hashlib.sha256(der).hexdigest()[:40],
+                      (state / "issuer-key.pem").read_bytes(), certificate)
+
+
+def nothing_written(harness: Harness) -> bool:
+    return not list(harness.db.collection(store.RUNS).limit(1).stream()) and \
+        not harness.dispatcher.queued
+
+
+def test_a_valid_request_records_a_run_plans_chunks_and_enqueues_them(harness: Harness) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, *data.purchases(30, days=2))
+
+    response = harness.start(**BODY)
+
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["migrationId"].startswith("webhook_replay_")
+    assert body["statusUrl"].endswith(f"/api/admin/dataMigrations/{body['migrationId']}")
+    assert (body["chunks"], body["eligible"], body["total"], body["enqueued"]) == (3, 30, 30, 2)
+    run = store.run_ref(harness.db, body["migrationId"]).get().to_dict()
+    assert run is not None
+    assert run["status"] == "pending"
+    assert run["requestedBy"] == "ops@example.com"
+    assert (run["startDate"], run["endDate"], run["maxEvents"]) == ("2025-01-01", "2025-01-03",
+                                                                    1000)
+    assert sorted(t.chunk_id for t in harness.dispatcher.queued) == ["2025-01-01", "2025-01-02"]
+
+
+def test_a_run_with_no_eligible_event_is_completed_at_once(harness: Harness) -> None:
+    response = harness.start(**BODY)
+
+    assert response.status_code == 202
+    assert response.get_json()["status"] == "completed"
+    assert not harness.dispatcher.queued
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"type": "full_rebuild"}, "type"),
+    ({"startDate": "2025-02-01"}, "endDate"),
+    ({"endDate": "yesterday"}, "endDate"),
+    ({"maxEvents": -5}, "maxEvents"),
+    ({"dryRun": "no"}, "dryRun"),
+    ({"extra": 1}, "extra"),
+])
+def test_bad_bodies_answer_400_naming_the_field_and_write_nothing(
+        harness: Harness, change: dict[str, Any], field: str) -> None:
+    response = harness.start(**{**BODY, **change})
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == field
+    assert response.get_json()["reason"]
+    assert nothing_written(harness)
+
+
+def test_a_body_that_is_not_json_answers_400(harness: Harness) -> None:
+    response = harness.trigger.post("/", data=b"type=webhook_replay", headers=harness.headers())
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "body"
+    assert nothing_written(harness)
+
+
+def test_no_token_answers_401_and_writes_nothing(harness: Harness) -> None:
+    response = harness.trigger.post("/", json=BODY)
+
+    assert response.status_code == 401
+    assert "Bearer" in response.get_json()["message"]
+    assert nothing_written(harness)
+
+
+def test_a_token_for_another_audience_answers_401(harness: Harness) -> None:
+    response = harness.trigger.post("/", json=BODY, headers=harness.headers(
+        audience="https://someone-else.example.com"))
+
+    assert response.status_code == 401
+    assert nothing_written(harness)
+
+
+@pytest.mark.parametrize("forge", ["foreign_key", "expired", "tampered"])
+def test_forged_and_expired_tokens_answer_401(harness: Harness, forge: str) -> None:
+    issuer_url = harness.env["BACKFILL_ISSUER_URL"]
+    audience = harness.settings.operator_audiences[0]
+    if forge == "foreign_key":
+        token = Issuer(issuer_url, SigningKey.generate()).mint("ops@example.com", audience)
+    elif forge == "expired":
+        token = Issuer(issuer_url, stack_key()).mint("ops@example.com", audience,
+                                                     now=int(time.time()) - 7200)
+    else:
+        header, payload, signature = harness.mint().split(".")
+        other = harness.mint("intruder@example.com").split(".")[1]
+        token = ".".join((header, other[:-4] + payload[-4:], signature))
+
+    response = harness.trigger.post("/", json=BODY, headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 401
+    assert nothing_written(harness)
+
+
+def test_a_valid_token_of_an_identity_not_allowed_answers_403(harness: Harness) -> None:
+    response = harness.trigger.post("/", json=BODY,
+                                    headers=harness.headers("intruder@example.com"))
+
+    assert response.status_code == 403
+    assert "intruder@example.com" in response.get_json()["message"]
+    assert nothing_written(harness)
+
+
+def test_the_scheduler_identity_may_trigger(harness: Harness) -> None:
+    response = harness.trigger.post(
+        "/", json=BODY, headers=harness.headers(harness.settings.scheduler_identity))
+
+    assert response.status_code == 202
+
+
+def test_the_kill_switch_answers_503_and_writes_nothing(harness: Harness) -> None:
+    harness.configure(enabled=False)
+
+    response = harness.start(**BODY)
+
+    assert response.status_code == 503
+    assert "BACKFILL_ENABLED" in response.get_json()["message"]
+    assert nothing_written(harness)
+
+
+def test_other_methods_answer_405(harness: Harness) -> None:
+    response = harness.trigger.get("/", headers=harness.headers())
+
+    assert response.status_code == 405
+
+
+def test_a_year_long_range_is_planned_as_one_chunk_a_day(harness: Harness) -> None:
+    data.product(harness.db, "p1", 1)
+    data.put(harness.db, *data.purchases(10, days=10))
+
+    response = harness.start(type="webhook_replay", startDate="2024-01-01",
+                             endDate="2024-12-31")
+
+    assert response.status_code == 202
+    assert response.get_json()["chunks"] == 366
+    chunks = store.run_ref(harness.db, response.get_json()["migrationId"]).collection(
+        store.CHUNKS)
+    assert store.count(chunks) == 366
