@@ -1,0 +1,163 @@
+"""Refunds and chargebacks through the functions: reversed exactly once, cumulatively."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared import store
+from tests import data
+from tests.functions.conftest import Harness
+
+REPLAY = {"type": "webhook_replay", "startDate": "2025-01-01", "endDate": "2025-01-04"}
+REVERSALS = {"type": "reversal_backfill", "startDate": "2025-01-01", "endDate": "2025-01-04"}
+
+
+def entry(harness: Harness, entry_id: str) -> dict[str, Any]:
+    return store.LEDGER and data.documents(harness.db, store.LEDGER)[entry_id]
+
+
+def run_to_end(harness: Harness, twice: bool = False, **body: Any) -> Any:
+    migration_id = harness.start(**body).get_json()["migrationId"]
+    harness.deliver_all(twice=twice)
+    return harness.run(migration_id)
+
+
+def test_partial_refunds_sum_to_the_order_total(harness: Harness) -> None:
+    data.product(harness.db, "p1", 33)
+    data.put(harness.db,
+             data.purchase("buy", "o1", data.at(1), lines=[("p1", 3)], total=1000),
+             data.refund("r1", "o1", data.at(2), 333),
+             data.refund("r2", "o1", data.at(3), 333),
+             data.refund("r3", "o1", data.at(4), 334))
+
+    run = run_to_end(harness, twice=True, **REPLAY)
+
+    assert (run["applied"], run["errors"]) == (4, 0)
+    purchase = entry(harness, "purchase_o1")
+    assert (purchase["refundedAmount"], purchase["reversedPoints"]) == (1000, 99)
+    assert [entry(harness, f"reversal_{r}")["points"] for r in ("r1", "r2", "r3")] == [
+        -32, -33, -34]
+    assert data.assert_ledger_consistent(harness.db) == {"c1": 0}
+
+
+def test_a_chargeback_after_a_full_refund_reverses_nothing_more(harness: Harness) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db,
+             data.purchase("buy", "o1", data.at(1), total=500),
+             data.refund("r1", "o1", data.at(2), 500),
+             data.refund("cb", "o1", data.at(3), 500, kind="ON_CHARGEBACK"))
+
+    run = run_to_end(harness, **REPLAY)
+
+    assert (run["applied"], run["skipped"], run["errors"]) == (2, 1, 0)
+    assert "reversal_cb" not in data.documents(harness.db, store.LEDGER)
+    assert data.documents(harness.db, store.EVENTS)["cb"]["backfillOutcome"] == "skipped"
+    assert data.assert_ledger_consistent(harness.db) == {"c1": 0}
+
+
+def test_a_refund_and_its_purchase_in_one_run_apply_in_any_chunk_order(harness: Harness) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, data.purchase("buy", "o1", data.at(1), lines=[("p1", 4)], total=400),
+             data.refund("r1", "o1", data.at(3), 100))
+    migration_id = harness.start(**REPLAY).get_json()["migrationId"]
+    tasks = sorted(harness.dispatcher.take(), key=lambda task: task.chunk_id, reverse=True)
+    headers = harness.headers(harness.settings.tasks_identity,
+                              harness.settings.effective_chunk_audience)
+
+    for task in tasks:  # the refund's day first
+        harness.chunk.post("/", data=task.body(), headers=headers,
+                           content_type="application/json")
+
+    run = harness.run(migration_id)
+    assert (run["status"], run["errors"]) == ("completed", 0)
+    assert entry(harness, "reversal_r1")["points"] == -10
+    assert data.assert_ledger_consistent(harness.db) == {"c1": 30}
+
+
+def test_reversal_backfill_repairs_processed_refunds_missing_their_reversal(
+        harness: Harness) -> None:
+    db = harness.db
+    data.product(db, "p1", 10)
+    data.put(db, data.purchase("buy1", "o1", data.at(1), total=1000, lines=[("p1", 10)]),
+             data.purchase("buy2", "o2", data.at(1), total=1000, lines=[("p1", 10)]))
+    run_to_end(harness, **REPLAY)
+    # The live path flagged both refunds processed; it wrote only r2's reversal.
+    data.put(db, {**data.refund("r1", "o1", data.at(2), 500), "processed": True},
+             {**data.refund("r2", "o2", data.at(2), 500), "processed": True})
+    run_to_end(harness, **{**REVERSALS, "endDate": "2025-01-02"})  # both reversals, once
+    db.collection(store.LEDGER).document("reversal_r1").delete()
+    db.collection(store.LEDGER).document("purchase_o1").update(
+        {"refundedAmount": 0, "reversedPoints": 0})
+    db.collection(store.WALLETS).document("c1").update({"balance": 150})  # r2 stays reversed
+
+    run = run_to_end(harness, **REVERSALS)
+
+    assert (run["total"], run["applied"], run["duplicates"], run["errors"]) == (2, 1, 1, 0)
+    assert entry(harness, "reversal_r1")["points"] == -50
+    assert data.assert_ledger_consistent(db) == {"c1": 100}
+
+
+def test_rerunning_reversals_changes_nothing(harness: Harness) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, data.purchase("buy", "o1", data.at(1), total=300),
+             data.refund("r1", "o1", data.at(2), 100))
+    run_to_end(harness, **REPLAY)
+    before = data.ledger_state(harness.db)
+
+    replay_again = run_to_end(harness, **REPLAY)
+    reversals = run_to_end(harness, twice=True, **REVERSALS)
+
+    assert replay_again["total"] == 0
+    assert (reversals["applied"], reversals["duplicates"]) == (0, 1)
+    assert data.ledger_state(harness.db) == before
+
+
+def test_the_runbook_order_repairs_a_refund_whose_purchase_was_missing(harness: Harness) -> None:
+    db = harness.db
+    data.product(db, "p1", 10)
+    # The purchase arrived before the range of the reversal backfill and was never applied.
+    data.put(db, data.purchase("buy", "o1", data.at(1), total=1000, lines=[("p1", 5)]),
+             data.refund("r1", "o1", data.at(3), 400))
+
+    failed = run_to_end(harness, **{**REVERSALS, "startDate": "2025-01-02"})
+    first_error = failed["firstErrors"][0]
+    replayed = run_to_end(harness, **{**REPLAY, "endDate": "2025-01-01"})
+    repaired = run_to_end(harness, **{**REVERSALS, "startDate": "2025-01-02"})
+
+    assert (failed["status"], failed["errors"]) == ("completed", 1)
+    assert first_error["message"] == "Original purchase entry not found: o1"
+    assert "webhook_replay first" in first_error["hint"]
+    assert replayed["applied"] == 1
+    assert (repaired["applied"], repaired["errors"]) == (1, 0)
+    assert data.assert_ledger_consistent(db) == {"c1": 30}
+
+
+def test_wallets_taken_below_zero_are_reported(harness: Harness) -> None:
+    db = harness.db
+    data.product(db, "p1", 10)
+    data.put(db, data.purchase("buy", "o1", data.at(1), total=100, customer="spender"))
+    run_to_end(harness, **REPLAY)
+    # The customer spent the points before the refund reached the ledger.
+    db.collection(store.LEDGER).document("spend_1").set(
+        {"customerId": "spender", "type": "redemption", "points": -10, "orderId": "-"})
+    db.collection(store.WALLETS).document("spender").update({"balance": 0})
+    data.put(db, data.refund("r1", "o1", data.at(2), 100))
+
+    run = run_to_end(harness, **REPLAY)
+
+    assert run["walletsBelowZero"] == {"count": 1, "customerIds": ["spender"]}
+    assert data.documents(db, store.WALLETS)["spender"]["balance"] == -10
+
+
+def test_a_dry_run_reports_the_reversals_it_would_create(harness: Harness) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, data.purchase("buy", "o1", data.at(1), total=200),
+             data.refund("r1", "o1", data.at(2), 100),
+             data.refund("r2", "o1", data.at(3), 100),
+             data.refund("cb", "o1", data.at(4), 100, kind="ON_CHARGEBACK"))
+    before = data.ledger_state(harness.db)
+
+    run = run_to_end(harness, **REPLAY, dryRun=True)
+
+    assert (run["applied"], run["skipped"], run["errors"], run["pointsMoved"]) == (3, 1, 0, 0)
+    assert data.ledger_state(harness.db) == before
