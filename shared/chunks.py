@@ -91,7 +91,8 @@ class _Chunk:
 
     @property
     def taken(self) -> int:
-        return int(self.data["counters"]["taken"])
+        """Events read from the chunk's own window so far (what its quota bounds)."""
+        return int(self.data.get("read", 0))
 
     @property
     def quota(self) -> int | None:
@@ -241,7 +242,7 @@ class ChunkRunner:
             if events:
                 chunk.data["cursor"] = {"receivedAt": events[-1].received_at,
                                         "eventId": events[-1].event_id}
-            chunk.data["counters"]["taken"] += len(events)
+            chunk.data["read"] = chunk.taken + len(events)
             self._after_commit()
             logs.log(logger, "page applied", migration_id=migration_id,
                      chunk_id=delivery.task.chunk_id, event_count=len(events), dry_run=dry_run,
@@ -342,7 +343,9 @@ class ChunkRunner:
         update: dict[str, Any] = {
             "updatedAt": firestore.SERVER_TIMESTAMP,
             "pages": firestore.Increment(1),
-            "counters.taken": firestore.Increment(len(events) + pulled),
+            "read": firestore.Increment(len(events)),
+            "counters.taken": firestore.Increment(
+                len(events) + pulled - sum(r.repeat for r in plan.results)),
             "counters.points": firestore.Increment(sum(r.points for r in plan.results)),
         }
         for name, count in _counts(plan).items():
@@ -402,5 +405,6 @@ class ChunkRunner:
 def _counts(plan: PagePlan) -> dict[str, int]:
     counts = dict.fromkeys(_COUNTER_OF.values(), 0)
     for result in plan.results:
-        counts[_COUNTER_OF[result.outcome]] += 1
+        if not result.repeat:
+            counts[_COUNTER_OF[result.outcome]] += 1
     return counts

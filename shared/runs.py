@@ -102,6 +102,7 @@ def start_run(
             "cursor": None,
             "leaseOwner": None,
             "counters": dict.fromkeys(COUNTERS, 0),
+            "read": 0,
             "belowZero": [],
             "createdAt": created,
             "startedAt": None,

@@ -85,9 +85,8 @@ def apply_purchase(event: Event, book: Book, plan: PagePlan, migration_id: str) 
     """Credit an order's points once: its ``purchase_{orderId}`` entry and the wallet increment."""
     order = parse_body(OrderCompleted, event.data)
     entry_id = ledger.purchase_id(order.id)
-    if book.entry(entry_id) is not None:
-        return ItemResult(event.event_id, event.event_type, Outcome.DUPLICATE,
-                          message=f"{entry_id} exists already")
+    if (existing := book.entry(entry_id)) is not None:
+        return _duplicate(event, entry_id, existing, migration_id)
     points = ledger.purchase_points(
         order, {line.product_id: book.product(line.product_id) for line in order.lines})
     if points <= 0:
@@ -120,9 +119,8 @@ def apply_reversal(event: Event, book: Book, plan: PagePlan, migration_id: str) 
     """
     reversal = parse_body(Reversal, event.data)
     entry_id = ledger.reversal_id(event.event_id)
-    if book.entry(entry_id) is not None:
-        return ItemResult(event.event_id, event.event_type, Outcome.DUPLICATE,
-                          message=f"{entry_id} exists already")
+    if (existing := book.entry(entry_id)) is not None:
+        return _duplicate(event, entry_id, existing, migration_id)
     purchase_id = ledger.purchase_id(reversal.order_id)
     purchase = book.entry(purchase_id)
     if purchase is None:
@@ -154,6 +152,14 @@ def apply_reversal(event: Event, book: Book, plan: PagePlan, migration_id: str) 
     plan.credit(customer_id, share.points)
     return ItemResult(event.event_id, event.event_type, Outcome.APPLIED, points=share.points,
                       customer_id=customer_id)
+
+
+def _duplicate(event: Event, entry_id: str, existing: Mapping[str, Any],
+               migration_id: str) -> ItemResult:
+    repeat = existing.get("sourceEventId") == event.event_id and \
+        existing.get("migrationId") == migration_id
+    return ItemResult(event.event_id, event.event_type, Outcome.DUPLICATE, repeat=repeat,
+                      message=f"{entry_id} exists already")
 
 
 def _ints(*values: object) -> bool:

@@ -64,6 +64,9 @@ class ItemResult:
     # Whether the event's ledger effect now exists (or is nothing at all), so the event is
     # marked processed: true for applied and duplicate events, and for skips that say so.
     settled: bool | None = None
+    # This run applied this very event already (a refund pulled its purchase forward): the
+    # event is not counted again.
+    repeat: bool = False
 
     def __post_init__(self) -> None:
         if self.settled is None:
