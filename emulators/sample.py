@@ -42,7 +42,7 @@ class SampleShape:
 
 def seed(db: firestore.Client, shape: SampleShape = SampleShape()) -> Counter[str]:
     """Write the sample; return how many events of each kind it wrote."""
-    rng = random.Random(shape.seed)
+    rng = random.Random(shape.seed)  # noqa: S311 (sample data, not secrets)
     writer = _Writer(db)
     kinds: Counter[str] = Counter()
     points = {f"prod-{i:02}": rng.randint(1, 40) for i in range(shape.products)}
@@ -56,8 +56,9 @@ def seed(db: firestore.Client, shape: SampleShape = SampleShape()) -> Counter[st
     for n in range(shape.purchases):
         order_id, customer = f"ord-{n:05}", f"cust-{rng.randrange(shape.customers):04}"
         received = start + dt.timedelta(seconds=rng.randrange(seconds))
-        lines = [{"product_id": rng.choice(list(points)), "quantity": rng.randint(1, 3),
-                  "unit_amount": rng.randint(500, 5000)} for _ in range(rng.randint(1, 3))]
+        lines: list[dict[str, Any]] = [
+            {"product_id": rng.choice(list(points)), "quantity": rng.randint(1, 3),
+             "unit_amount": rng.randint(500, 5000)} for _ in range(rng.randint(1, 3))]
         total = sum(line["unit_amount"] * line["quantity"] for line in lines)
         body: dict[str, Any] = {"id": order_id, "customer": {"id": customer, "email": "x@y.z"},
                                 "lines": lines, "total_amount": total, "currency": "EUR",

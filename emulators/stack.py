@@ -689,7 +689,7 @@ class Stack:
         """Create the chunk queue as the contract says, through the real client."""
         import datetime as dt
 
-        import grpc  # type: ignore[import-untyped]  # grpcio ships no type stubs
+        import grpc
         from google.api_core import exceptions
         from google.cloud import tasks_v2
         from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport

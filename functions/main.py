@@ -149,5 +149,4 @@ def _parse_task(request: flask.Request) -> ChunkTask:
             raise InvalidRequest(field, "must be a non-empty string")
     if not isinstance(segment, int) or isinstance(segment, bool) or segment < 0:
         raise InvalidRequest("segment", "must be a whole number >= 0")
-    assert isinstance(migration_id, str) and isinstance(chunk_id, str)
-    return ChunkTask(migration_id, chunk_id, segment)
+    return ChunkTask(str(migration_id), str(chunk_id), segment)

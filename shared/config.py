@@ -160,7 +160,7 @@ class Settings(BaseSettings):
 @functools.cache
 def get_settings() -> Settings:
     """The process's settings, read from the environment once (tests call ``cache_clear``)."""
-    return Settings()  # type: ignore[call-arg]
+    return Settings()
 
 
 class ClientSettings(BaseSettings):

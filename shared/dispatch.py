@@ -9,6 +9,7 @@ a task of that name exists already, so enqueuing the same chunk segment twice is
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import threading
@@ -21,7 +22,6 @@ from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as api_retry
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
-from google.protobuf import duration_pb2
 
 from shared.config import Settings
 from shared.errors import Unavailable
@@ -103,7 +103,7 @@ class CloudTasksDispatcher:
                     audience=settings.effective_chunk_audience,
                 ),
             ),
-            dispatch_deadline=duration_pb2.Duration(seconds=settings.dispatch_deadline_seconds),
+            dispatch_deadline=dt.timedelta(seconds=settings.dispatch_deadline_seconds),
         )
         try:
             # Retrying a create is safe: the name is deterministic, so a retry of a create that

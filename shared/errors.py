@@ -3,7 +3,7 @@
 ::
 
     BackfillError                      status  retryable
-     ├── InvalidRequest                  400     no     a field of the request is wrong; nothing written
+     ├── InvalidRequest                  400     no     a request field is wrong; nothing written
      ├── Unauthenticated                 401     no     no valid OIDC token
      ├── Forbidden                       403     no     a valid token of an identity not allowed
      ├── NotFound                        404     no

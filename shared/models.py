@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -155,7 +156,7 @@ class Reversal(_Payload):
     currency: str = Field(min_length=1)
 
 
-def parse_body(model: type[ModelT], event: dict[str, Any]) -> ModelT:
+def parse_body(model: type[ModelT], event: Mapping[str, Any]) -> ModelT:
     """Validate an event's ``payload.body``; raise ``MalformedPayload`` saying where and why.
 
     The message names fields and reasons only, never values: payload contents stay out of

@@ -79,7 +79,8 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int) -> 
     if left_over > 0:
         body["note"] = (f"maxEvents bounded this run: {left_over} eligible event(s) are left "
                         "for a later run")
-    return _jsonable(body)
+    result: dict[str, Any] = _jsonable(body)
+    return result
 
 
 def _chunk_view(chunk_id: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -41,8 +41,11 @@ def run_ref(db: firestore.Client, migration_id: str) -> firestore.DocumentRefere
     return db.collection(RUNS).document(migration_id)
 
 
-def chunk_ref(db: firestore.Client, migration_id: str, chunk_id: str) -> firestore.DocumentReference:
-    return run_ref(db, migration_id).collection(CHUNKS).document(chunk_id)
+def chunk_ref(db: firestore.Client, migration_id: str,
+              chunk_id: str) -> firestore.DocumentReference:
+    chunk: firestore.DocumentReference = run_ref(db, migration_id).collection(CHUNKS).document(
+        chunk_id)
+    return chunk
 
 
 def count(query: Any) -> int:

@@ -125,11 +125,13 @@ def apply_reversal(event: Event, book: Book, plan: PagePlan, migration_id: str) 
     purchase = book.entry(purchase_id)
     if purchase is None:
         raise PurchaseNotFound(reversal.order_id)
-    points, total = purchase.get("points"), purchase.get("orderTotal")
-    refunded, reversed_ = purchase.get("refundedAmount", 0), purchase.get("reversedPoints", 0)
+    points = _int(purchase, "points", purchase_id)
+    total = _int(purchase, "orderTotal", purchase_id)
+    refunded = _int(purchase, "refundedAmount", purchase_id, 0)
+    reversed_ = _int(purchase, "reversedPoints", purchase_id, 0)
     customer_id = purchase.get("customerId")
-    if not (_ints(points, total, refunded, reversed_) and isinstance(customer_id, str)):
-        raise MalformedPayload(f"Malformed purchase entry: {purchase_id}")
+    if not isinstance(customer_id, str):
+        raise MalformedPayload(f"Malformed purchase entry: {purchase_id}: customerId")
     share = ledger.reverse(points, total, refunded, reversed_, reversal.amount)
     if share.refunded_amount == refunded:
         return ItemResult(event.event_id, event.event_type, Outcome.SKIPPED,
@@ -162,5 +164,8 @@ def _duplicate(event: Event, entry_id: str, existing: Mapping[str, Any],
                       message=f"{entry_id} exists already")
 
 
-def _ints(*values: object) -> bool:
-    return all(isinstance(value, int) and not isinstance(value, bool) for value in values)
+def _int(entry: Mapping[str, Any], key: str, entry_id: str, default: int | None = None) -> int:
+    value = entry.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MalformedPayload(f"Malformed purchase entry: {entry_id}: {key}")
+    return value

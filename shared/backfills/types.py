@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
@@ -38,8 +38,8 @@ def _in_window(query: Any, window: Window) -> Any:
 class _RuleBook:
     """Applies each event by the rule of its type; events of other types are skipped."""
 
-    rules: Mapping[str, Rule]
-    lookups_by_type: Mapping[str, Callable[[Event], list[str]]]
+    rules: ClassVar[Mapping[str, Rule]]
+    lookups_by_type: ClassVar[Mapping[str, Callable[[Event], list[str]]]]
 
     def lookups(self, events: Sequence[Event]) -> list[str]:
         paths: dict[str, None] = {}
@@ -76,12 +76,12 @@ class WebhookReplay(_RuleBook):
     """Replays unprocessed events; a refund whose purchase is unprocessed in the same run's
     range pulls that purchase into its own page, so the order of chunks cannot fail it."""
 
-    rules = {
+    rules: ClassVar[Mapping[str, Rule]] = {
         EventType.ORDER_COMPLETED.value: apply_purchase,
         EventType.REFUND.value: apply_reversal,
         EventType.CHARGEBACK.value: apply_reversal,
     }
-    lookups_by_type = {
+    lookups_by_type: ClassVar[Mapping[str, Callable[[Event], list[str]]]] = {
         EventType.ORDER_COMPLETED.value: purchase_lookups,
         EventType.REFUND.value: reversal_lookups,
         EventType.CHARGEBACK.value: reversal_lookups,
@@ -113,8 +113,9 @@ class WebhookReplay(_RuleBook):
 
 
 class ReversalBackfill(_RuleBook):
-    rules = {kind: apply_reversal for kind in REVERSAL_TYPES}
-    lookups_by_type = {kind: reversal_lookups for kind in REVERSAL_TYPES}
+    rules: ClassVar[Mapping[str, Rule]] = dict.fromkeys(REVERSAL_TYPES, apply_reversal)
+    lookups_by_type: ClassVar[Mapping[str, Callable[[Event], list[str]]]] = dict.fromkeys(
+        REVERSAL_TYPES, reversal_lookups)
 
     def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
         return _in_window(events.where(filter=FieldFilter("eventType", "in",

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from flask.testing import FlaskClient
 from functions_framework import create_app
 from google.cloud import firestore
 
@@ -43,11 +42,12 @@ class Harness:
         self.settings = make_settings(self.env, **{"page_size": 20, **overrides})
         use(Services(self.settings, self.db, self.dispatcher))
 
-    def headers(self, email: str = "ops@example.com", audience: str | None = None) -> dict[str, str]:
+    def headers(self, email: str = "ops@example.com",
+                audience: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.mint(email, audience)}"}
 
-    def start(self, client: FlaskClient | None = None, **body: Any) -> Any:
-        return (client or self.trigger).post("/", json=body, headers=self.headers())
+    def start(self, **body: Any) -> Any:
+        return self.trigger.post("/", json=body, headers=self.headers())
 
     def deliver_all(self, twice: bool = False) -> int:
         """Deliver every queued task (and the continuations they enqueue) until none is left."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from shared import store
 from tests import data
 from tests.functions.conftest import Harness
 
-RANGE = {"type": "webhook_replay", "startDate": "2025-01-01", "endDate": "2025-01-03"}
+RANGE: dict[str, Any] = {"type": "webhook_replay", "startDate": "2025-01-01",
+                         "endDate": "2025-01-03"}
 
 
 def seed_mixed(harness: Harness) -> None:

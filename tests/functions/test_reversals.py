@@ -8,12 +8,13 @@ from shared import store
 from tests import data
 from tests.functions.conftest import Harness
 
-REPLAY = {"type": "webhook_replay", "startDate": "2025-01-01", "endDate": "2025-01-04"}
-REVERSALS = {"type": "reversal_backfill", "startDate": "2025-01-01", "endDate": "2025-01-04"}
+REPLAY: dict[str, Any] = {"type": "webhook_replay", "startDate": "2025-01-01",
+                          "endDate": "2025-01-04"}
+REVERSALS: dict[str, Any] = {**REPLAY, "type": "reversal_backfill"}
 
 
 def entry(harness: Harness, entry_id: str) -> dict[str, Any]:
-    return store.LEDGER and data.documents(harness.db, store.LEDGER)[entry_id]
+    return data.documents(harness.db, store.LEDGER)[entry_id]
 
 
 def run_to_end(harness: Harness, twice: bool = False, **body: Any) -> Any:

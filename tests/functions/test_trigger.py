@@ -16,8 +16,8 @@ from tests import data
 from tests.conftest import ROOT
 from tests.functions.conftest import Harness
 
-BODY = {"type": "webhook_replay", "startDate": "2025-01-01", "endDate": "2025-01-03",
-        "dryRun": False, "maxEvents": 1000}
+BODY: dict[str, Any] = {"type": "webhook_replay", "startDate": "2025-01-01",
+                        "endDate": "2025-01-03", "dryRun": False, "maxEvents": 1000}
 
 
 def stack_key() -> SigningKey:

@@ -20,7 +20,7 @@ def test_a_missing_product_names_itself() -> None:
         "id": "o1", "customer": {"id": "c1"}, "total_amount": 100, "currency": "EUR",
         "lines": [{"product_id": "a", "quantity": 1}, {"product_id": "gone", "quantity": 1}]})
 
-    with pytest.raises(ProductNotFound, match="^Product not found: gone$"):
+    with pytest.raises(ProductNotFound, match=r"^Product not found: gone$"):
         purchase_points(order, {"a": {"points": 5}, "gone": None})
 
 

@@ -1,4 +1,5 @@
 import datetime as dt
+import itertools
 
 from shared.dispatch import ChunkTask, InProcessDispatcher
 from shared.planning import quotas, windows
@@ -10,7 +11,7 @@ def test_one_window_per_utc_day_end_inclusive() -> None:
     assert [w.chunk_id for w in result] == ["2025-01-30", "2025-01-31", "2025-02-01"]
     assert result[0].start == dt.datetime(2025, 1, 30, tzinfo=dt.UTC)
     assert result[-1].end == dt.datetime(2025, 2, 2, tzinfo=dt.UTC)
-    assert all(a.end == b.start for a, b in zip(result, result[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(result))
 
 
 def test_multi_day_windows_cut_the_last_one_short() -> None:

@@ -28,7 +28,7 @@ def settings_from(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Setti
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    return Settings()  # type: ignore[call-arg]
+    return Settings()
 
 
 def test_production_is_the_default_and_trusts_only_google(monkeypatch: pytest.MonkeyPatch) -> None:
