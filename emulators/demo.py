@@ -85,10 +85,10 @@ def check_invariants(db: firestore.Client) -> list[str]:
 
 
 def show_run(title: str, run: dict[str, Any]) -> None:
-    keys = ("status", "total", "processed", "applied", "duplicates", "skipped", "errors",
-            "pointsMoved")
-    table = Table(*keys, title=f"{title}: {run['migrationId']}")
-    table.add_row(*(str(run[key]) for key in keys))
+    table = Table("", "", title=f"{title}: {run['migrationId']}", show_header=False)
+    for key in ("status", "total", "processed", "applied", "duplicates", "skipped", "errors",
+                "pointsMoved"):
+        table.add_row(key, str(run[key]))
     console.print(table)
     if run["walletsBelowZero"]["count"]:
         console.print(f"  wallets taken below zero: {run['walletsBelowZero']['count']}")

@@ -92,7 +92,9 @@ class WebhookReplay(_RuleBook):
 
     def pull(self, events: firestore.CollectionReference, page: Sequence[Event], plan: PagePlan,
              run_window: Window) -> list[Event]:
-        """Unprocessed purchases, in ``run_window``, of the page's refunds that lack one."""
+        """The oldest unprocessed purchase event, in ``run_window``, of each order whose refund
+        in ``page`` lacks its purchase entry (a redelivery of it stays a duplicate in its own
+        chunk)."""
         missing = {result.event_id for result in plan.results
                    if result.code == PurchaseNotFound.code}
         order_ids = {parse_body(Reversal, event.data).order_id
@@ -104,11 +106,12 @@ class WebhookReplay(_RuleBook):
                                                     EventType.ORDER_COMPLETED.value)) \
                 .where(filter=FieldFilter("payload.body.id", "==", order_id)) \
                 .where(filter=FieldFilter("processed", "==", False)).limit(10)
-            for snap in query.stream():
-                event = Event(snap.id, snap.to_dict() or {})
-                if snap.id not in page_ids and \
-                        run_window.start <= event.received_at < run_window.end:
-                    pulled[snap.id] = event
+            found = sorted((Event(snap.id, snap.to_dict() or {}) for snap in query.stream()),
+                           key=lambda event: (event.received_at, event.event_id))
+            oldest = next((event for event in found
+                           if run_window.start <= event.received_at < run_window.end), None)
+            if oldest is not None and oldest.event_id not in page_ids:
+                pulled[oldest.event_id] = oldest
         return sorted(pulled.values(), key=lambda event: (event.received_at, event.event_id))
 
 
