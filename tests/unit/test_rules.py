@@ -147,3 +147,13 @@ def test_lookups_name_products_and_entries_once() -> None:
 
     assert sorted(paths) == sorted(["ledgerEntries/purchase_o1", "products/p1", "products/p2",
                                     "ledgerEntries/purchase_o2", "ledgerEntries/reversal_r1"])
+
+
+def test_a_refund_too_small_for_a_point_still_records_its_amount_once() -> None:
+    stored = {"ledgerEntries/purchase_o1": entry(10, total=1000)}
+
+    plan = ReversalBackfill().plan([refund("r1", "o1", 50), refund("r2", "o1", 50)], stored, "m1")
+
+    assert [r.points for r in plan.results] == [0, -1]
+    assert plan.creates["reversal_r1"]["points"] == 0
+    assert plan.updates["purchase_o1"][0] == {"refundedAmount": 100, "reversedPoints": 1}
