@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -246,6 +247,22 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 # --- the stack --------------------------------------------------------------------------------
+
+
+def queue_spec(name: str, max_attempts: int, max_concurrent: int) -> Any:
+    """A queue as the local stack makes them: quick backoff, production's retry semantics."""
+    from google.cloud import tasks_v2
+
+    return tasks_v2.Queue(
+        name=name,
+        retry_config=tasks_v2.RetryConfig(
+            max_attempts=max_attempts,
+            min_backoff=dt.timedelta(seconds=0.2),
+            max_backoff=dt.timedelta(seconds=4),
+            max_doublings=4,
+        ),
+        rate_limits=tasks_v2.RateLimits(max_concurrent_dispatches=max_concurrent),
+    )
 
 
 class Stack:
@@ -687,8 +704,6 @@ class Stack:
 
     def _create_queue(self) -> None:
         """Create the chunk queue as the contract says, through the real client."""
-        import datetime as dt
-
         import grpc
         from google.api_core import exceptions
         from google.cloud import tasks_v2
@@ -699,16 +714,7 @@ class Stack:
         try:
             client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
             parent = f"projects/{PROJECT_ID}/locations/{LOCATION}"
-            queue = tasks_v2.Queue(
-                name=f"{parent}/queues/{QUEUE_ID}",
-                retry_config=tasks_v2.RetryConfig(
-                    max_attempts=max_attempts,
-                    min_backoff=dt.timedelta(seconds=0.2),
-                    max_backoff=dt.timedelta(seconds=4),
-                    max_doublings=4,
-                ),
-                rate_limits=tasks_v2.RateLimits(max_concurrent_dispatches=4),
-            )
+            queue = queue_spec(f"{parent}/queues/{QUEUE_ID}", max_attempts, 4)
             try:
                 client.create_queue(parent=parent, queue=queue, timeout=10)
             except exceptions.AlreadyExists:

@@ -14,15 +14,16 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import flask
 import functions_framework
 
 from shared import logs, progress, runs
-from shared.auth import authenticate
+from shared.auth import Caller, authenticate
 from shared.chunks import Delivery
+from shared.config import Settings
 from shared.dispatch import ChunkTask
 from shared.errors import (
     BackfillDisabled,
@@ -32,7 +33,7 @@ from shared.errors import (
     NotFound,
 )
 from shared.models import parse_request
-from shared.wiring import services
+from shared.wiring import Services, services
 
 logger = logging.getLogger("backfill.functions")
 
@@ -52,9 +53,21 @@ def _answer(handler: Callable[[flask.Request], tuple[dict[str, Any], int]],
     return flask.Response(json.dumps(body), status=status, mimetype="application/json")
 
 
-def _require(request: flask.Request, method: str) -> None:
+# Each endpoint's accepted token audiences and allowed identities.
+Admission = Callable[[Settings], tuple[Collection[str], Collection[str]]]
+_TRIGGER_CALL: Admission = lambda s: (s.operator_audiences, s.trigger_identities)  # noqa: E731
+_STATUS_CALL: Admission = lambda s: (s.operator_audiences, s.status_identities)  # noqa: E731
+_TASK_CALL: Admission = lambda s: ((s.effective_chunk_audience,), s.chunk_identities)  # noqa: E731
+
+
+def _admit(request: flask.Request, method: str, admission: Admission) -> tuple[Services, Caller]:
+    """Check the method, then the caller's token against the endpoint's admission."""
+    svc = services()
     if request.method != method:
         raise MethodNotAllowed(f"use {method}")
+    audiences, allowed = admission(svc.settings)
+    caller = authenticate(request.headers.get("Authorization"), svc.settings, audiences, allowed)
+    return svc, caller
 
 
 @functions_framework.http
@@ -64,11 +77,8 @@ def backfill_trigger(request: flask.Request) -> flask.Response:
 
 
 def _trigger(request: flask.Request) -> tuple[dict[str, Any], int]:
-    svc = services()
+    svc, caller = _admit(request, "POST", _TRIGGER_CALL)
     settings = svc.settings
-    _require(request, "POST")
-    caller = authenticate(request.headers.get("Authorization"), settings,
-                          settings.operator_audiences, settings.trigger_identities)
     if not settings.enabled:
         raise BackfillDisabled("backfills are switched off (BACKFILL_ENABLED=false); "
                                "nothing was started")
@@ -94,11 +104,8 @@ def backfill_status(request: flask.Request) -> flask.Response:
 
 
 def _status(request: flask.Request) -> tuple[dict[str, Any], int]:
-    svc = services()
+    svc, _ = _admit(request, "GET", _STATUS_CALL)
     settings = svc.settings
-    _require(request, "GET")
-    authenticate(request.headers.get("Authorization"), settings, settings.operator_audiences,
-                 settings.status_identities)
     if match := _RUN_PATH.match(request.path):
         return progress.describe_run(svc.db, match.group(1), settings.first_errors_shown), 200
     if _LIST_PATH.match(request.path):
@@ -119,11 +126,7 @@ def backfill_chunk(request: flask.Request) -> flask.Response:
 
 
 def _chunk(request: flask.Request) -> tuple[dict[str, Any], int]:
-    svc = services()
-    settings = svc.settings
-    _require(request, "POST")
-    authenticate(request.headers.get("Authorization"), settings,
-                 (settings.effective_chunk_audience,), settings.chunk_identities)
+    svc, _ = _admit(request, "POST", _TASK_CALL)
     task = _parse_task(request)
     retries = request.headers.get("X-CloudTasks-TaskRetryCount", "0")
     delivery = Delivery(task, int(retries) if retries.isdigit() else 0)

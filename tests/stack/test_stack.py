@@ -30,7 +30,7 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpc
 from google.oauth2 import id_token
 
 from emulators.issuer import Issuer, SigningKey, mint_token
-from emulators.stack import QUEUE_ID, REPO_ROOT, Stack
+from emulators.stack import QUEUE_ID, REPO_ROOT, Stack, queue_spec
 
 pytestmark = pytest.mark.emulator
 
@@ -144,16 +144,7 @@ def make_queue(
 ) -> str:
     queue = client.create_queue(
         parent=PARENT,
-        queue=tasks_v2.Queue(
-            name=f"{PARENT}/queues/{queue_id}",
-            retry_config=tasks_v2.RetryConfig(
-                max_attempts=max_attempts,
-                min_backoff=dt.timedelta(seconds=0.2),
-                max_backoff=dt.timedelta(seconds=4),
-                max_doublings=4,
-            ),
-            rate_limits=tasks_v2.RateLimits(max_concurrent_dispatches=max_concurrent),
-        ),
+        queue=queue_spec(f"{PARENT}/queues/{queue_id}", max_attempts, max_concurrent),
     )
     return str(queue.name)
 
