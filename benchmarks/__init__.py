@@ -1,0 +1,1 @@
+"""Benchmarks of the backfill bundle on the local stack (``python -m benchmarks.replay``)."""
