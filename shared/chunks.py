@@ -32,7 +32,7 @@ from google.cloud import firestore
 from shared import logs, planning, runs, store
 from shared.backfills.base import Backfill, Event, PagePlan, Stored
 from shared.backfills.types import BACKFILLS
-from shared.config import Settings
+from shared.config import MAX_WRITES_PER_COMMIT, Settings
 from shared.dispatch import ChunkTask, Dispatcher
 from shared.errors import PurchaseNotFound, Unavailable
 from shared.models import (
@@ -204,7 +204,8 @@ class ChunkRunner:
                                    dt.date.fromisoformat(run["endDate"]))
         migration_id = delivery.task.migration_id
         events_ref = self._db.collection(store.EVENTS)
-        for attempt in range(_PAGE_ATTEMPTS):
+        attempt = 0
+        while attempt < _PAGE_ATTEMPTS:
             events: list[Event] = []
             if limit > 0:
                 query = backfill.selection(events_ref, chunk.window).order_by(
@@ -231,12 +232,17 @@ class ChunkRunner:
             checkpoint = self._checkpoint(events, plan, below_zero, final, len(pulled))
             batch.update(chunk.ref, checkpoint,
                          option=self._db.write_option(last_update_time=chunk.update_time))
+            if len(batch) > MAX_WRITES_PER_COMMIT and len(events) > 1:
+                # Purchases pulled in by refunds made the page too large for one commit.
+                limit = len(events) // 2
+                continue
             try:
                 results = batch.commit()
             except _CONFLICTS:
                 # Something moved since the page was read: find out whether it is still ours.
+                attempt += 1
                 self._refresh(delivery, chunk)
-                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # noqa: S311 (jitter)
+                time.sleep(random.uniform(0.01, 0.05) * attempt)  # noqa: S311 (jitter)
                 continue
             chunk.update_time = results[-1].update_time
             if events:

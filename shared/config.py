@@ -103,6 +103,10 @@ class Settings(BaseSettings):
                 "BACKFILL_DISPATCH_DEADLINE_SECONDS, so a chunk checkpoints well before "
                 "Cloud Tasks gives up on the request"
             )
+        if -(-self.max_range_days // self.chunk_days) > MAX_WRITES_PER_COMMIT - 1:
+            raise ValueError(
+                "BACKFILL_MAX_RANGE_DAYS / BACKFILL_CHUNK_DAYS must stay under 500 chunks: a run "
+                "and all its chunks are written in one commit")
         if self.env is Environment.PRODUCTION:
             self._refuse_local_shortcuts()
         return self

@@ -162,3 +162,21 @@ def test_a_dry_run_reports_the_reversals_it_would_create(harness: Harness) -> No
 
     assert (run["applied"], run["skipped"], run["errors"], run["pointsMoved"]) == (3, 1, 0, 0)
     assert data.ledger_state(harness.db) == before
+
+
+def test_a_page_that_pulls_purchases_is_split_to_fit_one_commit(harness: Harness) -> None:
+    harness.configure(page_size=124)
+    data.product(harness.db, "p1", 10)
+    pairs = 100  # each refund pulls its purchase: five writes a pair, 501 in one commit
+    data.put(harness.db, *(data.refund(f"r{n:03}", f"o{n:03}", data.at(1, n), 500)
+                           for n in range(pairs)),
+             *(data.purchase(f"b{n:03}", f"o{n:03}", data.at(2, n), customer=f"c{n}")
+               for n in range(pairs)))
+
+    run = run_to_end(harness, **REPLAY)
+
+    day_one = store.chunk_ref(harness.db, run["migrationId"], "2025-01-01").get().to_dict()
+    assert day_one is not None
+    assert day_one["pages"] == 2
+    assert (run["status"], run["applied"], run["errors"]) == ("completed", 2 * pairs, 0)
+    data.assert_ledger_consistent(harness.db)
