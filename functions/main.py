@@ -91,9 +91,6 @@ def _trigger(request: flask.Request) -> tuple[dict[str, Any], int]:
         "status": started.status.value,
         "statusUrl": status_url,
         "chunks": started.chunks,
-        "eligible": started.eligible,
-        "total": started.total,
-        "enqueued": started.enqueued,
     }, 202
 
 

@@ -129,6 +129,9 @@ class ChunkRunner:
 
     def _run(self, delivery: Delivery) -> ChunkReport:
         task = delivery.task
+        if task.chunk_id == runs.PLAN_CHUNK:
+            return ChunkReport("planned", detail=runs.plan_run(
+                self._settings, self._db, self._dispatcher, task.migration_id))
         run_snap = store.run_ref(self._db, task.migration_id).get()
         if not run_snap.exists:
             return ChunkReport("idle", detail="no such run")
@@ -388,6 +391,9 @@ class ChunkRunner:
                                            segment))
 
     def _fail(self, task: ChunkTask, reason: str) -> None:
+        if task.chunk_id == runs.PLAN_CHUNK:
+            runs.fail_run(self._db, task.migration_id, f"planning {reason}")
+            return
         ref = store.chunk_ref(self._db, task.migration_id, task.chunk_id)
         ref.update({"state": ChunkState.FAILED.value, "leaseOwner": None, "failureReason": reason,
                     "finishedAt": firestore.SERVER_TIMESTAMP})

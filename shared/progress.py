@@ -18,8 +18,8 @@ from shared.errors import InvalidRequest, NotFound
 from shared.models import BackfillType, RunStatus
 
 _RUN_FIELDS = ("migrationId", "type", "status", "dryRun", "startDate", "endDate", "maxEvents",
-               "eligible", "total", "chunkCount", "requestedBy", "createdAt", "startedAt",
-               "finishedAt", "failureReason")
+               "planned", "eligible", "total", "chunkCount", "requestedBy", "createdAt",
+               "startedAt", "finishedAt", "failureReason")
 
 
 def list_runs(db: firestore.Client, limit: int = 20, backfill_type: str | None = None,
@@ -69,18 +69,28 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int) -> 
         errors=sums["errors"],
         taken=taken,
         pointsMoved=sums["points"],
-        percent=100.0 if total == 0 else round(min(100.0, 100.0 * taken / total), 1),
+        percent=_percent(run, taken, total),
         leftForLaterRun=max(left_over, 0),
         walletsBelowZero={"count": len(sums["belowZero"]), "customerIds": sums["belowZero"]},
         chunkStates=states,
         chunks=[_chunk_view(chunk_id, data) for chunk_id, data in chunk_docs],
         firstErrors=[_error_view(error.to_dict() or {}) for error in errors],
     )
-    if left_over > 0:
+    if not run.get("planned"):
+        body["note"] = "planning: counting the events of each chunk"
+    elif left_over > 0:
         body["note"] = (f"maxEvents bounded this run: {left_over} eligible event(s) are left "
                         "for a later run")
     result: dict[str, Any] = _jsonable(body)
     return result
+
+
+def _percent(run: dict[str, Any], taken: int, total: int) -> float:
+    if not run.get("planned"):
+        return 0.0
+    if total == 0:
+        return 100.0
+    return round(min(100.0, 100.0 * taken / total), 1)
 
 
 def _chunk_view(chunk_id: str, data: dict[str, Any]) -> dict[str, Any]:

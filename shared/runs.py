@@ -1,9 +1,10 @@
-"""Runs (``dataMigrations/{migrationId}``): starting one, and moving its status.
+"""Runs (``dataMigrations/{migrationId}``): starting one, planning it, and moving its status.
 
-Starting a run counts the eligible events of each chunk (an aggregation, no documents read),
-shares ``maxEvents`` out oldest first, writes the run and all its chunks in one atomic batch,
-then enqueues one task per chunk that has work. The run document is written when the run starts,
-when its first chunk starts and when its last chunk ends: never per event.
+Starting a run records it and enqueues its planning task; planning counts the eligible events
+of each chunk (an aggregation, no documents read), shares ``maxEvents`` out oldest first, writes
+all chunks in one commit, then enqueues one task per chunk that has work. The run document is
+written when the run starts, when it is planned, when its first chunk starts and when its last
+chunk ends: never per event.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from shared.errors import Unavailable
 from shared.models import (
     FINAL_RUN_STATUSES,
     BackfillRequest,
+    BackfillType,
     ChunkState,
     RunStatus,
 )
@@ -38,14 +40,14 @@ logger = logging.getLogger(__name__)
 COUNTERS = ("taken", "applied", "duplicates", "skipped", "errors", "points")
 
 
+PLAN_CHUNK = "plan"  # the chunk id of a run's planning task
+
+
 @dataclasses.dataclass(frozen=True)
 class StartedRun:
     migration_id: str
     status: RunStatus
     chunks: int
-    eligible: int
-    total: int
-    enqueued: int
 
 
 def start_run(
@@ -56,21 +58,13 @@ def start_run(
     dispatcher: Dispatcher,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> StartedRun:
-    """Record a run with its planned chunks and fan out one task per chunk with work.
+    """Record a run (``pending``, not yet planned) and enqueue its planning task.
 
-    Chunks with nothing to take (no eligible events, or ``maxEvents`` spent by older chunks)
-    are recorded as completed and get no task. If tasks cannot be enqueued the run is marked
-    failed (its queued chunks then stop at once) and ``Unavailable`` is raised.
+    Planning counts every chunk's events, which takes time in proportion to the range, so it
+    runs as a task and the trigger answers at once whatever the range. If the task cannot be
+    enqueued the run is marked failed and ``Unavailable`` is raised.
     """
-    backfill = BACKFILLS[request.type]
     windows = planning.windows(request.start_date, request.end_date, settings.chunk_days)
-    events = db.collection(store.EVENTS)
-    with ThreadPoolExecutor(max_workers=settings.enqueue_workers) as pool:
-        eligible = list(pool.map(
-            lambda window: store.count(backfill.selection(events, window)), windows))
-    quotas = planning.quotas(eligible, request.max_events)
-    total = sum(q if q is not None else e for q, e in zip(quotas, eligible, strict=True))
-
     created = now()
     run: dict[str, Any] = {
         "type": request.type.value,
@@ -79,18 +73,78 @@ def start_run(
         "startDate": request.start_date.isoformat(),
         "endDate": request.end_date.isoformat(),
         "maxEvents": request.max_events,
-        "eligible": sum(eligible),
-        "total": total,
+        "chunkDays": settings.chunk_days,
         "chunkCount": len(windows),
+        "planned": False,
+        "eligible": None,
+        "total": None,
         "requestedBy": caller.email,
         "createdAt": created,
         "startedAt": None,
         "finishedAt": None,
     }
-    chunks: list[tuple[str, dict[str, Any]]] = []
+    migration_id = _create(db, request, run, created)
+    try:
+        dispatcher.enqueue(ChunkTask(migration_id, PLAN_CHUNK))
+    except Unavailable as error:
+        fail_run(db, migration_id, f"could not enqueue the planning task: {error.message}")
+        raise Unavailable(f"run {migration_id} failed: its planning task could not be "
+                          "enqueued; start the run again") from error
+    logs.log(logger, "run started", migration_id=migration_id, type=request.type.value,
+             start_date=run["startDate"], end_date=run["endDate"], dry_run=request.dry_run,
+             chunks=len(windows), caller=caller.email)
+    return StartedRun(migration_id, RunStatus.PENDING, len(windows))
+
+
+def plan_run(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
+             migration_id: str) -> str:
+    """Plan a run once and fan out one task per chunk with work; safe to repeat.
+
+    Counts the eligible events of every chunk (one aggregation each, in parallel), shares
+    ``maxEvents`` out oldest first, and writes all chunks with the run's totals in one commit
+    under the run's update time, so a second delivery either finds the run planned or loses the
+    race. Chunks with nothing to take are recorded as completed and get no task. Every delivery
+    enqueues the tasks of the chunks still pending (a no-op for those that exist).
+    """
+    ref = store.run_ref(db, migration_id)
+    for _ in range(5):
+        snap = ref.get()
+        if not snap.exists:
+            return "no such run"
+        run = snap.to_dict() or {}
+        if run.get("status") in FINAL_RUN_STATUSES:
+            return f"the run is {run['status']}"
+        if run.get("planned"):
+            break
+        try:
+            _plan(settings, db, ref, run, snap.update_time)
+        except (api_exceptions.AlreadyExists, api_exceptions.FailedPrecondition):
+            continue  # another delivery planned it meanwhile
+        break
+    pending = ref.collection(store.CHUNKS).where(
+        filter=FieldFilter("state", "==", ChunkState.PENDING.value)).stream()
+    tasks = [ChunkTask(migration_id, chunk.id) for chunk in pending]
+    enqueue_all(dispatcher, tasks, settings.enqueue_workers)
+    return f"planned; {len(tasks)} chunk task(s) enqueued"
+
+
+def _plan(settings: Settings, db: firestore.Client, ref: firestore.DocumentReference,
+          run: dict[str, Any], read_at: dt.datetime) -> None:
+    backfill = BACKFILLS[BackfillType(run["type"])]
+    windows = planning.windows(dt.date.fromisoformat(run["startDate"]),
+                               dt.date.fromisoformat(run["endDate"]), int(run["chunkDays"]))
+    events = db.collection(store.EVENTS)
+    with ThreadPoolExecutor(max_workers=settings.enqueue_workers) as pool:
+        eligible = list(pool.map(
+            lambda window: store.count(backfill.selection(events, window)), windows))
+    quotas = planning.quotas(eligible, run.get("maxEvents"))
+    total = sum(q if q is not None else e for q, e in zip(quotas, eligible, strict=True))
+    batch = db.batch()
+    idle_chunks = 0
     for index, (window, count, quota) in enumerate(zip(windows, eligible, quotas, strict=True)):
         idle = quota == 0 or count == 0
-        chunks.append((window.chunk_id, {
+        idle_chunks += idle
+        batch.create(ref.collection(store.CHUNKS).document(window.chunk_id), {
             "index": index,
             "windowStart": window.start,
             "windowEnd": window.end,
@@ -104,29 +158,20 @@ def start_run(
             "counters": dict.fromkeys(COUNTERS, 0),
             "read": 0,
             "belowZero": [],
-            "createdAt": created,
+            "createdAt": firestore.SERVER_TIMESTAMP,
             "startedAt": None,
-            "finishedAt": created if idle else None,
-        }))
-    if all(chunk["state"] == ChunkState.COMPLETED for _, chunk in chunks):
-        run.update(status=RunStatus.COMPLETED.value, startedAt=created, finishedAt=created)
-
-    migration_id = _create(db, request, run, chunks, created)
-    tasks = [ChunkTask(migration_id, chunk_id) for chunk_id, chunk in chunks
-             if chunk["state"] == ChunkState.PENDING]
-    try:
-        enqueued = enqueue_all(dispatcher, tasks, settings.enqueue_workers)
-    except Unavailable as error:
-        fail_run(db, migration_id, f"could not enqueue the chunk tasks: {error.message}")
-        raise Unavailable(
-            f"run {migration_id} failed: its chunk tasks could not be enqueued; "
-            "start the run again") from error
-    logs.log(logger, "run started", migration_id=migration_id, type=request.type.value,
-             start_date=run["startDate"], end_date=run["endDate"], dry_run=request.dry_run,
-             eligible=run["eligible"], total=total, event_count=total, chunks=len(windows),
-             caller=caller.email)
-    return StartedRun(migration_id, RunStatus(run["status"]), len(windows), run["eligible"],
-                      total, enqueued)
+            "finishedAt": firestore.SERVER_TIMESTAMP if idle else None,
+        })
+    update: dict[str, Any] = {"planned": True, "eligible": sum(eligible), "total": total,
+                              "plannedAt": firestore.SERVER_TIMESTAMP}
+    if idle_chunks == len(windows):
+        update.update(status=RunStatus.COMPLETED.value, startedAt=firestore.SERVER_TIMESTAMP,
+                      finishedAt=firestore.SERVER_TIMESTAMP)
+    batch.update(ref, update, option=db.write_option(last_update_time=read_at))
+    batch.commit()
+    logs.log(logger, "run planned", migration_id=run["migrationId"], type=run["type"],
+             start_date=run["startDate"], end_date=run["endDate"], dry_run=run["dryRun"],
+             eligible=update["eligible"], total=total, event_count=total, chunks=len(windows))
 
 
 def _idle_note(count: int, quota: int | None) -> str:
@@ -136,17 +181,13 @@ def _idle_note(count: int, quota: int | None) -> str:
 
 
 def _create(db: firestore.Client, request: BackfillRequest, run: dict[str, Any],
-            chunks: list[tuple[str, dict[str, Any]]], created: dt.datetime) -> str:
-    """Write the run and its chunks atomically under ``{type}_{epochMs}``, the first free ms."""
+            created: dt.datetime) -> str:
+    """Write the run under ``{type}_{epochMs}``, the first free millisecond."""
     epoch_ms = int(created.timestamp() * 1000)
     for offset in range(20):
         migration_id = f"{request.type.value}_{epoch_ms + offset}"
-        batch = db.batch()
-        batch.create(store.run_ref(db, migration_id), {**run, "migrationId": migration_id})
-        for chunk_id, chunk in chunks:
-            batch.create(store.chunk_ref(db, migration_id, chunk_id), chunk)
         try:
-            batch.commit()
+            store.run_ref(db, migration_id).create({**run, "migrationId": migration_id})
         except api_exceptions.AlreadyExists:
             continue  # another run started in the same millisecond
         return migration_id

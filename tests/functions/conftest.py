@@ -12,7 +12,8 @@ from functions_framework import create_app
 from google.cloud import firestore
 
 from shared.config import Settings
-from shared.dispatch import InProcessDispatcher
+from shared.dispatch import ChunkTask, InProcessDispatcher
+from shared.runs import PLAN_CHUNK
 from shared.wiring import Services, use
 from tests.conftest import ROOT, Mint
 
@@ -49,17 +50,31 @@ class Harness:
     def start(self, **body: Any) -> Any:
         return self.trigger.post("/", json=body, headers=self.headers())
 
-    def deliver_all(self, twice: bool = False) -> int:
-        """Deliver every queued task (and the continuations they enqueue) until none is left."""
+    def deliver(self, tasks: list[ChunkTask], twice: bool = False) -> int:
+        """Deliver ``tasks`` as Cloud Tasks would (each twice if asked); answer how many."""
         headers = self.headers(self.settings.tasks_identity, self.settings.effective_chunk_audience)
         delivered = 0
+        for task in tasks:
+            for _ in range(2 if twice else 1):
+                response = self.chunk.post("/", data=task.body(), headers=headers,
+                                           content_type="application/json")
+                assert response.status_code == 200, response.get_json()
+                delivered += 1
+        return delivered
+
+    def plan(self) -> None:
+        """Deliver only the queued planning tasks; the chunk tasks they enqueue stay queued."""
+        tasks = self.dispatcher.take()
+        self.deliver([task for task in tasks if task.chunk_id == PLAN_CHUNK])
+        for task in tasks:
+            if task.chunk_id != PLAN_CHUNK:
+                self.dispatcher.queued.append(task)
+
+    def deliver_all(self, twice: bool = False) -> int:
+        """Deliver every queued task (and the continuations they enqueue) until none is left."""
+        delivered = 0
         while tasks := self.dispatcher.take():
-            for task in tasks:
-                for _ in range(2 if twice else 1):
-                    response = self.chunk.post("/", data=task.body(), headers=headers,
-                                               content_type="application/json")
-                    assert response.status_code == 200, response.get_json()
-                    delivered += 1
+            delivered += self.deliver(tasks, twice)
         return delivered
 
     def run(self, migration_id: str) -> Any:

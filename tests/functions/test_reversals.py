@@ -61,13 +61,10 @@ def test_a_refund_and_its_purchase_in_one_run_apply_in_any_chunk_order(harness: 
     data.put(harness.db, data.purchase("buy", "o1", data.at(1), lines=[("p1", 4)], total=400),
              data.refund("r1", "o1", data.at(3), 100))
     migration_id = harness.start(**REPLAY).get_json()["migrationId"]
+    harness.plan()
     tasks = sorted(harness.dispatcher.take(), key=lambda task: task.chunk_id, reverse=True)
-    headers = harness.headers(harness.settings.tasks_identity,
-                              harness.settings.effective_chunk_audience)
 
-    for task in tasks:  # the refund's day first
-        harness.chunk.post("/", data=task.body(), headers=headers,
-                           content_type="application/json")
+    harness.deliver(tasks)  # the refund's day first
 
     run = harness.run(migration_id)
     assert (run["status"], run["errors"]) == ("completed", 0)

@@ -34,7 +34,7 @@ def nothing_written(harness: Harness) -> bool:
         not harness.dispatcher.queued
 
 
-def test_a_valid_request_records_a_run_plans_chunks_and_enqueues_them(harness: Harness) -> None:
+def test_a_valid_request_records_a_run_and_enqueues_its_planning(harness: Harness) -> None:
     data.product(harness.db, "p1", 10)
     data.put(harness.db, *data.purchases(30, days=2))
 
@@ -44,21 +44,39 @@ def test_a_valid_request_records_a_run_plans_chunks_and_enqueues_them(harness: H
     body = response.get_json()
     assert body["migrationId"].startswith("webhook_replay_")
     assert body["statusUrl"].endswith(f"/api/admin/dataMigrations/{body['migrationId']}")
-    assert (body["chunks"], body["eligible"], body["total"], body["enqueued"]) == (3, 30, 30, 2)
+    assert (body["status"], body["chunks"]) == ("pending", 3)
     run = store.run_ref(harness.db, body["migrationId"]).get().to_dict()
     assert run is not None
-    assert run["status"] == "pending"
+    assert (run["status"], run["planned"]) == ("pending", False)
     assert run["requestedBy"] == "ops@example.com"
     assert (run["startDate"], run["endDate"], run["maxEvents"]) == ("2025-01-01", "2025-01-03",
                                                                     1000)
+    assert [t.chunk_id for t in harness.dispatcher.queued] == ["plan"]
+
+
+def test_planning_counts_chunks_and_enqueues_those_with_work_once(harness: Harness) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, *data.purchases(30, days=2))
+    migration_id = harness.start(**BODY).get_json()["migrationId"]
+    planning = harness.dispatcher.take()
+
+    harness.deliver(planning, twice=True)
+
+    run = harness.run(migration_id)
+    assert (run["status"], run["planned"], run["eligible"], run["total"]) == (
+        "pending", True, 30, 30)
+    assert [(c["chunkId"], c["state"], c["eligible"]) for c in run["chunks"]] == [
+        ("2025-01-01", "pending", 15), ("2025-01-02", "pending", 15),
+        ("2025-01-03", "completed", 0)]
     assert sorted(t.chunk_id for t in harness.dispatcher.queued) == ["2025-01-01", "2025-01-02"]
 
 
-def test_a_run_with_no_eligible_event_is_completed_at_once(harness: Harness) -> None:
-    response = harness.start(**BODY)
+def test_a_run_with_no_eligible_event_completes_when_planned(harness: Harness) -> None:
+    migration_id = harness.start(**BODY).get_json()["migrationId"]
 
-    assert response.status_code == 202
-    assert response.get_json()["status"] == "completed"
+    harness.plan()
+
+    assert harness.run(migration_id)["status"] == "completed"
     assert not harness.dispatcher.queued
 
 
@@ -160,11 +178,14 @@ def test_a_year_long_range_is_planned_as_one_chunk_a_day(harness: Harness) -> No
     data.product(harness.db, "p1", 1)
     data.put(harness.db, *data.purchases(10, days=10))
 
-    response = harness.start(type="webhook_replay", startDate="2024-01-01",
-                             endDate="2024-12-31")
+    response = harness.start(type="webhook_replay", startDate="2024-02-01",
+                             endDate="2025-01-31")
+
+    harness.plan()
 
     assert response.status_code == 202
     assert response.get_json()["chunks"] == 366
     chunks = store.run_ref(harness.db, response.get_json()["migrationId"]).collection(
         store.CHUNKS)
     assert store.count(chunks) == 366
+    assert len(harness.dispatcher.queued) == 10
