@@ -85,7 +85,8 @@ def check_invariants(db: firestore.Client) -> list[str]:
 
 
 def show_run(title: str, run: dict[str, Any]) -> None:
-    table = Table("", "", title=f"{title}: {run['migrationId']}", show_header=False)
+    console.print(f"{title}: {run['migrationId']}")
+    table = Table("", "", show_header=False)
     for key in ("status", "total", "processed", "applied", "duplicates", "skipped", "errors",
                 "pointsMoved"):
         table.add_row(key, str(run[key]))
