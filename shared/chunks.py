@@ -41,6 +41,7 @@ from shared.models import (
     BackfillType,
     ChunkState,
     Outcome,
+    RunStatus,
 )
 from shared.planning import Window
 
@@ -141,7 +142,8 @@ class ChunkRunner:
         chunk = self._claim(delivery)
         if isinstance(chunk, ChunkReport):
             return chunk
-        runs.mark_running(self._db, task.migration_id)
+        if run.get("status") == RunStatus.PENDING.value:
+            runs.mark_running(self._db, task.migration_id)
         return self._process(delivery, run, chunk)
 
     def _claim(self, delivery: Delivery) -> _Chunk | ChunkReport:
