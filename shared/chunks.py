@@ -225,9 +225,13 @@ class ChunkRunner:
             stored = self._read(backfill.lookups(events), shadow)
             plan = backfill.plan(events, stored, migration_id)
             pulled = self._pull(backfill, events, plan, run_window)
-            if pulled:
+            if pulled is not None:
+                # Read again after the pull's query, even if it found nothing: a purchase that its
+                # own chunk applied meanwhile (entry and flag in one commit) is visible now.
                 stored = self._read(backfill.lookups([*pulled, *events]), shadow)
                 plan = backfill.plan([*pulled, *events], stored, migration_id)
+            else:
+                pulled = []
             below_zero = self._below_zero(plan)
             final = len(events) < limit or limit == 0 or (
                 chunk.quota is not None and chunk.taken + len(events) >= chunk.quota)
@@ -340,10 +344,12 @@ class ChunkRunner:
                     "attempts": firestore.Increment(1)}, merge=True)
 
     def _pull(self, backfill: Backfill, events: list[Event], plan: PagePlan,
-              run_window: Window) -> list[Event]:
+              run_window: Window) -> list[Event] | None:
+        """Purchases to apply ahead of the page's refunds that lack them; None: none lack one
+        (or the backfill type does not pull)."""
         pull = getattr(backfill, "pull", None)
         if pull is None or not any(r.code == PurchaseNotFound.code for r in plan.results):
-            return []
+            return None
         pulled: list[Event] = pull(self._db.collection(store.EVENTS), events, plan, run_window)
         return pulled
 

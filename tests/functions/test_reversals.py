@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from shared import store
+from shared.backfills.types import BACKFILLS
+from shared.models import BackfillType
 from tests import data
 from tests.functions.conftest import Harness
 
@@ -176,4 +180,29 @@ def test_a_page_that_pulls_purchases_is_split_to_fit_one_commit(harness: Harness
     assert day_one is not None
     assert day_one["pages"] == 2
     assert (run["status"], run["applied"], run["errors"]) == ("completed", 2 * pairs, 0)
+    data.assert_ledger_consistent(harness.db)
+
+
+def test_a_purchase_applied_by_its_own_chunk_while_its_refund_looks_for_it(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, data.purchase("buy", "o1", data.at(1), lines=[("p1", 4)], total=400),
+             data.refund("r1", "o1", data.at(3), 100))
+    migration_id = harness.start(**REPLAY).get_json()["migrationId"]
+    harness.plan()
+    tasks = {task.chunk_id: task for task in harness.dispatcher.take()}
+    replay = BACKFILLS[BackfillType.WEBHOOK_REPLAY]
+    look_for_purchase = replay.pull  # type: ignore[attr-defined]
+
+    def purchase_lands_first(*args: Any) -> Any:
+        # The refund's chunk has read no purchase entry; the purchase's chunk commits now.
+        harness.deliver([tasks["2025-01-01"]])
+        return look_for_purchase(*args)
+
+    monkeypatch.setattr(replay, "pull", purchase_lands_first)
+    harness.deliver([tasks["2025-01-03"]])
+
+    run = harness.run(migration_id)
+    assert (run["status"], run["applied"], run["errors"]) == ("completed", 2, 0)
+    assert entry(harness, "reversal_r1")["points"] == -10
     data.assert_ledger_consistent(harness.db)
