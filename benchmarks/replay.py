@@ -49,7 +49,7 @@ from google.cloud import firestore
 
 from emulators.issuer import mint_token
 from emulators.sample import SampleShape, seed
-from emulators.stack import LOCATION, PROJECT_ID, QUEUE_ID, Stack
+from emulators.stack import Stack
 from shared import planning, store
 from shared.backfills.types import BACKFILLS
 from shared.models import BackfillType
@@ -59,7 +59,6 @@ STATE_DIR = ROOT / ".local" / "bench-stack"
 TASKS_VENV = ROOT / ".local" / "tasks-venv"
 RESULTS = ROOT / ".local" / "bench-results.json"
 OPERATOR = "ops@example.com"
-QUEUE_PATH = f"projects/{PROJECT_ID}/locations/{LOCATION}/queues/{QUEUE_ID}"
 
 # Each applied purchase writes its ledger entry, its event's processed flag and a share of its
 # wallet's increment (one per wallet per page): about three document writes per event.

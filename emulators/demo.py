@@ -18,6 +18,7 @@ from google.cloud import firestore
 from rich.console import Console
 from rich.table import Table
 
+from emulators.issuer import mint_token
 from emulators.sample import seed
 from shared import store
 
@@ -29,11 +30,10 @@ class Api:
     """The trigger and status endpoints, called as an operator."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        token = httpx.post(f"{env['BACKFILL_ISSUER_URL']}/token", timeout=10, json={
-            "email": OPERATOR, "audience": env["BACKFILL_OPERATOR_AUDIENCES"].split(",")[0]})
-        token.raise_for_status()
+        token = mint_token(env["BACKFILL_ISSUER_URL"], OPERATOR,
+                           env["BACKFILL_OPERATOR_AUDIENCES"].split(",")[0])
         self._client = httpx.Client(base_url=env["BACKFILL_GATEWAY_URL"], timeout=60,
-                                    headers={"Authorization": f"Bearer {token.json()['token']}"})
+                                    headers={"Authorization": f"Bearer {token}"})
 
     def start(self, body: dict[str, Any]) -> dict[str, Any]:
         response = self._client.post("/api/jobs/backfill", json=body)

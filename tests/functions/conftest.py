@@ -4,7 +4,7 @@ real Firestore emulator and local issuer, with chunk tasks kept in memory and de
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -88,5 +88,3 @@ def harness(stack_env: dict[str, str], clean: firestore.Client, mint: Mint) -> I
     yield harness
     use(None)
 
-
-Seeder = Callable[..., None]
