@@ -417,7 +417,14 @@ class Stack:
         self._admin("POST", "/faults", {"duplicateDelivery": duplicate_delivery})
 
     def wait_idle(self, timeout: float = 60.0, stable_for: float = 0.3) -> dict[str, Any]:
-        """Wait until no task is queued or in flight for ``stable_for`` seconds; answer /stats.
+        """Wait until no task is due or in flight for ``stable_for`` seconds; answer /stats.
+
+        Idle means ``queued - scheduled == 0`` and ``inFlight == 0``. ``scheduled`` counts the
+        waiting tasks due more than 10 s from now: the stack's queues back off 4 s at most, so
+        those are tasks deliberately created with a later ``schedule_time`` (a run's watchdog,
+        which re-arms itself every 900 s by default), and waiting for them would mean waiting
+        for their schedule. Such a task counts again, and is waited for, once it is due within
+        10 s; so keep test schedules either well above 10 s or short enough to wait out.
 
         The stable period covers a handler that enqueues its follow-up just after answering.
         Raises ``TimeoutError`` with the last counters when ``timeout`` passes first.
@@ -427,7 +434,9 @@ class Stack:
         while True:
             stats = self.tasks_stats()
             now = time.monotonic()
-            if stats["queued"] == 0 and stats["inFlight"] == 0:
+            # .get: a stack left up from before the counter existed still answers without it.
+            due = stats["queued"] - stats.get("scheduled", 0)
+            if due == 0 and stats["inFlight"] == 0:
                 idle_since = idle_since if idle_since is not None else now
                 if now - idle_since >= stable_for:
                     return stats

@@ -34,9 +34,14 @@ does not (measured in ``shared/notes/local-emulators.md``):
 
 Admin HTTP (127.0.0.1, ``--admin-port``):
 
-- ``GET /stats`` -> ``{"queued", "inFlight", "dispatched", "succeeded", "retried",
-  "droppedForGood", "deduplicated", "duplicated", "queues": {name: {"queued", "inFlight"}}}``;
-  ``dispatched`` counts every HTTP request sent (attempts, plus duplicate deliveries).
+- ``GET /stats`` -> ``{"queued", "scheduled", "inFlight", "dispatched", "succeeded", "retried",
+  "droppedForGood", "deduplicated", "duplicated", "tokenFailures",
+  "queues": {name: {"queued", "scheduled", "inFlight"}}}``; ``dispatched`` counts every HTTP
+  request sent (attempts, plus duplicate deliveries). ``scheduled`` is the part of ``queued``
+  (tasks waiting, not in flight) due more than ``SCHEDULED_AHEAD_SECONDS`` (10 s) from now: the
+  local stack's retry backoff is at most 4 s, so those are tasks created with a deliberate
+  ``schedule_time`` (a run's watchdog, for example), which a caller waiting for the queues to
+  drain should not wait for.
 - ``POST /faults`` ``{"duplicateDelivery": bool}``: when on, every task that succeeds is
   delivered once more, as production's at-least-once delivery may do. Answers the fault state.
 - ``GET /`` -> 200 once the gRPC API is serving.
@@ -104,6 +109,9 @@ MAX_CONCURRENT_PER_QUEUE = 64
 MAX_RESPONSE_BYTES = 1 << 20
 # How long a minted token is reused; the issuer's tokens live for one hour.
 TOKEN_REUSE_SECONDS = 300.0
+# A waiting task due further ahead than this counts as "scheduled" in /stats: deliberately
+# deferred, not merely backing off (the local stack's queues back off 4 s at most).
+SCHEDULED_AHEAD_SECONDS = 10.0
 
 _QUEUE_NAME = re.compile(r"^projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]{1,100}$")
 _TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
@@ -441,17 +449,22 @@ class FaithfulQueueState(QueueState):  # type: ignore[misc]  # the package is un
     # --- dispatch -----------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """The counters for ``GET /stats``."""
+        """The counters for ``GET /stats`` (``scheduled``: see the module docstring)."""
+        scheduled_after = time.time() + SCHEDULED_AHEAD_SECONDS
         with self._cond:
-            per_queue = {
-                _short(name): {
-                    "queued": len(self._queue_tasks.get(name, [])),
+            per_queue: dict[str, dict[str, int]] = {}
+            for name in self._queues:
+                pending = self._queue_tasks.get(name, [])
+                per_queue[_short(name)] = {
+                    "queued": len(pending),
+                    "scheduled": sum(
+                        1 for task in pending if self._meta[task.name].due > scheduled_after
+                    ),
                     "inFlight": self._in_flight.get(name, 0),
                 }
-                for name in self._queues
-            }
             return {
                 "queued": sum(q["queued"] for q in per_queue.values()),
+                "scheduled": sum(q["scheduled"] for q in per_queue.values()),
                 "inFlight": sum(self._in_flight.values()),
                 "dispatched": self.stats.dispatched,
                 "succeeded": self.stats.succeeded,

@@ -336,7 +336,7 @@ def test_dispatch_is_concurrent_up_to_the_queue_limit_and_survives_a_hung_handle
     assert target.max_active[prefix] == 3
     # Serially this takes 2.4 s plus the hung handler; three at a time it takes about 1.3 s.
     assert elapsed < 2.4
-    assert stats["queues"][prefix] == {"queued": 0, "inFlight": 0}
+    assert stats["queues"][prefix] == {"queued": 0, "scheduled": 0, "inFlight": 0}
 
 
 def test_schedule_time_is_honoured(
@@ -352,6 +352,35 @@ def test_schedule_time_is_honoured(
 
     [delivery] = target.for_prefix(prefix)
     assert delivery.received_at - created >= 0.9
+
+
+def test_wait_idle_passes_over_tasks_scheduled_far_ahead_but_waits_for_due_ones(
+    stack: Stack, client: tasks_v2.CloudTasksClient, target: Target, prefix: str
+) -> None:
+    queue = make_queue(client, prefix)
+    # Like a run's watchdog: created with a schedule_time well beyond the 10 s rule.
+    watchdog = http_task(queue, "watchdog", f"{target.url}/{prefix}/ok", schedule_in=60)
+    due_now = http_task(queue, "due-now", f"{target.url}/{prefix}/sleep/1")
+
+    client.create_task(parent=queue, task=watchdog)
+    try:
+        with_watchdog_only = stack.tasks_stats()["queues"][prefix]
+        started = time.monotonic()
+        stack.wait_idle(5)
+        waited_for_watchdog = time.monotonic() - started
+        client.create_task(parent=queue, task=due_now)
+        started = time.monotonic()
+        stats = stack.wait_idle(10)
+        waited_for_due_task = time.monotonic() - started
+    finally:
+        client.delete_task(name=watchdog.name)
+
+    assert with_watchdog_only == {"queued": 1, "scheduled": 1, "inFlight": 0}
+    assert waited_for_watchdog < 2
+    assert waited_for_due_task >= 0.9  # the due task's handler sleeps 1 s
+    assert [d.headers["x-cloudtasks-taskname"] for d in target.for_prefix(prefix)] == ["due-now"]
+    assert stats["queues"][prefix] == {"queued": 1, "scheduled": 1, "inFlight": 0}
+    assert stats["queued"] - stats["scheduled"] == 0
 
 
 def test_duplicate_delivery_fault_delivers_each_successful_task_twice(
