@@ -1,6 +1,6 @@
 # The deploy source: scripts/package_functions.sh writes var.function_source_dir, Terraform zips
 # it and uploads it under a name derived from its content, so a code change (and only a code
-# change) makes a new object and redeploys the three functions.
+# change) makes a new object and redeploys the four functions.
 
 locals {
   source_files = sort(fileset(var.function_source_dir, "**"))
@@ -57,6 +57,14 @@ locals {
     status = {
       entry_point   = "backfill_status"
       description   = "Reports a backfill run's progress: GET by operators (OIDC)."
+      timeout       = var.api_timeout_seconds
+      memory        = var.api_memory
+      max_instances = var.api_max_instances
+    }
+    # Resuming or retrying a run enqueues chunk tasks, as the trigger does: same size and timeout.
+    control = {
+      entry_point   = "backfill_control"
+      description   = "Operator run control: POST /api/admin/dataMigrations/{migrationId}/{pause|resume|cancel|retry} by operators (OIDC)."
       timeout       = var.api_timeout_seconds
       memory        = var.api_memory
       max_instances = var.api_max_instances

@@ -1,15 +1,16 @@
 # Three identities, each with only what its job needs:
-#   runtime   - what the three functions run as: Firestore, enqueue chunk tasks, logs.
+#   runtime   - what the four functions run as: Firestore, enqueue chunk tasks, logs.
 #   tasks     - what Cloud Tasks calls the chunk function as (OIDC token on every chunk task).
-#   scheduler - what Cloud Scheduler calls the trigger function as (OIDC token).
-# Operators are people (or automation accounts) who may call the trigger and status functions.
+#   scheduler - what Cloud Scheduler calls the trigger function as (OIDC token); nothing else.
+# Operators are people (or automation accounts) who may call the trigger, status and control
+# functions. The scheduler may start runs but never pause, resume, cancel or retry them.
 # Every function is IAM-gated (no allUsers) and the code also verifies each OIDC token itself:
 # issuer, audience (the function URL) and that the caller is the identity allowed for it.
 
 resource "google_service_account" "runtime" {
   account_id   = "${var.name_prefix}-runtime"
   display_name = "Backfill functions runtime"
-  description  = "Runs the backfill trigger, chunk and status functions."
+  description  = "Runs the backfill trigger, chunk, status and control functions."
 
   depends_on = [google_project_service.required]
 }
@@ -80,7 +81,7 @@ resource "google_cloud_run_v2_service_iam_member" "scheduler_invokes_trigger" {
 
 resource "google_cloud_run_v2_service_iam_member" "operators" {
   for_each = {
-    for pair in setproduct(["trigger", "status"], local.operator_members) :
+    for pair in setproduct(["trigger", "status", "control"], local.operator_members) :
     "${pair[0]} ${pair[1]}" => { function = pair[0], member = pair[1] }
   }
 

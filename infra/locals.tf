@@ -3,24 +3,27 @@ locals {
     trigger = "${var.name_prefix}-trigger"
     chunk   = "${var.name_prefix}-chunk"
     status  = "${var.name_prefix}-status"
+    control = "${var.name_prefix}-control"
   }
 
   # Deterministic Cloud Run URLs (https://SERVICE-PROJECT_NUMBER.REGION.run.app), known before the
   # functions exist. Every function needs URLs of the bundle in its environment, its own included
-  # (the chunk function enqueues its own continuations; the trigger and status functions check the
-  # audience of operator tokens against their own URLs). Reading service_config[0].uri instead
-  # would make each function depend on itself. See README "Function URLs".
+  # (the chunk function enqueues its own continuations; the trigger, status and control functions
+  # check the audience of operator tokens against their own URLs). Reading service_config[0].uri
+  # instead would make each function depend on itself. See README "Function URLs".
   function_urls = {
     for key, name in local.function_names :
     key => "https://${name}-${data.google_project.this.number}.${var.region}.run.app"
   }
 
   operator_audiences = concat(
-    [local.function_urls.trigger, local.function_urls.status],
+    [local.function_urls.trigger, local.function_urls.status, local.function_urls.control],
     var.extra_operator_audiences,
   )
 
-  # One environment for all three functions: the code validates one Settings object at start.
+  # One environment for all four functions: the code validates one Settings object at start. The
+  # control function needs all of it: resuming or retrying a run enqueues chunk tasks (chunk URL and
+  # audience, queue, tasks identity), as the trigger does.
   function_environment = merge(var.extra_environment, {
     BACKFILL_ENV                       = "production"
     BACKFILL_ENABLED                   = tostring(var.backfill_enabled)
@@ -31,6 +34,7 @@ locals {
     BACKFILL_CHUNK_URL                 = local.function_urls.chunk
     BACKFILL_CHUNK_AUDIENCE            = local.function_urls.chunk
     BACKFILL_STATUS_URL                = local.function_urls.status
+    BACKFILL_CONTROL_URL               = local.function_urls.control
     BACKFILL_OPERATOR_AUDIENCES        = join(",", local.operator_audiences)
     BACKFILL_OPERATORS                 = join(",", var.operators)
     BACKFILL_SCHEDULER_IDENTITY        = google_service_account.scheduler.email

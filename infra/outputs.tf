@@ -13,6 +13,11 @@ output "status_url" {
   value       = local.function_urls.status
 }
 
+output "control_url" {
+  description = "URL of the run control function (POST <url>/api/admin/dataMigrations/{migrationId}/{pause|resume|cancel|retry}; token audience = this URL)."
+  value       = local.function_urls.control
+}
+
 output "function_service_uris" {
   description = "The URIs the Functions API reports (service_config[0].uri); the same services as the *_url outputs, possibly under the hash-based host name."
   value       = { for key, function in google_cloudfunctions2_function.backfill : key => function.service_config[0].uri }

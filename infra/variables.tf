@@ -12,7 +12,7 @@ variable "region" {
 }
 
 variable "name_prefix" {
-  description = "Prefix of every resource name: functions <prefix>-trigger|chunk|status, queue <prefix>-chunks."
+  description = "Prefix of every resource name: functions <prefix>-trigger|chunk|status|control, queue <prefix>-chunks."
   type        = string
   default     = "backfill"
 
@@ -63,7 +63,7 @@ variable "backfill_enabled" {
 }
 
 variable "operators" {
-  description = "Emails of the people (or service accounts) who may start runs and read status: BACKFILL_OPERATORS and run.invoker on the trigger and status functions."
+  description = "Emails of the people (or service accounts) who may start, read and control runs: BACKFILL_OPERATORS and run.invoker on the trigger, status and control functions."
   type        = list(string)
   default     = []
 
@@ -74,7 +74,7 @@ variable "operators" {
 }
 
 variable "extra_operator_audiences" {
-  description = "Audiences accepted on operator tokens besides the trigger and status URLs (appended to BACKFILL_OPERATOR_AUDIENCES). See README before adding any."
+  description = "Audiences accepted on operator tokens besides the trigger, status and control URLs (appended to BACKFILL_OPERATOR_AUDIENCES). See README before adding any."
   type        = list(string)
   default     = []
 }
@@ -153,19 +153,19 @@ variable "chunk_max_instances" {
 }
 
 variable "api_timeout_seconds" {
-  description = "Request timeout of the trigger and status functions (the trigger plans chunks and enqueues their tasks)."
+  description = "Request timeout of the trigger, status and control functions (the trigger plans chunks and enqueues their tasks; resume and retry enqueue them again)."
   type        = number
   default     = 300
 }
 
 variable "api_memory" {
-  description = "Memory of the trigger and status functions."
+  description = "Memory of the trigger, status and control functions."
   type        = string
   default     = "512Mi"
 }
 
 variable "api_max_instances" {
-  description = "Max instances of the trigger and status functions."
+  description = "Max instances of the trigger, status and control functions."
   type        = number
   default     = 5
 }
