@@ -117,6 +117,14 @@ resource "google_cloudfunctions2_function" "backfill" {
       condition     = var.time_budget_seconds > 0 && var.time_budget_seconds * 2 <= var.dispatch_deadline_seconds
       error_message = "time_budget_seconds must be at most half of dispatch_deadline_seconds (the code refuses to start otherwise)."
     }
+    precondition {
+      condition     = var.lease_seconds >= var.dispatch_deadline_seconds
+      error_message = "lease_seconds must be >= dispatch_deadline_seconds: a chunk task's attempt may work for up to the dispatch deadline between checkpoints, and a shorter lease would let the run's watchdog pick that chunk up again while the attempt is still writing."
+    }
+    precondition {
+      condition     = var.poison_attempts < var.task_max_attempts
+      error_message = "poison_attempts must be below task_max_attempts, so a failing event is recorded and passed over before its chunk's task runs out of attempts (the code refuses to start otherwise)."
+    }
   }
 
   depends_on = [

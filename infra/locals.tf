@@ -42,6 +42,12 @@ locals {
     BACKFILL_TASK_MAX_ATTEMPTS         = tostring(var.task_max_attempts) # == the queue's retry_config.max_attempts
     BACKFILL_TIME_BUDGET_SECONDS       = tostring(var.time_budget_seconds)
     BACKFILL_DISPATCH_DEADLINE_SECONDS = tostring(var.dispatch_deadline_seconds)
+    BACKFILL_MAX_ACTIVE_RUNS           = tostring(var.max_active_runs)
+    BACKFILL_LEASE_SECONDS             = tostring(var.lease_seconds)
+    BACKFILL_BREAKER_ERROR_RATE        = tostring(var.breaker_error_rate)
+    BACKFILL_BREAKER_MIN_EVENTS        = tostring(var.breaker_min_events)
+    BACKFILL_POISON_ATTEMPTS           = tostring(var.poison_attempts)
+    BACKFILL_SETTLE_MINUTES            = tostring(var.settle_minutes)
   })
 
   chunk_max_instances = coalesce(var.chunk_max_instances, var.queue_max_concurrent_dispatches)

@@ -1,4 +1,6 @@
-# One Cloud Task per chunk (and per continuation of a chunk that ran out of time budget).
+# One Cloud Task per chunk (and per continuation of a chunk that ran out of time budget), plus one
+# watchdog task per active run: scheduled minutes ahead and re-armed while the run is active, it
+# picks up chunks whose lease (var.lease_seconds) ran out. See README "Run control".
 # retry_config.max_attempts is passed to the code as BACKFILL_TASK_MAX_ATTEMPTS (locals.tf), so a
 # handler knows when it is running a task's last attempt; both come from var.task_max_attempts.
 resource "google_cloud_tasks_queue" "chunks" {

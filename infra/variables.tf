@@ -57,7 +57,7 @@ variable "build_service_account" {
 # --- Behaviour ---------------------------------------------------------------------------------
 
 variable "backfill_enabled" {
-  description = "Kill switch (BACKFILL_ENABLED): false tells the functions to refuse work; flipping it is an env change, so apply redeploys the functions."
+  description = "Kill switch (BACKFILL_ENABLED): false tells the functions to refuse work, and active runs are paused (operators resume them through the control function once it is true again); flipping it is an env change, so apply redeploys the functions."
   type        = bool
   default     = true
 }
@@ -99,6 +99,74 @@ variable "dispatch_deadline_seconds" {
   validation {
     condition     = var.dispatch_deadline_seconds >= 15 && var.dispatch_deadline_seconds <= 1800
     error_message = "dispatch_deadline_seconds must be between 15 and 1800 (the Cloud Tasks limit for HTTP targets)."
+  }
+}
+
+# --- Run control -------------------------------------------------------------------------------
+
+variable "max_active_runs" {
+  description = "BACKFILL_MAX_ACTIVE_RUNS: at most this many runs pending, running or paused at once; a trigger beyond it is refused unless forced."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.max_active_runs >= 1 && var.max_active_runs <= 100 && floor(var.max_active_runs) == var.max_active_runs
+    error_message = "max_active_runs must be a whole number between 1 and 100."
+  }
+}
+
+variable "lease_seconds" {
+  description = "BACKFILL_LEASE_SECONDS: a chunk with no checkpoint for this long and no queued task is picked up again from its cursor by the run's watchdog task. Must be >= dispatch_deadline_seconds."
+  type        = number
+  default     = 900
+
+  validation {
+    condition     = var.lease_seconds > 0
+    error_message = "lease_seconds must be positive."
+  }
+}
+
+variable "breaker_error_rate" {
+  description = "BACKFILL_BREAKER_ERROR_RATE: a live run whose per-event error rate exceeds this, after at least breaker_min_events events, stops as failed (circuit breaker)."
+  type        = number
+  default     = 0.5
+
+  validation {
+    condition     = var.breaker_error_rate > 0 && var.breaker_error_rate <= 1
+    error_message = "breaker_error_rate is a fraction of events: more than 0, at most 1."
+  }
+}
+
+variable "breaker_min_events" {
+  description = "BACKFILL_BREAKER_MIN_EVENTS: events a live run must have handled before the circuit breaker may stop it."
+  type        = number
+  default     = 200
+
+  validation {
+    condition     = var.breaker_min_events >= 1 && floor(var.breaker_min_events) == var.breaker_min_events
+    error_message = "breaker_min_events must be a whole number of at least 1."
+  }
+}
+
+variable "poison_attempts" {
+  description = "BACKFILL_POISON_ATTEMPTS: an event failing with an unexpected error this many times is recorded and passed over. Must be below task_max_attempts."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.poison_attempts >= 1 && var.poison_attempts <= 20 && floor(var.poison_attempts) == var.poison_attempts
+    error_message = "poison_attempts must be a whole number between 1 and 20."
+  }
+}
+
+variable "settle_minutes" {
+  description = "BACKFILL_SETTLE_MINUTES: replays leave events younger than this to the live path."
+  type        = number
+  default     = 15
+
+  validation {
+    condition     = var.settle_minutes >= 0 && var.settle_minutes <= 1440
+    error_message = "settle_minutes must be between 0 and 1440 (one day)."
   }
 }
 
