@@ -3,10 +3,15 @@
 # (message var.page_log_message) with the page's counts: event_count, applied, duplicates,
 # skipped, errors, and dry_run. Counters cannot add up a field, so the per-page counts are
 # distribution metrics: the sum of a distribution over a period is the total for that period.
+#
+# Every change of a run's status is one line (message var.status_log_message) with the new
+# `status` and a `reason`; the circuit breaker's reason starts with "circuit breaker:", the kill
+# switch's with "BACKFILL_ENABLED=false". Two counters below pick those out.
 
 locals {
   backfill_logs = "jsonPayload.component=\"backfill\""
   page_logs     = "${local.backfill_logs} AND jsonPayload.message=\"${var.page_log_message}\""
+  status_logs   = "${local.backfill_logs} AND jsonPayload.message=\"${var.status_log_message}\""
 
   page_count_metrics = {
     events_processed = {
@@ -93,7 +98,37 @@ resource "google_logging_metric" "error_logs" {
   depends_on = [google_project_service.required]
 }
 
-# A starting point, off by default: wire notification channels before turning it on.
+resource "google_logging_metric" "runs_stopped_by_breaker" {
+  name        = "${var.name_prefix}/runs_stopped_by_breaker"
+  description = "Live runs the circuit breaker stopped as failed: their per-event error rate exceeded BACKFILL_BREAKER_ERROR_RATE after BACKFILL_BREAKER_MIN_EVENTS events."
+  filter      = "${local.status_logs} AND jsonPayload.status=\"failed\" AND jsonPayload.reason=~\"^circuit breaker:\""
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "INT64"
+    unit         = "1"
+    display_name = "Backfill runs stopped by the circuit breaker"
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_logging_metric" "runs_paused_by_kill_switch" {
+  name        = "${var.name_prefix}/runs_paused_by_kill_switch"
+  description = "Runs paused because BACKFILL_ENABLED was false (the kill switch); they wait for an operator to resume them."
+  filter      = "${local.status_logs} AND jsonPayload.status=\"paused\" AND jsonPayload.reason=~\"^BACKFILL_ENABLED=false\""
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "INT64"
+    unit         = "1"
+    display_name = "Backfill runs paused by the kill switch"
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+# Starting points, off by default: wire notification channels before turning them on.
 resource "google_monitoring_alert_policy" "backfill_errors" {
   count = var.alerting_enabled ? 1 : 0
 
@@ -144,6 +179,82 @@ resource "google_monitoring_alert_policy" "backfill_errors" {
   documentation {
     mime_type = "text/markdown"
     content   = "A backfill run reported failed events or errors. Check the run with the status function (`GET ${local.function_urls.status}`) and the logs: `jsonPayload.component=\"backfill\" severity>=WARNING`. Item errors are stored per run under `dataMigrations/{migrationId}/errors`."
+  }
+
+  alert_strategy {
+    auto_close = "86400s"
+  }
+}
+
+# A run the breaker stopped needs a look at its errors before anyone retries it.
+resource "google_monitoring_alert_policy" "backfill_breaker" {
+  count = var.alerting_enabled ? 1 : 0
+
+  display_name          = "Backfill: run stopped by the circuit breaker"
+  combiner              = "OR"
+  notification_channels = var.alert_notification_channels
+
+  conditions {
+    display_name = "Runs stopped by the circuit breaker"
+    condition_threshold {
+      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.runs_stopped_by_breaker.name}\" AND resource.type=\"cloud_run_revision\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+
+      aggregations {
+        alignment_period     = "600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+
+      trigger {
+        count = 1
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "A live backfill run failed more events than `BACKFILL_BREAKER_ERROR_RATE` allows and the circuit breaker stopped it (status `failed`, reason `circuit breaker: ...`). Find the run in the logs (`jsonPayload.component=\"backfill\" jsonPayload.message=\"${var.status_log_message}\" jsonPayload.reason=~\"^circuit breaker:\"`), read its errors with the status function (`GET ${local.function_urls.status}/{migrationId}`; stored under `dataMigrations/{migrationId}/errors`), fix the cause, then retry it through the control function (`POST ${local.function_urls.control}/api/admin/dataMigrations/{migrationId}/retry`)."
+  }
+
+  alert_strategy {
+    auto_close = "86400s"
+  }
+}
+
+# Paused runs stay paused: this is the reminder to resume them once the switch is back on.
+resource "google_monitoring_alert_policy" "backfill_kill_switch" {
+  count = var.alerting_enabled ? 1 : 0
+
+  display_name          = "Backfill: runs paused by the kill switch"
+  combiner              = "OR"
+  notification_channels = var.alert_notification_channels
+
+  conditions {
+    display_name = "Runs paused by BACKFILL_ENABLED=false"
+    condition_threshold {
+      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.runs_paused_by_kill_switch.name}\" AND resource.type=\"cloud_run_revision\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+
+      aggregations {
+        alignment_period     = "600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+
+      trigger {
+        count = 1
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "Backfill runs were paused because the functions run with `BACKFILL_ENABLED=false` (Terraform `backfill_enabled = false`). They stay paused: once the switch is back on, list them with the status function (`GET ${local.function_urls.status}?status=paused`) and resume each through the control function (`POST ${local.function_urls.control}/api/admin/dataMigrations/{migrationId}/resume`), or cancel it (`.../cancel`)."
   }
 
   alert_strategy {

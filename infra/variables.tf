@@ -266,14 +266,20 @@ variable "page_log_message" {
   default     = "page applied"
 }
 
+variable "status_log_message" {
+  description = "Message of the structured log line written on every change of a run's status (fields status, reason); the circuit breaker and kill switch metrics read only these lines."
+  type        = string
+  default     = "run status changed"
+}
+
 variable "alerting_enabled" {
-  description = "Create the alert policy on event errors and error logs."
+  description = "Create the alert policies: event errors and error logs, runs stopped by the circuit breaker, runs paused by the kill switch."
   type        = bool
   default     = false
 }
 
 variable "alert_notification_channels" {
-  description = "Notification channel ids (projects/P/notificationChannels/N) of the alert policy."
+  description = "Notification channel ids (projects/P/notificationChannels/N) of the alert policies."
   type        = list(string)
   default     = []
 }
