@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     enqueue_workers: int = Field(16, ge=1, le=64)
     first_errors_shown: int = Field(20, ge=1, le=500)
 
+    # Run control (see the README's "Run control").
+    max_active_runs: int = Field(3, ge=1, le=100)
+    lease_seconds: float = Field(900.0, gt=0)
+    breaker_error_rate: float = Field(0.5, gt=0, le=1)
+    breaker_min_events: int = Field(200, ge=1)
+    poison_attempts: int = Field(3, ge=1, le=20)
+    settle_minutes: float = Field(15.0, ge=0, le=1440)
+
     firestore_emulator_host: str = Field("", validation_alias="FIRESTORE_EMULATOR_HOST")
     tasks_emulator_host: str = Field("", validation_alias="CLOUD_TASKS_EMULATOR_HOST")
     # Local only: the chunk handler's process exits right after its Nth page commit, before it
@@ -103,6 +111,14 @@ class Settings(BaseSettings):
                 "BACKFILL_DISPATCH_DEADLINE_SECONDS, so a chunk checkpoints well before "
                 "Cloud Tasks gives up on the request"
             )
+        if self.lease_seconds < self.time_budget_seconds:
+            raise ValueError(
+                "BACKFILL_LEASE_SECONDS must be at least BACKFILL_TIME_BUDGET_SECONDS: a live "
+                "delivery may hold its chunk that long")
+        if self.poison_attempts >= self.task_max_attempts:
+            raise ValueError(
+                "BACKFILL_POISON_ATTEMPTS must be below BACKFILL_TASK_MAX_ATTEMPTS, so an event "
+                "is passed over before its chunk's task runs out of attempts")
         if -(-self.max_range_days // self.chunk_days) > MAX_WRITES_PER_COMMIT - 1:
             raise ValueError(
                 "BACKFILL_MAX_RANGE_DAYS / BACKFILL_CHUNK_DAYS must stay under 500 chunks: a run "
@@ -153,6 +169,11 @@ class Settings(BaseSettings):
 
     @property
     def status_identities(self) -> frozenset[str]:
+        return frozenset(self.operators)
+
+    @property
+    def control_identities(self) -> frozenset[str]:
+        """Who may pause, resume, cancel and retry runs: the operators only."""
         return frozenset(self.operators)
 
     @property

@@ -8,13 +8,20 @@
      ├── Forbidden                       403     no     a valid token of an identity not allowed
      ├── NotFound                        404     no
      ├── MethodNotAllowed                405     no
+     ├── Conflict                        409     no     the run's status does not allow the
+     │                                                  action, or an active run overlaps
+     ├── TooManyRuns                     429     no     the concurrency limit is reached
      ├── BackfillDisabled                503     no     the BACKFILL_ENABLED kill switch is off
      └── Unavailable                     503     yes    Firestore or Cloud Tasks did not answer
 
     ItemError                          (no HTTP status: recorded per event, the run goes on)
      ├── MalformedPayload                malformed_payload
      ├── ProductNotFound                 product_not_found
-     └── PurchaseNotFound                purchase_not_found
+     ├── PurchaseNotFound                purchase_not_found
+     └── EventMissing                    event_missing      (a retried event no longer exists)
+
+    An unexpected exception while applying one event is retried a bounded number of times,
+    then recorded as ``unexpected_error`` and passed over (see ``shared.chunks``).
 
 Functions map a ``BackfillError`` to its status and JSON body; anything else is a bug and answers
 500 without details (the traceback goes to the logs, never to the caller).
@@ -77,6 +84,26 @@ class MethodNotAllowed(BackfillError):
     code = "method_not_allowed"
 
 
+class Conflict(BackfillError):
+    """The action conflicts with a run's status or with an active run; ``blocking`` names the
+    runs in the way."""
+
+    status = 409
+    code = "conflict"
+
+    def __init__(self, message: str, blocking: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.blocking = blocking or []
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "blocking": self.blocking}
+
+
+class TooManyRuns(Conflict):
+    status = 429
+    code = "too_many_runs"
+
+
 class BackfillDisabled(BackfillError):
     status = 503
     code = "backfill_disabled"
@@ -111,6 +138,13 @@ class ProductNotFound(ItemError):
             f"Product not found: {product_id}",
             hint="add the product, then retry the run's failed events",
         )
+
+
+class EventMissing(ItemError):
+    code = "event_missing"
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"Event no longer exists: {event_id}")
 
 
 class PurchaseNotFound(ItemError):

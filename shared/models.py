@@ -9,9 +9,16 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from shared.errors import InvalidRequest, MalformedPayload
 
@@ -30,21 +37,33 @@ class EventType(enum.StrEnum):
 
 
 class RunStatus(enum.StrEnum):
+    """A run's status; ``shared.lifecycle`` says which moves are allowed and why."""
+
     PENDING = "pending"
     RUNNING = "running"
+    PAUSED = "paused"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class ChunkState(enum.StrEnum):
+    """A chunk's state; ``shared.lifecycle`` says which moves are allowed and why."""
+
     PENDING = "pending"
     RUNNING = "running"
+    PAUSED = "paused"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-FINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED})
-FINAL_CHUNK_STATES = frozenset({ChunkState.COMPLETED, ChunkState.FAILED})
+FINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+# Active runs count against the concurrency limit and block overlapping runs.
+ACTIVE_RUN_STATUSES = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PAUSED})
+FINAL_CHUNK_STATES = frozenset({ChunkState.COMPLETED, ChunkState.FAILED, ChunkState.CANCELLED})
+# Chunks whose work a delivery may still do (a paused chunk waits for resume).
+OPEN_CHUNK_STATES = frozenset({ChunkState.PENDING, ChunkState.RUNNING})
 
 
 class Outcome(enum.StrEnum):
@@ -56,26 +75,55 @@ class Outcome(enum.StrEnum):
     ERROR = "error"
 
 
-class BackfillRequest(BaseModel):
-    """The trigger's JSON body, as operators and Cloud Scheduler send it.
-
-    Dates are UTC days; ``endDate`` is inclusive. ``maxEvents`` bounds how many events the run
-    takes, oldest first; without it the run takes every eligible event of the range.
-    """
+class _TriggerBody(BaseModel):
+    """The trigger's JSON body as sent: a range by dates, or by ``lookbackDays`` from today."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     type: BackfillType
-    start_date: dt.date = Field(alias="startDate")
-    end_date: dt.date = Field(alias="endDate")
+    start_date: dt.date | None = Field(None, alias="startDate")
+    end_date: dt.date | None = Field(None, alias="endDate")
+    lookback_days: int | None = Field(None, alias="lookbackDays", gt=0)
     dry_run: bool = Field(False, alias="dryRun")
     max_events: int | None = Field(None, alias="maxEvents", gt=0, le=10_000_000)
+    force: bool = False
 
     @model_validator(mode="after")
-    def _dates_in_order(self) -> BackfillRequest:
-        if self.start_date > self.end_date:
-            raise ValueError("endDate: must be on or after startDate")
+    def _one_kind_of_range(self) -> _TriggerBody:
+        dated = self.start_date is not None or self.end_date is not None
+        if self.lookback_days is not None and dated:
+            raise ValueError("lookbackDays: give either lookbackDays or startDate and endDate, "
+                             "not both")
+        if self.lookback_days is None:
+            for name, value in (("startDate", self.start_date), ("endDate", self.end_date)):
+                if value is None:
+                    raise ValueError(f"{name}: Field required (or give lookbackDays instead of "
+                                     "startDate and endDate)")
+            assert self.start_date is not None
+            assert self.end_date is not None
+            if self.start_date > self.end_date:
+                raise ValueError("endDate: must be on or after startDate")
         return self
+
+
+class BackfillRequest(BaseModel):
+    """A validated run request with its range resolved to UTC days (``endDate`` inclusive).
+
+    ``maxEvents`` bounds how many events the run takes, oldest first; without it the run takes
+    every eligible event of the range. ``lookback_days`` is kept when the range was given that
+    way (Cloud Scheduler's nightly job). ``force`` lets the run start past the concurrency limit
+    and beside an overlapping active run.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    type: BackfillType
+    start_date: dt.date
+    end_date: dt.date
+    dry_run: bool = False
+    max_events: int | None = None
+    lookback_days: int | None = None
+    force: bool = False
 
     @property
     def days(self) -> int:
@@ -83,15 +131,24 @@ class BackfillRequest(BaseModel):
 
 
 def parse_request(raw: bytes, max_range_days: int, today: dt.date) -> BackfillRequest:
-    """Parse and validate a trigger body; raise ``InvalidRequest`` naming the field and reason."""
+    """Parse and validate a trigger body; raise ``InvalidRequest`` naming the field and reason.
+
+    ``lookbackDays: n`` is the n UTC days ending today: 2 is yesterday and today.
+    """
     if not raw.strip():
         raise InvalidRequest("body", "a JSON object is required")
-    try:
-        request = BackfillRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = [_field_error(error) for error in exc.errors(include_input=False)]
-        first = errors[0]
-        raise InvalidRequest(first["field"], first["reason"], errors) from None
+    body = parse_json(raw, _TriggerBody)
+    if body.lookback_days is not None:
+        if body.lookback_days > max_range_days:
+            raise InvalidRequest("lookbackDays", f"at most {max_range_days} days per run")
+        start, end = today - dt.timedelta(days=body.lookback_days - 1), today
+    else:
+        assert body.start_date is not None
+        assert body.end_date is not None
+        start, end = body.start_date, body.end_date
+    request = BackfillRequest(type=body.type, start_date=start, end_date=end,
+                              dry_run=body.dry_run, max_events=body.max_events,
+                              lookback_days=body.lookback_days, force=body.force)
     if request.days > max_range_days:
         raise InvalidRequest(
             "endDate", f"the range spans {request.days} days; at most {max_range_days} per run"
@@ -99,6 +156,37 @@ def parse_request(raw: bytes, max_range_days: int, today: dt.date) -> BackfillRe
     if request.start_date > today:
         raise InvalidRequest("startDate", f"is in the future (today is {today.isoformat()} UTC)")
     return request
+
+
+class ControlRequest(BaseModel):
+    """The body of pause, resume and cancel (optional): the operator's reason, kept in the
+    run's status history."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    reason: str = Field("", max_length=500)
+
+
+class RetryRequest(ControlRequest):
+    """The body of retry (optional): only the failures of one ``code``; ``dryRun`` (default:
+    as the run retried); ``force`` past the concurrency limit and overlapping runs."""
+
+    code: str | None = Field(None, pattern=r"^[a-z_]{1,64}$")
+    dry_run: bool | None = Field(None, alias="dryRun")
+    force: bool = False
+
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
+def parse_json(raw: bytes, model: type[RequestT]) -> RequestT:
+    """Validate a JSON body (empty: all defaults); ``InvalidRequest`` names field and reason."""
+    try:
+        return model.model_validate_json(raw if raw.strip() else b"{}")
+    except ValidationError as exc:
+        errors = [_field_error(error) for error in exc.errors(include_input=False)]
+        first = errors[0]
+        raise InvalidRequest(first["field"], first["reason"], errors) from None
 
 
 def _field_error(error: Any) -> dict[str, str]:
@@ -128,19 +216,32 @@ class _Payload(BaseModel):
 ModelT = TypeVar("ModelT", bound=_Payload)
 
 
+def _usable_as_document_id(value: str) -> str:
+    # These ids name Firestore documents (wallet, product, ledger entry); one Firestore would
+    # refuse must fail this event alone, as malformed, instead of crashing its whole page.
+    if "/" in value or value in (".", "..") or (value.startswith("__") and value.endswith("__")):
+        raise ValueError("must not contain '/' nor be '.', '..' or '__...__'")
+    if len(value.encode()) > 700:
+        raise ValueError("must be at most 700 bytes")
+    return value
+
+
+DocumentId = Annotated[str, Field(min_length=1), AfterValidator(_usable_as_document_id)]
+
+
 class Customer(_Payload):
-    id: str = Field(min_length=1)
+    id: DocumentId
 
 
 class OrderLine(_Payload):
-    product_id: str = Field(min_length=1)
+    product_id: DocumentId
     quantity: int = Field(gt=0)
 
 
 class OrderCompleted(_Payload):
     """``ON_ORDER_COMPLETED`` body: the order whose points a purchase entry credits."""
 
-    id: str = Field(min_length=1)
+    id: DocumentId
     customer: Customer
     lines: list[OrderLine] = Field(min_length=1)
     total_amount: int = Field(ge=0)
@@ -151,7 +252,7 @@ class Reversal(_Payload):
     """``ON_REFUND`` and ``ON_CHARGEBACK`` body: an amount of an order given back."""
 
     id: str = Field(min_length=1)
-    order_id: str = Field(min_length=1)
+    order_id: DocumentId
     amount: int = Field(gt=0)
     currency: str = Field(min_length=1)
 
