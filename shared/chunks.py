@@ -29,15 +29,15 @@ from typing import Any
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from shared import logs, planning, runs, store
-from shared.backfills.base import Backfill, Event, PagePlan, Stored
+from shared import control, lifecycle, logs, planning, runs, store, watchdog
+from shared.backfills.base import Backfill, Event, ItemResult, PagePlan, Stored
 from shared.backfills.types import BACKFILLS
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
 from shared.dispatch import ChunkTask, Dispatcher
-from shared.errors import PurchaseNotFound, Unavailable
+from shared.errors import EventMissing, PurchaseNotFound, Unavailable
 from shared.models import (
-    FINAL_CHUNK_STATES,
     FINAL_RUN_STATUSES,
+    OPEN_CHUNK_STATES,
     BackfillType,
     ChunkState,
     Outcome,
@@ -49,6 +49,14 @@ logger = logging.getLogger(__name__)
 
 _PAGE_ATTEMPTS = 8
 _CONFLICTS = (api_exceptions.Conflict, api_exceptions.FailedPrecondition, api_exceptions.NotFound)
+# Failures a retry of the task can cure; anything else while applying a page is unexpected, and
+# is narrowed down to one event, retried a bounded number of times and then passed over.
+_TRANSIENT = (api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded,
+              api_exceptions.InternalServerError, api_exceptions.Aborted,
+              api_exceptions.ResourceExhausted, api_exceptions.TooManyRequests,
+              api_exceptions.RetryError, api_exceptions.Unauthenticated,
+              api_exceptions.PermissionDenied)
+UNEXPECTED_ERROR = "unexpected_error"
 _COUNTER_OF = {Outcome.APPLIED: "applied", Outcome.DUPLICATE: "duplicates",
                Outcome.SKIPPED: "skipped", Outcome.ERROR: "errors"}
 
@@ -77,7 +85,30 @@ class ChunkReport:
 
 
 class _Lost(Exception):
-    """Another delivery owns the chunk now, or it ended meanwhile."""
+    """Another delivery owns the chunk now, or it ended, was paused or cancelled meanwhile."""
+
+
+class _Stopped(Exception):
+    """The run was stopped by its circuit breaker after this delivery's page."""
+
+
+class _PageFailed(Exception):
+    """Applying a page failed unexpectedly; ``events`` are the events it held."""
+
+    def __init__(self, events: list[Event], cause: Exception) -> None:
+        super().__init__(type(cause).__name__)
+        self.events = events
+        self.cause = cause
+
+
+@dataclasses.dataclass(frozen=True)
+class _Selection:
+    """A page's events, where the chunk's cursor moves to, and how many entries it read."""
+
+    events: list[Event]
+    cursor: dict[str, Any] | None
+    read: int
+    missing: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -120,7 +151,10 @@ class ChunkRunner:
         try:
             return self._run(delivery)
         except _Lost:
-            return ChunkReport("lost", detail="another delivery took the chunk over")
+            return ChunkReport("lost", detail="another delivery took the chunk over, or the "
+                                              "chunk was paused or cancelled")
+        except _Stopped as stop:
+            return ChunkReport("stopped", detail=str(stop))
         except Exception as error:
             if delivery.retry_count + 1 < self._settings.task_max_attempts:
                 raise
@@ -130,20 +164,39 @@ class ChunkRunner:
 
     def _run(self, delivery: Delivery) -> ChunkReport:
         task = delivery.task
+        settings, db = self._settings, self._db
+        if task.chunk_id == runs.WATCH_CHUNK:
+            return ChunkReport("watched", detail=watchdog.watch(settings, db, self._dispatcher,
+                                                                 task.migration_id))
+        if not settings.enabled:
+            # Answer 2xx: a task failing until the switch is back on would burn its retries.
+            return ChunkReport("paused", detail=control.kill_switch(settings, db,
+                                                                    task.migration_id))
         if task.chunk_id == runs.PLAN_CHUNK:
             return ChunkReport("planned", detail=runs.plan_run(
-                self._settings, self._db, self._dispatcher, task.migration_id))
-        run_snap = store.run_ref(self._db, task.migration_id).get()
+                settings, db, self._dispatcher, task.migration_id))
+        run_snap = store.run_ref(db, task.migration_id).get()
         if not run_snap.exists:
             return ChunkReport("idle", detail="no such run")
         run = run_snap.to_dict() or {}
-        if run.get("status") in FINAL_RUN_STATUSES:
-            return ChunkReport("idle", detail=f"the run is {run.get('status')}")
+        status = run.get("status")
+        ref = store.chunk_ref(db, task.migration_id, task.chunk_id)
+        if status == RunStatus.PAUSED.value or status in (RunStatus.CANCELLED.value,
+                                                          RunStatus.FAILED.value):
+            # A stop whose chunk writes did not all land (its caller died): finish it here.
+            target = ChunkState.PAUSED if status == RunStatus.PAUSED.value \
+                else ChunkState.CANCELLED
+            control.move_chunk(db, ref, target, {"state": target.value, "leaseOwner": None,
+                                                 "note": f"its run is {status}",
+                                                 "stateChangedAt": firestore.SERVER_TIMESTAMP})
+            return ChunkReport("idle", detail=f"the run is {status}")
+        if status in FINAL_RUN_STATUSES:
+            return ChunkReport("idle", detail=f"the run is {status}")
         chunk = self._claim(delivery)
         if isinstance(chunk, ChunkReport):
             return chunk
-        if run.get("status") == RunStatus.PENDING.value:
-            runs.mark_running(self._db, task.migration_id)
+        if status == RunStatus.PENDING.value:
+            runs.mark_running(db, task.migration_id)
         return self._process(delivery, run, chunk)
 
     def _claim(self, delivery: Delivery) -> _Chunk | ChunkReport:
@@ -154,15 +207,17 @@ class ChunkRunner:
             if not snap.exists:
                 return ChunkReport("idle", detail="no such chunk")
             data = snap.to_dict() or {}
-            if data["state"] in FINAL_CHUNK_STATES:
+            if data["state"] not in OPEN_CHUNK_STATES:
                 return ChunkReport("idle", detail=f"the chunk is {data['state']}")
             if task.segment != data["segment"]:
                 # An old segment's retry: make sure the current segment's task exists.
                 self._dispatcher.enqueue(ChunkTask(task.migration_id, task.chunk_id,
                                                    data["segment"]))
                 return ChunkReport("stale", detail=f"the chunk is at segment {data['segment']}")
+            lifecycle.chunk_move(data["state"], ChunkState.RUNNING)
             claim = {"state": ChunkState.RUNNING.value, "leaseOwner": delivery.delivery_id,
-                     "claimedAt": firestore.SERVER_TIMESTAMP}
+                     "claimedAt": firestore.SERVER_TIMESTAMP, "leaseUntil": self._lease_until(),
+                     "takenAtClaim": int((data.get("counters") or {}).get("taken", 0))}
             if data.get("startedAt") is None:
                 claim["startedAt"] = firestore.SERVER_TIMESTAMP
             try:
@@ -174,10 +229,14 @@ class ChunkRunner:
             return _Chunk(ref, data, result.update_time)
         raise Unavailable("the chunk is contended; retry")
 
+    def _lease_until(self) -> dt.datetime:
+        return runs.utc_now() + dt.timedelta(seconds=self._settings.lease_seconds)
+
     def _process(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk) -> ChunkReport:
         started = self._clock()
         report = ChunkReport("continued")
         dry_run = bool(run.get("dryRun"))
+        isolate = 0  # events still to take one at a time, after a page failed unexpectedly
         while True:
             quota = chunk.quota
             left = None if quota is None else quota - chunk.taken
@@ -188,9 +247,23 @@ class ChunkRunner:
                 break
             limit = self._settings.page_size if left is None else min(self._settings.page_size,
                                                                       left)
-            events, final = self._page(delivery, run, chunk, max(limit, 0))
+            if isolate:
+                limit = min(limit, 1)
+            try:
+                events, final, errors = self._page(delivery, run, chunk, max(limit, 0))
+            except _PageFailed as failure:
+                if len(failure.events) > 1:
+                    isolate = len(failure.events)  # find the event that fails: one per page
+                    continue
+                if not failure.events:
+                    raise failure.cause from None
+                self._strike(delivery, run, chunk, failure)  # raises unless passed over
+                events, final, errors = 1, False, 1
+            isolate = max(isolate - events, 0)
             report.pages += 1
             report.events += events
+            if errors and not dry_run:
+                self._check_breaker(delivery.task.migration_id)
             if final:
                 report.result = "completed"
                 runs.finish_if_done(self._db, delivery.task.migration_id)
@@ -200,70 +273,193 @@ class ChunkRunner:
                  status=report.result, event_count=report.events, dry_run=dry_run)
         return report
 
+    def _select(self, run: dict[str, Any], chunk: _Chunk, limit: int) -> _Selection:
+        """The chunk's next page: from its window, or, for a retry run, from the failed events
+        of the run it retries (in event id order)."""
+        if limit <= 0:
+            return _Selection([], None, 0)
+        events_ref = self._db.collection(store.EVENTS)
+        cursor = chunk.data.get("cursor")
+        source = chunk.data.get("source")
+        if source:
+            query = store.errors_query(self._db, source["errorsOf"], source.get("code")) \
+                .order_by("__name__").limit(limit)
+            if cursor:
+                query = query.start_after({"__name__": store.run_ref(
+                    self._db, source["errorsOf"]).collection(store.ERRORS).document(
+                    cursor["eventId"])})
+            ids = [snap.id for snap in query.stream()]
+            found = {snap.id: snap for snap in self._db.get_all(
+                [events_ref.document(event_id) for event_id in ids])}
+            events = [Event(event_id, found[event_id].to_dict() or {}) for event_id in ids
+                      if event_id in found and found[event_id].exists]
+            missing = [event_id for event_id in ids
+                       if event_id not in found or not found[event_id].exists]
+            return _Selection(events, {"eventId": ids[-1]} if ids else None, len(ids), missing)
+        backfill = BACKFILLS[BackfillType(run["type"])]
+        query = backfill.selection(events_ref, chunk.window).order_by(
+            "receivedAt").order_by("__name__").limit(limit)
+        if cursor:
+            query = query.start_after({"receivedAt": cursor["receivedAt"],
+                                       "__name__": events_ref.document(cursor["eventId"])})
+        events = [Event(snap.id, snap.to_dict() or {}) for snap in query.stream()]
+        last = {"receivedAt": events[-1].received_at, "eventId": events[-1].event_id} \
+            if events else None
+        return _Selection(events, last, len(events))
+
     def _page(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk,
-              limit: int) -> tuple[int, bool]:
-        """Read, plan and commit one page; return its event count and whether it was the last."""
+              limit: int) -> tuple[int, bool, int]:
+        """Read, plan and commit one page; return how many entries it took, whether it was the
+        chunk's last, and how many of its events failed."""
+        for _ in range(_PAGE_ATTEMPTS):
+            selection = self._select(run, chunk, limit)
+            try:
+                committed = self._commit_page(delivery, run, chunk, selection, limit)
+            except (_Lost, Unavailable, *_TRANSIENT):
+                raise
+            except Exception as error:
+                raise _PageFailed(selection.events, error) from error
+            if committed is None:
+                if len(selection.events) > 1:
+                    limit = len(selection.events) // 2  # too many writes for one commit
+                continue
+            return committed
+        raise Unavailable("a page kept conflicting with concurrent writes; retry")
+
+    def _commit_page(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk,
+                     selection: _Selection, limit: int) -> tuple[int, bool, int] | None:
+        """Plan and commit ``selection``; None when it must be read again (a conflict, or more
+        writes than one commit takes)."""
         backfill = BACKFILLS[BackfillType(run["type"])]
         dry_run = bool(run.get("dryRun"))
         run_window = planning.span(dt.date.fromisoformat(run["startDate"]),
                                    dt.date.fromisoformat(run["endDate"]))
         migration_id = delivery.task.migration_id
-        events_ref = self._db.collection(store.EVENTS)
-        attempt = 0
-        while attempt < _PAGE_ATTEMPTS:
-            events: list[Event] = []
-            if limit > 0:
-                query = backfill.selection(events_ref, chunk.window).order_by(
-                    "receivedAt").order_by("__name__").limit(limit)
-                cursor = chunk.data.get("cursor")
-                if cursor:
-                    query = query.start_after({"receivedAt": cursor["receivedAt"],
-                                               "__name__": events_ref.document(cursor["eventId"])})
-                events = [Event(snap.id, snap.to_dict() or {}) for snap in query.stream()]
-            shadow = store.run_ref(self._db, migration_id).collection(store.SHADOW_LEDGER) \
-                if dry_run else None
-            stored = self._read(backfill.lookups(events), shadow)
-            plan = backfill.plan(events, stored, migration_id)
-            pulled = self._pull(backfill, events, plan, run_window)
-            if pulled is not None:
-                # Read again after the pull's query, even if it found nothing: a purchase that its
-                # own chunk applied meanwhile (entry and flag in one commit) is visible now.
-                stored = self._read(backfill.lookups([*pulled, *events]), shadow)
-                plan = backfill.plan([*pulled, *events], stored, migration_id)
-            else:
-                pulled = []
-            below_zero = self._below_zero(plan)
-            final = len(events) < limit or limit == 0 or (
-                chunk.quota is not None and chunk.taken + len(events) >= chunk.quota)
-            batch = self._db.batch()
-            self._write_effects(batch, plan, stored, migration_id, shadow,
-                                delivery.task.chunk_id)
-            checkpoint = self._checkpoint(events, plan, below_zero, final, len(pulled))
-            batch.update(chunk.ref, checkpoint,
-                         option=self._db.write_option(last_update_time=chunk.update_time))
-            if len(batch) > MAX_WRITES_PER_COMMIT and len(events) > 1:
-                # Purchases pulled in by refunds made the page too large for one commit.
-                limit = len(events) // 2
-                continue
-            try:
-                results = batch.commit()
-            except _CONFLICTS:
-                # Something moved since the page was read: find out whether it is still ours.
-                attempt += 1
-                self._refresh(delivery, chunk)
-                time.sleep(random.uniform(0.01, 0.05) * attempt)  # noqa: S311 (jitter)
-                continue
-            chunk.update_time = results[-1].update_time
-            if events:
-                chunk.data["cursor"] = {"receivedAt": events[-1].received_at,
-                                        "eventId": events[-1].event_id}
-            chunk.data["read"] = chunk.taken + len(events)
-            self._after_commit()
-            logs.log(logger, "page applied", migration_id=migration_id,
-                     chunk_id=delivery.task.chunk_id, event_count=len(events), dry_run=dry_run,
-                     **_counts(plan))
-            return len(events), final
-        raise Unavailable("a page kept conflicting with concurrent writes; retry")
+        events = selection.events
+        shadow = store.run_ref(self._db, migration_id).collection(store.SHADOW_LEDGER) \
+            if dry_run else None
+        stored = self._read(backfill.lookups(events), shadow)
+        plan = backfill.plan(events, stored, migration_id)
+        pulled = self._pull(backfill, events, plan, run_window)
+        if pulled is not None:
+            # Read again after the pull's query, even if it found nothing: a purchase that its
+            # own chunk applied meanwhile (entry and flag in one commit) is visible now.
+            stored = self._read(backfill.lookups([*pulled, *events]), shadow)
+            plan = backfill.plan([*pulled, *events], stored, migration_id)
+        else:
+            pulled = []
+        for event_id in selection.missing:
+            missing = EventMissing(event_id)
+            plan.results.append(ItemResult(event_id, "", Outcome.ERROR, code=missing.code,
+                                           message=missing.message))
+        below_zero = self._below_zero(plan)
+        final = selection.read < limit or limit == 0 or (
+            chunk.quota is not None and chunk.taken + selection.read >= chunk.quota)
+        batch = self._db.batch()
+        self._write_effects(batch, plan, stored, migration_id, shadow, delivery.task.chunk_id,
+                            chunk.data.get("source"))
+        checkpoint = self._checkpoint(selection, plan, below_zero, final, len(pulled),
+                                      chunk.data.get("suspect"))
+        batch.update(chunk.ref, checkpoint,
+                     option=self._db.write_option(last_update_time=chunk.update_time))
+        if len(batch) > MAX_WRITES_PER_COMMIT and len(events) > 1:
+            return None  # purchases pulled in by refunds made the page too large for one commit
+        try:
+            results = batch.commit()
+        except _CONFLICTS:
+            # Something moved since the page was read: find out whether it is still ours.
+            self._refresh(delivery, chunk)
+            time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 (jitter)
+            return None
+        self._committed(chunk, results[-1].update_time, selection, checkpoint)
+        counts = _counts(plan)
+        logs.log(logger, "page applied", migration_id=migration_id,
+                 chunk_id=delivery.task.chunk_id, event_count=selection.read, dry_run=dry_run,
+                 **counts)
+        return selection.read, final, counts["errors"]
+
+    def _committed(self, chunk: _Chunk, update_time: dt.datetime, selection: _Selection,
+                   checkpoint: dict[str, Any]) -> None:
+        """Keep the local copy of the chunk in step with the checkpoint just committed."""
+        chunk.update_time = update_time
+        if selection.cursor is not None:
+            chunk.data["cursor"] = selection.cursor
+        chunk.data["read"] = chunk.taken + selection.read
+        if "suspect" in checkpoint:
+            chunk.data["suspect"] = None
+        self._after_commit()
+
+    def _strike(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk,
+                failure: _PageFailed) -> None:
+        """One event failed unexpectedly on its own. Count the attempt on the chunk; at
+        ``BACKFILL_POISON_ATTEMPTS`` record it and pass over it, before that raise
+        ``Unavailable`` so Cloud Tasks retries the task later (the cause may be passing)."""
+        event = failure.events[0]
+        cause = type(failure.cause).__name__
+        suspect = chunk.data.get("suspect") or {}
+        attempts = 1 + (int(suspect.get("attempts", 0))
+                        if suspect.get("eventId") == event.event_id else 0)
+        logs.log(logger, "event failed unexpectedly", logging.ERROR,
+                 migration_id=delivery.task.migration_id, chunk_id=delivery.task.chunk_id,
+                 event_id=event.event_id, code=cause, attempt=attempts)
+        if attempts < self._settings.poison_attempts:
+            self._write_chunk(delivery, chunk, {"suspect": {
+                "eventId": event.event_id, "attempts": attempts, "error": cause}})
+            raise Unavailable(f"event {event.event_id} failed with {cause} (attempt {attempts} "
+                              f"of {self._settings.poison_attempts}); the task is retried")
+        source = chunk.data.get("source")
+        batch = self._db.batch()
+        self._record_error(batch, delivery.task.migration_id, delivery.task.chunk_id, ItemResult(
+            event.event_id, event.event_type, Outcome.ERROR, code=UNEXPECTED_ERROR,
+            message=f"Unexpected {cause} on each of {attempts} attempts; passed over",
+            hint="report the event id with the function's logs; retry the run's failed events "
+                 "once it is fixed"), attempts)
+        cursor = {"eventId": event.event_id} if source else {
+            "receivedAt": event.received_at, "eventId": event.event_id}
+        batch.update(chunk.ref, {
+            "updatedAt": firestore.SERVER_TIMESTAMP, "leaseUntil": self._lease_until(),
+            "pages": firestore.Increment(1), "read": firestore.Increment(1),
+            "counters.taken": firestore.Increment(1), "counters.errors": firestore.Increment(1),
+            "cursor": cursor, "suspect": None,
+        }, option=self._db.write_option(last_update_time=chunk.update_time))
+        try:
+            results = batch.commit()
+        except _CONFLICTS:
+            self._refresh(delivery, chunk)
+            raise Unavailable("the chunk moved while passing over a failing event; retry") \
+                from None
+        self._committed(chunk, results[-1].update_time, _Selection([event], cursor, 1),
+                        {"suspect": None})
+        logs.log(logger, "event passed over", logging.ERROR,
+                 migration_id=delivery.task.migration_id, chunk_id=delivery.task.chunk_id,
+                 event_id=event.event_id, code=UNEXPECTED_ERROR, attempt=attempts)
+
+    def _write_chunk(self, delivery: Delivery, chunk: _Chunk, fields: dict[str, Any]) -> None:
+        try:
+            result = chunk.ref.update(fields, option=self._db.write_option(
+                last_update_time=chunk.update_time))
+        except api_exceptions.FailedPrecondition:
+            self._refresh(delivery, chunk)
+            return
+        chunk.update_time = result.update_time
+        chunk.data.update(fields)
+
+    def _check_breaker(self, migration_id: str) -> None:
+        """Stop the run as failed if its error rate is above the threshold after the minimum
+        sample (``BACKFILL_BREAKER_ERROR_RATE``, ``BACKFILL_BREAKER_MIN_EVENTS``)."""
+        settings = self._settings
+        totals = store.sums(store.run_ref(self._db, migration_id).collection(store.CHUNKS),
+                            ("counters.errors", "counters.taken"))
+        errors, taken = totals["counters.errors"], totals["counters.taken"]
+        if taken < settings.breaker_min_events or errors <= settings.breaker_error_rate * taken:
+            return
+        reason = (f"circuit breaker: {errors} of the {taken} events taken failed "
+                  f"({100 * errors / taken:.0f}%), above BACKFILL_BREAKER_ERROR_RATE="
+                  f"{settings.breaker_error_rate:g} after at least "
+                  f"BACKFILL_BREAKER_MIN_EVENTS={settings.breaker_min_events}; fix the cause "
+                  "(see the error report), then retry the run's failed events")
+        if control.halt(settings, self._db, migration_id, reason):
+            raise _Stopped(reason)
 
     def _read(self, paths: list[str],
               shadow: firestore.CollectionReference | None = None) -> dict[str, Stored]:
@@ -302,13 +498,16 @@ class ChunkRunner:
 
     def _write_effects(self, batch: firestore.WriteBatch, plan: PagePlan,
                        stored: dict[str, Stored], migration_id: str,
-                       shadow: firestore.CollectionReference | None, chunk_id: str) -> None:
+                       shadow: firestore.CollectionReference | None, chunk_id: str,
+                       source: dict[str, Any] | None) -> None:
         """Add the page's effects to ``batch``; a dry run (``shadow``) writes its ledger entries
-        to the shadow ledger instead, and no wallet."""
+        to the shadow ledger instead, and no wallet. A live retry run marks the error records
+        of the run it retries that it settled."""
         db = self._db
         dry_run = shadow is not None
         events = db.collection(store.EVENTS)
-        errors = store.run_ref(db, migration_id).collection(store.ERRORS)
+        retried = store.run_ref(db, source["errorsOf"]).collection(store.ERRORS) \
+            if source and not dry_run else None
         ledger = shadow if shadow is not None else db.collection(store.LEDGER)
         for entry_id, data in plan.creates.items():
             batch.create(ledger.document(entry_id), data)
@@ -337,11 +536,20 @@ class ChunkRunner:
                                      "backfillMigrationId": migration_id,
                                      "backfillOutcome": result.outcome.value})
             if result.outcome is Outcome.ERROR:
-                batch.set(errors.document(result.event_id), {
-                    "eventId": result.event_id, "eventType": result.event_type,
-                    "code": result.code, "message": result.message, "hint": result.hint,
-                    "chunkId": chunk_id, "at": firestore.SERVER_TIMESTAMP,
-                    "attempts": firestore.Increment(1)}, merge=True)
+                self._record_error(batch, migration_id, chunk_id, result)
+            elif retried is not None and result.settled and not result.repeat:
+                batch.update(retried.document(result.event_id), {
+                    "resolvedBy": migration_id, "resolvedAt": firestore.SERVER_TIMESTAMP})
+
+    def _record_error(self, batch: firestore.WriteBatch, migration_id: str, chunk_id: str,
+                      result: ItemResult, attempts: int = 1) -> None:
+        """The event's error record in the run (its id is the event's: a repeat overwrites)."""
+        errors = store.run_ref(self._db, migration_id).collection(store.ERRORS)
+        batch.set(errors.document(result.event_id), {
+            "eventId": result.event_id, "eventType": result.event_type,
+            "code": result.code, "message": result.message, "hint": result.hint,
+            "chunkId": chunk_id, "at": firestore.SERVER_TIMESTAMP,
+            "attempts": firestore.Increment(attempts)}, merge=True)
 
     def _pull(self, backfill: Backfill, events: list[Event], plan: PagePlan,
               run_window: Window) -> list[Event] | None:
@@ -353,24 +561,25 @@ class ChunkRunner:
         pulled: list[Event] = pull(self._db.collection(store.EVENTS), events, plan, run_window)
         return pulled
 
-    @staticmethod
-    def _checkpoint(events: list[Event], plan: PagePlan, below_zero: list[str],
-                    final: bool, pulled: int) -> dict[str, Any]:
+    def _checkpoint(self, selection: _Selection, plan: PagePlan, below_zero: list[str],
+                    final: bool, pulled: int, suspect: dict[str, Any] | None) -> dict[str, Any]:
         # Pulled purchases are counted where they were applied: taken, and their outcome.
         update: dict[str, Any] = {
             "updatedAt": firestore.SERVER_TIMESTAMP,
+            "leaseUntil": self._lease_until(),
             "pages": firestore.Increment(1),
-            "read": firestore.Increment(len(events)),
+            "read": firestore.Increment(selection.read),
             "counters.taken": firestore.Increment(
-                len(events) + pulled - sum(r.repeat for r in plan.results)),
+                selection.read + pulled - sum(r.repeat for r in plan.results)),
             "counters.points": firestore.Increment(sum(r.points for r in plan.results)),
         }
         for name, count in _counts(plan).items():
             if count:
                 update[f"counters.{name}"] = firestore.Increment(count)
-        if events:
-            update["cursor"] = {"receivedAt": events[-1].received_at,
-                                "eventId": events[-1].event_id}
+        if selection.cursor is not None:
+            update["cursor"] = selection.cursor
+        if suspect and any(e.event_id == suspect.get("eventId") for e in selection.events):
+            update["suspect"] = None  # it went through after all: its failure was passing
         if below_zero:
             update["belowZero"] = firestore.ArrayUnion(below_zero)
         if final:
@@ -390,7 +599,8 @@ class ChunkRunner:
         segment = int(chunk.data["segment"]) + 1
         try:
             chunk.ref.update({"segment": segment, "leaseOwner": None,
-                              "updatedAt": firestore.SERVER_TIMESTAMP},
+                              "updatedAt": firestore.SERVER_TIMESTAMP,
+                              "leaseUntil": self._lease_until()},
                              option=self._db.write_option(last_update_time=chunk.update_time))
         except api_exceptions.FailedPrecondition:
             raise _Lost from None
@@ -403,8 +613,9 @@ class ChunkRunner:
             runs.fail_run(self._db, task.migration_id, f"planning {reason}")
             return
         ref = store.chunk_ref(self._db, task.migration_id, task.chunk_id)
-        ref.update({"state": ChunkState.FAILED.value, "leaseOwner": None, "failureReason": reason,
-                    "finishedAt": firestore.SERVER_TIMESTAMP})
+        control.move_chunk(self._db, ref, ChunkState.FAILED, {
+            "state": ChunkState.FAILED.value, "leaseOwner": None, "failureReason": reason,
+            "finishedAt": firestore.SERVER_TIMESTAMP, "stateChangedAt": firestore.SERVER_TIMESTAMP})
         logs.log(logger, "chunk failed", logging.ERROR, migration_id=task.migration_id,
                  chunk_id=task.chunk_id, reason=reason)
         runs.finish_if_done(self._db, task.migration_id)

@@ -50,7 +50,11 @@ class ChunkTask:
 
 
 class Dispatcher(Protocol):
-    def enqueue(self, task: ChunkTask) -> bool: ...
+    def enqueue(self, task: ChunkTask, delay_seconds: float = 0.0) -> bool:
+        """Create ``task`` (due after ``delay_seconds``); False if its name exists already."""
+
+    def exists(self, task: ChunkTask) -> bool:
+        """Whether ``task`` is still queued, backing off or in flight."""
 
 
 def enqueue_all(dispatcher: Dispatcher, tasks: Iterable[ChunkTask], workers: int) -> int:
@@ -89,8 +93,10 @@ class CloudTasksDispatcher:
             return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
         return tasks_v2.CloudTasksClient()
 
-    def enqueue(self, task: ChunkTask) -> bool:
+    def enqueue(self, task: ChunkTask, delay_seconds: float = 0.0) -> bool:
         settings = self._settings
+        schedule = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay_seconds)
+                    if delay_seconds > 0 else None)
         request = tasks_v2.Task(
             name=f"{settings.queue_path}/tasks/{task.name}",
             http_request=tasks_v2.HttpRequest(
@@ -104,6 +110,7 @@ class CloudTasksDispatcher:
                 ),
             ),
             dispatch_deadline=dt.timedelta(seconds=settings.dispatch_deadline_seconds),
+            schedule_time=schedule,
         )
         try:
             # Retrying a create is safe: the name is deterministic, so a retry of a create that
@@ -115,6 +122,16 @@ class CloudTasksDispatcher:
             raise Unavailable(f"Cloud Tasks refused a task: {type(exc).__name__}") from exc
         return True
 
+    def exists(self, task: ChunkTask) -> bool:
+        try:
+            self._client.get_task(name=f"{self._settings.queue_path}/tasks/{task.name}",
+                                  retry=_RETRY)
+        except api_exceptions.NotFound:
+            return False
+        except api_exceptions.GoogleAPICallError as exc:
+            raise Unavailable(f"Cloud Tasks did not answer: {type(exc).__name__}") from exc
+        return True
+
 
 class InProcessDispatcher:
     """Keeps tasks in memory, with Cloud Tasks' name dedup; tests deliver them by hand."""
@@ -123,14 +140,20 @@ class InProcessDispatcher:
         self._lock = threading.Lock()
         self._names: set[str] = set()
         self.queued: list[ChunkTask] = []
+        self.delays: dict[ChunkTask, float] = {}
 
-    def enqueue(self, task: ChunkTask) -> bool:
+    def enqueue(self, task: ChunkTask, delay_seconds: float = 0.0) -> bool:
         with self._lock:
             if task.name in self._names:
                 return False
             self._names.add(task.name)
             self.queued.append(task)
+            self.delays[task] = delay_seconds
             return True
+
+    def exists(self, task: ChunkTask) -> bool:
+        with self._lock:
+            return task in self.queued
 
     def take(self) -> list[ChunkTask]:
         with self._lock:

@@ -59,3 +59,11 @@ def quotas(eligible: list[int], max_events: int | None) -> list[int | None]:
         result.append(quota)
         left -= quota
     return result
+
+
+def before(window: Window, cutoff: dt.datetime) -> Window:
+    """``window`` without what was received at or after ``cutoff`` (empty if it starts later).
+
+    Replays leave the newest events to the live path, which may be applying them right now.
+    """
+    return Window(window.start, max(window.start, min(window.end, cutoff)))

@@ -1,10 +1,12 @@
 """Runs (``dataMigrations/{migrationId}``): starting one, planning it, and moving its status.
 
-Starting a run records it and enqueues its planning task; planning counts the eligible events
-of each chunk (an aggregation, no documents read), shares ``maxEvents`` out oldest first, writes
-all chunks in one commit, then enqueues one task per chunk that has work. The run document is
-written when the run starts, when it is planned, when its first chunk starts and when its last
-chunk ends: never per event.
+Starting a run admits it (the concurrency limit and overlapping runs, checked and recorded in one
+transaction), records it and enqueues its planning task and its watchdog; planning counts the
+eligible events of each chunk (an aggregation, no documents read), shares ``maxEvents`` out
+oldest first, writes all chunks in one commit, then enqueues one task per chunk that has work.
+The run document is written when the run starts, when it is planned and when its status moves:
+never per event. Every status move goes through ``move_run``, which checks
+``shared.lifecycle`` and writes under the update time it read.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,13 +23,14 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from shared import logs, planning, store
+from shared import lifecycle, logs, planning, store
 from shared.auth import Caller
 from shared.backfills.types import BACKFILLS
 from shared.config import Settings
 from shared.dispatch import ChunkTask, Dispatcher, enqueue_all
-from shared.errors import Unavailable
+from shared.errors import Conflict, NotFound, TooManyRuns, Unavailable
 from shared.models import (
+    ACTIVE_RUN_STATUSES,
     FINAL_RUN_STATUSES,
     BackfillRequest,
     BackfillType,
@@ -38,9 +41,17 @@ from shared.models import (
 logger = logging.getLogger(__name__)
 
 COUNTERS = ("taken", "applied", "duplicates", "skipped", "errors", "points")
-
+OPEN_OR_PAUSED = (ChunkState.PENDING.value, ChunkState.RUNNING.value, ChunkState.PAUSED.value)
 
 PLAN_CHUNK = "plan"  # the chunk id of a run's planning task
+WATCH_CHUNK = "watch"  # the chunk id of a run's watchdog task
+RETRY_CHUNK = "retry"  # the one chunk of a run that retries another run's failed events
+
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +59,8 @@ class StartedRun:
     migration_id: str
     status: RunStatus
     chunks: int
+    # A twin firing of the same Cloud Scheduler schedule time: the run existed already.
+    duplicate: bool = False
 
 
 def start_run(
@@ -56,25 +69,70 @@ def start_run(
     settings: Settings,
     db: firestore.Client,
     dispatcher: Dispatcher,
-    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    now: Clock = utc_now,
+    scheduled_for: dt.datetime | None = None,
 ) -> StartedRun:
-    """Record a run (``pending``, not yet planned) and enqueue its planning task.
+    """Admit and record a run (``pending``, not yet planned); enqueue its planning task.
 
     Planning counts every chunk's events, which takes time in proportion to the range, so it
-    runs as a task and the trigger answers at once whatever the range. If the task cannot be
-    enqueued the run is marked failed and ``Unavailable`` is raised.
+    runs as a task and the trigger answers at once whatever the range. ``scheduled_for`` (Cloud
+    Scheduler's schedule time) names the run, so a retried or twin firing finds it and starts
+    nothing. Raises ``Conflict``/``TooManyRuns`` (unless ``request.force``) and, when the task
+    cannot be enqueued, ``Unavailable`` after marking the run failed.
     """
     windows = planning.windows(request.start_date, request.end_date, settings.chunk_days)
     created = now()
-    run: dict[str, Any] = {
-        "type": request.type.value,
+    run = _new_run(request.type, request.dry_run, request.start_date, request.end_date,
+                   request.max_events, settings, caller, created, len(windows))
+    run.update(lookbackDays=request.lookback_days, forced=request.force)
+    return _launch(settings, db, dispatcher, run, request.force, scheduled_for)
+
+
+def start_retry(source_id: str, caller: Caller, settings: Settings, db: firestore.Client,
+                dispatcher: Dispatcher, code: str | None = None, dry_run: bool | None = None,
+                force: bool = False, now: Clock = utc_now) -> StartedRun:
+    """Start a run that re-applies exactly the events that failed in run ``source_id`` (those of
+    error ``code`` only, if given), after the operator fixed the cause.
+
+    The source must have ended. A dry run's failures can be retried as a dry run only (it
+    applied nothing, so a live retry would apply just its failures and skip the rest).
+    """
+    snap = store.run_ref(db, source_id).get()
+    if not snap.exists:
+        raise NotFound(f"no run {source_id}")
+    source = snap.to_dict() or {}
+    if source["status"] not in FINAL_RUN_STATUSES:
+        raise Conflict(f"run {source_id} is {source['status']}; retry its failed events once it "
+                       "has ended (let it finish, or cancel it)", [source_id])
+    dry = bool(source.get("dryRun")) if dry_run is None else dry_run
+    if source.get("dryRun") and not dry:
+        raise Conflict(f"run {source_id} was a dry run and applied nothing; start a live run of "
+                       "its range instead of retrying its failures live", [source_id])
+    failed = store.count(store.errors_query(db, source_id, code))
+    if failed == 0:
+        raise Conflict(f"run {source_id} has no failed events"
+                       + (f" with code {code}" if code else ""), [source_id])
+    run = _new_run(BackfillType(source["type"]), dry, dt.date.fromisoformat(source["startDate"]),
+                   dt.date.fromisoformat(source["endDate"]), None, settings, caller, now(), 1)
+    run.update(retryOf={"migrationId": source_id, "code": code, "events": failed}, forced=force)
+    return _launch(settings, db, dispatcher, run, force, None)
+
+
+def _new_run(backfill_type: BackfillType, dry_run: bool, start_date: dt.date,
+             end_date: dt.date, max_events: int | None, settings: Settings, caller: Caller,
+             created: dt.datetime, chunk_count: int) -> dict[str, Any]:
+    return {
+        "type": backfill_type.value,
         "status": RunStatus.PENDING.value,
-        "dryRun": request.dry_run,
-        "startDate": request.start_date.isoformat(),
-        "endDate": request.end_date.isoformat(),
-        "maxEvents": request.max_events,
+        "dryRun": dry_run,
+        "startDate": start_date.isoformat(),
+        "endDate": end_date.isoformat(),
+        "maxEvents": max_events,
         "chunkDays": settings.chunk_days,
-        "chunkCount": len(windows),
+        "chunkCount": chunk_count,
+        # Events received from here on are left to the live path, which may be applying them.
+        "receivedBefore": created - dt.timedelta(minutes=settings.settle_minutes),
+        "retryOf": None,
         "planned": False,
         "eligible": None,
         "total": None,
@@ -82,18 +140,96 @@ def start_run(
         "createdAt": created,
         "startedAt": None,
         "finishedAt": None,
+        "statusReason": "created; planning is queued",
+        "statusHistory": [],
     }
-    migration_id = _create(db, request, run, created)
+
+
+def _launch(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
+            run: dict[str, Any], force: bool, scheduled_for: dt.datetime | None) -> StartedRun:
+    migration_id, existing = _admit(settings, db, run, force, scheduled_for)
+    if existing is not None:
+        logs.log(logger, "twin scheduled run ignored", migration_id=migration_id,
+                 type=run["type"], caller=run["requestedBy"])
+        return StartedRun(migration_id, RunStatus(existing["status"]),
+                          int(existing.get("chunkCount") or 0), duplicate=True)
     try:
         dispatcher.enqueue(ChunkTask(migration_id, PLAN_CHUNK))
+        arm_watchdog(settings, dispatcher, migration_id)
     except Unavailable as error:
         fail_run(db, migration_id, f"could not enqueue the planning task: {error.message}")
         raise Unavailable(f"run {migration_id} failed: its planning task could not be "
                           "enqueued; start the run again") from error
-    logs.log(logger, "run started", migration_id=migration_id, type=request.type.value,
-             start_date=run["startDate"], end_date=run["endDate"], dry_run=request.dry_run,
-             chunks=len(windows), caller=caller.email)
-    return StartedRun(migration_id, RunStatus.PENDING, len(windows))
+    logs.log(logger, "run started", migration_id=migration_id, type=run["type"],
+             start_date=run["startDate"], end_date=run["endDate"], dry_run=run["dryRun"],
+             chunks=run["chunkCount"], caller=run["requestedBy"])
+    return StartedRun(migration_id, RunStatus.PENDING, int(run["chunkCount"]))
+
+
+def _admit(settings: Settings, db: firestore.Client, run: dict[str, Any], force: bool,
+           scheduled_for: dt.datetime | None) -> tuple[str, dict[str, Any] | None]:
+    """Check the limits and create the run in one transaction; answer its id, and the existing
+    run when ``scheduled_for`` names one already (a twin firing).
+
+    The transaction reads the active runs, so two triggers racing for the last free slot cannot
+    both get it: the second one's transaction is retried, sees the first run and is refused.
+    """
+    first_ms = int(((scheduled_for or run["createdAt"])).timestamp() * 1000)
+    runs = db.collection(store.RUNS)
+
+    @firestore.transactional
+    def admit(transaction: firestore.Transaction) -> tuple[str, dict[str, Any] | None]:
+        if scheduled_for is not None:
+            ref = runs.document(f"{run['type']}_{first_ms}")
+            snap = ref.get(transaction=transaction)
+            if snap.exists:
+                return ref.id, snap.to_dict() or {}
+            candidates = [ref]
+        else:
+            candidates = [runs.document(f"{run['type']}_{first_ms + n}") for n in range(20)]
+        active = [snap.to_dict() or {} for snap in transaction.get(runs.where(
+            filter=FieldFilter("status", "in", [s.value for s in ACTIVE_RUN_STATUSES])))]
+        if not force:
+            _refuse_blockers(run, active, settings.max_active_runs)
+        for ref in candidates:
+            if not ref.get(transaction=transaction).exists:
+                transaction.create(ref, {**run, "migrationId": ref.id})
+                return ref.id, None
+        raise Unavailable("could not find a free migration id; retry")
+
+    try:
+        result: tuple[str, dict[str, Any] | None] = admit(db.transaction(max_attempts=10))
+    except (api_exceptions.Aborted, ValueError) as error:
+        # ValueError: the client gave up after max_attempts contended commits.
+        raise Unavailable("too many runs are starting at once; retry") from error
+    return result
+
+
+def _refuse_blockers(run: dict[str, Any], active: list[dict[str, Any]], limit: int) -> None:
+    overlapping = [other for other in active if other["type"] == run["type"]
+                   and other["startDate"] <= run["endDate"]
+                   and run["startDate"] <= other["endDate"]]
+    if overlapping:
+        named = ", ".join(f"{other['migrationId']} ({other['status']}, {other['startDate']}.."
+                          f"{other['endDate']})" for other in overlapping)
+        raise Conflict(f"an active {run['type']} run overlaps these dates: {named}; wait for it "
+                       "to end, cancel it, or pass force: true",
+                       [other["migrationId"] for other in overlapping])
+    if len(active) >= limit:
+        named = ", ".join(f"{other['migrationId']} ({other['status']})" for other in active)
+        raise TooManyRuns(f"{len(active)} runs are active, the limit is {limit} "
+                          f"(BACKFILL_MAX_ACTIVE_RUNS): {named}; wait for one to end, or pass "
+                          "force: true", [other["migrationId"] for other in active])
+
+
+def arm_watchdog(settings: Settings, dispatcher: Dispatcher, migration_id: str,
+                 now: float | None = None) -> None:
+    """Enqueue the run's next watchdog task, due in one lease; one per lease-long slot (the slot
+    number is the task's segment, so arming twice within a slot is a no-op)."""
+    due = (time.time() if now is None else now) + settings.lease_seconds
+    slot = int(due // settings.lease_seconds)
+    dispatcher.enqueue(ChunkTask(migration_id, WATCH_CHUNK, slot),
+                       delay_seconds=settings.lease_seconds)
 
 
 def plan_run(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
@@ -104,7 +240,8 @@ def plan_run(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
     ``maxEvents`` out oldest first, and writes all chunks with the run's totals in one commit
     under the run's update time, so a second delivery either finds the run planned or loses the
     race. Chunks with nothing to take are recorded as completed and get no task. Every delivery
-    enqueues the tasks of the chunks still pending (a no-op for those that exist).
+    enqueues the tasks of the chunks still pending (a no-op for those that exist), unless the
+    run is paused meanwhile: resume enqueues them then.
     """
     ref = store.run_ref(db, migration_id)
     for _ in range(5):
@@ -119,42 +256,52 @@ def plan_run(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
         try:
             _plan(settings, db, ref, run, snap.update_time)
         except (api_exceptions.AlreadyExists, api_exceptions.FailedPrecondition):
-            continue  # another delivery planned it meanwhile
+            continue  # another delivery planned it meanwhile, or the run's status moved
         break
+    status = ref.get().get("status")
+    if status not in (RunStatus.PENDING.value, RunStatus.RUNNING.value):
+        return f"planned; the run is {status}, so no chunk task was enqueued"
     pending = ref.collection(store.CHUNKS).where(
         filter=FieldFilter("state", "==", ChunkState.PENDING.value)).stream()
-    tasks = [ChunkTask(migration_id, chunk.id) for chunk in pending]
+    tasks = [ChunkTask(migration_id, chunk.id, int(chunk.get("segment"))) for chunk in pending]
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
     return f"planned; {len(tasks)} chunk task(s) enqueued"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Planned:
+    chunk_id: str
+    window_start: dt.datetime | None
+    window_end: dt.datetime | None
+    eligible: int
+    quota: int | None
+    source: Mapping[str, Any] | None = None
+
+
 def _plan(settings: Settings, db: firestore.Client, ref: firestore.DocumentReference,
           run: dict[str, Any], read_at: dt.datetime) -> None:
-    backfill = BACKFILLS[BackfillType(run["type"])]
-    windows = planning.windows(dt.date.fromisoformat(run["startDate"]),
-                               dt.date.fromisoformat(run["endDate"]), int(run["chunkDays"]))
-    events = db.collection(store.EVENTS)
-    with ThreadPoolExecutor(max_workers=settings.enqueue_workers) as pool:
-        eligible = list(pool.map(
-            lambda window: store.count(backfill.selection(events, window)), windows))
-    quotas = planning.quotas(eligible, run.get("maxEvents"))
-    total = sum(q if q is not None else e for q, e in zip(quotas, eligible, strict=True))
+    planned = (_plan_retry(db, run) if run.get("retryOf")
+               else _plan_windows(settings, db, run))
+    lease_until = utc_now() + dt.timedelta(seconds=settings.lease_seconds)
+    total = sum(c.quota if c.quota is not None else c.eligible for c in planned)
     batch = db.batch()
     idle_chunks = 0
-    for index, (window, count, quota) in enumerate(zip(windows, eligible, quotas, strict=True)):
-        idle = quota == 0 or count == 0
+    for index, chunk in enumerate(planned):
+        idle = chunk.quota == 0 or chunk.eligible == 0
         idle_chunks += idle
-        batch.create(ref.collection(store.CHUNKS).document(window.chunk_id), {
+        batch.create(ref.collection(store.CHUNKS).document(chunk.chunk_id), {
             "index": index,
-            "windowStart": window.start,
-            "windowEnd": window.end,
-            "eligible": count,
-            "quota": quota,
+            "windowStart": chunk.window_start,
+            "windowEnd": chunk.window_end,
+            "source": chunk.source,
+            "eligible": chunk.eligible,
+            "quota": chunk.quota,
             "state": (ChunkState.COMPLETED if idle else ChunkState.PENDING).value,
-            "note": _idle_note(count, quota) if idle else "",
+            "note": _idle_note(chunk.eligible, chunk.quota) if idle else "",
             "segment": 0,
             "cursor": None,
             "leaseOwner": None,
+            "leaseUntil": lease_until,
             "counters": dict.fromkeys(COUNTERS, 0),
             "read": 0,
             "belowZero": [],
@@ -162,16 +309,45 @@ def _plan(settings: Settings, db: firestore.Client, ref: firestore.DocumentRefer
             "startedAt": None,
             "finishedAt": firestore.SERVER_TIMESTAMP if idle else None,
         })
-    update: dict[str, Any] = {"planned": True, "eligible": sum(eligible), "total": total,
-                              "plannedAt": firestore.SERVER_TIMESTAMP}
-    if idle_chunks == len(windows):
+    update: dict[str, Any] = {"planned": True, "eligible": sum(c.eligible for c in planned),
+                              "total": total, "plannedAt": firestore.SERVER_TIMESTAMP,
+                              "chunkCount": len(planned)}
+    if idle_chunks == len(planned) and run["status"] == RunStatus.PENDING.value:
+        reason = lifecycle.run_move(run["status"], RunStatus.COMPLETED)
         update.update(status=RunStatus.COMPLETED.value, startedAt=firestore.SERVER_TIMESTAMP,
-                      finishedAt=firestore.SERVER_TIMESTAMP)
+                      finishedAt=firestore.SERVER_TIMESTAMP, statusReason=reason)
     batch.update(ref, update, option=db.write_option(last_update_time=read_at))
     batch.commit()
     logs.log(logger, "run planned", migration_id=run["migrationId"], type=run["type"],
              start_date=run["startDate"], end_date=run["endDate"], dry_run=run["dryRun"],
-             eligible=update["eligible"], total=total, event_count=total, chunks=len(windows))
+             eligible=update["eligible"], total=total, event_count=total, chunks=len(planned))
+
+
+def _plan_windows(settings: Settings, db: firestore.Client,
+                  run: dict[str, Any]) -> list[_Planned]:
+    backfill = BACKFILLS[BackfillType(run["type"])]
+    cutoff = run.get("receivedBefore")
+    windows = [planning.before(window, cutoff) if cutoff is not None else window
+               for window in planning.windows(dt.date.fromisoformat(run["startDate"]),
+                                              dt.date.fromisoformat(run["endDate"]),
+                                              int(run["chunkDays"]))]
+    events = db.collection(store.EVENTS)
+
+    def eligible(window: planning.Window) -> int:
+        return store.count(backfill.selection(events, window)) if window.end > window.start else 0
+
+    with ThreadPoolExecutor(max_workers=settings.enqueue_workers) as pool:
+        counts = list(pool.map(eligible, windows))
+    quotas = planning.quotas(counts, run.get("maxEvents"))
+    return [_Planned(window.chunk_id, window.start, window.end, count, quota)
+            for window, count, quota in zip(windows, counts, quotas, strict=True)]
+
+
+def _plan_retry(db: firestore.Client, run: dict[str, Any]) -> list[_Planned]:
+    source = run["retryOf"]
+    count = store.count(store.errors_query(db, source["migrationId"], source.get("code")))
+    return [_Planned(RETRY_CHUNK, None, None, count, None,
+                     {"errorsOf": source["migrationId"], "code": source.get("code")})]
 
 
 def _idle_note(count: int, quota: int | None) -> str:
@@ -180,18 +356,50 @@ def _idle_note(count: int, quota: int | None) -> str:
     return "maxEvents was reached by older chunks; these events are left for a later run"
 
 
-def _create(db: firestore.Client, request: BackfillRequest, run: dict[str, Any],
-            created: dt.datetime) -> str:
-    """Write the run under ``{type}_{epochMs}``, the first free millisecond."""
-    epoch_ms = int(created.timestamp() * 1000)
-    for offset in range(20):
-        migration_id = f"{request.type.value}_{epoch_ms + offset}"
+def move_run(db: firestore.Client, migration_id: str, target: RunStatus, *, by: str = "",
+             detail: str = "", note: str = "", fields: Mapping[str, Any] | None = None,
+             only_from: RunStatus | None = None, strict: bool = True) -> dict[str, Any] | None:
+    """Move a run to ``target`` under the update time read, recording why, who and when.
+
+    Returns the run as it was before the move, or None when nothing moved: it already had
+    ``target``, was not in ``only_from``, or (``strict=False``) the move is not in
+    ``shared.lifecycle``'s table. With ``strict`` a move the table refuses raises ``Conflict``.
+    ``detail`` is the system's reason (logged); ``note`` is the operator's (stored only).
+    """
+    ref = store.run_ref(db, migration_id)
+    for _ in range(10):
+        snap = ref.get()
+        if not snap.exists:
+            raise NotFound(f"no run {migration_id}")
+        run = snap.to_dict() or {}
+        current = str(run.get("status"))
+        if current == target.value or (only_from is not None and current != only_from.value):
+            return None
+        if not strict and not lifecycle.run_can_move(current, target):
+            return None
+        reason = detail or lifecycle.run_move(current, target)
+        update: dict[str, Any] = {
+            "status": target.value, "statusReason": reason,
+            "statusChangedAt": firestore.SERVER_TIMESTAMP,
+            "statusHistory": firestore.ArrayUnion([{
+                "from": current, "to": target.value, "reason": reason, "by": by, "note": note,
+                "at": utc_now()}]),
+            **(fields or {}),
+        }
+        if target in FINAL_RUN_STATUSES:
+            update["finishedAt"] = firestore.SERVER_TIMESTAMP
+        if run.get("startedAt") is None and (target in FINAL_RUN_STATUSES
+                                             or target is RunStatus.RUNNING):
+            update["startedAt"] = firestore.SERVER_TIMESTAMP
         try:
-            store.run_ref(db, migration_id).create({**run, "migrationId": migration_id})
-        except api_exceptions.AlreadyExists:
-            continue  # another run started in the same millisecond
-        return migration_id
-    raise Unavailable("could not find a free migration id; retry")
+            ref.update(update, option=db.write_option(last_update_time=snap.update_time))
+        except api_exceptions.FailedPrecondition:
+            time.sleep(0.05)
+            continue
+        logs.log(logger, "run status changed", migration_id=migration_id, status=target.value,
+                 previous=current, reason=reason, caller=by)
+        return run
+    raise Unavailable(f"could not move run {migration_id} to {target.value}; retry")
 
 
 def fail_run(db: firestore.Client, migration_id: str, reason: str) -> None:
@@ -200,54 +408,32 @@ def fail_run(db: firestore.Client, migration_id: str, reason: str) -> None:
 
 def mark_running(db: firestore.Client, migration_id: str) -> None:
     """pending -> running, when a chunk starts; a no-op for a run past pending."""
-    ref = store.run_ref(db, migration_id)
-    for _ in range(5):
-        snap = ref.get()
-        if snap.get("status") != RunStatus.PENDING.value:
-            return
-        try:
-            ref.update({"status": RunStatus.RUNNING.value, "startedAt": firestore.SERVER_TIMESTAMP},
-                       option=db.write_option(last_update_time=snap.update_time))
-            return
-        except api_exceptions.FailedPrecondition:
-            continue
+    move_run(db, migration_id, RunStatus.RUNNING, only_from=RunStatus.PENDING)
 
 
 def finish_run(db: firestore.Client, migration_id: str, status: RunStatus, reason: str = "",
                summary: dict[str, Any] | None = None) -> bool:
     """Move a run to a final status once; False if it already had one."""
-    ref = store.run_ref(db, migration_id)
-    for _ in range(10):
-        snap = ref.get()
-        if not snap.exists or snap.get("status") in FINAL_RUN_STATUSES:
-            return False
-        fields: dict[str, Any] = {"status": status.value, "finishedAt": firestore.SERVER_TIMESTAMP,
-                                  "failureReason": reason}
-        if snap.get("startedAt") is None:
-            fields["startedAt"] = firestore.SERVER_TIMESTAMP
-        if summary is not None:
-            fields["summary"] = summary
-        try:
-            ref.update(fields, option=db.write_option(last_update_time=snap.update_time))
-        except api_exceptions.FailedPrecondition:
-            time.sleep(0.05)
-            continue
+    fields: dict[str, Any] = {"failureReason": reason}
+    if summary is not None:
+        fields["summary"] = summary
+    moved = move_run(db, migration_id, status, detail=reason, fields=fields, strict=False)
+    if moved is not None and summary is not None:
         logs.log(logger, "run finished", migration_id=migration_id, status=status.value,
-                 reason=reason, **{key: value for key, value in (summary or {}).items()
+                 reason=reason, **{key: value for key, value in summary.items()
                                    if key in ("processed", "errors", "total", "skipped")})
-        return True
-    raise Unavailable(f"could not record the end of run {migration_id}; retry")
+    return moved is not None
 
 
 def finish_if_done(db: firestore.Client, migration_id: str) -> None:
-    """After a chunk ends: if no chunk is open any more, end the run (completed or failed).
+    """After a chunk ends: if no chunk is open or paused any more, end the run (completed or
+    failed).
 
     Each chunk writes its final state before it calls this, so the last one to end sees no open
-    chunk; two ending together may both see it, and ``finish_run`` lets only one through.
+    chunk; two ending together may both see it, and ``move_run`` lets only one through.
     """
     chunks = store.run_ref(db, migration_id).collection(store.CHUNKS)
-    open_states = [ChunkState.PENDING.value, ChunkState.RUNNING.value]
-    if store.count(chunks.where(filter=FieldFilter("state", "in", open_states))):
+    if store.count(chunks.where(filter=FieldFilter("state", "in", list(OPEN_OR_PAUSED)))):
         return
     summary = summarize([snap.to_dict() or {} for snap in chunks.stream()])
     failed = summary.pop("failedChunks")

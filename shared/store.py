@@ -14,6 +14,7 @@ import functools
 from typing import Any
 
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared.config import Settings
 
@@ -52,3 +53,20 @@ def count(query: Any) -> int:
     """The number of documents ``query`` matches, by an aggregation (no documents read)."""
     result = query.count().get()
     return int(result[0][0].value)
+
+
+def errors_query(db: firestore.Client, migration_id: str, code: str | None = None) -> Any:
+    """A run's error records (one per failed event), of one ``code`` if given."""
+    query: Any = run_ref(db, migration_id).collection(ERRORS)
+    if code:
+        query = query.where(filter=FieldFilter("code", "==", code))
+    return query
+
+
+def sums(query: Any, fields: tuple[str, ...]) -> dict[str, int]:
+    """The sums of ``fields`` over the documents ``query`` matches, in one aggregation."""
+    aggregation = query.sum(fields[0], alias="f0")
+    for index, field in enumerate(fields[1:], start=1):
+        aggregation = aggregation.sum(field, alias=f"f{index}")
+    values = {result.alias: result.value for result in aggregation.get()[0]}
+    return {field: int(values.get(f"f{index}") or 0) for index, field in enumerate(fields)}

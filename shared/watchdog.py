@@ -1,0 +1,82 @@
+"""A run's watchdog: picks up chunks whose handler died without anyone left to retry them.
+
+Cloud Tasks retries a delivery that fails, so a handler that dies mid-chunk is normally retried
+from the chunk's cursor. The watchdog covers what that cannot: a task dropped after its last
+attempt while its handler was dying, a continuation that was never enqueued, a planning task
+lost. While its run is active, one watchdog task per lease (``BACKFILL_LEASE_SECONDS``) looks
+for open chunks whose lease ran out (no claim or checkpoint for that long) and whose current
+task no longer exists in the queue; each is moved back to ``pending`` under a new segment and
+enqueued again, so it continues from its cursor. A delivery of an older segment that was only
+slow, not dead, cannot commit any more: the move changed the chunk's update time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from shared import control, logs, runs, store
+from shared.config import Settings
+from shared.dispatch import ChunkTask, Dispatcher, enqueue_all
+from shared.models import FINAL_RUN_STATUSES, ChunkState, RunStatus
+
+logger = logging.getLogger(__name__)
+
+PICKED_UP = "its lease expired and no task was queued for it; picked up again at its cursor"
+
+
+def watch(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
+          migration_id: str, now: dt.datetime | None = None) -> str:
+    """One watchdog round: pick up lost chunks, then arm the next round if the run is active."""
+    now = now or runs.utc_now()
+    snap = store.run_ref(db, migration_id).get()
+    if not snap.exists:
+        return "no such run"
+    run = snap.to_dict() or {}
+    status = run["status"]
+    if status in FINAL_RUN_STATUSES:
+        return f"the run is {status}; the watchdog stops"
+    if status == RunStatus.PAUSED.value:
+        return "the run is paused; resuming it arms a new watchdog"
+    if not settings.enabled:
+        return control.kill_switch(settings, db, migration_id)
+    lease = dt.timedelta(seconds=settings.lease_seconds)
+    tasks: list[ChunkTask] = []
+    if not run.get("planned"):
+        if run["createdAt"] + lease < now:
+            # Planning is idempotent: a second planning task is harmless, a lost one is not.
+            tasks.append(ChunkTask(migration_id, runs.PLAN_CHUNK, int(time.time())))
+    else:
+        tasks = _lost_chunks(settings, db, dispatcher, migration_id, now)
+    enqueue_all(dispatcher, tasks, settings.enqueue_workers)
+    runs.arm_watchdog(settings, dispatcher, migration_id)
+    if tasks:
+        logs.log(logger, "watchdog picked up lost work", logging.WARNING,
+                 migration_id=migration_id, chunks=len(tasks), reason=PICKED_UP)
+    return f"{len(tasks)} task(s) picked up again"
+
+
+def _lost_chunks(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
+                 migration_id: str, now: dt.datetime) -> list[ChunkTask]:
+    open_states = [ChunkState.PENDING.value, ChunkState.RUNNING.value]
+    chunks = store.run_ref(db, migration_id).collection(store.CHUNKS).where(
+        filter=FieldFilter("state", "in", open_states)).where(
+        filter=FieldFilter("leaseUntil", "<", now)).stream()
+    lost: list[ChunkTask] = []
+    for chunk in chunks:
+        current = ChunkTask(migration_id, chunk.id, int(chunk.get("segment")))
+        if dispatcher.exists(current):
+            continue  # queued, backing off or in flight: Cloud Tasks will deliver it
+        segment = control.move_chunk(db, chunk.reference, ChunkState.PENDING, {
+            "state": ChunkState.PENDING.value, "leaseOwner": None, "note": PICKED_UP,
+            "stateChangedAt": firestore.SERVER_TIMESTAMP,
+            "leaseUntil": now + dt.timedelta(seconds=settings.lease_seconds),
+            "pickups": firestore.Increment(1),
+        }, new_segment=True, read=chunk)
+        if segment is not None:
+            lost.append(ChunkTask(migration_id, chunk.id, segment))
+    return lost
