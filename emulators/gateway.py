@@ -1,8 +1,9 @@
-"""One local HTTP server for the three functions, on the runbook's paths.
+"""One local HTTP server for the four functions, on the runbook's paths.
 
 In production each function has its own URL; locally ``/api/jobs/backfill`` goes to the
-trigger, ``/api/admin/dataMigrations...`` to the status function and ``/tasks/chunk`` to the
-chunk handler, each app built by functions-framework exactly as it would be deployed.
+trigger, ``GET /api/admin/dataMigrations...`` to the status function, ``POST
+/api/admin/dataMigrations/...`` to the control function and ``/tasks/chunk`` to the chunk
+handler, each app built by functions-framework exactly as it would be deployed.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from werkzeug.serving import run_simple
 from shared.config import get_settings
 
 SOURCE = Path(__file__).resolve().parent.parent / "functions" / "main.py"
+# (path prefix, method or "" for any, target)
 ROUTES = (
-    ("/api/jobs/backfill", "backfill_trigger"),
-    ("/api/admin/dataMigrations", "backfill_status"),
-    ("/tasks/chunk", "backfill_chunk"),
+    ("/api/jobs/backfill", "", "backfill_trigger"),
+    ("/api/admin/dataMigrations", "POST", "backfill_control"),
+    ("/api/admin/dataMigrations", "", "backfill_status"),
+    ("/tasks/chunk", "", "backfill_chunk"),
 )
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -29,15 +32,16 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 def make_app() -> WsgiApp:
     apps = {target: functions_framework.create_app(target=target, source=str(SOURCE))
-            for _, target in ROUTES}
+            for _, _, target in ROUTES}
 
     def gateway(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/healthz":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok"]
-        for prefix, target in ROUTES:
-            if path == prefix or path.startswith(prefix + "/"):
+        method = environ.get("REQUEST_METHOD", "")
+        for prefix, only, target in ROUTES:
+            if (path == prefix or path.startswith(prefix + "/")) and only in ("", method):
                 app: WsgiApp = apps[target]
                 return app(environ, start_response)
         start_response("404 Not Found", [("Content-Type", "application/json")])

@@ -1,11 +1,14 @@
 """HTTP entry points of the backfill bundle: authenticate, parse, call ``shared``, map errors.
 
-- ``backfill_trigger``  POST  /api/jobs/backfill                     operators, Cloud Scheduler
-- ``backfill_status``   GET   /api/admin/dataMigrations[/{id}]       operators
-- ``backfill_chunk``    POST  (the Cloud Tasks target)               the tasks service account
+- ``backfill_trigger``  POST  /api/jobs/backfill                        operators, Cloud Scheduler
+- ``backfill_status``   GET   /api/admin/dataMigrations[/{id}[/errors]] operators
+- ``backfill_control``  POST  /api/admin/dataMigrations/{id}/{action}   operators
+                              (action: pause, resume, cancel, retry)
+- ``backfill_chunk``    POST  (the Cloud Tasks target)                  the tasks service account
 
-Every answer is JSON. A ``BackfillError`` answers its own status and body; anything else is a
-bug: it is logged with its traceback and answers 500 with no details.
+Every answer is JSON, except the error report as CSV. A ``BackfillError`` answers its own status
+and body; anything else is a bug: it is logged with its traceback and answers 500 with no
+details.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from shared import logs, progress, runs
+from shared import control, logs, progress, reports, runs
 from shared.auth import Caller, authenticate
 from shared.chunks import Delivery
 from shared.config import Settings
@@ -32,19 +35,26 @@ from shared.errors import (
     MethodNotAllowed,
     NotFound,
 )
-from shared.models import parse_request
+from shared.models import ControlRequest, RetryRequest, parse_json, parse_request
 from shared.wiring import Services, services
 
 logger = logging.getLogger("backfill.functions")
 
 _RUN_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/([A-Za-z0-9_-]{1,200})/?$")
+_ERRORS_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/([A-Za-z0-9_-]{1,200})/errors/?$")
 _LIST_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/?$")
+_ACTION_PATH = re.compile(
+    r"^(?:/api/admin/dataMigrations)?/([A-Za-z0-9_-]{1,200})/(pause|resume|cancel|retry)/?$")
+
+Answer = tuple[dict[str, Any], int] | flask.Response
 
 
-def _answer(handler: Callable[[flask.Request], tuple[dict[str, Any], int]],
-            request: flask.Request) -> flask.Response:
+def _answer(handler: Callable[[flask.Request], Answer], request: flask.Request) -> flask.Response:
     try:
-        body, status = handler(request)
+        answer = handler(request)
+        if isinstance(answer, flask.Response):
+            return answer
+        body, status = answer
     except BackfillError as error:
         body, status = error.body(), error.status
     except Exception:
@@ -57,6 +67,7 @@ def _answer(handler: Callable[[flask.Request], tuple[dict[str, Any], int]],
 Admission = Callable[[Settings], tuple[Collection[str], Collection[str]]]
 _TRIGGER_CALL: Admission = lambda s: (s.operator_audiences, s.trigger_identities)  # noqa: E731
 _STATUS_CALL: Admission = lambda s: (s.operator_audiences, s.status_identities)  # noqa: E731
+_CONTROL_CALL: Admission = lambda s: (s.operator_audiences, s.control_identities)  # noqa: E731
 _TASK_CALL: Admission = lambda s: ((s.effective_chunk_audience,), s.chunk_identities)  # noqa: E731
 
 
@@ -84,14 +95,38 @@ def _trigger(request: flask.Request) -> tuple[dict[str, Any], int]:
                                "nothing was started")
     backfill = parse_request(request.get_data(cache=False), settings.max_range_days,
                              dt.datetime.now(dt.UTC).date())
-    started = runs.start_run(backfill, caller, settings, svc.db, svc.dispatcher)
-    status_url = f"{settings.status_url.rstrip('/')}/{started.migration_id}"
-    return {
+    started = runs.start_run(backfill, caller, settings, svc.db, svc.dispatcher,
+                             scheduled_for=_schedule_time(request))
+    return _started(settings, started)
+
+
+def _started(settings: Settings, started: runs.StartedRun) -> tuple[dict[str, Any], int]:
+    body: dict[str, Any] = {
         "migrationId": started.migration_id,
         "status": started.status.value,
-        "statusUrl": status_url,
+        "statusUrl": f"{settings.status_url.rstrip('/')}/{started.migration_id}",
         "chunks": started.chunks,
-    }, 202
+    }
+    if started.duplicate:
+        body["duplicate"] = True
+        body["message"] = "this schedule time started this run already; nothing new started"
+        return body, 200
+    return body, 202
+
+
+def _schedule_time(request: flask.Request) -> dt.datetime | None:
+    """Cloud Scheduler's schedule time of this firing (the same on its retries), if any."""
+    value = request.headers.get("X-CloudScheduler-ScheduleTime")
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest("X-CloudScheduler-ScheduleTime",
+                             "must be an RFC 3339 time") from None
+    if parsed.tzinfo is None:
+        raise InvalidRequest("X-CloudScheduler-ScheduleTime", "must carry a time zone")
+    return parsed
 
 
 @functions_framework.http
@@ -100,9 +135,11 @@ def backfill_status(request: flask.Request) -> flask.Response:
     return _answer(_status, request)
 
 
-def _status(request: flask.Request) -> tuple[dict[str, Any], int]:
+def _status(request: flask.Request) -> Answer:
     svc, _ = _admit(request, "GET", _STATUS_CALL)
     settings = svc.settings
+    if match := _ERRORS_PATH.match(request.path):
+        return _errors(svc, match.group(1), request)
     if match := _RUN_PATH.match(request.path):
         return progress.describe_run(svc.db, match.group(1), settings.first_errors_shown), 200
     if _LIST_PATH.match(request.path):
@@ -113,6 +150,56 @@ def _status(request: flask.Request) -> tuple[dict[str, Any], int]:
                                     request.args.get("status"))
         return {"runs": listed}, 200
     raise NotFound("no such resource")
+
+
+def _errors(svc: Services, migration_id: str, request: flask.Request) -> Answer:
+    """The run's failed events: CSV (default) or JSON (``?format=json``), ``?code=`` filters."""
+    output = request.args.get("format", "csv")
+    if output not in ("csv", "json"):
+        raise InvalidRequest("format", "must be csv or json")
+    rows = reports.error_rows(svc.db, migration_id, request.args.get("code"))
+    if output == "json":
+        listed = list(rows)
+        return {"migrationId": migration_id, "count": len(listed), "errors": listed}, 200
+    return flask.Response(reports.as_csv(rows), status=200, mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{migration_id}-errors.csv"'})
+
+
+@functions_framework.http
+def backfill_control(request: flask.Request) -> flask.Response:
+    """Steer a run: pause, resume, cancel, or retry its failed events in a new run."""
+    return _answer(_control, request)
+
+
+def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
+    svc, caller = _admit(request, "POST", _CONTROL_CALL)
+    match = _ACTION_PATH.match(request.path)
+    if match is None:
+        raise NotFound("no such action: POST .../dataMigrations/{migrationId}/"
+                       "{pause|resume|cancel|retry}")
+    migration_id, action = match.groups()
+    raw = request.get_data(cache=False)
+    settings, db = svc.settings, svc.db
+    if action == "retry":
+        retry = parse_json(raw, RetryRequest)
+        if not settings.enabled:
+            raise BackfillDisabled("backfills are switched off (BACKFILL_ENABLED=false); "
+                                   "nothing was started")
+        started = runs.start_retry(migration_id, caller, settings, db, svc.dispatcher,
+                                   retry.code, retry.dry_run, retry.force)
+        body, status = _started(settings, started)
+        return {**body, "retryOf": migration_id}, status
+    note = parse_json(raw, ControlRequest).reason
+    if action == "pause":
+        steered = control.pause(settings, db, migration_id, caller.email, note)
+    elif action == "cancel":
+        steered = control.cancel(settings, db, migration_id, caller.email, note)
+    else:
+        steered = control.resume(settings, db, svc.dispatcher, migration_id, caller.email, note)
+    logs.log(logger, "run control", migration_id=migration_id, action=action,
+             status=steered.status, previous=steered.previous, chunks=steered.chunks,
+             caller=caller.email)
+    return steered.body(), 200
 
 
 @functions_framework.http

@@ -14,12 +14,16 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared import runs, store
+from shared.chunks import UNEXPECTED_ERROR
 from shared.errors import InvalidRequest, NotFound
-from shared.models import BackfillType, RunStatus
+from shared.models import BackfillType, ChunkState, RunStatus
 
-_RUN_FIELDS = ("migrationId", "type", "status", "dryRun", "startDate", "endDate", "maxEvents",
-               "planned", "eligible", "total", "chunkCount", "requestedBy", "createdAt",
-               "startedAt", "finishedAt", "failureReason")
+_RUN_FIELDS = ("migrationId", "type", "status", "statusReason", "dryRun", "startDate",
+               "endDate", "lookbackDays", "maxEvents", "retryOf", "forced", "planned",
+               "eligible", "total", "chunkCount", "requestedBy", "createdAt", "startedAt",
+               "finishedAt", "failureReason", "receivedBefore")
+ERROR_CODES = ("malformed_payload", "product_not_found", "purchase_not_found", "event_missing",
+               UNEXPECTED_ERROR)
 
 
 def list_runs(db: firestore.Client, limit: int = 20, backfill_type: str | None = None,
@@ -41,8 +45,11 @@ def list_runs(db: firestore.Client, limit: int = 20, backfill_type: str | None =
             for snap in query.stream()]
 
 
-def describe_run(db: firestore.Client, migration_id: str, first_errors: int) -> dict[str, Any]:
-    """One run: parameters, status, summed counts, percent, per-chunk progress, first errors."""
+def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
+                 now: dt.datetime | None = None) -> dict[str, Any]:
+    """One run: parameters, status and why, summed counts, percent, rate and ETA, per-chunk
+    progress, whether it is stalled (and which chunks), error counts by code, first errors."""
+    now = now or runs.utc_now()
     snap = store.run_ref(db, migration_id).get()
     if not snap.exists:
         raise NotFound(f"no run {migration_id}")
@@ -73,6 +80,11 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int) -> 
         leftForLaterRun=max(left_over, 0),
         walletsBelowZero={"count": len(sums["belowZero"]), "customerIds": sums["belowZero"]},
         chunkStates=states,
+        **_pace(run, chunk_docs, taken, total, now),
+        statusHistory=run.get("statusHistory") or [],
+        errorCodes={code: count for code in ERROR_CODES if (count := store.count(
+            store.errors_query(db, migration_id, code)))} if sums["errors"] else {},
+        errorsUrl=f"/api/admin/dataMigrations/{migration_id}/errors",
         chunks=[_chunk_view(chunk_id, data) for chunk_id, data in chunk_docs],
         firstErrors=[_error_view(error.to_dict() or {}) for error in errors],
     )
@@ -83,6 +95,49 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int) -> 
                         "for a later run")
     result: dict[str, Any] = _jsonable(body)
     return result
+
+
+def _pace(run: dict[str, Any], chunks: list[tuple[str, dict[str, Any]]], taken: int,
+          total: int, now: dt.datetime) -> dict[str, Any]:
+    """Rate, ETA, checkpoint age and stall of a run, from its chunk documents.
+
+    ``rate`` is the events per second of the deliveries now working (each running chunk's
+    events since its claim over the time since its claim); ``averageRate`` is since the run
+    started. A run is stalled when it is active but a running chunk's lease expired (no
+    checkpoint for ``BACKFILL_LEASE_SECONDS``), or no chunk is running and the pending ones
+    waited past their lease; the watchdog picks such chunks up, this says which they are.
+    """
+    running = [(cid, data) for cid, data in chunks if data.get("state") == ChunkState.RUNNING]
+    rate = 0.0
+    for _, data in running:
+        claimed, checkpoint = data.get("claimedAt"), data.get("updatedAt")
+        if claimed is not None and checkpoint is not None and checkpoint > claimed:
+            done = int((data.get("counters") or {}).get("taken", 0)) - int(
+                data.get("takenAtClaim") or 0)
+            rate += max(done, 0) / (checkpoint - claimed).total_seconds()
+    started, finished = run.get("startedAt"), run.get("finishedAt")
+    elapsed = ((finished or now) - started).total_seconds() if started is not None else 0.0
+    average = taken / elapsed if elapsed > 0 else 0.0
+    checkpoints = [data["updatedAt"] for _, data in chunks if data.get("updatedAt") is not None]
+    last = max(checkpoints) if checkpoints else None
+    active = run.get("status") in (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+    expired = [cid for cid, data in chunks if data.get("state") in (
+        ChunkState.RUNNING.value, ChunkState.PENDING.value)
+        and data.get("leaseUntil") is not None and data["leaseUntil"] < now]
+    stalled = [cid for cid in expired if dict(chunks)[cid].get("state") == ChunkState.RUNNING]
+    if not running and expired:
+        stalled = expired
+    pace = rate or average
+    left = max(total - taken, 0)
+    return {
+        "rate": round(rate, 1),
+        "averageRate": round(average, 1),
+        "etaSeconds": round(left / pace) if active and pace > 0 and run.get("planned") else None,
+        "lastCheckpointAt": last,
+        "lastCheckpointAgeSeconds": round((now - last).total_seconds(), 1) if last else None,
+        "stalled": bool(active and stalled),
+        "stalledChunks": stalled if active else [],
+    }
 
 
 def _percent(run: dict[str, Any], taken: int, total: int) -> float:
@@ -112,6 +167,8 @@ def _chunk_view(chunk_id: str, data: dict[str, Any]) -> dict[str, Any]:
         "pages": data.get("pages", 0),
         "cursorEventId": cursor.get("eventId"),
         "updatedAt": data.get("updatedAt"),
+        "leaseUntil": data.get("leaseUntil"),
+        "pickups": data.get("pickups", 0),
         "note": data.get("note") or data.get("failureReason") or "",
     }
 

@@ -1,0 +1,86 @@
+"""A run's error report: one row per failed event, as JSON or CSV, optionally of one code.
+
+Rows come from the run's ``errors`` subcollection (one record per failed event, keyed by event
+id), read in pages in event id order, so a report of any size streams in constant memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from google.cloud import firestore
+
+from shared import store
+from shared.errors import InvalidRequest, NotFound
+
+COLUMNS = ("eventId", "eventType", "code", "message", "hint", "attempts", "chunkId", "at",
+           "resolvedBy")
+_CODE = re.compile(r"^[a-z_]{1,64}$")
+_PAGE = 500
+# A cell a spreadsheet would run as a formula: messages quote ids taken from payloads.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def check_code(code: str | None) -> str | None:
+    if code is not None and not _CODE.match(code):
+        raise InvalidRequest("code", "must be an error code such as product_not_found")
+    return code
+
+
+def error_rows(db: firestore.Client, migration_id: str,
+               code: str | None = None) -> Iterator[dict[str, Any]]:
+    """The run's error records in event id order; ``NotFound`` if there is no such run."""
+    if not store.run_ref(db, migration_id).get().exists:
+        raise NotFound(f"no run {migration_id}")
+    return _pages(db, migration_id, check_code(code))
+
+
+def _pages(db: firestore.Client, migration_id: str,
+           code: str | None) -> Iterator[dict[str, Any]]:
+    last: str | None = None
+    errors = store.run_ref(db, migration_id).collection(store.ERRORS)
+    while True:
+        query = store.errors_query(db, migration_id, code).order_by("__name__").limit(_PAGE)
+        if last is not None:
+            query = query.start_after({"__name__": errors.document(last)})
+        page = list(query.stream())
+        for snap in page:
+            data = snap.to_dict() or {}
+            yield {column: _plain(data.get(column)) for column in COLUMNS}
+        if len(page) < _PAGE:
+            return
+        last = page[-1].id
+
+
+def as_csv(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """A header line, then one CSV line per row (formula-looking cells quoted with ``'``)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+
+    def line(values: list[Any]) -> str:
+        writer.writerow(values)
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    yield line(list(COLUMNS))
+    for row in rows:
+        yield line([_safe(row[column]) for column in COLUMNS])
+
+
+def _safe(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return "" if value is None else value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    return value
