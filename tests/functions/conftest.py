@@ -13,7 +13,7 @@ from google.cloud import firestore
 
 from shared.config import Settings
 from shared.dispatch import ChunkTask, InProcessDispatcher
-from shared.runs import PLAN_CHUNK
+from shared.runs import PLAN_CHUNK, WATCH_CHUNK
 from shared.wiring import Services, use
 from tests.conftest import ROOT, Mint
 
@@ -34,6 +34,7 @@ class Harness:
     def __init__(self, env: dict[str, str], db: firestore.Client, mint: Mint) -> None:
         self.env, self.db, self.mint = env, db, mint
         self.dispatcher = InProcessDispatcher()
+        self.watchdogs: list[ChunkTask] = []
         self.trigger = create_app("backfill_trigger", SOURCE).test_client()
         self.status = create_app("backfill_status", SOURCE).test_client()
         self.chunk = create_app("backfill_chunk", SOURCE).test_client()
@@ -50,32 +51,57 @@ class Harness:
     def start(self, **body: Any) -> Any:
         return self.trigger.post("/", json=body, headers=self.headers())
 
-    def deliver(self, tasks: list[ChunkTask], twice: bool = False) -> int:
-        """Deliver ``tasks`` as Cloud Tasks would (each twice if asked); answer how many."""
+    def post_task(self, task: ChunkTask, retry_count: int = 0) -> Any:
+        """One delivery of ``task``, as Cloud Tasks makes it; answer the response."""
         headers = self.headers(self.settings.tasks_identity, self.settings.effective_chunk_audience)
+        headers["X-CloudTasks-TaskRetryCount"] = str(retry_count)
+        return self.chunk.post("/", data=task.body(), headers=headers,
+                               content_type="application/json")
+
+    def deliver(self, tasks: list[ChunkTask], twice: bool = False) -> int:
+        """Deliver ``tasks`` as Cloud Tasks would (each twice if asked); answer how many.
+
+        A task answered with a retryable status is delivered again with its retry count, up to
+        the configured attempts, as Cloud Tasks retries it (without the backoff).
+        """
         delivered = 0
         for task in tasks:
             for _ in range(2 if twice else 1):
-                response = self.chunk.post("/", data=task.body(), headers=headers,
-                                           content_type="application/json")
-                assert response.status_code == 200, response.get_json()
-                delivered += 1
+                for attempt in range(self.settings.task_max_attempts):
+                    response = self.post_task(task, attempt)
+                    delivered += 1
+                    if response.status_code == 200:
+                        break
+                    assert response.status_code == 503, response.get_json()
+                else:
+                    raise AssertionError(f"{task} kept failing")
         return delivered
 
     def plan(self) -> None:
         """Deliver only the queued planning tasks; the chunk tasks they enqueue stay queued."""
-        tasks = self.dispatcher.take()
+        tasks = self._due()
         self.deliver([task for task in tasks if task.chunk_id == PLAN_CHUNK])
         for task in tasks:
             if task.chunk_id != PLAN_CHUNK:
                 self.dispatcher.queued.append(task)
 
     def deliver_all(self, twice: bool = False) -> int:
-        """Deliver every queued task (and the continuations they enqueue) until none is left."""
+        """Deliver every task due now (and those they enqueue) until none is left; watchdog
+        tasks, which Cloud Tasks would deliver a lease later, wait in ``watchdogs``."""
         delivered = 0
-        while tasks := self.dispatcher.take():
+        while tasks := self._due():
             delivered += self.deliver(tasks, twice)
         return delivered
+
+    def watch(self) -> int:
+        """Deliver the watchdog tasks held back so far (as if their lease had passed)."""
+        tasks, self.watchdogs = self.watchdogs, []
+        return self.deliver(tasks)
+
+    def _due(self) -> list[ChunkTask]:
+        tasks = self.dispatcher.take()
+        self.watchdogs += [task for task in tasks if task.chunk_id == WATCH_CHUNK]
+        return [task for task in tasks if task.chunk_id != WATCH_CHUNK]
 
     def run(self, migration_id: str) -> Any:
         return self.status.get(f"/api/admin/dataMigrations/{migration_id}",
