@@ -28,7 +28,8 @@ Mint = Callable[..., str]
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    local = Stack(ROOT / ".local" / "test-stack", TEST_PORT_BASE, GATEWAY_OVERRIDES,
+    state = "test-stack" if TEST_PORT_BASE == 9100 else f"test-stack-{TEST_PORT_BASE}"
+    local = Stack(ROOT / ".local" / state, TEST_PORT_BASE, GATEWAY_OVERRIDES,
                   tasks_venv=ROOT / ".local" / "tasks-venv")
     local.up()
     try:

@@ -59,3 +59,27 @@ def test_bad_bodies_name_the_field_and_reason(raw: bytes, field: str, reason: st
     assert caught.value.field == field
     assert reason in caught.value.reason
     assert caught.value.body()["field"] == field
+
+
+def test_lookback_days_is_the_days_ending_today() -> None:
+    request = parse_request(b'{"type": "webhook_replay", "lookbackDays": 2, "dryRun": false, '
+                            b'"maxEvents": 50000}', 366, TODAY)
+
+    assert (request.start_date, request.end_date) == (dt.date(2026, 11, 21), TODAY)
+    assert request.lookback_days == 2
+    assert request.force is False
+
+
+@pytest.mark.parametrize(("raw", "field", "reason"), [
+    (b'{"type": "webhook_replay", "lookbackDays": 2, "startDate": "2025-01-01"}',
+     "lookbackDays", "not both"),
+    (b'{"type": "webhook_replay", "lookbackDays": 0}', "lookbackDays", "greater than 0"),
+    (b'{"type": "webhook_replay", "lookbackDays": 400}', "lookbackDays", "at most 366"),
+    (b'{"type": "webhook_replay"}', "startDate", "or give lookbackDays"),
+    (b'{"type": "webhook_replay", "lookbackDays": 2, "force": "yes"}', "force", "boolean"),
+])
+def test_bad_lookbacks_name_the_field_and_reason(raw: bytes, field: str, reason: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(raw, 366, TODAY)
+
+    assert (caught.value.field, reason in caught.value.reason) == (field, True)
