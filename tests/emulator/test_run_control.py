@@ -4,7 +4,6 @@ retried over HTTP while the Cloud Tasks emulator delivers its chunk tasks."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,9 +22,9 @@ EVENTS = 3000
 
 
 @pytest.fixture
-def api(stack: Stack, clean: firestore.Client, mint: Mint) -> Iterator[Api]:
+def api(stack: Stack, clean: firestore.Client, mint: Mint) -> Api:
     stack.wait_idle(timeout=60)
-    yield Api(stack, mint)
+    return Api(stack, mint)
 
 
 def run_of(api: Api, migration_id: str) -> dict[str, Any]:
