@@ -44,6 +44,16 @@ locals {
         ["__name__", "ASCENDING"],
       ]
     }
+    # dataMigrations/{migrationId}/chunks: the watchdog's open chunks whose lease ran out.
+    run_chunks_by_lease = {
+      collection  = "chunks"
+      query_scope = "COLLECTION"
+      fields = [
+        ["state", "ASCENDING"],
+        ["leaseUntil", "ASCENDING"],
+        ["__name__", "ASCENDING"],
+      ]
+    }
     runs_by_type = {
       collection  = "dataMigrations"
       query_scope = "COLLECTION"

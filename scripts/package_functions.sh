@@ -3,7 +3,7 @@
 #   OUTDIR/main.py           <- functions/main.py (the HTTP entry points)
 #   OUTDIR/shared/           <- the project's shared/ package (no caches)
 #   OUTDIR/requirements.txt  <- the pinned [project].dependencies of pyproject.toml
-# Terraform (infra/functions.tf) zips OUTDIR and deploys it to all three functions.
+# Terraform (infra/functions.tf) zips OUTDIR and deploys it to all four functions.
 #
 # Usage: scripts/package_functions.sh OUTDIR
 set -euo pipefail
