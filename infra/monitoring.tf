@@ -186,56 +186,36 @@ resource "google_monitoring_alert_policy" "backfill_errors" {
   }
 }
 
-# A run the breaker stopped needs a look at its errors before anyone retries it.
-resource "google_monitoring_alert_policy" "backfill_breaker" {
-  count = var.alerting_enabled ? 1 : 0
-
-  display_name          = "Backfill: run stopped by the circuit breaker"
-  combiner              = "OR"
-  notification_channels = var.alert_notification_channels
-
-  conditions {
-    display_name = "Runs stopped by the circuit breaker"
-    condition_threshold {
-      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.runs_stopped_by_breaker.name}\" AND resource.type=\"cloud_run_revision\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = 0
-      duration        = "0s"
-
-      aggregations {
-        alignment_period     = "600s"
-        per_series_aligner   = "ALIGN_SUM"
-        cross_series_reducer = "REDUCE_SUM"
-      }
-
-      trigger {
-        count = 1
-      }
+# Run stops that need a person: a run the breaker stopped needs a look at its errors before
+# anyone retries it; runs paused by the kill switch stay paused until someone resumes them.
+locals {
+  run_stop_alerts = {
+    breaker = {
+      display_name  = "Backfill: run stopped by the circuit breaker"
+      condition     = "Runs stopped by the circuit breaker"
+      metric        = google_logging_metric.runs_stopped_by_breaker.name
+      documentation = "A live backfill run failed more events than `BACKFILL_BREAKER_ERROR_RATE` allows and the circuit breaker stopped it (status `failed`, reason `circuit breaker: ...`). Find the run in the logs (`jsonPayload.component=\"backfill\" jsonPayload.message=\"${var.status_log_message}\" jsonPayload.reason=~\"^circuit breaker:\"`), read its errors with the status function (`GET ${local.function_urls.status}/{migrationId}`; stored under `dataMigrations/{migrationId}/errors`), fix the cause, then retry it through the control function (`POST ${local.function_urls.control}/api/admin/dataMigrations/{migrationId}/retry`)."
     }
-  }
-
-  documentation {
-    mime_type = "text/markdown"
-    content   = "A live backfill run failed more events than `BACKFILL_BREAKER_ERROR_RATE` allows and the circuit breaker stopped it (status `failed`, reason `circuit breaker: ...`). Find the run in the logs (`jsonPayload.component=\"backfill\" jsonPayload.message=\"${var.status_log_message}\" jsonPayload.reason=~\"^circuit breaker:\"`), read its errors with the status function (`GET ${local.function_urls.status}/{migrationId}`; stored under `dataMigrations/{migrationId}/errors`), fix the cause, then retry it through the control function (`POST ${local.function_urls.control}/api/admin/dataMigrations/{migrationId}/retry`)."
-  }
-
-  alert_strategy {
-    auto_close = "86400s"
+    kill_switch = {
+      display_name  = "Backfill: runs paused by the kill switch"
+      condition     = "Runs paused by BACKFILL_ENABLED=false"
+      metric        = google_logging_metric.runs_paused_by_kill_switch.name
+      documentation = "Backfill runs were paused because the functions run with `BACKFILL_ENABLED=false` (Terraform `backfill_enabled = false`). They stay paused: once the switch is back on, list them with the status function (`GET ${local.function_urls.status}?status=paused`) and resume each through the control function (`POST ${local.function_urls.control}/api/admin/dataMigrations/{migrationId}/resume`), or cancel it (`.../cancel`)."
+    }
   }
 }
 
-# Paused runs stay paused: this is the reminder to resume them once the switch is back on.
-resource "google_monitoring_alert_policy" "backfill_kill_switch" {
-  count = var.alerting_enabled ? 1 : 0
+resource "google_monitoring_alert_policy" "backfill_run_stops" {
+  for_each = var.alerting_enabled ? local.run_stop_alerts : {}
 
-  display_name          = "Backfill: runs paused by the kill switch"
+  display_name          = each.value.display_name
   combiner              = "OR"
   notification_channels = var.alert_notification_channels
 
   conditions {
-    display_name = "Runs paused by BACKFILL_ENABLED=false"
+    display_name = each.value.condition
     condition_threshold {
-      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.runs_paused_by_kill_switch.name}\" AND resource.type=\"cloud_run_revision\""
+      filter          = "metric.type=\"logging.googleapis.com/user/${each.value.metric}\" AND resource.type=\"cloud_run_revision\""
       comparison      = "COMPARISON_GT"
       threshold_value = 0
       duration        = "0s"
@@ -254,7 +234,7 @@ resource "google_monitoring_alert_policy" "backfill_kill_switch" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "Backfill runs were paused because the functions run with `BACKFILL_ENABLED=false` (Terraform `backfill_enabled = false`). They stay paused: once the switch is back on, list them with the status function (`GET ${local.function_urls.status}?status=paused`) and resume each through the control function (`POST ${local.function_urls.control}/api/admin/dataMigrations/{migrationId}/resume`), or cancel it (`.../cancel`)."
+    content   = each.value.documentation
   }
 
   alert_strategy {
