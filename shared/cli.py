@@ -1,30 +1,50 @@
-"""``backfill``: the operator's command line for starting and watching runs.
+"""``backfill``: the operator's command line for starting, watching and steering runs.
 
-It calls the same HTTP API as curl does (trigger and status functions, or the local gateway),
-with an ID token from ``--token``/``BACKFILL_TOKEN`` or, on the local stack only, one minted by
-the local issuer for ``--as``.
+It calls the same HTTP API as curl does (trigger, status and control functions, or the local
+gateway), with an ID token from ``--token``/``BACKFILL_TOKEN`` or, on the local stack only, one
+minted by the local issuer for ``--as``. Any answer of 400 or above is printed with its status
+and body, and the command exits 1.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shared.config import ClientSettings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console()
-FINAL = {"completed", "failed"}
+notes = Console(stderr=True)
+FINAL = {"completed", "failed", "cancelled"}
+PAUSED = "paused"
 
 
-def _settings() -> ClientSettings:
-    return ClientSettings()
+class CliSettings(ClientSettings):
+    """The client settings plus where run control goes.
+
+    ``BACKFILL_CONTROL_URL`` is the control function's URL on a deployed bundle (each function
+    has its own URL there); without it, control calls go under the status URL, which is right
+    on the local gateway: it routes ``POST /api/admin/dataMigrations/...`` to the control function.
+    """
+
+    control_url: str = ""
+
+    @property
+    def effective_control_url(self) -> str:
+        return self.control_url or self.effective_status_url
+
+
+def _settings() -> CliSettings:
+    return CliSettings()
 
 
 def mint_local_token(email: str, audience: str | None = None) -> str:
@@ -45,20 +65,42 @@ def _token(token: str | None, email: str) -> str:
     return token or _settings().token or mint_local_token(email)
 
 
-def _call(method: str, url: str, token: str, body: dict[str, Any] | None = None) -> Any:
+def _check_endpoint(url: str) -> None:
     if not url:
-        raise typer.BadParameter("no endpoint: set BACKFILL_TRIGGER_URL/BACKFILL_STATUS_URL "
-                                 "or BACKFILL_GATEWAY_URL (source .local/stack.env locally)")
-    response = httpx.request(method, url, json=body, timeout=60,
+        raise typer.BadParameter("no endpoint: set BACKFILL_TRIGGER_URL/BACKFILL_STATUS_URL/"
+                                 "BACKFILL_CONTROL_URL or BACKFILL_GATEWAY_URL (source "
+                                 ".local/stack.env locally)")
+
+
+def _fail(response: httpx.Response) -> NoReturn:
+    """Print a refused call's status and body (and the runs in its way, if any); exit 1."""
+    console.print(f"[red]{response.status_code}[/red] {escape(response.text)}", soft_wrap=True)
+    try:
+        blocking = response.json().get("blocking")
+    except (ValueError, AttributeError):
+        blocking = None
+    if blocking:
+        console.print(f"runs in the way: {', '.join(blocking)} (see `backfill status ID`)",
+                      soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _call(method: str, url: str, token: str, body: dict[str, Any] | None = None,
+          params: dict[str, str] | None = None) -> Any:
+    _check_endpoint(url)
+    response = httpx.request(method, url, json=body, params=params, timeout=60,
                              headers={"Authorization": f"Bearer {token}"})
     if response.status_code >= 400:
-        console.print(f"[red]{response.status_code}[/red] {response.text}")
-        raise typer.Exit(1)
+        _fail(response)
     return response.json()
 
 
 TokenOption = Annotated[str | None, typer.Option(help="ID token (default: BACKFILL_TOKEN)")]
 AsOption = Annotated[str, typer.Option("--as", help="local stack only: identity to mint for")]
+RunArgument = Annotated[str, typer.Argument(metavar="ID", help="the run's migrationId")]
+ReasonOption = Annotated[str | None, typer.Option(
+    help="why (kept in the run's status history)")]
+WaitOption = Annotated[bool, typer.Option(help="watch the run until it ends or is paused")]
 
 
 @app.command()
@@ -74,19 +116,28 @@ def token(
 def start(
     backfill_type: Annotated[str, typer.Argument(metavar="TYPE",
                                                  help="webhook_replay or reversal_backfill")],
-    start_date: Annotated[str, typer.Option("--start", help="first UTC day, YYYY-MM-DD")],
-    end_date: Annotated[str, typer.Option("--end", help="last UTC day (inclusive)")],
+    start_date: Annotated[str | None, typer.Option("--start", help="first UTC day, YYYY-MM-DD")]
+    = None,
+    end_date: Annotated[str | None, typer.Option("--end", help="last UTC day (inclusive)")]
+    = None,
+    lookback_days: Annotated[int | None, typer.Option(
+        min=1, help="the N UTC days ending today (instead of --start and --end)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run/--apply")] = True,
     max_events: Annotated[int | None, typer.Option(help="bound on events taken")] = None,
-    wait: Annotated[bool, typer.Option(help="watch the run until it ends")] = False,
+    force: Annotated[bool, typer.Option(
+        help="start even over an overlapping active run or past the active run limit")] = False,
+    wait: WaitOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
 ) -> None:
-    """Start a run (a dry run unless --apply)."""
-    body: dict[str, Any] = {"type": backfill_type, "startDate": start_date, "endDate": end_date,
-                            "dryRun": dry_run}
+    """Start a run over --start..--end or the last --lookback-days days (a dry run unless
+    --apply)."""
+    body: dict[str, Any] = {"type": backfill_type, "dryRun": dry_run}
+    body.update(_range(start_date, end_date, lookback_days))
     if max_events is not None:
         body["maxEvents"] = max_events
+    if force:
+        body["force"] = True
     bearer = _token(token, as_email)
     started = _call("POST", _settings().effective_trigger_url, bearer, body)
     console.print_json(json.dumps(started))
@@ -94,10 +145,25 @@ def start(
         _watch(started["migrationId"], bearer, 1.0)
 
 
+def _range(start_date: str | None, end_date: str | None,
+           lookback_days: int | None) -> dict[str, Any]:
+    """The request's range: dates or a lookback, exactly one of the two kinds."""
+    dated = start_date is not None or end_date is not None
+    if lookback_days is not None:
+        if dated:
+            raise typer.BadParameter("give either --lookback-days or --start and --end, not both",
+                                     param_hint="'--lookback-days'")
+        return {"lookbackDays": lookback_days}
+    if start_date is None or end_date is None:
+        raise typer.BadParameter("give --start and --end (both), or --lookback-days",
+                                 param_hint="'--start' / '--end'")
+    return {"startDate": start_date, "endDate": end_date}
+
+
 @app.command()
 def status(
     migration_id: Annotated[str | None, typer.Argument(help="a run; none: recent runs")] = None,
-    watch: Annotated[bool, typer.Option(help="refresh until the run ends")] = False,
+    watch: Annotated[bool, typer.Option(help="refresh until the run ends or is paused")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
@@ -123,27 +189,177 @@ def status(
         console.print_json(json.dumps(run)) if as_json else _show(run)
 
 
+@app.command()
+def pause(migration_id: RunArgument, reason: ReasonOption = None, token: TokenOption = None,
+          as_email: AsOption = "ops@example.com") -> None:
+    """Pause a pending or running run: its chunks stop at their next page and keep their
+    cursors."""
+    _steer("pause", migration_id, reason, _token(token, as_email))
+
+
+@app.command()
+def resume(migration_id: RunArgument, reason: ReasonOption = None, token: TokenOption = None,
+           as_email: AsOption = "ops@example.com") -> None:
+    """Resume a paused run from its chunks' cursors (refused while backfills are switched
+    off)."""
+    _steer("resume", migration_id, reason, _token(token, as_email))
+
+
+@app.command()
+def cancel(
+    migration_id: RunArgument,
+    reason: ReasonOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
+    = False,
+    token: TokenOption = None,
+    as_email: AsOption = "ops@example.com",
+) -> None:
+    """Cancel a pending, running or paused run for good: its chunks stop at their next page
+    (what they applied stays applied)."""
+    if not yes:
+        typer.confirm(f"Cancel run {migration_id}? It cannot be resumed afterwards", abort=True)
+    _steer("cancel", migration_id, reason, _token(token, as_email))
+
+
+def _steer(action: str, migration_id: str, reason: str | None, bearer: str) -> None:
+    url = f"{_control_base()}/{migration_id}/{action}"
+    answer = _call("POST", url, bearer, {"reason": reason} if reason else None)
+    console.print_json(json.dumps(answer))
+
+
+def _control_base() -> str:
+    base = _settings().effective_control_url
+    _check_endpoint(base)
+    return base.rstrip("/")
+
+
+@app.command()
+def retry(
+    migration_id: RunArgument,
+    code: Annotated[str | None, typer.Option(
+        help="only the failures of this error code, e.g. product_not_found")] = None,
+    dry_run: Annotated[bool | None, typer.Option(
+        "--dry-run/--apply", help="default: as the run retried", show_default=False)] = None,
+    force: Annotated[bool, typer.Option(
+        help="start even over an overlapping active run or past the active run limit")] = False,
+    wait: WaitOption = False,
+    token: TokenOption = None,
+    as_email: AsOption = "ops@example.com",
+) -> None:
+    """Start a new run that re-applies the events that failed in an ended run (once their
+    cause is fixed)."""
+    body: dict[str, Any] = {}
+    if code is not None:
+        body["code"] = code
+    if dry_run is not None:
+        body["dryRun"] = dry_run
+    if force:
+        body["force"] = True
+    bearer = _token(token, as_email)
+    started = _call("POST", f"{_control_base()}/{migration_id}/retry", bearer, body or None)
+    console.print_json(json.dumps(started))
+    if wait:
+        _watch(started["migrationId"], bearer, 1.0)
+
+
+@app.command()
+def errors(
+    migration_id: RunArgument,
+    code: Annotated[str | None, typer.Option(help="only this error code")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of CSV")] = False,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", dir_okay=False, writable=True,
+        help="write the report to FILE instead of standard output")] = None,
+    token: TokenOption = None,
+    as_email: AsOption = "ops@example.com",
+) -> None:
+    """A run's failed events, one row each: event, code, message, hint, attempts, chunk."""
+    base = _settings().effective_status_url
+    _check_endpoint(base)
+    params = {"format": "json" if as_json else "csv"}
+    if code is not None:
+        params["code"] = code
+    bearer = _token(token, as_email)
+    # Streamed: a report of any size passes through in constant memory.
+    with httpx.stream("GET", f"{base.rstrip('/')}/{migration_id}/errors", params=params,
+                      timeout=60, headers={"Authorization": f"Bearer {bearer}"}) as response:
+        if response.status_code >= 400:
+            response.read()
+            _fail(response)
+        if output is None:
+            for text in response.iter_text():
+                typer.echo(text, nl=False)
+            if as_json:
+                typer.echo()
+            return
+        with output.open("w", encoding="utf-8", newline="") as file:
+            for text in response.iter_text():
+                file.write(text)
+    notes.print(f"wrote {output}")
+
+
 def _watch(migration_id: str, bearer: str, every: float) -> dict[str, Any]:
+    """Print the run's progress every ``every`` seconds until it ends or is paused."""
     base = _settings().effective_status_url
     while True:
         run: dict[str, Any] = _call("GET", f"{base}/{migration_id}", bearer)
-        console.print(f"{run['status']:>9}  {run['percent']:5.1f}%  taken {run['taken']}/"
-                      f"{run['total']}  processed {run['processed']}  skipped {run['skipped']}"
-                      f"  errors {run['errors']}")
+        line = (f"{run['status']:>9}  {run['percent']:5.1f}%  taken {run['taken']}/"
+                f"{run['total']}  processed {run['processed']}  skipped {run['skipped']}"
+                f"  errors {run['errors']}")
+        if run.get("rate"):
+            line += f"  {run['rate']} events/s"
+        elif run.get("averageRate"):
+            line += f"  {run['averageRate']} events/s on average"
+        if run.get("etaSeconds") is not None:
+            line += f"  ETA {_duration(run['etaSeconds'])}"
+        console.print(line, soft_wrap=True, markup=False)
+        if run.get("stalledChunks"):
+            console.print(f"  stalled chunks (no checkpoint within their lease): "
+                          f"{', '.join(run['stalledChunks'])}", soft_wrap=True, markup=False)
         if run["status"] in FINAL:
             _show(run)
+            return run
+        if run["status"] == PAUSED:
+            _show(run)
+            console.print(f"{migration_id} is paused; continue it with `backfill resume "
+                          f"{migration_id}`, or end it with `backfill cancel {migration_id}`",
+                          soft_wrap=True, markup=False)
             return run
         time.sleep(every)
 
 
+def _duration(seconds: float) -> str:
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02}m{secs:02}s" if hours else f"{minutes}m{secs:02}s"
+
+
 def _show(run: dict[str, Any]) -> None:
-    keys = ("status", "total", "processed", "applied", "duplicates", "skipped", "errors",
-            "percent", "pointsMoved", "leftForLaterRun", "startedAt", "finishedAt")
-    summary = Table(*keys, title=f"{run['migrationId']} ({'dry run' if run['dryRun'] else 'live'})")
-    summary.add_row(*(str(run.get(key)) for key in keys))
+    keys = ("status", "statusReason", "total", "processed", "applied", "duplicates", "skipped",
+            "errors", "percent", "pointsMoved", "leftForLaterRun", "rate", "averageRate",
+            "etaSeconds", "stalled", "startedAt", "finishedAt")
+    summary = Table("field", "value",
+                    title=f"{run['migrationId']} ({'dry run' if run['dryRun'] else 'live'})")
+    for key in keys:
+        if key in run:
+            summary.add_row(key, escape(str(run[key])))
+    if run.get("retryOf"):
+        summary.add_row("retryOf", escape(json.dumps(run["retryOf"])))
     console.print(summary)
+    if run.get("stalledChunks"):
+        console.print(f"stalled chunks (the watchdog picks them up): "
+                      f"{', '.join(run['stalledChunks'])}", markup=False)
+    if run.get("errorCodes"):
+        codes = Table("code", "events", title="errors by code")
+        for code, count in run["errorCodes"].items():
+            codes.add_row(code, str(count))
+        console.print(codes)
+        console.print(f"report: backfill errors {run['migrationId']} [--code CODE]; after a fix: "
+                      f"backfill retry {run['migrationId']} [--code CODE]", markup=False,
+                      soft_wrap=True)
     if run.get("firstErrors"):
-        errors = Table("eventId", "code", "message", title="first errors")
+        first = Table("eventId", "code", "message", title="first errors")
         for error in run["firstErrors"]:
-            errors.add_row(error["eventId"], error["code"], error["message"])
-        console.print(errors)
+            first.add_row(error["eventId"], error["code"], escape(str(error["message"])))
+        console.print(first)
