@@ -1,0 +1,328 @@
+"""The ``backfill`` command line against the real local stack: every command goes through the
+gateway's trigger, status and control functions, with tokens minted by the local issuer, and
+the data is checked in Firestore.
+
+Runs that must stay put while a test steers them are started with the Cloud Tasks queue paused
+(``held_tasks``), so no task can start or finish them under the test's feet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import io
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.cloud import firestore, tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+from typer.testing import CliRunner, Result
+
+from emulators.stack import Stack
+from shared import store
+from shared.cli import app
+from tests import data
+from tests.conftest import OPERATOR
+
+pytestmark = pytest.mark.emulator
+
+RANGE = ("--start", "2025-01-01", "--end", "2025-01-03")
+COLUMNS = ["eventId", "eventType", "code", "message", "hint", "attempts", "chunkId", "at",
+           "resolvedBy"]
+CLIENT_ENV = ("BACKFILL_GATEWAY_URL", "BACKFILL_ISSUER_URL", "BACKFILL_OPERATOR_AUDIENCES")
+# Would point the CLI elsewhere if the developer's shell had them set.
+FOREIGN_ENV = ("BACKFILL_TOKEN", "BACKFILL_TRIGGER_URL", "BACKFILL_STATUS_URL",
+               "BACKFILL_CONTROL_URL")
+
+
+class Cli:
+    """``backfill ARGS...`` in process, as the operator would type it."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.runner = CliRunner()
+
+    def run(self, *args: str, answer: str | None = None) -> Result:
+        return self.runner.invoke(app, list(args), input=answer)
+
+    def ok(self, *args: str) -> str:
+        result = self.run(*args)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    def json(self, *args: str) -> Any:
+        """The command's JSON answer (the first JSON value it printed)."""
+        value, _ = json.JSONDecoder().raw_decode(self.ok(*args).lstrip())
+        return value
+
+    def start(self, *args: str) -> str:
+        started = self.json("start", "webhook_replay", *args)
+        assert started["status"] == "pending"
+        migration_id: str = started["migrationId"]
+        return migration_id
+
+    def run_status(self, migration_id: str) -> dict[str, Any]:
+        run: dict[str, Any] = self.json("status", migration_id, "--json")
+        return run
+
+
+@pytest.fixture
+def cli(stack: Stack, stack_env: dict[str, str], clean: firestore.Client,
+        monkeypatch: pytest.MonkeyPatch) -> Cli:
+    stack.wait_idle(timeout=60)
+    for name in FOREIGN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name in CLIENT_ENV:
+        monkeypatch.setenv(name, stack_env[name])
+    monkeypatch.setenv("COLUMNS", "200")  # tables wide enough to show whole run ids
+    return Cli(stack)
+
+
+@contextlib.contextmanager
+def held_tasks(stack_env: dict[str, str]) -> Iterator[None]:
+    """The chunk queue paused: tasks are accepted but none is delivered until the block ends."""
+    channel = grpc.insecure_channel(stack_env["CLOUD_TASKS_EMULATOR_HOST"])
+    client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+    queue = client.queue_path(stack_env["BACKFILL_PROJECT_ID"],
+                              stack_env["BACKFILL_TASKS_LOCATION"],
+                              stack_env["BACKFILL_TASKS_QUEUE"])
+    client.pause_queue(name=queue)
+    try:
+        yield
+    finally:
+        client.resume_queue(name=queue)
+        channel.close()
+
+
+def plain(text: str) -> str:
+    """Output with rich's panel borders and line breaks folded into single spaces."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def moved(run: dict[str, Any], to: str) -> dict[str, Any]:
+    """The run's status history entry of its (last) move to ``to``."""
+    entry: dict[str, Any] = [move for move in run["statusHistory"] if move["to"] == to][-1]
+    return entry
+
+
+def seed_purchases(db: firestore.Client, count: int = 30, unknown: int = 0) -> None:
+    """``count`` purchases of product p1 over three days, and ``unknown`` of a retired one."""
+    data.product(db, "p1", 10)
+    data.put(db, *data.purchases(count, days=3))
+    data.put(db, *(data.purchase(f"bad{n}", f"obad{n}", data.at(2, 600 + n),
+                                 lines=[("retired", 1)]) for n in range(unknown)))
+
+
+def test_start_applies_a_range_and_status_reports_it(cli: Cli, db: firestore.Client) -> None:
+    seed_purchases(db, 30)
+
+    migration_id = cli.start(*RANGE, "--apply")
+    cli.stack.wait_idle(timeout=120)
+    run = cli.run_status(migration_id)
+    table = cli.ok("status")
+    shown = cli.ok("status", migration_id)
+
+    assert (run["status"], run["dryRun"], run["applied"], run["errors"]) == (
+        "completed", False, 30, 0)
+    assert (run["startDate"], run["endDate"]) == ("2025-01-01", "2025-01-03")
+    assert run["stalled"] is False and run["etaSeconds"] is None
+    assert migration_id in table
+    assert "completed" in shown and "statusReason" in shown
+    assert len(data.credited_orders(db)) == 30
+    data.assert_ledger_consistent(db)
+
+
+def test_start_with_wait_watches_the_run_to_its_end(cli: Cli, db: firestore.Client) -> None:
+    seed_purchases(db, 30)
+
+    output = cli.ok("start", "webhook_replay", *RANGE, "--apply", "--wait")
+
+    assert re.search(r"^\s*completed\s+100\.0%\s+taken 30/30", output, re.MULTILINE), output
+    assert len(data.credited_orders(db)) == 30
+
+
+def test_start_by_lookback_days_covers_the_days_ending_today(cli: Cli) -> None:
+    today = dt.datetime.now(dt.UTC).date()
+
+    migration_id = cli.start("--lookback-days", "2")
+    cli.stack.wait_idle(timeout=60)
+    run = cli.run_status(migration_id)
+
+    assert run["lookbackDays"] == 2 and run["dryRun"] is True
+    assert (run["startDate"], run["endDate"]) == (
+        (today - dt.timedelta(days=1)).isoformat(), today.isoformat())
+    assert (run["status"], run["total"]) == ("completed", 0)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--start", "2025-01-01", "--end", "2025-01-03", "--lookback-days", "2"),
+     "give either --lookback-days or --start and --end, not both"),
+    (("--start", "2025-01-01", "--lookback-days", "2"),
+     "give either --lookback-days or --start and --end, not both"),
+    ((), "give --start and --end (both), or --lookback-days"),
+    (("--end", "2025-01-03"), "give --start and --end (both), or --lookback-days"),
+])
+def test_start_refuses_a_missing_or_doubly_given_range_before_calling(
+        cli: Cli, db: firestore.Client, args: tuple[str, ...], message: str) -> None:
+    result = cli.run("start", "webhook_replay", *args)
+
+    assert result.exit_code == 2
+    assert message in plain(result.output)
+    assert not list(db.collection(store.RUNS).stream())
+
+
+def test_a_paused_run_applies_nothing_until_it_is_resumed(cli: Cli,
+                                                           db: firestore.Client) -> None:
+    seed_purchases(db, 3000)  # 50 pages a chunk: the run is still going when it is paused
+    migration_id = cli.start(*RANGE, "--apply")
+    until(lambda: cli.run_status(migration_id)["taken"] > 0)
+
+    paused = cli.json("pause", migration_id, "--reason", "checking the product table")
+    again = cli.json("pause", migration_id)
+    cli.stack.wait_idle(timeout=60)
+    held = cli.run_status(migration_id)
+    applied_while_paused = len(data.credited_orders(db))
+    watched = cli.ok("status", migration_id, "--watch")
+
+    resumed = cli.json("resume", migration_id, "--reason", "products fixed")
+    cli.stack.wait_idle(timeout=180)
+    done = cli.run_status(migration_id)
+
+    assert (paused["status"], paused["previousStatus"], paused["changed"]) == (
+        "paused", "running", True)
+    assert (again["status"], again["changed"]) == ("paused", False)
+    assert held["status"] == "paused" and 0 < held["applied"] < 3000, held["applied"]
+    assert applied_while_paused == held["applied"]
+    assert {"from": "running", "to": "paused", "by": OPERATOR,
+            "note": "checking the product table"}.items() <= moved(held, "paused").items()
+    assert f"backfill resume {migration_id}" in plain(watched)
+    assert (resumed["status"], resumed["previousStatus"], resumed["changed"]) == (
+        "running", "paused", True)
+    assert resumed["chunksMoved"] > 0
+    assert moved(done, "running")["note"] == "products fixed"
+    assert (done["status"], done["applied"], done["taken"]) == ("completed", 3000, 3000)
+    assert set(data.credited_orders(db).values()) == {1}
+    assert len(data.credited_orders(db)) == 3000
+    data.assert_ledger_consistent(db)
+
+
+@pytest.mark.xfail(reason="pausing a run before its planning task ran completes it at once "
+                   "(control.pause calls runs.finish_if_done, which finds no open chunk)")
+def test_a_run_paused_before_planning_stays_paused(
+        cli: Cli, db: firestore.Client, stack_env: dict[str, str]) -> None:
+    seed_purchases(db, 30)
+    with held_tasks(stack_env):
+        migration_id = cli.start(*RANGE, "--apply")
+        paused = cli.json("pause", migration_id)
+        right_after = cli.run_status(migration_id)
+        if right_after["status"] == "paused":
+            cli.ok("cancel", migration_id, "--yes")  # nothing left to run once tasks flow
+
+    assert (paused["status"], right_after["status"]) == ("paused", "paused")
+
+
+def test_cancel_asks_first_and_a_cancelled_run_stays_cancelled(
+        cli: Cli, db: firestore.Client, stack_env: dict[str, str]) -> None:
+    seed_purchases(db, 30)
+    with held_tasks(stack_env):
+        migration_id = cli.start(*RANGE, "--apply")
+        declined = cli.run("cancel", migration_id, answer="n\n")
+        after_no = cli.run_status(migration_id)
+        cancelled = cli.json("cancel", migration_id, "--yes", "--reason", "wrong range")
+    cli.stack.wait_idle(timeout=60)
+    run = cli.run_status(migration_id)
+    resume = cli.run("resume", migration_id)
+
+    assert declined.exit_code == 1 and "Aborted" in declined.output
+    assert after_no["status"] == "pending"
+    assert (cancelled["status"], cancelled["previousStatus"]) == ("cancelled", "pending")
+    assert (run["status"], run["applied"]) == ("cancelled", 0)
+    assert moved(run, "cancelled")["note"] == "wrong range"
+    assert resume.exit_code == 1 and plain(resume.output).startswith("409")
+    assert not data.credited_orders(db)
+
+
+def test_an_overlapping_start_names_the_run_in_its_way_and_force_passes_it(
+        cli: Cli, db: firestore.Client, stack_env: dict[str, str]) -> None:
+    seed_purchases(db, 10)
+    with held_tasks(stack_env):
+        first = cli.start(*RANGE)
+        refused = cli.run("start", "webhook_replay", "--start", "2025-01-02", "--end",
+                          "2025-01-05")
+        forced = cli.start("--start", "2025-01-02", "--end", "2025-01-05", "--force")
+        for migration_id in (first, forced):
+            cli.ok("cancel", migration_id, "--yes")
+
+    assert refused.exit_code == 1
+    assert plain(refused.output).startswith("409")
+    assert f"runs in the way: {first}" in plain(refused.output)
+    assert forced != first
+
+
+def test_errors_report_and_a_retry_of_one_code_after_the_fix(
+        cli: Cli, db: firestore.Client, tmp_path: Path) -> None:
+    seed_purchases(db, 30, unknown=3)
+    migration_id = cli.start(*RANGE, "--apply")
+    cli.stack.wait_idle(timeout=120)
+    failed = cli.run_status(migration_id)
+    shown = cli.ok("status", migration_id)
+
+    report = cli.ok("errors", migration_id)
+    as_json = cli.json("errors", migration_id, "--json")
+    none = cli.ok("errors", migration_id, "--code", "malformed_payload")
+    saved = tmp_path / "errors.csv"
+    cli.ok("errors", migration_id, "--code", "product_not_found", "--output", str(saved))
+
+    rows = list(csv.DictReader(io.StringIO(report)))
+    assert (failed["status"], failed["applied"], failed["errors"]) == ("completed", 30, 3)
+    assert failed["errorCodes"] == {"product_not_found": 3}
+    assert "product_not_found" in shown
+    assert next(csv.reader(io.StringIO(report))) == COLUMNS
+    assert {row["eventId"] for row in rows} == {"bad0", "bad1", "bad2"}
+    assert {row["code"] for row in rows} == {"product_not_found"}
+    assert as_json["count"] == 3 and {e["eventId"] for e in as_json["errors"]} == {
+        "bad0", "bad1", "bad2"}
+    assert list(csv.reader(io.StringIO(none))) == [COLUMNS]
+    assert saved.read_text(encoding="utf-8") == report
+
+    data.product(db, "retired", 5)
+    output = cli.ok("retry", migration_id, "--code", "product_not_found", "--wait")
+    started, _ = json.JSONDecoder().raw_decode(output.lstrip())
+    retried = cli.run_status(started["migrationId"])
+
+    assert started["migrationId"] != migration_id
+    assert (started["status"], started["retryOf"]) == ("pending", migration_id)
+    assert (retried["status"], retried["dryRun"], retried["applied"], retried["errors"]) == (
+        "completed", False, 3, 0)
+    assert retried["retryOf"]["migrationId"] == migration_id
+    assert {f"obad{n}" for n in range(3)} <= set(data.credited_orders(db))
+    assert len(data.credited_orders(db)) == 33
+    data.assert_ledger_consistent(db)
+
+
+def test_retry_of_a_run_without_failures_and_errors_of_no_run_exit_1(cli: Cli,
+                                                                      db: firestore.Client) -> None:
+    seed_purchases(db, 10)
+    migration_id = cli.start(*RANGE, "--apply")
+    cli.stack.wait_idle(timeout=60)
+
+    retry = cli.run("retry", migration_id)
+    missing = cli.run("errors", "no-such-run")
+
+    assert retry.exit_code == 1 and plain(retry.output).startswith("409")
+    assert "has no failed events" in plain(retry.output)
+    assert missing.exit_code == 1 and plain(missing.output).startswith("404")
