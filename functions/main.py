@@ -23,7 +23,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from shared import control, logs, progress, reports, runs
+from shared import control, logs, progress, reports, runs, store
 from shared.auth import Caller, authenticate
 from shared.chunks import Delivery
 from shared.config import Settings
@@ -188,7 +188,8 @@ def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
         started = runs.start_retry(migration_id, caller, settings, db, svc.dispatcher,
                                    retry.code, retry.dry_run, retry.force)
         body, status = _started(settings, started)
-        return {**body, "retryOf": migration_id}, status
+        retry_of = store.run_ref(db, started.migration_id).get().get("retryOf")
+        return {**body, "retryOf": retry_of}, status
     note = parse_json(raw, ControlRequest).reason
     if action == "pause":
         steered = control.pause(settings, db, migration_id, caller.email, note)

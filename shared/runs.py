@@ -432,7 +432,10 @@ def finish_if_done(db: firestore.Client, migration_id: str) -> None:
     Each chunk writes its final state before it calls this, so the last one to end sees no open
     chunk; two ending together may both see it, and ``move_run`` lets only one through.
     """
-    chunks = store.run_ref(db, migration_id).collection(store.CHUNKS)
+    ref = store.run_ref(db, migration_id)
+    if not ref.get().get("planned"):
+        return  # no chunk exists yet, so none is open: nothing has even started
+    chunks = ref.collection(store.CHUNKS)
     if store.count(chunks.where(filter=FieldFilter("state", "in", list(OPEN_OR_PAUSED)))):
         return
     summary = summarize([snap.to_dict() or {} for snap in chunks.stream()])
