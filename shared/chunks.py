@@ -358,6 +358,8 @@ class ChunkRunner:
         batch = self._db.batch()
         self._write_effects(batch, plan, stored, migration_id, shadow, delivery.task.chunk_id,
                             chunk.data.get("source"))
+        if final:
+            self._may_finish(chunk)
         checkpoint = self._checkpoint(selection, plan, below_zero, final, len(pulled),
                                       chunk.data.get("suspect"))
         batch.update(chunk.ref, checkpoint,
@@ -586,6 +588,11 @@ class ChunkRunner:
             update.update(state=ChunkState.COMPLETED.value, leaseOwner=None,
                           finishedAt=firestore.SERVER_TIMESTAMP)
         return update
+
+    @staticmethod
+    def _may_finish(chunk: _Chunk) -> None:
+        # The commit's precondition guarantees the chunk is still as read: running, ours.
+        lifecycle.chunk_move(chunk.data["state"], ChunkState.COMPLETED)
 
     def _refresh(self, delivery: Delivery, chunk: _Chunk) -> None:
         snap = chunk.ref.get()

@@ -67,3 +67,24 @@ def test_the_time_budget_must_leave_room_under_the_dispatch_deadline(
     with pytest.raises(ValidationError, match="at most half"):
         settings_from(monkeypatch, {**LOCAL, "BACKFILL_TIME_BUDGET_SECONDS": "400",
                                     "BACKFILL_DISPATCH_DEADLINE_SECONDS": "600"})
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"BACKFILL_LEASE_SECONDS": "100"}, "BACKFILL_LEASE_SECONDS must be at least"),
+    ({"BACKFILL_POISON_ATTEMPTS": "10"}, "BACKFILL_POISON_ATTEMPTS must be below"),
+    ({"BACKFILL_BREAKER_ERROR_RATE": "0"}, "breaker_error_rate"),
+])
+def test_run_control_settings_refuse_combinations_that_cannot_work(
+        monkeypatch: pytest.MonkeyPatch, extra: dict[str, str], message: str) -> None:
+    monkeypatch.delenv("BACKFILL_LEASE_SECONDS", raising=False)
+    with pytest.raises(ValidationError, match=message):
+        settings_from(monkeypatch, {**PRODUCTION, **extra})
+
+
+def test_run_control_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_from(monkeypatch, PRODUCTION)
+
+    assert (settings.max_active_runs, settings.lease_seconds, settings.poison_attempts) == (
+        3, 900.0, 3)
+    assert (settings.breaker_error_rate, settings.breaker_min_events) == (0.5, 200)
+    assert settings.control_identities == settings.status_identities
