@@ -100,6 +100,8 @@ AsOption = Annotated[str, typer.Option("--as", help="local stack only: identity 
 RunArgument = Annotated[str, typer.Argument(metavar="ID", help="the run's migrationId")]
 ReasonOption = Annotated[str | None, typer.Option(
     help="why (kept in the run's status history)")]
+ForceOption = Annotated[bool, typer.Option(
+    help="start even over an overlapping active run or past the active run limit")]
 WaitOption = Annotated[bool, typer.Option(help="watch the run until it ends or is paused")]
 
 
@@ -124,8 +126,7 @@ def start(
         min=1, help="the N UTC days ending today (instead of --start and --end)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run/--apply")] = True,
     max_events: Annotated[int | None, typer.Option(help="bound on events taken")] = None,
-    force: Annotated[bool, typer.Option(
-        help="start even over an overlapping active run or past the active run limit")] = False,
+    force: ForceOption = False,
     wait: WaitOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
@@ -240,8 +241,7 @@ def retry(
         help="only the failures of this error code, e.g. product_not_found")] = None,
     dry_run: Annotated[bool | None, typer.Option(
         "--dry-run/--apply", help="default: as the run retried", show_default=False)] = None,
-    force: Annotated[bool, typer.Option(
-        help="start even over an overlapping active run or past the active run limit")] = False,
+    force: ForceOption = False,
     wait: WaitOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
