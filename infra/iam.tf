@@ -53,6 +53,16 @@ resource "google_cloud_tasks_queue_iam_member" "runtime_enqueuer" {
   member   = "serviceAccount:${google_service_account.runtime.email}"
 }
 
+# The run watchdog asks whether a chunk's task still exists (GetTask: cloudtasks.tasks.get, not
+# part of the enqueuer role) before it picks the chunk up again; read rights on this queue only.
+resource "google_cloud_tasks_queue_iam_member" "runtime_viewer" {
+  project  = var.project_id
+  location = google_cloud_tasks_queue.chunks.location
+  name     = google_cloud_tasks_queue.chunks.name
+  role     = "roles/cloudtasks.viewer"
+  member   = "serviceAccount:${google_service_account.runtime.email}"
+}
+
 # Creating a task that carries an OIDC token of the tasks service account requires
 # iam.serviceAccounts.actAs on that account.
 resource "google_service_account_iam_member" "runtime_acts_as_tasks" {
