@@ -121,12 +121,12 @@ def _pace(run: dict[str, Any], chunks: list[tuple[str, dict[str, Any]]], taken: 
     checkpoints = [data["updatedAt"] for _, data in chunks if data.get("updatedAt") is not None]
     last = max(checkpoints) if checkpoints else None
     active = run.get("status") in (RunStatus.PENDING.value, RunStatus.RUNNING.value)
-    expired = [cid for cid, data in chunks if data.get("state") in (
+    expired = [(cid, data["state"]) for cid, data in chunks if data.get("state") in (
         ChunkState.RUNNING.value, ChunkState.PENDING.value)
         and data.get("leaseUntil") is not None and data["leaseUntil"] < now]
-    stalled = [cid for cid in expired if dict(chunks)[cid].get("state") == ChunkState.RUNNING]
+    stalled = [cid for cid, state in expired if state == ChunkState.RUNNING.value]
     if not running and expired:
-        stalled = expired
+        stalled = [cid for cid, _ in expired]
     pace = rate or average
     left = max(total - taken, 0)
     return {
