@@ -186,9 +186,7 @@ class ChunkRunner:
             # A stop whose chunk writes did not all land (its caller died): finish it here.
             target = ChunkState.PAUSED if status == RunStatus.PAUSED.value \
                 else ChunkState.CANCELLED
-            control.move_chunk(db, ref, target, {"state": target.value, "leaseOwner": None,
-                                                 "note": f"its run is {status}",
-                                                 "stateChangedAt": firestore.SERVER_TIMESTAMP})
+            control.move_chunk(db, ref, target, f"its run is {status}")
             return ChunkReport("idle", detail=f"the run is {status}")
         if status in FINAL_RUN_STATUSES:
             return ChunkReport("idle", detail=f"the run is {status}")
@@ -230,7 +228,7 @@ class ChunkRunner:
         raise Unavailable("the chunk is contended; retry")
 
     def _lease_until(self) -> dt.datetime:
-        return runs.utc_now() + dt.timedelta(seconds=self._settings.lease_seconds)
+        return runs.lease_until(self._settings)
 
     def _process(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk) -> ChunkReport:
         started = self._clock()
@@ -620,9 +618,8 @@ class ChunkRunner:
             runs.fail_run(self._db, task.migration_id, f"planning {reason}")
             return
         ref = store.chunk_ref(self._db, task.migration_id, task.chunk_id)
-        control.move_chunk(self._db, ref, ChunkState.FAILED, {
-            "state": ChunkState.FAILED.value, "leaseOwner": None, "failureReason": reason,
-            "finishedAt": firestore.SERVER_TIMESTAMP, "stateChangedAt": firestore.SERVER_TIMESTAMP})
+        control.move_chunk(self._db, ref, ChunkState.FAILED, reason, {
+            "failureReason": reason, "finishedAt": firestore.SERVER_TIMESTAMP})
         logs.log(logger, "chunk failed", logging.ERROR, migration_id=task.migration_id,
                  chunk_id=task.chunk_id, reason=reason)
         runs.finish_if_done(self._db, task.migration_id)

@@ -13,7 +13,6 @@ where it stopped, and tasks of older segments find themselves stale and do nothi
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -128,9 +127,7 @@ def stop_chunks(settings: Settings, db: firestore.Client, migration_id: str,
     refs = [chunk.reference for chunk in chunks]
 
     def stop(ref: firestore.DocumentReference) -> bool:
-        fields = {"state": target.value, "leaseOwner": None, "note": note,
-                  "stateChangedAt": firestore.SERVER_TIMESTAMP}
-        return move_chunk(db, ref, target, fields) is not None
+        return move_chunk(db, ref, target, note) is not None
 
     with ThreadPoolExecutor(max_workers=settings.enqueue_workers) as pool:
         moved = sum(pool.map(stop, refs))
@@ -147,11 +144,8 @@ def _reopen_chunks(settings: Settings, db: firestore.Client, migration_id: str,
     refs = [chunk.reference for chunk in chunks]
 
     def reopen(ref: firestore.DocumentReference) -> ChunkTask | None:
-        moved = move_chunk(db, ref, ChunkState.PENDING, {
-            "state": ChunkState.PENDING.value, "leaseOwner": None, "note": "",
-            "stateChangedAt": firestore.SERVER_TIMESTAMP,
-            "leaseUntil": runs.utc_now() + dt.timedelta(seconds=settings.lease_seconds),
-        }, new_segment=True)
+        moved = move_chunk(db, ref, ChunkState.PENDING, "",
+                           {"leaseUntil": runs.lease_until(settings)}, new_segment=True)
         return None if moved is None else ChunkTask(migration_id, ref.id, moved)
 
     with ThreadPoolExecutor(max_workers=settings.enqueue_workers) as pool:
@@ -159,10 +153,11 @@ def _reopen_chunks(settings: Settings, db: firestore.Client, migration_id: str,
 
 
 def move_chunk(db: firestore.Client, ref: firestore.DocumentReference, target: ChunkState,
-               fields: dict[str, Any], new_segment: bool = False,
+               note: str, fields: dict[str, Any] | None = None, new_segment: bool = False,
                read: Any = None) -> int | None:
-    """Write ``fields`` to a chunk if the table allows its move to ``target``, under the update
-    time read; answer its segment after the write, or None if it may not move (any more).
+    """Move a chunk to ``target`` (released, with ``note`` saying why, and ``fields``) if the
+    table allows it, under the update time read; answer its segment after the write, or None if
+    it may not move (any more).
 
     With ``read`` the move happens only if the chunk is still as read (one attempt); without,
     it is read again after each conflicting page commit until the write wins.
@@ -178,7 +173,9 @@ def move_chunk(db: firestore.Client, ref: firestore.DocumentReference, target: C
             return None
         segment = int(snap.get("segment")) + (1 if new_segment else 0)
         try:
-            ref.update({**fields, "segment": segment},
+            ref.update({"state": target.value, "leaseOwner": None, "note": note,
+                        "stateChangedAt": firestore.SERVER_TIMESTAMP, **(fields or {}),
+                        "segment": segment},
                        option=db.write_option(last_update_time=snap.update_time))
         except api_exceptions.FailedPrecondition:
             continue  # a page committed meanwhile: read again, the next write wins

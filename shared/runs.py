@@ -31,6 +31,7 @@ from shared.dispatch import ChunkTask, Dispatcher, enqueue_all
 from shared.errors import Conflict, NotFound, TooManyRuns, Unavailable
 from shared.models import (
     ACTIVE_RUN_STATUSES,
+    FINAL_CHUNK_STATES,
     FINAL_RUN_STATUSES,
     BackfillRequest,
     BackfillType,
@@ -41,7 +42,8 @@ from shared.models import (
 logger = logging.getLogger(__name__)
 
 COUNTERS = ("taken", "applied", "duplicates", "skipped", "errors", "points")
-OPEN_OR_PAUSED = (ChunkState.PENDING.value, ChunkState.RUNNING.value, ChunkState.PAUSED.value)
+# Chunks that have not ended: open ones, and paused ones that resume will reopen.
+NOT_ENDED = [state.value for state in ChunkState if state not in FINAL_CHUNK_STATES]
 
 PLAN_CHUNK = "plan"  # the chunk id of a run's planning task
 WATCH_CHUNK = "watch"  # the chunk id of a run's watchdog task
@@ -52,6 +54,11 @@ Clock = Callable[[], dt.datetime]
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def lease_until(settings: Settings, now: dt.datetime | None = None) -> dt.datetime:
+    """When a chunk claimed or checkpointed ``now`` counts as abandoned (see ``watchdog``)."""
+    return (now or utc_now()) + dt.timedelta(seconds=settings.lease_seconds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,7 +289,7 @@ def _plan(settings: Settings, db: firestore.Client, ref: firestore.DocumentRefer
           run: dict[str, Any], read_at: dt.datetime) -> None:
     planned = (_plan_retry(db, run) if run.get("retryOf")
                else _plan_windows(settings, db, run))
-    lease_until = utc_now() + dt.timedelta(seconds=settings.lease_seconds)
+    lease = lease_until(settings)
     total = sum(c.quota if c.quota is not None else c.eligible for c in planned)
     batch = db.batch()
     idle_chunks = 0
@@ -301,7 +308,7 @@ def _plan(settings: Settings, db: firestore.Client, ref: firestore.DocumentRefer
             "segment": 0,
             "cursor": None,
             "leaseOwner": None,
-            "leaseUntil": lease_until,
+            "leaseUntil": lease,
             "counters": dict.fromkeys(COUNTERS, 0),
             "read": 0,
             "belowZero": [],
@@ -436,7 +443,7 @@ def finish_if_done(db: firestore.Client, migration_id: str) -> None:
     if not ref.get().get("planned"):
         return  # no chunk exists yet, so none is open: nothing has even started
     chunks = ref.collection(store.CHUNKS)
-    if store.count(chunks.where(filter=FieldFilter("state", "in", list(OPEN_OR_PAUSED)))):
+    if store.count(chunks.where(filter=FieldFilter("state", "in", NOT_ENDED))):
         return
     summary = summarize([snap.to_dict() or {} for snap in chunks.stream()])
     failed = summary.pop("failedChunks")

@@ -22,7 +22,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from shared import control, logs, runs, store
 from shared.config import Settings
 from shared.dispatch import ChunkTask, Dispatcher, enqueue_all
-from shared.models import FINAL_RUN_STATUSES, ChunkState, RunStatus
+from shared.models import FINAL_RUN_STATUSES, OPEN_CHUNK_STATES, ChunkState, RunStatus
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +44,9 @@ def watch(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
         return "the run is paused; resuming it arms a new watchdog"
     if not settings.enabled:
         return control.kill_switch(settings, db, migration_id)
-    lease = dt.timedelta(seconds=settings.lease_seconds)
     tasks: list[ChunkTask] = []
     if not run.get("planned"):
-        if run["createdAt"] + lease < now:
+        if runs.lease_until(settings, run["createdAt"]) < now:
             # Planning is idempotent: a second planning task is harmless, a lost one is not.
             tasks.append(ChunkTask(migration_id, runs.PLAN_CHUNK, int(time.time())))
     else:
@@ -62,7 +61,7 @@ def watch(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
 
 def _lost_chunks(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
                  migration_id: str, now: dt.datetime) -> list[ChunkTask]:
-    open_states = [ChunkState.PENDING.value, ChunkState.RUNNING.value]
+    open_states = [state.value for state in OPEN_CHUNK_STATES]
     chunks = store.run_ref(db, migration_id).collection(store.CHUNKS).where(
         filter=FieldFilter("state", "in", open_states)).where(
         filter=FieldFilter("leaseUntil", "<", now)).stream()
@@ -71,11 +70,8 @@ def _lost_chunks(settings: Settings, db: firestore.Client, dispatcher: Dispatche
         current = ChunkTask(migration_id, chunk.id, int(chunk.get("segment")))
         if dispatcher.exists(current):
             continue  # queued, backing off or in flight: Cloud Tasks will deliver it
-        segment = control.move_chunk(db, chunk.reference, ChunkState.PENDING, {
-            "state": ChunkState.PENDING.value, "leaseOwner": None, "note": PICKED_UP,
-            "stateChangedAt": firestore.SERVER_TIMESTAMP,
-            "leaseUntil": now + dt.timedelta(seconds=settings.lease_seconds),
-            "pickups": firestore.Increment(1),
+        segment = control.move_chunk(db, chunk.reference, ChunkState.PENDING, PICKED_UP, {
+            "leaseUntil": runs.lease_until(settings, now), "pickups": firestore.Increment(1),
         }, new_segment=True, read=chunk)
         if segment is not None:
             lost.append(ChunkTask(migration_id, chunk.id, segment))
