@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Collection
 
 import cachecontrol
@@ -68,6 +69,11 @@ def authenticate(
         logger.info("token rejected: %s", type(exc).__name__)
         raise Unauthenticated("the bearer token is invalid, expired or not for this endpoint") \
             from None
+    # google-auth checks iat and exp but not nbf: a token not valid yet is refused here.
+    not_before = claims.get("nbf")
+    if not_before is not None and (not isinstance(not_before, int | float) or isinstance(
+            not_before, bool) or not_before > time.time() + _CLOCK_SKEW_SECONDS):
+        raise Unauthenticated("the bearer token is not valid yet (nbf)")
     if claims.get("iss") not in settings.issuers:
         raise Unauthenticated("the bearer token was not issued by an accepted issuer")
     email = claims.get("email")

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from emulators.issuer import Issuer, SigningKey
 from shared import store
 from tests import data
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TEST_PORT_BASE
 from tests.functions.conftest import Harness
 
 BODY: dict[str, Any] = {"type": "webhook_replay", "startDate": "2025-01-01",
@@ -22,7 +22,8 @@ BODY: dict[str, Any] = {"type": "webhook_replay", "startDate": "2025-01-01",
 
 def stack_key() -> SigningKey:
     """The test stack issuer's own key, to sign tokens it would not hand out (expired ones)."""
-    state = ROOT / ".local" / "test-stack"
+    state = ROOT / ".local" / ("test-stack" if TEST_PORT_BASE == 9100
+                               else f"test-stack-{TEST_PORT_BASE}")
     certificate = (state / "issuer-cert.pem").read_bytes()
     der = x509.load_pem_x509_certificate(certificate).public_bytes(Encoding.DER)
     return SigningKey(hashlib.sha256(der).hexdigest()[:40],
@@ -124,7 +125,7 @@ def test_a_token_for_another_audience_answers_401(harness: Harness) -> None:
     assert nothing_written(harness)
 
 
-@pytest.mark.parametrize("forge", ["foreign_key", "expired", "tampered"])
+@pytest.mark.parametrize("forge", ["foreign_key", "expired", "tampered", "not_yet_valid"])
 def test_forged_and_expired_tokens_answer_401(harness: Harness, forge: str) -> None:
     issuer_url = harness.env["BACKFILL_ISSUER_URL"]
     audience = harness.settings.operator_audiences[0]
@@ -133,6 +134,9 @@ def test_forged_and_expired_tokens_answer_401(harness: Harness, forge: str) -> N
     elif forge == "expired":
         token = Issuer(issuer_url, stack_key()).mint("ops@example.com", audience,
                                                      now=int(time.time()) - 7200)
+    elif forge == "not_yet_valid":
+        token = Issuer(issuer_url, stack_key()).mint("ops@example.com", audience,
+                                                     extra={"nbf": int(time.time()) + 600})
     else:
         header, payload, signature = harness.mint().split(".")
         other = harness.mint("intruder@example.com").split(".")[1]
@@ -142,6 +146,16 @@ def test_forged_and_expired_tokens_answer_401(harness: Harness, forge: str) -> N
 
     assert response.status_code == 401
     assert nothing_written(harness)
+
+
+def test_a_token_valid_from_now_within_the_clock_skew_is_accepted(harness: Harness) -> None:
+    token = Issuer(harness.env["BACKFILL_ISSUER_URL"], stack_key()).mint(
+        "ops@example.com", harness.settings.operator_audiences[0],
+        extra={"nbf": int(time.time()) + 5})
+
+    response = harness.trigger.post("/", json=BODY, headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 202
 
 
 def test_a_valid_token_of_an_identity_not_allowed_answers_403(harness: Harness) -> None:
@@ -191,3 +205,34 @@ def test_a_year_long_range_is_planned_as_one_chunk_a_day(harness: Harness) -> No
         store.CHUNKS)
     assert store.count(chunks) == 366
     assert len(harness.dispatcher.queued) == 10
+
+
+def test_an_end_date_past_its_months_end_runs_to_the_end_of_that_month(
+        harness: Harness) -> None:
+    response = harness.start(type="webhook_replay", startDate="2024-11-01",
+                             endDate="2024-11-31")
+
+    body = response.get_json()
+    assert response.status_code == 202
+    assert (body["startDate"], body["endDate"], body["requestedEndDate"]) == (
+        "2024-11-01", "2024-11-30", "2024-11-31")
+    assert "2024-11-30" in body["note"]
+    run = harness.run(body["migrationId"])
+    assert (run["endDate"], run["requestedEndDate"], run["chunkCount"]) == (
+        "2024-11-30", "2024-11-31", 30)
+
+
+@pytest.mark.parametrize(("body", "field", "reason"), [
+    ({"startDate": "2024-11-31", "endDate": "2024-12-31"}, "startDate",
+     "start on 2024-11-30 or 2024-12-01"),
+    ({"startDate": "2024-11-01", "endDate": "2024-11-32"}, "endDate", "day value is outside"),
+    ({"startDate": "2024-11-01", "endDate": "2024-13-31"}, "endDate", "month value is outside"),
+])
+def test_days_that_exist_in_no_month_answer_400_saying_how_to_write_them(
+        harness: Harness, body: dict[str, str], field: str, reason: str) -> None:
+    response = harness.start(type="webhook_replay", **body)
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == field
+    assert reason in response.get_json()["reason"]
+    assert nothing_written(harness)
