@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import socket
 from typing import Annotated, Self
 from urllib.parse import urlsplit
 
@@ -40,14 +41,27 @@ class Environment(enum.StrEnum):
     LOCAL = "local"
 
 
-def _is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
+def _is_local_url(url: str) -> bool:
+    """Whether ``url`` points at this machine (or at no host, or at a link-local service such
+    as the metadata server) in any of the spellings a resolver accepts: ``localhost.``,
+    ``127.1``, ``0x7f.1``, ``0.0.0.0``, ``[::1]``, ``[::ffff:127.0.0.1]``."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        host = (urlsplit(url).hostname or "").rstrip(".").lower()
     except ValueError:
-        return False
+        return True  # unparsable (e.g. an unclosed "[") is no deployed function's URL
+    if not host or host == "localhost" or host.endswith(".localhost"):
+        return True
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # the legacy IPv4 forms that inet_aton (and so most resolvers) accept
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified or address.is_link_local
 
 
 class Settings(BaseSettings):
@@ -89,6 +103,8 @@ class Settings(BaseSettings):
     breaker_min_events: int = Field(200, ge=1)
     poison_attempts: int = Field(3, ge=1, le=20)
     settle_minutes: float = Field(15.0, ge=0, le=1440)
+    # How often a run waiting for another (a reversal backfill behind a replay) asks again.
+    chain_poll_seconds: float = Field(30.0, gt=0, le=3600)
 
     firestore_emulator_host: str = Field("", validation_alias="FIRESTORE_EMULATOR_HOST")
     tasks_emulator_host: str = Field("", validation_alias="CLOUD_TASKS_EMULATOR_HOST")
@@ -139,7 +155,7 @@ class Settings(BaseSettings):
             problems.append("fault injection must be off")
         for name, url in (("BACKFILL_CHUNK_URL", self.chunk_url), ("BACKFILL_CHUNK_AUDIENCE",
                           self.chunk_audience or self.chunk_url)):
-            if urlsplit(url).scheme != "https" or _is_loopback_url(url):
+            if urlsplit(url).scheme != "https" or _is_local_url(url):
                 problems.append(f"{name} must be an https URL of a deployed function")
         if problems:
             raise ValueError(

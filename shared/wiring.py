@@ -10,6 +10,7 @@ import dataclasses
 import threading
 
 from google.cloud import firestore
+from pydantic import ValidationError
 
 from shared import logs, store
 from shared.chunks import ChunkRunner
@@ -41,6 +42,24 @@ def services() -> Services:
             _services = Services(settings, store.client(settings),
                                  CloudTasksDispatcher(settings))
         return _services
+
+
+def check_configuration() -> None:
+    """Validate the process's configuration now, at start (the functions call this when they
+    are imported): a function with an unsafe or incomplete configuration refuses to start
+    instead of answering its first request with a failure. Raises ``RuntimeError`` naming every
+    problem (never the values). A no-op once ``use`` installed services (tests)."""
+    with _lock:
+        if _services is not None:
+            return
+    try:
+        get_settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
+            for item in error.errors(include_input=False, include_url=False))
+        raise RuntimeError(f"refusing to serve: the configuration is invalid: {problems}") \
+            from None
 
 
 def use(replacement: Services | None) -> None:

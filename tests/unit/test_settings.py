@@ -1,7 +1,14 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from shared.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 LOCAL = {
     "BACKFILL_ENV": "local",
@@ -88,3 +95,42 @@ def test_run_control_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         3, 900.0, 3)
     assert (settings.breaker_error_rate, settings.breaker_min_events) == (0.5, 200)
     assert settings.control_identities == settings.status_identities
+
+
+@pytest.mark.parametrize("url", [
+    "https://localhost./tasks", "https://LOCALHOST/", "https://api.localhost/", "https://127.1/",
+    "https://0x7f.1/", "https://2130706433/", "https://0.0.0.0/", "https://0/", "https://[::1]/",
+    "https://[::]/", "https://[::ffff:127.0.0.1]/", "https://169.254.169.254/", "https:///",
+])
+def test_production_refuses_chunk_urls_that_point_at_this_machine(
+        monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    with pytest.raises(ValidationError, match="BACKFILL_CHUNK_URL must be an https URL"):
+        settings_from(monkeypatch, {**PRODUCTION, "BACKFILL_CHUNK_URL": url})
+
+
+def test_production_accepts_a_deployed_functions_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_from(monkeypatch, {
+        **PRODUCTION, "BACKFILL_CHUNK_URL": "https://europe-west1-payments.cloudfunctions.net/c"})
+
+    assert settings.chunk_url.startswith("https://europe-west1-payments")
+
+
+def _start_function(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Load a function as functions-framework does at start, in a process of its own."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BACKFILL_")
+           and key not in ("FIRESTORE_EMULATOR_HOST", "CLOUD_TASKS_EMULATOR_HOST")}
+    env.update(PRODUCTION, **extra)
+    code = ("import functions_framework; "
+            "functions_framework.create_app(target='backfill_status', source='functions/main.py')")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_a_function_with_an_unsafe_production_configuration_refuses_to_start() -> None:
+    unsafe = _start_function({"BACKFILL_ISSUERS": "http://127.0.0.1:8684"})
+    safe = _start_function({})
+
+    assert unsafe.returncode != 0
+    assert "refusing to serve" in unsafe.stderr
+    assert "BACKFILL_ISSUERS may only name Google's issuers" in unsafe.stderr
+    assert safe.returncode == 0, safe.stderr
