@@ -10,8 +10,11 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from shared.errors import ProductNotFound
+from shared.errors import MalformedPayload, ProductNotFound
 from shared.models import OrderCompleted
+
+# The largest integer Firestore stores (a signed 64-bit integer).
+MAX_POINTS = 2**63 - 1
 
 
 def purchase_id(order_id: str) -> str:
@@ -26,7 +29,8 @@ def purchase_points(order: OrderCompleted, products: Mapping[str, Mapping[str, A
     """Points an order credits: ``sum(product.points * quantity)`` over its lines.
 
     Raises ``ProductNotFound`` for the first line whose product is missing (or has no integer
-    ``points``, which is as unusable as missing).
+    ``points``, which is as unusable as missing), and ``MalformedPayload`` when the sum does not
+    fit a 64-bit integer.
     """
     total = 0
     for line in order.lines:
@@ -35,6 +39,10 @@ def purchase_points(order: OrderCompleted, products: Mapping[str, Mapping[str, A
         if not isinstance(points, int) or isinstance(points, bool):
             raise ProductNotFound(line.product_id)
         total += points * line.quantity
+    if total > MAX_POINTS:
+        # Firestore stores 64-bit integers: such an entry could never be written.
+        raise MalformedPayload("Malformed payload: payload.body.lines: the order's points "
+                               "exceed what a ledger entry can hold (2^63 - 1)")
     return total
 
 

@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 
-from shared.errors import ProductNotFound
+from shared.errors import MalformedPayload, ProductNotFound
 from shared.ledger import purchase_points, reverse
 from shared.models import OrderCompleted
 
@@ -22,6 +22,16 @@ def test_a_missing_product_names_itself() -> None:
 
     with pytest.raises(ProductNotFound, match=r"^Product not found: gone$"):
         purchase_points(order, {"a": {"points": 5}, "gone": None})
+
+
+def test_points_beyond_64_bits_are_a_malformed_payload() -> None:
+    order = OrderCompleted.model_validate({
+        "id": "o1", "customer": {"id": "c1"}, "total_amount": 100, "currency": "EUR",
+        "lines": [{"product_id": "a", "quantity": 2**62}, {"product_id": "a", "quantity": 1}]})
+
+    assert purchase_points(order, {"a": {"points": 1}}) == 2**62 + 1
+    with pytest.raises(MalformedPayload, match="exceed what a ledger entry can hold"):
+        purchase_points(order, {"a": {"points": 2}})
 
 
 def test_partial_refunds_add_up_to_the_whole_credit() -> None:
