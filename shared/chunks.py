@@ -31,14 +31,13 @@ from google.cloud import firestore
 
 from shared import control, lifecycle, logs, planning, runs, store, watchdog
 from shared.backfills.base import Backfill, Event, ItemResult, PagePlan, Stored
-from shared.backfills.types import BACKFILLS
+from shared.backfills.types import backfill_of
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
 from shared.dispatch import ChunkTask, Dispatcher
 from shared.errors import EventMissing, PurchaseNotFound, Unavailable
 from shared.models import (
     FINAL_RUN_STATUSES,
     OPEN_CHUNK_STATES,
-    BackfillType,
     ChunkState,
     Outcome,
     RunStatus,
@@ -174,7 +173,7 @@ class ChunkRunner:
                                                                     task.migration_id))
         if task.chunk_id == runs.PLAN_CHUNK:
             return ChunkReport("planned", detail=runs.plan_run(
-                settings, db, self._dispatcher, task.migration_id))
+                settings, db, self._dispatcher, task.migration_id, task.segment))
         run_snap = store.run_ref(db, task.migration_id).get()
         if not run_snap.exists:
             return ChunkReport("idle", detail="no such run")
@@ -294,7 +293,7 @@ class ChunkRunner:
             missing = [event_id for event_id in ids
                        if event_id not in found or not found[event_id].exists]
             return _Selection(events, {"eventId": ids[-1]} if ids else None, len(ids), missing)
-        backfill = BACKFILLS[BackfillType(run["type"])]
+        backfill = backfill_of(run)
         query = backfill.selection(events_ref, chunk.window).order_by(
             "receivedAt").order_by("__name__").limit(limit)
         if cursor:
@@ -328,7 +327,7 @@ class ChunkRunner:
                      selection: _Selection, limit: int) -> tuple[int, bool, int] | None:
         """Plan and commit ``selection``; None when it must be read again (a conflict, or more
         writes than one commit takes)."""
-        backfill = BACKFILLS[BackfillType(run["type"])]
+        backfill = backfill_of(run)
         dry_run = bool(run.get("dryRun"))
         run_window = planning.span(dt.date.fromisoformat(run["startDate"]),
                                    dt.date.fromisoformat(run["endDate"]))
@@ -338,14 +337,28 @@ class ChunkRunner:
             if dry_run else None
         stored = self._read(backfill.lookups(events), shadow)
         plan = backfill.plan(events, stored, migration_id)
-        pulled = self._pull(backfill, events, plan, run_window)
-        if pulled is not None:
-            # Read again after the pull's query, even if it found nothing: a purchase that its
-            # own chunk applied meanwhile (entry and flag in one commit) is visible now.
-            stored = self._read(backfill.lookups([*pulled, *events]), shadow)
-            plan = backfill.plan([*pulled, *events], stored, migration_id)
-        else:
-            pulled = []
+        ahead = self._pull(backfill, events, plan, run_window)
+        pulled: list[Event] = []
+        if ahead is not None:
+            # Purchases go ahead of the refunds that need them, whether they come from another
+            # page or later in this one. Read again after the pull's query, even if it found
+            # nothing: a purchase its own chunk applied meanwhile is visible now.
+            ahead_ids = {event.event_id for event in ahead}
+            ordered = [*ahead, *(event for event in events if event.event_id not in ahead_ids)]
+            stored = self._read(backfill.lookups(ordered), shadow)
+            plan = backfill.plan(ordered, stored, migration_id)
+            page_ids = {event.event_id for event in events}
+            outside = ahead_ids - page_ids
+            # A purchase from another page counts here only if this commit settles it. One that
+            # fails or is skipped stays unprocessed, so its own chunk takes it and counts it:
+            # recording it here too would count it twice. Rules leave no trace of an event
+            # they fail or skip, so dropping its result drops all of it.
+            plan.results = [result for result in plan.results
+                            if result.event_id not in outside or result.settled]
+            settled = {result.event_id for result in plan.results}
+            pulled = [event for event in ahead if event.event_id in outside & settled]
+        already = {event.event_id for event in [*pulled, *events]
+                   if event.data.get("processed") is True}
         for event_id in selection.missing:
             missing = EventMissing(event_id)
             plan.results.append(ItemResult(event_id, "", Outcome.ERROR, code=missing.code,
@@ -355,7 +368,7 @@ class ChunkRunner:
             chunk.quota is not None and chunk.taken + selection.read >= chunk.quota)
         batch = self._db.batch()
         self._write_effects(batch, plan, stored, migration_id, shadow, delivery.task.chunk_id,
-                            chunk.data.get("source"))
+                            chunk.data.get("source"), already)
         if final:
             self._may_finish(chunk)
         checkpoint = self._checkpoint(selection, plan, below_zero, final, len(pulled),
@@ -499,10 +512,11 @@ class ChunkRunner:
     def _write_effects(self, batch: firestore.WriteBatch, plan: PagePlan,
                        stored: dict[str, Stored], migration_id: str,
                        shadow: firestore.CollectionReference | None, chunk_id: str,
-                       source: dict[str, Any] | None) -> None:
+                       source: dict[str, Any] | None, already: set[str]) -> None:
         """Add the page's effects to ``batch``; a dry run (``shadow``) writes its ledger entries
         to the shadow ledger instead, and no wallet. A live retry run marks the error records
-        of the run it retries that it settled."""
+        of the run it retries that it settled. Events ``already`` processed whose entry exists
+        (duplicates) are left as the live path flagged them."""
         db = self._db
         dry_run = shadow is not None
         events = db.collection(store.EVENTS)
@@ -531,7 +545,8 @@ class ChunkRunner:
             if dry_run:
                 batch.update(event, {"dryRunProcessed": True, "dryRunOutcome": result.outcome.value,
                                      "dryRunMigrationId": migration_id})
-            elif result.settled:
+            elif result.settled and not (result.event_id in already
+                                         and result.outcome is not Outcome.APPLIED):
                 batch.update(event, {"processed": True, "processedAt": firestore.SERVER_TIMESTAMP,
                                      "backfillMigrationId": migration_id,
                                      "backfillOutcome": result.outcome.value})

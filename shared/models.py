@@ -6,8 +6,11 @@ validate only what a ledger effect needs; everything else PayNow sends is ignore
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import enum
+import json
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
@@ -87,6 +90,7 @@ class _TriggerBody(BaseModel):
     dry_run: bool = Field(False, alias="dryRun")
     max_events: int | None = Field(None, alias="maxEvents", gt=0, le=10_000_000)
     force: bool = False
+    include_processed: bool = Field(False, alias="includeProcessed")
 
     @model_validator(mode="after")
     def _one_kind_of_range(self) -> _TriggerBody:
@@ -103,6 +107,9 @@ class _TriggerBody(BaseModel):
             assert self.end_date is not None
             if self.start_date > self.end_date:
                 raise ValueError("endDate: must be on or after startDate")
+        if self.include_processed and self.type is not BackfillType.WEBHOOK_REPLAY:
+            raise ValueError("includeProcessed: only webhook_replay takes it (reversal_backfill "
+                             "takes processed refunds and chargebacks already)")
         return self
 
 
@@ -124,6 +131,10 @@ class BackfillRequest(BaseModel):
     max_events: int | None = None
     lookback_days: int | None = None
     force: bool = False
+    include_processed: bool = False
+    # The endDate as sent, when it named a day past its month's end (e.g. 2024-11-31), which
+    # the request takes as the month's last day (``end_date``).
+    requested_end_date: str | None = None
 
     @property
     def days(self) -> int:
@@ -137,6 +148,7 @@ def parse_request(raw: bytes, max_range_days: int, today: dt.date) -> BackfillRe
     """
     if not raw.strip():
         raise InvalidRequest("body", "a JSON object is required")
+    raw, requested_end = _month_end(raw)
     body = parse_json(raw, _TriggerBody)
     if body.lookback_days is not None:
         if body.lookback_days > max_range_days:
@@ -148,7 +160,9 @@ def parse_request(raw: bytes, max_range_days: int, today: dt.date) -> BackfillRe
         start, end = body.start_date, body.end_date
     request = BackfillRequest(type=body.type, start_date=start, end_date=end,
                               dry_run=body.dry_run, max_events=body.max_events,
-                              lookback_days=body.lookback_days, force=body.force)
+                              lookback_days=body.lookback_days, force=body.force,
+                              include_processed=body.include_processed,
+                              requested_end_date=requested_end)
     if request.days > max_range_days:
         raise InvalidRequest(
             "endDate", f"the range spans {request.days} days; at most {max_range_days} per run"
@@ -156,6 +170,45 @@ def parse_request(raw: bytes, max_range_days: int, today: dt.date) -> BackfillRe
     if request.start_date > today:
         raise InvalidRequest("startDate", f"is in the future (today is {today.isoformat()} UTC)")
     return request
+
+
+_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+
+
+def _month_end(raw: bytes) -> tuple[bytes, str | None]:
+    """Take an ``endDate`` past its month's end (``2024-11-31``) as that month's last day.
+
+    Scripts loop over months with a fixed ``-31``; as an end date it can only mean "to the end
+    of the month". Answers the body to validate and the ``endDate`` as sent when it was moved.
+    A ``startDate`` past its month's end gets a 400 saying how to write it.
+    """
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw, None  # parse_json says what is wrong with it
+    if not isinstance(body, dict):
+        return raw, None
+    start = body.get("startDate")
+    if isinstance(start, str) and (last := _past_month_end(start)) is not None:
+        following = last + dt.timedelta(days=1)
+        raise InvalidRequest("startDate", f"{start} is past the end of {start[:7]}: start on "
+                                          f"{last.isoformat()} or {following.isoformat()}")
+    end = body.get("endDate")
+    if not isinstance(end, str) or (last := _past_month_end(end)) is None:
+        return raw, None
+    return json.dumps({**body, "endDate": last.isoformat()}).encode(), end
+
+
+def _past_month_end(value: str) -> dt.date | None:
+    """The last day of the month when ``value`` is a day 29-31 past it, else None."""
+    match = _DAY.fullmatch(value)
+    if match is None:
+        return None
+    year, month, day = (int(part) for part in match.groups())
+    if not 1 <= month <= 12 or not 29 <= day <= 31 or year < 1:
+        return None
+    last = calendar.monthrange(year, month)[1]
+    return dt.date(year, month, last) if day > last else None
 
 
 class ControlRequest(BaseModel):
@@ -216,11 +269,22 @@ class _Payload(BaseModel):
 ModelT = TypeVar("ModelT", bound=_Payload)
 
 
+def document_id_problem(value: str) -> str | None:
+    """Why Firestore would refuse ``value`` as a document id (None: it would not).
+
+    Firestore reserves ids matching ``__.*__`` and cannot store ``.``, ``..`` or a ``/``.
+    """
+    if "/" in value or value in (".", "..") or (
+            len(value) >= 4 and value.startswith("__") and value.endswith("__")):
+        return "must not contain '/' nor be '.', '..' or '__...__' (ids Firestore reserves)"
+    return None
+
+
 def _usable_as_document_id(value: str) -> str:
     # These ids name Firestore documents (wallet, product, ledger entry); one Firestore would
     # refuse must fail this event alone, as malformed, instead of crashing its whole page.
-    if "/" in value or value in (".", "..") or (value.startswith("__") and value.endswith("__")):
-        raise ValueError("must not contain '/' nor be '.', '..' or '__...__'")
+    if problem := document_id_problem(value):
+        raise ValueError(problem)
     if len(value.encode()) > 700:
         raise ValueError("must be at most 700 bytes")
     return value

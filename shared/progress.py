@@ -21,7 +21,8 @@ from shared.models import BackfillType, ChunkState, RunStatus
 _RUN_FIELDS = ("migrationId", "type", "status", "statusReason", "dryRun", "startDate",
                "endDate", "lookbackDays", "maxEvents", "retryOf", "forced", "planned",
                "eligible", "total", "chunkCount", "requestedBy", "createdAt", "startedAt",
-               "finishedAt", "failureReason", "receivedBefore")
+               "finishedAt", "failureReason", "receivedBefore", "includeProcessed",
+               "requestedEndDate", "waitingFor")
 ERROR_CODES = ("malformed_payload", "product_not_found", "purchase_not_found", "event_missing",
                UNEXPECTED_ERROR)
 
@@ -88,7 +89,12 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
         chunks=[_chunk_view(chunk_id, data) for chunk_id, data in chunk_docs],
         firstErrors=[_error_view(error.to_dict() or {}) for error in errors],
     )
-    if not run.get("planned"):
+    waiting = runs.still_active(db, run.get("waitingFor") or []) if not run.get("planned") \
+        else []
+    if waiting:
+        body["note"] = (f"waiting for {', '.join(waiting)} over the same dates to end; "
+                        "planned after it")
+    elif not run.get("planned"):
         body["note"] = "planning: counting the events of each chunk"
     elif left_over > 0:
         body["note"] = (f"maxEvents bounded this run: {left_over} eligible event(s) are left "

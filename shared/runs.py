@@ -25,7 +25,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared import lifecycle, logs, planning, store
 from shared.auth import Caller
-from shared.backfills.types import BACKFILLS
+from shared.backfills.types import BACKFILLS, backfill_of
 from shared.config import Settings
 from shared.dispatch import ChunkTask, Dispatcher, enqueue_all
 from shared.errors import Conflict, NotFound, TooManyRuns, Unavailable
@@ -68,6 +68,12 @@ class StartedRun:
     chunks: int
     # A twin firing of the same Cloud Scheduler schedule time: the run existed already.
     duplicate: bool = False
+    # The active runs it waits for before it is planned (see ``Backfill.waits_for``).
+    waiting_for: tuple[str, ...] = ()
+    start_date: str = ""
+    end_date: str = ""
+    # The endDate as sent, when the run took it as the end of its month.
+    requested_end_date: str | None = None
 
 
 def start_run(
@@ -91,7 +97,9 @@ def start_run(
     created = now()
     run = _new_run(request.type, request.dry_run, request.start_date, request.end_date,
                    request.max_events, settings, caller, created, len(windows))
-    run.update(lookbackDays=request.lookback_days, forced=request.force)
+    run.update(lookbackDays=request.lookback_days, forced=request.force,
+               includeProcessed=request.include_processed,
+               requestedEndDate=request.requested_end_date)
     return _launch(settings, db, dispatcher, run, request.force, scheduled_for)
 
 
@@ -121,7 +129,8 @@ def start_retry(source_id: str, caller: Caller, settings: Settings, db: firestor
                        + (f" with code {code}" if code else ""), [source_id])
     run = _new_run(BackfillType(source["type"]), dry, dt.date.fromisoformat(source["startDate"]),
                    dt.date.fromisoformat(source["endDate"]), None, settings, caller, now(), 1)
-    run.update(retryOf={"migrationId": source_id, "code": code, "events": failed}, forced=force)
+    run.update(retryOf={"migrationId": source_id, "code": code, "events": failed}, forced=force,
+               includeProcessed=bool(source.get("includeProcessed")))
     return _launch(settings, db, dispatcher, run, force, None)
 
 
@@ -159,7 +168,8 @@ def _launch(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
         logs.log(logger, "twin scheduled run ignored", migration_id=migration_id,
                  type=run["type"], caller=run["requestedBy"])
         return StartedRun(migration_id, RunStatus(existing["status"]),
-                          int(existing.get("chunkCount") or 0), duplicate=True)
+                          int(existing.get("chunkCount") or 0), duplicate=True,
+                          start_date=existing["startDate"], end_date=existing["endDate"])
     try:
         dispatcher.enqueue(ChunkTask(migration_id, PLAN_CHUNK))
         arm_watchdog(settings, dispatcher, migration_id)
@@ -170,7 +180,10 @@ def _launch(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
     logs.log(logger, "run started", migration_id=migration_id, type=run["type"],
              start_date=run["startDate"], end_date=run["endDate"], dry_run=run["dryRun"],
              chunks=run["chunkCount"], caller=run["requestedBy"])
-    return StartedRun(migration_id, RunStatus.PENDING, int(run["chunkCount"]))
+    return StartedRun(migration_id, RunStatus.PENDING, int(run["chunkCount"]),
+                      waiting_for=tuple(run.get("waitingFor") or ()),
+                      start_date=run["startDate"], end_date=run["endDate"],
+                      requested_end_date=run.get("requestedEndDate"))
 
 
 def _admit(settings: Settings, db: firestore.Client, run: dict[str, Any], force: bool,
@@ -198,9 +211,15 @@ def _admit(settings: Settings, db: firestore.Client, run: dict[str, Any], force:
             filter=FieldFilter("status", "in", [s.value for s in ACTIVE_RUN_STATUSES])))]
         if not force:
             _refuse_blockers(run, active, settings.max_active_runs)
+        waiting = _runs_to_wait_for(run, active)
+        run["waitingFor"] = waiting  # for the answer; the transaction may run this again
         for ref in candidates:
             if not ref.get(transaction=transaction).exists:
-                transaction.create(ref, {**run, "migrationId": ref.id})
+                record = {**run, "migrationId": ref.id, "waitingFor": waiting}
+                if waiting:
+                    record["statusReason"] = (f"waiting for {', '.join(waiting)} over these "
+                                              "dates to end; planned after it")
+                transaction.create(ref, record)
                 return ref.id, None
         raise Unavailable("could not find a free migration id; retry")
 
@@ -212,10 +231,21 @@ def _admit(settings: Settings, db: firestore.Client, run: dict[str, Any], force:
     return result
 
 
+def _overlaps(run: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    return bool(other["startDate"] <= run["endDate"] and run["startDate"] <= other["endDate"])
+
+
+def _runs_to_wait_for(run: Mapping[str, Any], active: list[dict[str, Any]]) -> list[str]:
+    """The active runs over the same dates whose type this run's type waits for (a reversal
+    backfill waits for the replays that may be applying its refunds' purchases)."""
+    waits_for = {str(kind) for kind in BACKFILLS[BackfillType(run["type"])].waits_for}
+    return sorted(str(other["migrationId"]) for other in active
+                  if other["type"] in waits_for and _overlaps(run, other))
+
+
 def _refuse_blockers(run: dict[str, Any], active: list[dict[str, Any]], limit: int) -> None:
     overlapping = [other for other in active if other["type"] == run["type"]
-                   and other["startDate"] <= run["endDate"]
-                   and run["startDate"] <= other["endDate"]]
+                   and _overlaps(run, other)]
     if overlapping:
         named = ", ".join(f"{other['migrationId']} ({other['status']}, {other['startDate']}.."
                           f"{other['endDate']})" for other in overlapping)
@@ -239,8 +269,27 @@ def arm_watchdog(settings: Settings, dispatcher: Dispatcher, migration_id: str,
                        delay_seconds=settings.lease_seconds)
 
 
+def ensure_watchdog(settings: Settings, dispatcher: Dispatcher, migration_id: str,
+                    now: float | None = None) -> bool:
+    """Arm the run's watchdog unless one is queued; answer whether it armed one.
+
+    A watchdog armed within the last lease is due in the current or the next slot (or, backing
+    off, the one before): if none of those exists, it was lost. ``arm_watchdog``'s slot name
+    may not serve then: Cloud Tasks refuses the name of a task it deleted or dropped for a while
+    afterwards. So this one is named by the second it is armed at; when it runs it re-arms the
+    slot-named chain.
+    """
+    at = time.time() if now is None else now
+    slot = int((at + settings.lease_seconds) // settings.lease_seconds)
+    if any(dispatcher.exists(ChunkTask(migration_id, WATCH_CHUNK, queued))
+           for queued in (slot - 2, slot - 1, slot)):
+        return False
+    return dispatcher.enqueue(ChunkTask(migration_id, WATCH_CHUNK, int(at)),
+                              delay_seconds=settings.lease_seconds)
+
+
 def plan_run(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
-             migration_id: str) -> str:
+             migration_id: str, segment: int = 0) -> str:
     """Plan a run once and fan out one task per chunk with work; safe to repeat.
 
     Counts the eligible events of every chunk (one aggregation each, in parallel), shares
@@ -248,7 +297,9 @@ def plan_run(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
     under the run's update time, so a second delivery either finds the run planned or loses the
     race. Chunks with nothing to take are recorded as completed and get no task. Every delivery
     enqueues the tasks of the chunks still pending (a no-op for those that exist), unless the
-    run is paused meanwhile: resume enqueues them then.
+    run is paused meanwhile: resume enqueues them then. A run waiting for other runs
+    (``waitingFor``) is not planned yet: this delivery (``segment``) enqueues the next one, due
+    after ``BACKFILL_CHAIN_POLL_SECONDS``.
     """
     ref = store.run_ref(db, migration_id)
     for _ in range(5):
@@ -260,6 +311,13 @@ def plan_run(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
             return f"the run is {run['status']}"
         if run.get("planned"):
             break
+        if waiting := still_active(db, run.get("waitingFor") or []):
+            if run.get("status") != RunStatus.PENDING.value:
+                return f"waiting for {', '.join(waiting)}; resume plans it"
+            # Ask again later, in the planning task's next segment (a name never used yet).
+            dispatcher.enqueue(ChunkTask(migration_id, PLAN_CHUNK, segment + 1),
+                               delay_seconds=settings.chain_poll_seconds)
+            return f"waiting for {', '.join(waiting)} to end"
         try:
             _plan(settings, db, ref, run, snap.update_time)
         except (api_exceptions.AlreadyExists, api_exceptions.FailedPrecondition):
@@ -273,6 +331,15 @@ def plan_run(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
     tasks = [ChunkTask(migration_id, chunk.id, int(chunk.get("segment"))) for chunk in pending]
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
     return f"planned; {len(tasks)} chunk task(s) enqueued"
+
+
+def still_active(db: firestore.Client, migration_ids: list[str]) -> list[str]:
+    """Those of ``migration_ids`` whose runs are still active (pending, running or paused)."""
+    if not migration_ids:
+        return []
+    active = {status.value for status in ACTIVE_RUN_STATUSES}
+    snaps = db.get_all([store.run_ref(db, migration_id) for migration_id in migration_ids])
+    return sorted(snap.id for snap in snaps if snap.exists and snap.get("status") in active)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,7 +399,7 @@ def _plan(settings: Settings, db: firestore.Client, ref: firestore.DocumentRefer
 
 def _plan_windows(settings: Settings, db: firestore.Client,
                   run: dict[str, Any]) -> list[_Planned]:
-    backfill = BACKFILLS[BackfillType(run["type"])]
+    backfill = backfill_of(run)
     cutoff = run.get("receivedBefore")
     windows = [planning.before(window, cutoff) if cutoff is not None else window
                for window in planning.windows(dt.date.fromisoformat(run["startDate"]),

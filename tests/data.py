@@ -31,10 +31,12 @@ def event(event_id: str, event_type: str, received: dt.datetime, body: Any,
 
 
 def purchase(event_id: str, order_id: str, received: dt.datetime, customer: str = "c1",
-             lines: list[tuple[str, int]] | None = None, total: int = 1000) -> dict[str, Any]:
+             lines: list[tuple[str, int]] | None = None, total: int = 1000,
+             processed: bool = False) -> dict[str, Any]:
     return event(event_id, "ON_ORDER_COMPLETED", received, {
         "id": order_id, "customer": {"id": customer}, "total_amount": total, "currency": "EUR",
-        "lines": [{"product_id": p, "quantity": q} for p, q in (lines or [("p1", 1)])]})
+        "lines": [{"product_id": p, "quantity": q} for p, q in (lines or [("p1", 1)])]},
+        processed)
 
 
 def refund(event_id: str, order_id: str, received: dt.datetime, amount: int,

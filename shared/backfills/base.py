@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from google.cloud import firestore
 
-from shared.models import Outcome
+from shared.models import BackfillType, Outcome
 from shared.planning import Window
 
 
@@ -93,7 +93,15 @@ class PagePlan:
 
 
 class Backfill(Protocol):
-    """A backfill type: its selection of events and its rule for applying them."""
+    """A backfill type: its selection of events and its rule for applying them.
+
+    ``waits_for`` names the types whose active runs over the same dates a new run of this type
+    waits for before it is planned (its events depend on theirs).
+    """
+
+    @property
+    def waits_for(self) -> tuple[BackfillType, ...]:
+        """Types whose active overlapping runs this type's runs wait for."""
 
     def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
         """The query of the events a chunk takes (without order, cursor or limit)."""

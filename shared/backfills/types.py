@@ -74,7 +74,14 @@ class _RuleBook:
 
 class WebhookReplay(_RuleBook):
     """Replays unprocessed events; a refund whose purchase is unprocessed in the same run's
-    range pulls that purchase into its own page, so the order of chunks cannot fail it."""
+    range pulls that purchase ahead of itself, from its own page or another one, so neither the
+    order of chunks nor the order of ``receivedAt`` can fail it.
+
+    With ``include_processed`` (the request's ``includeProcessed``) it also takes the events
+    already flagged ``processed``, so a purchase flagged processed whose entry is missing (the
+    live path died between the two writes, or the entry was lost) gets its entry; an event whose
+    entry exists stays a duplicate and is not written.
+    """
 
     rules: ClassVar[Mapping[str, Rule]] = {
         EventType.ORDER_COMPLETED.value: apply_purchase,
@@ -86,39 +93,54 @@ class WebhookReplay(_RuleBook):
         EventType.REFUND.value: reversal_lookups,
         EventType.CHARGEBACK.value: reversal_lookups,
     }
+    waits_for: tuple[BackfillType, ...] = ()
+
+    def __init__(self, include_processed: bool = False) -> None:
+        self.include_processed = include_processed
 
     def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
+        if self.include_processed:
+            return _in_window(events.where(filter=FieldFilter("eventType", "in",
+                                                              list(self.rules))), window)
         return _in_window(events.where(filter=FieldFilter("processed", "==", False)), window)
 
     def pull(self, events: firestore.CollectionReference, page: Sequence[Event], plan: PagePlan,
              run_window: Window) -> list[Event]:
-        """The oldest unprocessed purchase event, in ``run_window``, of each order whose refund
-        in ``page`` lacks its purchase entry (a redelivery of it stays a duplicate in its own
-        chunk)."""
+        """The oldest purchase event still to apply, in ``run_window``, of each order whose
+        refund in ``page`` lacks its purchase entry, oldest first. It may lie in ``page`` itself
+        (after its refund) or outside it; a redelivery of it stays a duplicate in its own chunk.
+        """
         missing = {result.event_id for result in plan.results
                    if result.code == PurchaseNotFound.code}
         order_ids = {parse_body(Reversal, event.data).order_id
                      for event in page if event.event_id in missing}
-        page_ids = {event.event_id for event in page}
         pulled: dict[str, Event] = {}
         for order_id in sorted(order_ids):
             query = events.where(filter=FieldFilter("eventType", "==",
                                                     EventType.ORDER_COMPLETED.value)) \
-                .where(filter=FieldFilter("payload.body.id", "==", order_id)) \
-                .where(filter=FieldFilter("processed", "==", False)).limit(10)
-            found = sorted((Event(snap.id, snap.to_dict() or {}) for snap in query.stream()),
+                .where(filter=FieldFilter("payload.body.id", "==", order_id))
+            if not self.include_processed:
+                query = query.where(filter=FieldFilter("processed", "==", False))
+            found = sorted((Event(snap.id, snap.to_dict() or {}) for snap in
+                            query.limit(10).stream()),
                            key=lambda event: (event.received_at, event.event_id))
             oldest = next((event for event in found
                            if run_window.start <= event.received_at < run_window.end), None)
-            if oldest is not None and oldest.event_id not in page_ids:
+            if oldest is not None:
                 pulled[oldest.event_id] = oldest
         return sorted(pulled.values(), key=lambda event: (event.received_at, event.event_id))
 
 
 class ReversalBackfill(_RuleBook):
+    """Takes every refund and chargeback of a window, processed or not. It waits for the active
+    replays of its dates (``waits_for``): a refund whose purchase a replay is about to apply
+    would otherwise fail as "Original purchase entry not found"."""
+
     rules: ClassVar[Mapping[str, Rule]] = dict.fromkeys(REVERSAL_TYPES, apply_reversal)
     lookups_by_type: ClassVar[Mapping[str, Callable[[Event], list[str]]]] = dict.fromkeys(
         REVERSAL_TYPES, reversal_lookups)
+
+    waits_for: tuple[BackfillType, ...] = (BackfillType.WEBHOOK_REPLAY,)
 
     def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
         return _in_window(events.where(filter=FieldFilter("eventType", "in",
@@ -129,3 +151,11 @@ BACKFILLS: Mapping[BackfillType, Backfill] = {
     BackfillType.WEBHOOK_REPLAY: WebhookReplay(),
     BackfillType.REVERSAL_BACKFILL: ReversalBackfill(),
 }
+_REPAIRING_REPLAY = WebhookReplay(include_processed=True)
+
+
+def backfill_of(run: Mapping[str, Any]) -> Backfill:
+    """The backfill a run record describes: its type, and the replay's ``includeProcessed``."""
+    if run.get("includeProcessed"):
+        return _REPAIRING_REPLAY
+    return BACKFILLS[BackfillType(run["type"])]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from shared import store
 from tests import data
 from tests.functions.conftest import Harness
@@ -133,14 +135,114 @@ def test_the_chunk_handler_accepts_only_the_tasks_identity(harness: Harness) -> 
         403, 401, 401)
 
 
-def test_a_malformed_task_answers_400(harness: Harness) -> None:
+@pytest.mark.parametrize(("body", "field"), [
+    (b'{"chunkId": 5}', "migrationId"),
+    (b'{"migrationId": "a/b", "chunkId": "2025-01-01"}', "migrationId"),
+    (b'{"migrationId": "webhook_replay_1", "chunkId": "."}', "chunkId"),
+    (b'{"migrationId": "webhook_replay_1", "chunkId": ".."}', "chunkId"),
+    (b'{"migrationId": "__x__", "chunkId": "2025-01-01"}', "migrationId"),
+    (b'{"migrationId": "webhook_replay_1", "chunkId": "__plan__"}', "chunkId"),
+    (b'{"migrationId": "webhook_replay_1", "chunkId": "d", "segment": -1}', "segment"),
+    (b"[" * 100_000 + b"]" * 100_000, "body"),
+    (b"not json", "body"),
+])
+def test_a_task_no_retry_can_mend_is_dropped_with_a_2xx_and_changes_nothing(
+        harness: Harness, body: bytes, field: str) -> None:
     headers = harness.headers(harness.settings.tasks_identity,
                               harness.settings.effective_chunk_audience)
 
-    response = harness.chunk.post("/", data=b'{"chunkId": 5}', headers=headers)
+    response = harness.chunk.post("/", data=body, headers=headers,
+                                  content_type="application/json")
+
+    # Cloud Tasks retries every answer outside 2xx, 4xx included: 200 is what drops it.
+    assert response.status_code == 200
+    assert response.get_json()["result"] == "dropped"
+    assert response.get_json()["field"] == field
+    assert not list(harness.db.collection(store.RUNS).limit(1).stream())
+    assert not harness.dispatcher.queued
+
+
+@pytest.mark.parametrize("path", [
+    "/api/admin/dataMigrations/__x__", "/api/admin/dataMigrations/%5F%5Fx%5F%5F",
+    "/api/admin/dataMigrations/__x__/errors", "/api/admin/dataMigrations/a.b",
+    "/api/admin/dataMigrations/%2E%2E",
+])
+def test_run_ids_firestore_reserves_answer_400_naming_the_run_id(
+        harness: Harness, path: str) -> None:
+    response = harness.status.get(path, headers=harness.headers())
 
     assert response.status_code == 400
     assert response.get_json()["field"] == "migrationId"
+
+
+@pytest.mark.parametrize("query", ["limit=%C2%B2", "limit=%D9%A3", "limit=-1", "limit=1e3",
+                                   "limit=99999999999"])
+def test_a_limit_that_is_not_an_ascii_whole_number_answers_400(
+        harness: Harness, query: str) -> None:
+    response = harness.status.get(f"/api/admin/dataMigrations?{query}",
+                                  headers=harness.headers())
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "limit"
+
+
+def test_an_order_whose_points_overflow_64_bits_is_malformed_at_once(harness: Harness) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, data.purchase("huge", "o-huge", data.at(1), lines=[("p1", 2**62)]),
+             data.purchase("fine", "o-fine", data.at(1, 1)))
+    migration_id = harness.start(**RANGE).get_json()["migrationId"]
+
+    deliveries = harness.deliver_all()
+
+    run = harness.run(migration_id)
+    assert deliveries == 2  # planning, then the one chunk with events: no retry
+    assert (run["status"], run["applied"], run["errors"]) == ("completed", 1, 1)
+    [error] = run["firstErrors"]
+    assert (error["eventId"], error["code"], error["attempts"]) == (
+        "huge", "malformed_payload", 1)
+    assert "exceed" in error["message"]
+    data.assert_ledger_consistent(harness.db)
+
+
+def test_include_processed_repairs_purchases_flagged_processed_without_their_entry(
+        harness: Harness) -> None:
+    db = harness.db
+    data.product(db, "p1", 10)
+    data.put(db, data.purchase("lost", "o-lost", data.at(1), processed=True),
+             data.purchase("kept", "o-kept", data.at(1, 1), processed=True),
+             data.purchase("new", "o-new", data.at(2)),
+             data.event("other", "ON_CUSTOMER_UPDATED", data.at(2, 1), {"id": "x"}, True))
+    # The live path applied "kept" fully; for "lost" it flagged the event but the entry is gone.
+    db.collection(store.LEDGER).document("purchase_o-kept").set({
+        "customerId": "c1", "type": "purchase", "points": 10, "orderId": "o-kept",
+        "sourceEventId": "kept", "source": "webhook", "migrationId": None, "orderTotal": 1000,
+        "refundedAmount": 0, "reversedPoints": 0})
+    db.collection(store.WALLETS).document("c1").set({"balance": 10})
+    plain_id = harness.start(**RANGE).get_json()["migrationId"]
+    harness.deliver_all()
+    plain = harness.run(plain_id)
+    kept_before = data.documents(db, store.EVENTS)["kept"]
+
+    repair_id = harness.start(**RANGE, includeProcessed=True).get_json()["migrationId"]
+    harness.deliver_all()
+
+    repair = harness.run(repair_id)
+    assert (plain["applied"], plain["total"]) == (1, 1)  # a plain replay cannot see the gap
+    assert (repair["status"], repair["includeProcessed"]) == ("completed", True)
+    assert (repair["total"], repair["applied"], repair["duplicates"], repair["errors"]) == (
+        3, 1, 2, 0)
+    assert set(data.credited_orders(db)) == {"o-lost", "o-kept", "o-new"}
+    assert data.assert_ledger_consistent(db) == {"c1": 30}
+    events = data.documents(db, store.EVENTS)
+    assert events["lost"]["backfillMigrationId"] == repair_id
+    assert events["kept"] == kept_before  # a duplicate of a processed event is not rewritten
+
+
+def test_include_processed_is_for_webhook_replay_only(harness: Harness) -> None:
+    response = harness.start(**{**RANGE, "type": "reversal_backfill"}, includeProcessed=True)
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "includeProcessed"
 
 
 def test_status_lists_runs_newest_first_and_404s_unknown_ones(harness: Harness) -> None:

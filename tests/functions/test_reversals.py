@@ -206,3 +206,72 @@ def test_a_purchase_applied_by_its_own_chunk_while_its_refund_looks_for_it(
     assert (run["status"], run["applied"], run["errors"]) == ("completed", 2, 0)
     assert entry(harness, "reversal_r1")["points"] == -10
     data.assert_ledger_consistent(harness.db)
+
+
+def test_a_failing_purchase_pulled_by_its_refund_is_counted_once_by_its_own_chunk(
+        harness: Harness) -> None:
+    data.product(harness.db, "free", 0)
+    data.put(harness.db,
+             data.purchase("buy", "o1", data.at(1), lines=[("gone", 1)], total=400),
+             data.purchase("gift", "o2", data.at(1, 1), lines=[("free", 1)], total=400),
+             data.refund("r1", "o1", data.at(3), 100), data.refund("r2", "o2", data.at(3, 1), 100))
+    migration_id = harness.start(**REPLAY).get_json()["migrationId"]
+    harness.plan()
+    tasks = sorted(harness.dispatcher.take(), key=lambda task: task.chunk_id, reverse=True)
+
+    harness.deliver(tasks)  # the refunds' day first: each pulls its purchase, which fails
+
+    run = harness.run(migration_id)
+    assert run["status"] == "completed"
+    assert (run["total"], run["taken"], run["errors"], run["skipped"]) == (4, 4, 3, 1)
+    errors = {e["eventId"]: e for e in run["firstErrors"]}
+    assert (errors["buy"]["code"], errors["buy"]["attempts"], errors["buy"]["chunkId"]) == (
+        "product_not_found", 1, "2025-01-01")
+    assert {errors["r1"]["code"], errors["r2"]["code"]} == {"purchase_not_found"}
+    days = {c["chunkId"]: c for c in run["chunks"]}
+    assert (days["2025-01-01"]["taken"], days["2025-01-03"]["taken"]) == (2, 2)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_refund_received_before_its_purchase_in_the_same_page_applies(
+        harness: Harness, dry_run: bool) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, data.refund("r1", "o1", data.at(1, 5), 100),
+             data.purchase("buy", "o1", data.at(1, 10), lines=[("p1", 4)], total=400))
+
+    run = run_to_end(harness, **REPLAY, dryRun=dry_run)
+
+    assert (run["status"], run["taken"], run["applied"], run["errors"]) == (
+        "completed", 2, 2, 0)
+    assert run["pointsMoved"] == 30
+    if not dry_run:
+        assert entry(harness, "reversal_r1")["points"] == -10
+        assert data.assert_ledger_consistent(harness.db) == {"c1": 30}
+
+
+def test_a_reversal_backfill_started_beside_an_active_replay_waits_for_it(
+        harness: Harness) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, *(data.purchase(f"b{n}", f"o{n}", data.at(1, n), lines=[("p1", 4)],
+                                         total=400) for n in range(30)),
+             *(data.refund(f"r{n}", f"o{n}", data.at(2, n), 100) for n in range(30)))
+    replay_id = harness.start(**REPLAY).get_json()["migrationId"]
+
+    started = harness.start(**REVERSALS)
+    reversal_id = started.get_json()["migrationId"]
+    waiting = harness.run(reversal_id)
+    # Whenever both have tasks due, the reversal backfill's go first: the order that made its
+    # refunds fail while the replay had not applied their purchases yet.
+    while tasks := [t for t in harness.dispatcher.take() if t.chunk_id != "watch"]:
+        harness.deliver(sorted(tasks, key=lambda task: task.migration_id != reversal_id))
+
+    assert started.status_code == 202
+    assert started.get_json()["waitingFor"] == [replay_id]
+    assert (waiting["status"], waiting["planned"], waiting["waitingFor"]) == (
+        "pending", False, [replay_id])
+    assert replay_id in waiting["note"]
+    replay, reversal = harness.run(replay_id), harness.run(reversal_id)
+    assert (replay["status"], replay["errors"]) == ("completed", 0)
+    assert (reversal["status"], reversal["errors"], reversal["duplicates"]) == (
+        "completed", 0, 30)
+    assert data.assert_ledger_consistent(harness.db) == {"c1": 30 * 30}

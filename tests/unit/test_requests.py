@@ -83,3 +83,40 @@ def test_bad_lookbacks_name_the_field_and_reason(raw: bytes, field: str, reason:
         parse_request(raw, 366, TODAY)
 
     assert (caught.value.field, reason in caught.value.reason) == (field, True)
+
+
+@pytest.mark.parametrize(("end", "effective"), [
+    ("2024-11-31", dt.date(2024, 11, 30)), ("2024-02-30", dt.date(2024, 2, 29)),
+    ("2023-02-29", dt.date(2023, 2, 28)), ("2024-04-31", dt.date(2024, 4, 30)),
+])
+def test_an_end_date_past_its_months_end_means_the_months_last_day(
+        end: str, effective: dt.date) -> None:
+    raw = f'{{"type": "webhook_replay", "startDate": "{end[:4]}-01-01", "endDate": "{end}"}}'
+
+    request = parse_request(raw.encode(), 366, TODAY)
+
+    assert (request.end_date, request.requested_end_date) == (effective, end)
+
+
+def test_a_real_end_date_is_kept_as_sent() -> None:
+    request = parse_request(VALID, 366, TODAY)
+
+    assert request.requested_end_date is None
+
+
+@pytest.mark.parametrize(("raw", "field", "reason"), [
+    (b'{"type": "webhook_replay", "startDate": "2024-02-30", "endDate": "2024-03-31"}',
+     "startDate", "start on 2024-02-29 or 2024-03-01"),
+    (b'{"type": "webhook_replay", "startDate": "2024-01-01", "endDate": "2024-02-32"}',
+     "endDate", "day value is outside"),
+    (b'{"type": "reversal_backfill", "startDate": "2024-01-01", "endDate": "2024-01-02", '
+     b'"includeProcessed": true}', "includeProcessed", "only webhook_replay"),
+    (b"[" * 50_000 + b"]" * 50_000, "body", ""),
+])
+def test_days_no_month_has_and_misplaced_options_name_the_field(
+        raw: bytes, field: str, reason: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(raw, 366, TODAY)
+
+    assert caught.value.field == field
+    assert reason in caught.value.reason
