@@ -1,9 +1,10 @@
-"""One local HTTP server for the four functions, on the runbook's paths.
+"""One local HTTP server for the five functions, on the runbook's paths.
 
 In production each function has its own URL; locally ``/api/jobs/backfill`` goes to the
 trigger, ``GET /api/admin/dataMigrations...`` to the status function, ``POST
-/api/admin/dataMigrations/...`` to the control function and ``/tasks/chunk`` to the chunk
-handler, each app built by functions-framework exactly as it would be deployed.
+/api/admin/dataMigrations/...`` to the control function, ``/api/jobs/sweep`` to the sweep
+(which the local stack's scheduler stand-in calls) and ``/tasks/chunk`` to the chunk handler,
+each app built by functions-framework exactly as it would be deployed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ SOURCE = Path(__file__).resolve().parent.parent / "functions" / "main.py"
 # (path prefix, method or "" for any, target)
 ROUTES = (
     ("/api/jobs/backfill", "", "backfill_trigger"),
+    ("/api/jobs/sweep", "", "backfill_sweep"),
     ("/api/admin/dataMigrations", "POST", "backfill_control"),
     ("/api/admin/dataMigrations", "", "backfill_status"),
     ("/tasks/chunk", "", "backfill_chunk"),

@@ -4,6 +4,7 @@
 - ``backfill_status``   GET   /api/admin/dataMigrations[/{id}[/errors]] operators
 - ``backfill_control``  POST  /api/admin/dataMigrations/{id}/{action}   operators
                               (action: pause, resume, cancel, retry)
+- ``backfill_sweep``    POST  /api/jobs/sweep                           Cloud Scheduler, operators
 - ``backfill_chunk``    POST  (the Cloud Tasks target)                  the tasks service account
 
 Every answer is JSON, except the error report as CSV. A ``BackfillError`` answers its own status
@@ -23,7 +24,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from shared import control, logs, progress, reports, runs, store
+from shared import control, logs, progress, reports, runs, store, watchdog
 from shared.auth import Caller, authenticate
 from shared.chunks import Delivery
 from shared.config import Settings
@@ -35,16 +36,30 @@ from shared.errors import (
     MethodNotAllowed,
     NotFound,
 )
-from shared.models import ControlRequest, RetryRequest, parse_json, parse_request
-from shared.wiring import Services, services
+from shared.models import (
+    ControlRequest,
+    RetryRequest,
+    document_id_problem,
+    parse_json,
+    parse_request,
+)
+from shared.wiring import Services, check_configuration, services
 
 logger = logging.getLogger("backfill.functions")
 
-_RUN_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/([A-Za-z0-9_-]{1,200})/?$")
-_ERRORS_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/([A-Za-z0-9_-]{1,200})/errors/?$")
+# Refuse to start, rather than fail the first request, when the configuration is unsafe.
+check_configuration()
+
+# A path segment that may name a run; ``_run_id`` then refuses the ids Firestore reserves.
+_ID = r"([^/]{1,1500})"
+_RUN_PATH = re.compile(rf"^(?:/api/admin/dataMigrations)?/{_ID}/?$")
+_ERRORS_PATH = re.compile(rf"^(?:/api/admin/dataMigrations)?/{_ID}/errors/?$")
 _LIST_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/?$")
 _ACTION_PATH = re.compile(
-    r"^(?:/api/admin/dataMigrations)?/([A-Za-z0-9_-]{1,200})/(pause|resume|cancel|retry)/?$")
+    rf"^(?:/api/admin/dataMigrations)?/{_ID}/(pause|resume|cancel|retry)/?$")
+# Run and chunk ids are the bundle's own: {type}_{epoch ms}, a UTC day, plan, watch, retry.
+_BUNDLE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
+_LIMIT = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() also takes "²"
 
 Answer = tuple[dict[str, Any], int] | flask.Response
 
@@ -68,6 +83,7 @@ Admission = Callable[[Settings], tuple[Collection[str], Collection[str]]]
 _TRIGGER_CALL: Admission = lambda s: (s.operator_audiences, s.trigger_identities)  # noqa: E731
 _STATUS_CALL: Admission = lambda s: (s.operator_audiences, s.status_identities)  # noqa: E731
 _CONTROL_CALL: Admission = lambda s: (s.operator_audiences, s.control_identities)  # noqa: E731
+_SWEEP_CALL: Admission = lambda s: (s.operator_audiences, s.trigger_identities)  # noqa: E731
 _TASK_CALL: Admission = lambda s: ((s.effective_chunk_audience,), s.chunk_identities)  # noqa: E731
 
 
@@ -106,7 +122,18 @@ def _started(settings: Settings, started: runs.StartedRun) -> tuple[dict[str, An
         "status": started.status.value,
         "statusUrl": f"{settings.status_url.rstrip('/')}/{started.migration_id}",
         "chunks": started.chunks,
+        "startDate": started.start_date,
+        "endDate": started.end_date,
     }
+    if started.requested_end_date:
+        body["requestedEndDate"] = started.requested_end_date
+        body["note"] = (f"endDate {started.requested_end_date} is past the end of its month; "
+                        f"the run ends with {started.end_date}, the month's last day")
+    if started.waiting_for:
+        body["waitingFor"] = list(started.waiting_for)
+        waiting = ", ".join(started.waiting_for)
+        body["note"] = (f"waiting for {waiting}, active over these dates: this run is planned "
+                        "once it has ended, so the refunds find the purchases it applies")
     if started.duplicate:
         body["duplicate"] = True
         body["message"] = "this schedule time started this run already; nothing new started"
@@ -137,19 +164,27 @@ def backfill_status(request: flask.Request) -> flask.Response:
 
 def _status(request: flask.Request) -> Answer:
     svc, _ = _admit(request, "GET", _STATUS_CALL)
-    settings = svc.settings
     if match := _ERRORS_PATH.match(request.path):
-        return _errors(svc, match.group(1), request)
+        return _errors(svc, _run_id(match.group(1)), request)
     if match := _RUN_PATH.match(request.path):
-        return progress.describe_run(svc.db, match.group(1), settings.first_errors_shown), 200
+        return _describe(svc, _run_id(match.group(1))), 200
     if _LIST_PATH.match(request.path):
         limit = request.args.get("limit", "20")
-        if not limit.isdigit():
-            raise InvalidRequest("limit", "must be a whole number")
+        if not _LIMIT.fullmatch(limit):
+            raise InvalidRequest("limit", "must be a whole number (ASCII digits)")
         listed = progress.list_runs(svc.db, int(limit), request.args.get("type"),
                                     request.args.get("status"))
         return {"runs": listed}, 200
     raise NotFound("no such resource")
+
+
+def _describe(svc: Services, migration_id: str) -> dict[str, Any]:
+    """One run's status. A stalled run is re-armed on the way (its lost chunks picked up, its
+    watchdog enqueued again), so looking at a stuck run is enough to get it going."""
+    body = progress.describe_run(svc.db, migration_id, svc.settings.first_errors_shown)
+    if body.get("stalled"):
+        body["recovery"] = watchdog.rescue(svc.settings, svc.db, svc.dispatcher, migration_id)
+    return body
 
 
 def _errors(svc: Services, migration_id: str, request: flask.Request) -> Answer:
@@ -177,7 +212,7 @@ def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
     if match is None:
         raise NotFound("no such action: POST .../dataMigrations/{migrationId}/"
                        "{pause|resume|cancel|retry}")
-    migration_id, action = match.groups()
+    migration_id, action = _run_id(match.group(1)), match.group(2)
     raw = request.get_data(cache=False)
     settings, db = svc.settings, svc.db
     if action == "retry":
@@ -204,6 +239,18 @@ def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
 
 
 @functions_framework.http
+def backfill_sweep(request: flask.Request) -> flask.Response:
+    """The durable safety net (Cloud Scheduler, every few minutes): a watchdog round for every
+    active run, which picks up lost chunks and re-arms the run's watchdog."""
+    return _answer(_sweep, request)
+
+
+def _sweep(request: flask.Request) -> tuple[dict[str, Any], int]:
+    svc, _ = _admit(request, "POST", _SWEEP_CALL)
+    return watchdog.sweep(svc.settings, svc.db, svc.dispatcher).body(), 200
+
+
+@functions_framework.http
 def backfill_chunk(request: flask.Request) -> flask.Response:
     """Process one chunk task. 2xx when the work is done, handed on or failed for good; a
     retryable status only when a retry can help."""
@@ -212,9 +259,17 @@ def backfill_chunk(request: flask.Request) -> flask.Response:
 
 def _chunk(request: flask.Request) -> tuple[dict[str, Any], int]:
     svc, _ = _admit(request, "POST", _TASK_CALL)
-    task = _parse_task(request)
+    try:
+        task = _parse_task(request)
+    except InvalidRequest as error:
+        # Cloud Tasks retries every answer outside 2xx, 4xx included, and no retry can mend
+        # this body: answer 2xx so the queue drops the task, and say why in the log.
+        logs.log(logger, "chunk task dropped", logging.ERROR, field=error.field,
+                 reason=error.reason)
+        return {"result": "dropped", "error": error.code, "field": error.field,
+                "reason": error.reason}, 200
     retries = request.headers.get("X-CloudTasks-TaskRetryCount", "0")
-    delivery = Delivery(task, int(retries) if retries.isdigit() else 0)
+    delivery = Delivery(task, int(retries) if _LIMIT.fullmatch(retries) else 0)
     report = svc.chunks.run(delivery)
     logs.log(logger, "chunk task answered", migration_id=task.migration_id,
              chunk_id=task.chunk_id, segment=task.segment, status=report.result,
@@ -224,17 +279,33 @@ def _chunk(request: flask.Request) -> tuple[dict[str, Any], int]:
 
 
 def _parse_task(request: flask.Request) -> ChunkTask:
+    """A chunk task's body; ``InvalidRequest`` names the field no retry can mend."""
     try:
         body = json.loads(request.get_data(cache=False) or b"null")
-    except ValueError:
-        body = None
+    except (ValueError, RecursionError):
+        body = None  # RecursionError: nested deeper than the parser goes
     if not isinstance(body, dict):
         raise InvalidRequest("body", "must be a JSON object")
     migration_id, chunk_id, segment = (body.get("migrationId"), body.get("chunkId"),
                                        body.get("segment", 0))
     for field, value in (("migrationId", migration_id), ("chunkId", chunk_id)):
-        if not isinstance(value, str) or not value:
-            raise InvalidRequest(field, "must be a non-empty string")
-    if not isinstance(segment, int) or isinstance(segment, bool) or segment < 0:
+        if not isinstance(value, str):
+            raise InvalidRequest(field, "must be a string")
+        _check_id(field, value)
+    if not isinstance(segment, int) or isinstance(segment, bool) or not 0 <= segment < 2**63:
         raise InvalidRequest("segment", "must be a whole number >= 0")
     return ChunkTask(str(migration_id), str(chunk_id), segment)
+
+
+def _run_id(value: str) -> str:
+    """A run id from a path, or ``InvalidRequest`` naming ``migrationId`` and why."""
+    return _check_id("migrationId", value)
+
+
+def _check_id(field: str, value: str) -> str:
+    if not _BUNDLE_ID.fullmatch(value):
+        raise InvalidRequest(field, "must be 1-200 letters, digits, '_' or '-' "
+                                    "(a run id looks like webhook_replay_1704844800000)")
+    if problem := document_id_problem(value):
+        raise InvalidRequest(field, problem)
+    return value

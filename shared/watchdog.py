@@ -8,13 +8,19 @@ for open chunks whose lease ran out (no claim or checkpoint for that long) and w
 task no longer exists in the queue; each is moved back to ``pending`` under a new segment and
 enqueued again, so it continues from its cursor. A delivery of an older segment that was only
 slow, not dead, cannot commit any more: the move changed the chunk's update time.
+
+The watchdog task lives on the chunk queue and can be lost with it; ``sweep``, called by Cloud
+Scheduler every few minutes, runs a watchdog round for every active run and re-arms its
+watchdog, so a run recovers without an operator whatever the queue lost.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
+from typing import Any
 
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
@@ -32,31 +38,90 @@ PICKED_UP = "its lease expired and no task was queued for it; picked up again at
 def watch(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
           migration_id: str, now: dt.datetime | None = None) -> str:
     """One watchdog round: pick up lost chunks, then arm the next round if the run is active."""
+    return _watch(settings, db, dispatcher, migration_id, now)[0]
+
+
+def rescue(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
+           migration_id: str, now: dt.datetime | None = None) -> str:
+    """A watchdog round from outside the run's watchdog chain (the sweep, a status read of a
+    stalled run): it also arms the watchdog again if it was lost."""
+    return _watch(settings, db, dispatcher, migration_id, now, outside=True)[0]
+
+
+def _watch(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
+           migration_id: str, now: dt.datetime | None = None,
+           outside: bool = False) -> tuple[str, int]:
+    """``watch`` (``outside`` its chain: ``rescue``), answering also how many tasks it enqueued
+    for lost work."""
     now = now or runs.utc_now()
     snap = store.run_ref(db, migration_id).get()
     if not snap.exists:
-        return "no such run"
+        return "no such run", 0
     run = snap.to_dict() or {}
     status = run["status"]
     if status in FINAL_RUN_STATUSES:
-        return f"the run is {status}; the watchdog stops"
+        return f"the run is {status}; the watchdog stops", 0
     if status == RunStatus.PAUSED.value:
-        return "the run is paused; resuming it arms a new watchdog"
+        return "the run is paused; resuming it arms a new watchdog", 0
     if not settings.enabled:
-        return control.kill_switch(settings, db, migration_id)
+        return control.kill_switch(settings, db, migration_id), 0
     tasks: list[ChunkTask] = []
     if not run.get("planned"):
-        if runs.lease_until(settings, run["createdAt"]) < now:
+        # A run waiting for others has its own planning task polling; a second poll chain would
+        # only add load. Once they have ended, a lost planning task is enqueued again.
+        waiting = runs.still_active(db, run.get("waitingFor") or [])
+        if not waiting and runs.lease_until(settings, run["createdAt"]) < now:
             # Planning is idempotent: a second planning task is harmless, a lost one is not.
             tasks.append(ChunkTask(migration_id, runs.PLAN_CHUNK, int(time.time())))
     else:
         tasks = _lost_chunks(settings, db, dispatcher, migration_id, now)
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
-    runs.arm_watchdog(settings, dispatcher, migration_id)
+    if outside:
+        runs.ensure_watchdog(settings, dispatcher, migration_id)
+    else:
+        runs.arm_watchdog(settings, dispatcher, migration_id)
     if tasks:
         logs.log(logger, "watchdog picked up lost work", logging.WARNING,
                  migration_id=migration_id, chunks=len(tasks), reason=PICKED_UP)
-    return f"{len(tasks)} task(s) picked up again"
+    return f"{len(tasks)} task(s) picked up again", len(tasks)
+
+
+@dataclasses.dataclass(frozen=True)
+class Swept:
+    """What one sweep did: each active run's watchdog round, and the tasks it enqueued."""
+
+    rounds: dict[str, str]
+    picked_up: int
+
+    def body(self) -> dict[str, Any]:
+        return {"runs": len(self.rounds), "pickedUp": self.picked_up, "rounds": self.rounds}
+
+
+def sweep(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
+          now: dt.datetime | None = None) -> Swept:
+    """The durable safety net, called by Cloud Scheduler every few minutes: one watchdog round
+    for every pending or running run.
+
+    A run's watchdog is itself a task on the chunk queue, so it can be lost the way chunk tasks
+    are (the queue dropped it after its last attempt while the chunk function was down, or the
+    queue itself was lost), and then nothing would ever look at the run again. The sweep does
+    not depend on that queue: it picks up what the lost watchdog would have, and arms it again.
+    Paused runs are left alone (resume arms their watchdog). Safe to repeat: a round enqueues
+    only tasks whose chunk has no task, under deterministic names.
+    """
+    active = [RunStatus.PENDING.value, RunStatus.RUNNING.value]
+    listed = db.collection(store.RUNS).where(filter=FieldFilter("status", "in", active)).stream()
+    rounds: dict[str, str] = {}
+    picked_up = 0
+    for snap in listed:
+        rounds[snap.id], picked = _watch(settings, db, dispatcher, snap.id, now, outside=True)
+        picked_up += picked
+    if picked_up:
+        logs.log(logger, "sweep picked up lost work", logging.WARNING, runs=len(rounds),
+                 chunks=picked_up)
+    else:
+        logs.log(logger, "sweep done", runs=len(rounds))
+    return Swept(rounds, picked_up)
 
 
 def _lost_chunks(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,

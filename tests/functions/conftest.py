@@ -29,16 +29,17 @@ def make_settings(env: dict[str, str], **overrides: Any) -> Settings:
 
 
 class Harness:
-    """The three functions, an in-memory task queue, and the settings they run with."""
+    """The functions, an in-memory task queue, and the settings they run with."""
 
     def __init__(self, env: dict[str, str], db: firestore.Client, mint: Mint) -> None:
         self.env, self.db, self.mint = env, db, mint
         self.dispatcher = InProcessDispatcher()
         self.watchdogs: list[ChunkTask] = []
+        self.configure()  # first: the functions check their configuration when imported
         self.trigger = create_app("backfill_trigger", SOURCE).test_client()
         self.status = create_app("backfill_status", SOURCE).test_client()
         self.chunk = create_app("backfill_chunk", SOURCE).test_client()
-        self.configure()
+        self.sweep = create_app("backfill_sweep", SOURCE).test_client()
 
     def configure(self, **overrides: Any) -> None:
         self.settings = make_settings(self.env, **{"page_size": 20, **overrides})

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from functions_framework import create_app
 
-from shared import store
+from shared import progress, store
 from shared.chunks import ChunkRunner
 from shared.dispatch import ChunkTask, InProcessDispatcher
 from shared.runs import WATCH_CHUNK, arm_watchdog
@@ -243,3 +243,84 @@ def test_an_old_segment_task_after_resume_does_nothing(harness: Harness, control
     assert answers == ["stale"] * 3
     assert harness.run(migration_id)["taken"] == 30
     assert all(isinstance(task, ChunkTask) for task in old)
+
+
+def lose_everything(harness: Harness, migration_id: str) -> list[ChunkTask]:
+    """Every task of the run vanishes, its watchdog included (the queue dropped them after
+    their last attempt, or the queue was lost), and every chunk's lease has run out."""
+    lost = [*harness.dispatcher.take(), *harness.watchdogs]
+    harness.watchdogs.clear()
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    for chunk in store.run_ref(harness.db, migration_id).collection(store.CHUNKS).stream():
+        chunk.reference.update({"leaseUntil": past})
+    return lost
+
+
+def sweep(harness: Harness, email: str | None = None) -> Any:
+    return harness.sweep.post("/", json={}, headers=harness.headers(
+        email or harness.settings.scheduler_identity))
+
+
+def test_the_sweep_recovers_a_run_whose_watchdog_was_lost(harness: Harness) -> None:
+    migration_id = started_mid_run(harness)
+    lost = lose_everything(harness, migration_id)
+    stuck = progress.describe_run(harness.db, migration_id, 5)  # a look that changes nothing
+
+    swept = sweep(harness)
+    requeued = harness.dispatcher.queued[:]
+    harness.deliver_all()
+
+    assert any(task.chunk_id == WATCH_CHUNK for task in lost)
+    assert (stuck["status"], stuck["stalled"]) == ("running", True)
+    assert swept.status_code == 200
+    assert (swept.get_json()["runs"], swept.get_json()["pickedUp"]) == (1, 3)
+    assert sorted(t.chunk_id for t in requeued) == [
+        "2025-01-01", "2025-01-02", "2025-01-03", WATCH_CHUNK]  # the watchdog armed again
+    run = harness.run(migration_id)
+    assert (run["status"], run["taken"], run["applied"]) == ("completed", 120, 120)
+    assert set(data.credited_orders(harness.db).values()) == {1}
+    data.assert_ledger_consistent(harness.db)
+
+
+def test_the_sweep_leaves_paused_and_finished_runs_and_admits_only_the_scheduler_and_operators(
+        harness: Harness, control: Any) -> None:
+    migration_id = started_mid_run(harness)
+    act(harness, control, migration_id, "pause")
+    lose_everything(harness, migration_id)
+
+    swept = sweep(harness)
+    by_operator = sweep(harness, "ops@example.com")
+    by_tasks = sweep(harness, harness.settings.tasks_identity)
+
+    assert (swept.status_code, swept.get_json()["runs"]) == (200, 0)
+    assert by_operator.status_code == 200
+    assert by_tasks.status_code == 403
+    assert not harness.dispatcher.queued
+    assert harness.run(migration_id)["status"] == "paused"
+
+
+def test_reading_the_status_of_a_stalled_run_rearms_it(harness: Harness) -> None:
+    migration_id = started_mid_run(harness)
+    lose_everything(harness, migration_id)
+
+    stalled = harness.run(migration_id)
+    requeued = harness.dispatcher.queued[:]
+    harness.deliver_all()
+
+    assert stalled["stalled"] is True
+    assert stalled["recovery"] == "3 task(s) picked up again"
+    assert sorted(t.chunk_id for t in requeued) == [
+        "2025-01-01", "2025-01-02", "2025-01-03", WATCH_CHUNK]
+    assert harness.run(migration_id)["status"] == "completed"
+    assert len(data.credited_orders(harness.db)) == 120
+
+
+@pytest.mark.parametrize("path", ["/api/admin/dataMigrations/__x__/pause",
+                                  "/api/admin/dataMigrations/%5F%5Fx%5F%5F/retry",
+                                  "/api/admin/dataMigrations/a.b/cancel"])
+def test_control_answers_400_for_run_ids_firestore_reserves(
+        harness: Harness, control: Any, path: str) -> None:
+    response = control.post(path, json={}, headers=harness.headers())
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "migrationId"
