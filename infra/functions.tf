@@ -1,6 +1,6 @@
 # The deploy source: scripts/package_functions.sh writes var.function_source_dir, Terraform zips
 # it and uploads it under a name derived from its content, so a code change (and only a code
-# change) makes a new object and redeploys the four functions.
+# change) makes a new object and redeploys the five functions.
 
 locals {
   source_files = sort(fileset(var.function_source_dir, "**"))
@@ -65,6 +65,16 @@ locals {
     control = {
       entry_point   = "backfill_control"
       description   = "Operator run control: POST /api/admin/dataMigrations/{migrationId}/{pause|resume|cancel|retry} by operators (OIDC)."
+      timeout       = var.api_timeout_seconds
+      memory        = var.api_memory
+      max_instances = var.api_max_instances
+    }
+    # The durable safety net, called by Cloud Scheduler (scheduler.tf) and by operators: it walks
+    # every active run and enqueues what was lost (chunk tasks, planning, the run's watchdog task).
+    # Like control it does Firestore reads and enqueues a few tasks per run: same size and timeout.
+    sweep = {
+      entry_point   = "backfill_sweep"
+      description   = "Safety net: POST /api/jobs/sweep by Cloud Scheduler and operators (OIDC); picks up lost chunks, lost planning and lost watchdog tasks of every active run."
       timeout       = var.api_timeout_seconds
       memory        = var.api_memory
       max_instances = var.api_max_instances

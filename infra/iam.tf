@@ -1,16 +1,18 @@
 # Three identities, each with only what its job needs:
-#   runtime   - what the four functions run as: Firestore, enqueue chunk tasks, logs.
+#   runtime   - what the five functions run as: Firestore, enqueue chunk tasks, logs.
 #   tasks     - what Cloud Tasks calls the chunk function as (OIDC token on every chunk task).
-#   scheduler - what Cloud Scheduler calls the trigger function as (OIDC token); nothing else.
-# Operators are people (or automation accounts) who may call the trigger, status and control
-# functions. The scheduler may start runs but never pause, resume, cancel or retry them.
+#   scheduler - what Cloud Scheduler calls the trigger and sweep functions as (OIDC token);
+#               nothing else.
+# Operators are people (or automation accounts) who may call the trigger, status, control and
+# sweep functions. The scheduler may start runs and sweep them but never pause, resume, cancel or
+# retry them.
 # Every function is IAM-gated (no allUsers) and the code also verifies each OIDC token itself:
 # issuer, audience (the function URL) and that the caller is the identity allowed for it.
 
 resource "google_service_account" "runtime" {
   account_id   = "${var.name_prefix}-runtime"
   display_name = "Backfill functions runtime"
-  description  = "Runs the backfill trigger, chunk, status and control functions."
+  description  = "Runs the backfill trigger, chunk, status, control and sweep functions."
 
   depends_on = [google_project_service.required]
 }
@@ -26,12 +28,16 @@ resource "google_service_account" "tasks" {
 resource "google_service_account" "scheduler" {
   account_id   = "${var.name_prefix}-scheduler"
   display_name = "Backfill scheduler invoker"
-  description  = "Identity of the nightly Cloud Scheduler job; may invoke only the trigger function."
+  description  = "Identity of the Cloud Scheduler jobs (nightly replay, sweep); may invoke only the trigger and sweep functions."
 
   depends_on = [google_project_service.required]
 }
 
 # --- runtime -----------------------------------------------------------------------------------
+# The sweep function needs nothing beyond these: it reads and writes runs and chunks (datastore),
+# asks whether a chunk's or planning task still exists (viewer), and creates chunk, planning and
+# watchdog tasks on the chunk queue with the tasks SA's token (enqueuer, actAs), exactly what a
+# watchdog delivery of the chunk function does under the same runtime SA.
 
 resource "google_project_iam_member" "runtime" {
   for_each = toset([
@@ -89,9 +95,20 @@ resource "google_cloud_run_v2_service_iam_member" "scheduler_invokes_trigger" {
   member   = "serviceAccount:${google_service_account.scheduler.email}"
 }
 
+# The sweep job's identity (scheduler.tf). The sweep only enqueues what an active run has lost, so
+# an automated caller needs it; the code accepts the scheduler SA on the sweep as on the trigger.
+resource "google_cloud_run_v2_service_iam_member" "scheduler_invokes_sweep" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.backfill["sweep"].name
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.scheduler.email}"
+}
+
+# Operators may also run a sweep by hand (e.g. right after the chunk function was down).
 resource "google_cloud_run_v2_service_iam_member" "operators" {
   for_each = {
-    for pair in setproduct(["trigger", "status", "control"], local.operator_members) :
+    for pair in setproduct(["trigger", "status", "control", "sweep"], local.operator_members) :
     "${pair[0]} ${pair[1]}" => { function = pair[0], member = pair[1] }
   }
 

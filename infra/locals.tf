@@ -4,26 +4,36 @@ locals {
     chunk   = "${var.name_prefix}-chunk"
     status  = "${var.name_prefix}-status"
     control = "${var.name_prefix}-control"
+    sweep   = "${var.name_prefix}-sweep"
   }
 
   # Deterministic Cloud Run URLs (https://SERVICE-PROJECT_NUMBER.REGION.run.app), known before the
   # functions exist. Every function needs URLs of the bundle in its environment, its own included
-  # (the chunk function enqueues its own continuations; the trigger, status and control functions
-  # check the audience of operator tokens against their own URLs). Reading service_config[0].uri
-  # instead would make each function depend on itself. See README "Function URLs".
+  # (the chunk function enqueues its own continuations; the trigger, status, control and sweep
+  # functions check the audience of operator and scheduler tokens against their own URLs). Reading
+  # service_config[0].uri instead would make each function depend on itself. See README
+  # "Function URLs".
   function_urls = {
     for key, name in local.function_names :
     key => "https://${name}-${data.google_project.this.number}.${var.region}.run.app"
   }
 
+  # Every function that operators (or the scheduler SA) call checks the token's audience against
+  # this one list; the sweep is called by both, so its URL is on it like the trigger's.
   operator_audiences = concat(
-    [local.function_urls.trigger, local.function_urls.status, local.function_urls.control],
+    [
+      local.function_urls.trigger,
+      local.function_urls.status,
+      local.function_urls.control,
+      local.function_urls.sweep,
+    ],
     var.extra_operator_audiences,
   )
 
-  # One environment for all four functions: the code validates one Settings object at start. The
-  # control function needs all of it: resuming or retrying a run enqueues chunk tasks (chunk URL and
-  # audience, queue, tasks identity), as the trigger does.
+  # One environment for all five functions: the code validates one Settings object at start. The
+  # control and sweep functions need all of it: resuming or retrying a run, and the sweep picking up
+  # lost chunks, re-planning and re-arming watchdogs, enqueue chunk tasks (chunk URL and audience,
+  # queue, tasks identity), as the trigger does.
   function_environment = merge(var.extra_environment, {
     BACKFILL_ENV                       = "production"
     BACKFILL_ENABLED                   = tostring(var.backfill_enabled)
@@ -48,6 +58,7 @@ locals {
     BACKFILL_BREAKER_MIN_EVENTS        = tostring(var.breaker_min_events)
     BACKFILL_POISON_ATTEMPTS           = tostring(var.poison_attempts)
     BACKFILL_SETTLE_MINUTES            = tostring(var.settle_minutes)
+    BACKFILL_CHAIN_POLL_SECONDS        = tostring(var.chain_poll_seconds)
   })
 
   chunk_max_instances = coalesce(var.chunk_max_instances, var.queue_max_concurrent_dispatches)

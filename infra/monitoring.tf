@@ -7,11 +7,18 @@
 # Every change of a run's status is one line (message var.status_log_message) with the new
 # `status` and a `reason`; the circuit breaker's reason starts with "circuit breaker:", the kill
 # switch's with "BACKFILL_ENABLED=false". Two counters below pick those out.
+#
+# A sweep (the scheduled safety net) that enqueued lost work again writes one line (message
+# var.sweep_log_message, field `chunks`: the tasks it enqueued); a third counter counts those
+# sweeps. Each means an active run had lost a chunk or planning task that nobody had picked up
+# yet (the sweep runs more often than a run's watchdog, so it is usually first). The runs are in
+# the per-run lines of the same request, "watchdog picked up lost work" with `migration_id`.
 
 locals {
   backfill_logs = "jsonPayload.component=\"backfill\""
   page_logs     = "${local.backfill_logs} AND jsonPayload.message=\"${var.page_log_message}\""
   status_logs   = "${local.backfill_logs} AND jsonPayload.message=\"${var.status_log_message}\""
+  sweep_logs    = "${local.backfill_logs} AND jsonPayload.message=\"${var.sweep_log_message}\""
 
   page_count_metrics = {
     events_processed = {
@@ -123,6 +130,21 @@ resource "google_logging_metric" "runs_paused_by_kill_switch" {
     value_type   = "INT64"
     unit         = "1"
     display_name = "Backfill runs paused by the kill switch"
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_logging_metric" "sweep_recoveries" {
+  name        = "${var.name_prefix}/sweep_recoveries"
+  description = "Sweeps that enqueued lost chunk or planning tasks of active runs again: runs needed the safety net. The runs: log lines jsonPayload.message=\"watchdog picked up lost work\" (field migration_id)."
+  filter      = local.sweep_logs
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "INT64"
+    unit         = "1"
+    display_name = "Backfill sweeps that picked up lost work"
   }
 
   depends_on = [google_project_service.required]

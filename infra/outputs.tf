@@ -18,6 +18,11 @@ output "control_url" {
   value       = local.function_urls.control
 }
 
+output "sweep_url" {
+  description = "URL of the sweep function (POST <url>/api/jobs/sweep with {}; token audience = this URL). Cloud Scheduler calls it every sweep_schedule; operators may too."
+  value       = local.function_urls.sweep
+}
+
 output "function_service_uris" {
   description = "The URIs the Functions API reports (service_config[0].uri); the same services as the *_url outputs, possibly under the hash-based host name."
   value       = { for key, function in google_cloudfunctions2_function.backfill : key => function.service_config[0].uri }

@@ -6,13 +6,13 @@ variable "project_id" {
 }
 
 variable "region" {
-  description = "Region of the functions, the Cloud Tasks queue and the Cloud Scheduler job."
+  description = "Region of the functions, the Cloud Tasks queue and the Cloud Scheduler jobs."
   type        = string
   default     = "us-central1"
 }
 
 variable "name_prefix" {
-  description = "Prefix of every resource name: functions <prefix>-trigger|chunk|status|control, queue <prefix>-chunks."
+  description = "Prefix of every resource name: functions <prefix>-trigger|chunk|status|control|sweep, queue <prefix>-chunks."
   type        = string
   default     = "backfill"
 
@@ -63,7 +63,7 @@ variable "backfill_enabled" {
 }
 
 variable "operators" {
-  description = "Emails of the people (or service accounts) who may start, read and control runs: BACKFILL_OPERATORS and run.invoker on the trigger, status and control functions."
+  description = "Emails of the people (or service accounts) who may start, read, control and sweep runs: BACKFILL_OPERATORS and run.invoker on the trigger, status, control and sweep functions."
   type        = list(string)
   default     = []
 
@@ -74,7 +74,7 @@ variable "operators" {
 }
 
 variable "extra_operator_audiences" {
-  description = "Audiences accepted on operator tokens besides the trigger, status and control URLs (appended to BACKFILL_OPERATOR_AUDIENCES). See README before adding any."
+  description = "Audiences accepted on operator tokens besides the trigger, status, control and sweep URLs (appended to BACKFILL_OPERATOR_AUDIENCES). See README before adding any."
   type        = list(string)
   default     = []
 }
@@ -170,6 +170,17 @@ variable "settle_minutes" {
   }
 }
 
+variable "chain_poll_seconds" {
+  description = "BACKFILL_CHAIN_POLL_SECONDS: how often a reversal_backfill run that waits for an active overlapping webhook_replay run checks again before it plans."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.chain_poll_seconds > 0 && var.chain_poll_seconds <= 3600
+    error_message = "chain_poll_seconds must be more than 0 and at most 3600 (one hour)."
+  }
+}
+
 # --- Queue -------------------------------------------------------------------------------------
 
 variable "task_max_attempts" {
@@ -221,19 +232,19 @@ variable "chunk_max_instances" {
 }
 
 variable "api_timeout_seconds" {
-  description = "Request timeout of the trigger, status and control functions (the trigger plans chunks and enqueues their tasks; resume and retry enqueue them again)."
+  description = "Request timeout of the trigger, status, control and sweep functions (the trigger plans chunks and enqueues their tasks; resume, retry and the sweep enqueue them again); also the scheduler jobs' attempt deadline (at most 1800)."
   type        = number
   default     = 300
 }
 
 variable "api_memory" {
-  description = "Memory of the trigger, status and control functions."
+  description = "Memory of the trigger, status, control and sweep functions."
   type        = string
   default     = "512Mi"
 }
 
 variable "api_max_instances" {
-  description = "Max instances of the trigger, status and control functions."
+  description = "Max instances of the trigger, status, control and sweep functions."
   type        = number
   default     = 5
 }
@@ -258,6 +269,20 @@ variable "scheduler_time_zone" {
   default     = "Etc/UTC"
 }
 
+# The sweep job is the safety net of active runs, not a feature: keep it on unless something else
+# calls the sweep function. scheduler_enabled does not affect it.
+variable "sweep_enabled" {
+  description = "Create the Cloud Scheduler job that calls the sweep function every sweep_schedule (recovers runs whose watchdog, planning or chunk tasks were lost). Independent of scheduler_enabled."
+  type        = bool
+  default     = true
+}
+
+variable "sweep_schedule" {
+  description = "Cron schedule (UTC) of the sweep job."
+  type        = string
+  default     = "*/5 * * * *"
+}
+
 # --- Monitoring --------------------------------------------------------------------------------
 
 variable "page_log_message" {
@@ -270,6 +295,12 @@ variable "status_log_message" {
   description = "Message of the structured log line written on every change of a run's status (fields status, reason); the circuit breaker and kill switch metrics read only these lines."
   type        = string
   default     = "run status changed"
+}
+
+variable "sweep_log_message" {
+  description = "Message of the structured log line a sweep writes when it enqueued lost work again (field chunks); the sweep_recoveries metric reads only these lines."
+  type        = string
+  default     = "sweep picked up lost work"
 }
 
 variable "alerting_enabled" {

@@ -3,7 +3,8 @@
 #   OUTDIR/main.py           <- functions/main.py (the HTTP entry points)
 #   OUTDIR/shared/           <- the project's shared/ package (no caches)
 #   OUTDIR/requirements.txt  <- the pinned [project].dependencies of pyproject.toml
-# Terraform (infra/functions.tf) zips OUTDIR and deploys it to all four functions.
+# Terraform (infra/functions.tf) zips OUTDIR and deploys it to all five functions (trigger,
+# chunk, status, control, sweep).
 #
 # Usage: scripts/package_functions.sh OUTDIR
 set -euo pipefail
@@ -23,6 +24,25 @@ for required in "functions/main.py" "shared/__init__.py" "pyproject.toml"; do
     exit 1
   fi
 done
+
+# The entry points infra/functions.tf deploys (local.functions, entry_point); keep both lists in
+# step. A missing one would otherwise fail only at deploy time, in that function's Cloud Build.
+entry_points=(backfill_trigger backfill_chunk backfill_status backfill_control backfill_sweep)
+"${python}" - "${repo_root}/functions/main.py" "${entry_points[@]}" <<'PY'
+"""Refuse to package a main.py that does not define every entry point Terraform deploys."""
+
+import ast
+import sys
+
+main_path, wanted = sys.argv[1], sys.argv[2:]
+with open(main_path, encoding="utf-8") as main_file:
+    tree = ast.parse(main_file.read(), main_path)
+defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+missing = [name for name in wanted if name not in defined]
+if missing:
+    sys.exit(f"error: functions/main.py defines no entry point {', '.join(missing)} "
+             "(infra/functions.tf deploys it)")
+PY
 
 # Read and check the dependencies first, so a bad pyproject.toml fails before OUTDIR is touched.
 requirements_tmp="$(mktemp)"
