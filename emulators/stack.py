@@ -2,21 +2,28 @@
 
 The stack is five processes on 127.0.0.1, each at ``port_base + offset``: the official Firestore
 emulator (+1), the Cloud Tasks emulator (+2 gRPC, +3 admin HTTP; ``emulators/tasks_emulator.py``
-in its own venv), the local OIDC issuer (+4, ``emulators/issuer.py``) and the functions gateway
-(+5, ``python -m emulators.gateway``). ``up`` also creates the chunk queue with the real
+in its own venv), the local OIDC issuer (+4, ``emulators/issuer.py``), the functions gateway
+(+5, ``python -m emulators.gateway``) and a Cloud Scheduler stand-in that fires the gateway's
+``POST /api/jobs/sweep`` every ``sweep_seconds`` (admin HTTP +6, ``emulators/scheduler.py``;
+started with the gateway only). ``up`` also creates the chunk queue with the real
 google-cloud-tasks client and writes ``<state-dir>/stack.env``.
 
 CLI::
 
     python -m emulators.stack up [--state-dir .local] [--port-base 8680] [--env KEY=VALUE ...]
-                                 [--without-gateway]
+                                 [--without-gateway] [--sweep-seconds 60]
     python -m emulators.stack down [--state-dir .local]
     python -m emulators.stack status [--state-dir .local]
 
 Python (tests)::
 
-    with Stack(Path(".local-test"), port_base=9300) as stack:
+    with Stack(Path(".local-test"), port_base=9300, sweep_seconds=0) as stack:
         stack.env(); stack.wait_idle(30); stack.restart_gateway({"KEY": "value"})
+        stack.fire_sweep(); stack.set_sweep_period(0.5); stack.sweep_stats()
+
+Outages, for tests: ``restart_tasks()`` loses every queued task (a lost queue), and
+``stop_gateway()`` / ``start_gateway()`` take the functions down and up again while the rest of
+the stack (the scheduler stand-in included) keeps running.
 
 Ownership: ``<state-dir>/stack.json`` records every process this state dir's ``up`` started, with
 its process group and start time; ``down`` signals those groups only, after checking that each
@@ -34,6 +41,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -63,8 +71,12 @@ DEFAULT_STATE_DIR = Path(".local")
 # The emulator's JVM otherwise takes a quarter of RAM as heap (1.3-2.7 GB RSS measured).
 FIRESTORE_JAVA_OPTIONS = "-Xmx1g -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 
-PROCESS_ORDER = ("firestore", "issuer", "tasks", "gateway")
+PROCESS_ORDER = ("firestore", "issuer", "tasks", "gateway", "scheduler")
 STOP_GRACE_SECONDS = 5.0
+DEFAULT_SWEEP_SECONDS = 60.0
+SWEEP_PATH = "/api/jobs/sweep"
+# A firing waits for one in progress, and each has the stand-in's 60 s timeout (plus a token).
+FIRE_TIMEOUT_SECONDS = 150.0
 
 
 class StackError(RuntimeError):
@@ -97,6 +109,10 @@ class Ports:
     def gateway(self) -> int:
         return self.base + 5
 
+    @property
+    def scheduler(self) -> int:
+        return self.base + 6
+
     def named(self) -> dict[str, int]:
         return {
             "firestore": self.firestore,
@@ -104,6 +120,7 @@ class Ports:
             "tasks (admin)": self.tasks_admin,
             "issuer": self.issuer,
             "gateway": self.gateway,
+            "scheduler": self.scheduler,
         }
 
 
@@ -134,6 +151,7 @@ def contract_env(port_base: int) -> dict[str, str]:
         "BACKFILL_SCHEDULER_IDENTITY": f"scheduler@{PROJECT_ID}.iam.gserviceaccount.com",
         "BACKFILL_TASKS_IDENTITY": f"tasks@{PROJECT_ID}.iam.gserviceaccount.com",
         "BACKFILL_TASK_MAX_ATTEMPTS": str(TASK_MAX_ATTEMPTS),
+        "BACKFILL_SCHEDULER_ADMIN_URL": f"http://{host}:{ports.scheduler}",
     }
 
 
@@ -269,8 +287,11 @@ class Stack:
     """The local stack of one state dir. ``up()``/``down()`` are idempotent.
 
     ``overrides`` are extra environment variables for the gateway; they also go to ``stack.env``.
-    ``app_python`` runs the issuer and the gateway (default: this interpreter); ``tasks_venv``
-    defaults to ``<state_dir>/tasks-venv``; ``with_gateway=False`` starts everything else.
+    ``app_python`` runs the issuer, the gateway and the scheduler stand-in (default: this
+    interpreter); ``tasks_venv`` defaults to ``<state_dir>/tasks-venv``; ``with_gateway=False``
+    starts everything but the gateway and the scheduler stand-in. ``sweep_seconds`` is the
+    stand-in's period (0: it fires only on :meth:`fire_sweep`); ``up`` on a stack already up
+    with another period sets this one through the stand-in's admin API.
     """
 
     def __init__(
@@ -282,7 +303,9 @@ class Stack:
         app_python: str | None = None,
         with_gateway: bool = True,
         tasks_venv: Path | None = None,
+        sweep_seconds: float = DEFAULT_SWEEP_SECONDS,
     ) -> None:
+        _check_period(sweep_seconds)
         self.state_dir = Path(state_dir).resolve()
         self.ports = Ports(port_base)
         self.overrides = dict(overrides or {})
@@ -295,9 +318,12 @@ class Stack:
         self.tasks_venv = (
             Path(tasks_venv).resolve() if tasks_venv else self.state_dir / "tasks-venv"
         )
+        self.sweep_seconds = float(sweep_seconds)
         self._records: dict[str, ProcessRecord] = {}
         self._recorded: dict[str, Any] = {}
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        # The period the running scheduler stand-in was given, as stack.json records it.
+        self._scheduler_period: float | None = None
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -325,6 +351,11 @@ class Stack:
                     self.restart_gateway(self.overrides)
                 else:
                     self._write_env_file()
+                if self.with_gateway:
+                    if "scheduler" not in self._records:
+                        self._start_scheduler()
+                    elif self.sweep_stats().get("periodSeconds") != self.sweep_seconds:
+                        self.set_sweep_period(self.sweep_seconds)
                 return
             logger.info("stack in %s is partly up or moved; stopping what is left", self.state_dir)
             self.down()
@@ -340,6 +371,7 @@ class Stack:
             self._write_env_file()
             if self.with_gateway:
                 self._start_gateway()
+                self._start_scheduler()
         except BaseException:
             self.down()
             raise
@@ -388,14 +420,79 @@ class Stack:
 
     def restart_gateway(self, overrides: Mapping[str, str] | None = None) -> None:
         """Stop and start only the gateway, with ``overrides`` replacing the current ones."""
-        self._load()
+        self.stop_gateway()
         self.overrides = dict(overrides or {})
+        self._write_env_file()
+        self._start_gateway()
+
+    def stop_gateway(self) -> None:
+        """Stop only the gateway (an outage of every function); a no-op when it is not running.
+
+        The rest of the stack keeps running: the scheduler stand-in's firings then fail and are
+        counted in :meth:`sweep_stats` as ``failures``, and Cloud Tasks deliveries fail and back
+        off until their attempts run out.
+        """
+        self._load()
         record = self._records.pop("gateway", None)
         if record is not None:
             record.stop(child=self._children.pop(record.pid, None))
             self._save()
+            logger.info("stopped gateway")
+
+    def start_gateway(self) -> None:
+        """Start the gateway again with the current overrides; a no-op when it is running."""
+        self._require_up()
+        record = self._records.get("gateway")
+        if record is not None:
+            if record.alive():
+                return
+            record.stop(child=self._children.pop(record.pid, None))  # whatever it left behind
+            del self._records["gateway"]
+            self._save()
         self._write_env_file()
         self._start_gateway()
+
+    def restart_tasks(self) -> None:
+        """Stop the Cloud Tasks emulator, start it again and re-create the chunk queue as ``up``.
+
+        Everything the emulator held is lost, as when a queue is lost in production: every
+        queued task, the task names it remembered for dedup, queues made by tests, its counters
+        and its faults. The chunk queue comes back empty, with the contract's settings.
+        """
+        self._require_up()
+        record = self._records.pop("tasks", None)
+        if record is not None:
+            record.stop(child=self._children.pop(record.pid, None))
+            self._save()
+            logger.info("stopped tasks")
+        self._start_tasks()
+        self._create_queue()
+
+    def sweep_stats(self) -> dict[str, Any]:
+        """The scheduler stand-in's ``GET /stats``: periodSeconds, fired, lastStatus,
+        lastFiredAt, statuses ({code: count}), failures, lastError."""
+        return self._scheduler_admin("GET", "/stats")
+
+    def set_sweep_period(self, seconds: float) -> dict[str, Any]:
+        """Make the scheduler stand-in fire every ``seconds`` from now (0: only on demand);
+        answer its stats."""
+        _check_period(seconds)
+        stats = self._scheduler_admin("POST", "/period", {"seconds": seconds})
+        self.sweep_seconds = float(seconds)
+        self._record_sweep_period(self.sweep_seconds)
+        return stats
+
+    def fire_sweep(self) -> int:
+        """Fire the sweep once now (after any firing in progress); answer the HTTP status.
+
+        Raises :class:`StackError` when the firing got no answer (gateway down, say); the
+        stand-in counts it in ``failures``.
+        """
+        answer = self._scheduler_admin("POST", "/fire", {}, timeout=FIRE_TIMEOUT_SECONDS)
+        status = answer.get("status")
+        if not isinstance(status, int):
+            raise StackError(f"the sweep firing got no answer: {answer.get('error')}")
+        return status
 
     def reset_firestore(self) -> None:
         """Delete every document in the emulator's default database."""
@@ -465,24 +562,47 @@ class Stack:
             data = json.loads(self.state_file.read_text())
         except FileNotFoundError:
             self._records, self._recorded = {}, {}
+            self._scheduler_period = None
             return
         except ValueError as exc:
             raise StackError(f"{self.state_file} is unreadable ({exc}); remove it") from exc
         self._recorded = {k: v for k, v in data.items() if k != "processes"}
+        period = self._recorded.get("sweep_seconds")
+        self._scheduler_period = float(period) if isinstance(period, int | float) else None
         self._records = {
             name: ProcessRecord(**fields) for name, fields in data.get("processes", {}).items()
         }
 
     def _save(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         data = {
             "port_base": self.ports.base,
             "overrides": self.overrides,
+            "sweep_seconds": self._scheduler_period,
             "processes": {name: dataclasses.asdict(r) for name, r in self._records.items()},
         }
+        self._write_state(data)
+
+    def _write_state(self, data: Mapping[str, Any]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.state_file)
+
+    def _record_sweep_period(self, seconds: float) -> None:
+        """Record the stand-in's period in stack.json, leaving everything else as recorded."""
+        self._load()
+        self._scheduler_period = seconds
+        try:
+            data = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return
+        data["sweep_seconds"] = seconds
+        self._write_state(data)
+
+    def _require_up(self) -> None:
+        self._load()
+        if not self._records:
+            raise StackError(f"no stack is up in {self.state_dir}; run `up` first")
 
     def _recorded_port_base(self) -> int | None:
         base = self._recorded.get("port_base")
@@ -545,8 +665,10 @@ class Stack:
         taken = [
             f"{name} {port}" for name, port in self.ports.named().items() if not _port_is_free(port)
         ]
-        if not self.with_gateway and f"gateway {self.ports.gateway}" in taken:
-            taken.remove(f"gateway {self.ports.gateway}")
+        if not self.with_gateway:
+            for unused in (f"gateway {self.ports.gateway}", f"scheduler {self.ports.scheduler}"):
+                if unused in taken:
+                    taken.remove(unused)
         if taken:
             raise StackError(
                 f"ports in use on 127.0.0.1: {', '.join(taken)}; stop what holds them or pick "
@@ -595,6 +717,7 @@ class Stack:
             "issuer": f"{host}:{ports.issuer}/",
             "tasks": f"{host}:{ports.tasks_admin}/",
             "gateway": f"{host}:{ports.gateway}/healthz",
+            "scheduler": f"{host}:{ports.scheduler}/",
         }
 
     def _spawn(
@@ -711,6 +834,39 @@ class Stack:
             timeout=30,
         )
 
+    def _start_scheduler(self) -> None:
+        """The Cloud Scheduler stand-in, sending what the sweep job of infra/scheduler.tf sends.
+
+        Its identity and audience come from the contract, not from the gateway's overrides:
+        they are the production job's configuration, which a test's overrides do not change.
+        """
+        contract = contract_env(self.ports.base)
+        self._scheduler_period = self.sweep_seconds
+        self._spawn(
+            "scheduler",
+            [
+                self.app_python,
+                "-m",
+                "emulators.scheduler",
+                "--host",
+                "127.0.0.1",
+                "--admin-port",
+                str(self.ports.scheduler),
+                "--target",
+                contract["BACKFILL_GATEWAY_URL"] + SWEEP_PATH,
+                "--issuer-url",
+                contract["BACKFILL_ISSUER_URL"],
+                "--identity",
+                contract["BACKFILL_SCHEDULER_IDENTITY"],
+                "--audience",
+                contract["BACKFILL_OPERATOR_AUDIENCES"].split(",")[0].strip(),
+                "--period",
+                repr(self.sweep_seconds),
+            ],
+            {},
+            timeout=20,
+        )
+
     def _create_queue(self) -> None:
         """Create the chunk queue as the contract says, through the real client."""
         import grpc
@@ -732,21 +888,44 @@ class Stack:
             channel.close()
 
     def _admin(self, method: str, path: str, body: object | None = None) -> dict[str, Any]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.ports.tasks_admin}{path}",
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method=method,
+        return _admin_call(
+            "Cloud Tasks emulator", self.ports.tasks_admin, method, path, body, timeout=5
         )
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(request, timeout=5) as response:
-                result = json.loads(response.read())
-        except (urllib.error.URLError, OSError) as exc:
-            raise StackError(f"Cloud Tasks emulator admin API unreachable: {exc}") from exc
-        if not isinstance(result, dict):
-            raise StackError("Cloud Tasks emulator admin API answered a non-object")
-        return result
+
+    def _scheduler_admin(
+        self, method: str, path: str, body: object | None = None, timeout: float = 5
+    ) -> dict[str, Any]:
+        return _admin_call(
+            "scheduler stand-in", self.ports.scheduler, method, path, body, timeout=timeout
+        )
+
+
+def _check_period(seconds: float) -> None:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"the sweep period must be a number of seconds >= 0, got {seconds!r}")
+
+
+def _admin_call(
+    what: str, port: int, method: str, path: str, body: object | None, timeout: float
+) -> dict[str, Any]:
+    """One JSON request to an admin API on 127.0.0.1 (no proxy); answers the JSON object."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method=method,
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            result = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise StackError(f"{what} admin API answered HTTP {exc.code} to {method} {path}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise StackError(f"{what} admin API unreachable: {exc}") from exc
+    if not isinstance(result, dict):
+        raise StackError(f"{what} admin API answered a non-object")
+    return result
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -788,13 +967,25 @@ def main(argv: list[str] | None = None) -> int:
         help="extra environment for the gateway (repeatable)",
     )
     up.add_argument(
-        "--without-gateway", action="store_true", help="start the emulators and the issuer only"
+        "--without-gateway",
+        action="store_true",
+        help="start the emulators and the issuer only (no gateway, no scheduler stand-in)",
+    )
+    up.add_argument(
+        "--sweep-seconds",
+        type=float,
+        default=DEFAULT_SWEEP_SECONDS,
+        help="period of the scheduler stand-in's sweep firings (0: only on demand)",
     )
     down = commands.add_parser("down", help="stop what this state dir's `up` started")
     status = commands.add_parser("status", help="show the processes and their health")
     for sub in (up, down, status):
         sub.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     args = parser.parse_args(argv)
+    if args.command == "up" and not (
+        math.isfinite(args.sweep_seconds) and args.sweep_seconds >= 0
+    ):
+        parser.error("--sweep-seconds must be a number >= 0")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     try:
@@ -804,6 +995,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.port_base,
                 _parse_env(args.env),
                 with_gateway=not args.without_gateway,
+                sweep_seconds=args.sweep_seconds,
             )
             stack.up()
             _print_status(stack)

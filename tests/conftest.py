@@ -1,7 +1,7 @@
 """Fixtures shared by the function and emulator tests: one local stack per test session.
 
 The stack (official Firestore emulator, Cloud Tasks emulator, local OIDC issuer, gateway) runs
-from ``.local/test-stack`` on ports 9101-9105, apart from the developer's ``make up`` stack.
+from ``.local/test-stack`` on ports 9101-9106, apart from the developer's ``make up`` stack.
 Firestore is emptied before every test that asks for ``clean``.
 """
 
@@ -29,8 +29,9 @@ Mint = Callable[..., str]
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     state = "test-stack" if TEST_PORT_BASE == 9100 else f"test-stack-{TEST_PORT_BASE}"
+    # No background sweeps: every test shares the one Firestore emulator.
     local = Stack(ROOT / ".local" / state, TEST_PORT_BASE, GATEWAY_OVERRIDES,
-                  tasks_venv=ROOT / ".local" / "tasks-venv")
+                  tasks_venv=ROOT / ".local" / "tasks-venv", sweep_seconds=0)
     local.up()
     try:
         yield local

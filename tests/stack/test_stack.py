@@ -3,6 +3,8 @@
 Real processes: the Firestore emulator, the Cloud Tasks emulator and the issuer, started by
 ``emulators.stack.Stack`` (without the gateway) on port base 9300. Tasks go to a tiny HTTP
 target served by this module. Every test uses its own queue so that counters do not mix.
+The scheduler stand-in is tested in-process against that target, then, at the end of the module
+(``full_stack``), the same stack gets its gateway and stand-in for the outage helpers.
 """
 
 from __future__ import annotations
@@ -426,3 +428,263 @@ def test_up_is_idempotent_and_refuses_taken_ports(stack: Stack, tmp_path: Path) 
     other = Stack(tmp_path / "other", PORT_BASE, with_gateway=False)
     with pytest.raises(Exception, match="ports in use"):
         other.up()
+
+
+# --- Cloud Scheduler stand-in ---------------------------------------------------------------
+
+
+def _schedule_time(value: str) -> dt.datetime:
+    assert value.endswith("Z")
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _gateway_up(stack: Stack) -> bool:
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{stack.env()['BACKFILL_GATEWAY_URL']}/healthz", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.fixture
+def scheduler_for(stack: Stack) -> Iterator[Any]:
+    """``scheduler_for(url, period)``: an in-process stand-in firing ``url``, stopped after."""
+    from emulators.scheduler import Scheduler
+
+    started: list[Scheduler] = []
+    env = stack.env()
+
+    def make(url: str, period: float = 0.0, issuer_url: str | None = None) -> Scheduler:
+        scheduler = Scheduler(
+            url,
+            issuer_url or env["BACKFILL_ISSUER_URL"],
+            env["BACKFILL_SCHEDULER_IDENTITY"],
+            env["BACKFILL_GATEWAY_URL"],
+            period,
+            timeout=5,
+        )
+        scheduler.start()
+        started.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in started:
+        scheduler.stop(wait=5)
+
+
+def test_scheduler_fires_periodically_like_cloud_scheduler_with_a_verifiable_token(
+    stack: Stack, target: Target, prefix: str, scheduler_for: Any
+) -> None:
+    env = stack.env()
+    scheduler = scheduler_for(f"{target.url}/{prefix}/ok", 0.2)
+
+    wait_for(lambda: len(target.for_prefix(prefix)) >= 3, timeout=5)
+    scheduler.set_period(0)
+    deliveries = target.for_prefix(prefix)[:3]
+    stats = scheduler.stats()
+
+    times = [_schedule_time(d.headers["x-cloudscheduler-scheduletime"]) for d in deliveries]
+    for delivery, scheduled in zip(deliveries, times, strict=True):
+        scheme, token = delivery.headers["authorization"].split(" ", 1)
+        claims = verify(stack, token, env["BACKFILL_GATEWAY_URL"])
+        assert scheme == "Bearer"
+        assert claims["email"] == env["BACKFILL_SCHEDULER_IDENTITY"]
+        assert claims["email_verified"] is True
+        assert claims["iss"] == env["BACKFILL_ISSUER_URL"]
+        assert json.loads(delivery.body) == {}
+        assert delivery.headers["content-type"] == "application/json"
+        assert delivery.headers["user-agent"] == "Google-Cloud-Scheduler"
+        assert delivery.headers["x-cloudscheduler"] == "true"
+        assert delivery.headers["x-cloudscheduler-jobname"] == "backfill-sweep"
+        assert scheduled.utcoffset() == dt.timedelta(0)
+        assert abs((dt.datetime.now(dt.UTC) - scheduled).total_seconds()) < 5
+    # On a 0.2 s grid: scheduled times are whole periods apart, whatever the firings took (a
+    # firing that overran skips the grid points it missed).
+    for earlier, later in itertools.pairwise(times):
+        periods = (later - earlier).total_seconds() / 0.2
+        assert round(periods) >= 1
+        assert abs(periods - round(periods)) < 0.05
+    assert stats["periodSeconds"] == 0
+    assert stats["fired"] >= 3
+    assert stats["statuses"] == {"200": stats["fired"]}
+    assert stats["lastStatus"] == 200
+    assert stats["failures"] == 0
+
+
+def test_scheduler_firings_never_overlap_and_failures_are_counted_apart(
+    stack: Stack, target: Target, prefix: str, scheduler_for: Any
+) -> None:
+    # Each firing takes 0.3 s against a 0.05 s period, and on-demand firings come in between.
+    slow = scheduler_for(f"{target.url}/{prefix}/sleep/0.3", 0.05)
+    on_demand = [threading.Thread(target=slow.fire) for _ in range(2)]
+    for thread in on_demand:
+        thread.start()
+    time.sleep(1.0)
+    slow.set_period(0)
+    for thread in on_demand:
+        thread.join(5)
+    wait_for(lambda: target.active.get(prefix, 0) == 0, timeout=5)
+
+    unreachable = scheduler_for(f"http://127.0.0.1:{_free_port()}/sweep")
+    no_issuer = scheduler_for(f"{target.url}/{prefix}n/ok", issuer_url=unreachable.target)
+
+    assert target.max_active[prefix] == 1
+    assert 3 <= slow.stats()["fired"] <= 5  # about 1 s / 0.3 s, plus the two on demand
+    status, error = unreachable.fire()
+    assert status is None
+    assert "unreachable" in str(error)
+    status, error = no_issuer.fire()
+    assert status is None
+    assert "no token" in str(error)
+    assert target.for_prefix(prefix + "n") == []
+    for failed in (unreachable, no_issuer):
+        stats = failed.stats()
+        assert (stats["fired"], stats["failures"], stats["lastStatus"]) == (0, 1, None)
+        assert stats["lastFiredAt"] is not None
+
+
+def test_scheduler_serves_loopback_only(stack: Stack) -> None:
+    from emulators import scheduler
+
+    env = stack.env()
+    argv = ["--admin-port", "0", "--target", "http://127.0.0.1:1/", "--issuer-url",
+            env["BACKFILL_ISSUER_URL"], "--identity", "a@b.c", "--audience", "aud"]
+
+    assert scheduler.main(["--host", "0.0.0.0", *argv]) == 2  # refused
+    assert scheduler.main(["--host", "127.0.0.1", "--period", "-1", *argv]) == 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def full_stack(stack: Stack) -> Stack:
+    """This module's stack with the gateway and the scheduler stand-in (on-demand sweeps).
+
+    ``up`` on the running stack adds them; the module's ``stack`` fixture stops them with the rest.
+    """
+    full = Stack(stack.state_dir, PORT_BASE, tasks_venv=stack.tasks_venv, sweep_seconds=0)
+    full.up()
+    return full
+
+
+def test_stack_scheduler_fires_the_sweep_on_demand_and_counts_it(full_stack: Stack) -> None:
+    before = full_stack.sweep_stats()
+
+    status = full_stack.fire_sweep()
+
+    after = full_stack.sweep_stats()
+    assert isinstance(status, int)
+    # 404 until the gateway routes the sweep; never 401/403: the token is the scheduler's.
+    assert status in (200, 404), status
+    assert after["periodSeconds"] == 0
+    assert after["fired"] == before["fired"] + 1
+    assert after["statuses"][str(status)] == before["statuses"].get(str(status), 0) + 1
+    assert after["lastStatus"] == status
+    assert abs((dt.datetime.now(dt.UTC) - _schedule_time(after["lastFiredAt"])).total_seconds()) < 5
+    assert full_stack.env()["BACKFILL_SCHEDULER_ADMIN_URL"] == f"http://127.0.0.1:{PORT_BASE + 6}"
+    assert [row["name"] for row in full_stack.status()][-2:] == ["gateway", "scheduler"]
+
+
+def test_stack_sweep_period_can_be_set_and_zero_stops_it(full_stack: Stack) -> None:
+    start = full_stack.sweep_stats()["fired"]
+
+    assert full_stack.set_sweep_period(0.3)["periodSeconds"] == 0.3
+    wait_for(lambda: full_stack.sweep_stats()["fired"] >= start + 3, timeout=5)
+    full_stack.set_sweep_period(0)
+    time.sleep(0.3)  # a firing already under way still finishes
+    stopped_at = full_stack.sweep_stats()["fired"]
+    time.sleep(0.9)
+
+    assert full_stack.sweep_stats()["fired"] == stopped_at
+    assert json.loads(full_stack.state_file.read_text())["sweep_seconds"] == 0
+    # `up` on the running stack with another period only sets it.
+    again = Stack(full_stack.state_dir, PORT_BASE, tasks_venv=full_stack.tasks_venv,
+                  sweep_seconds=120)
+    started = time.monotonic()
+    again.up()
+    assert time.monotonic() - started < 2
+    assert full_stack.sweep_stats()["periodSeconds"] == 120
+    assert json.loads(full_stack.state_file.read_text())["sweep_seconds"] == 120
+    full_stack.set_sweep_period(0)
+
+
+def test_stop_gateway_takes_the_functions_down_and_start_gateway_brings_them_back(
+    full_stack: Stack,
+) -> None:
+    full_stack.stop_gateway()
+    try:
+        failures = full_stack.sweep_stats()["failures"]
+        assert not _gateway_up(full_stack)
+        assert "gateway" not in [row["name"] for row in full_stack.status()]
+        with pytest.raises(Exception, match="no answer"):
+            full_stack.fire_sweep()
+        assert full_stack.sweep_stats()["failures"] == failures + 1
+        full_stack.stop_gateway()  # a no-op when it is down
+    finally:
+        full_stack.start_gateway()
+
+    assert _gateway_up(full_stack)
+    assert full_stack.healthy()
+    assert isinstance(full_stack.fire_sweep(), int)
+    pid = next(row["pid"] for row in full_stack.status() if row["name"] == "gateway")
+    full_stack.start_gateway()  # a no-op when it is up
+    assert next(row["pid"] for row in full_stack.status() if row["name"] == "gateway") == pid
+
+
+def test_restart_tasks_loses_every_queued_task_and_leaves_a_working_chunk_queue(
+    full_stack: Stack, target: Target, prefix: str
+) -> None:
+    chunk_queue = f"{PARENT}/queues/{QUEUE_ID}"
+
+    def new_client() -> tuple[grpc.Channel, tasks_v2.CloudTasksClient]:
+        channel = grpc.insecure_channel(full_stack.env()["CLOUD_TASKS_EMULATOR_HOST"])
+        return channel, tasks_v2.CloudTasksClient(
+            transport=CloudTasksGrpcTransport(channel=channel)
+        )
+
+    channel, before = new_client()
+    try:
+        lost = http_task(chunk_queue, f"{prefix}-lost", f"{target.url}/{prefix}/lost",
+                         schedule_in=60)
+        before.create_task(parent=chunk_queue, task=lost)
+        assert full_stack.tasks_stats()["queues"][QUEUE_ID]["queued"] == 1
+    finally:
+        channel.close()
+    old_pid = next(row["pid"] for row in full_stack.status() if row["name"] == "tasks")
+
+    full_stack.restart_tasks()
+
+    assert next(row["pid"] for row in full_stack.status() if row["name"] == "tasks") != old_pid
+    stats = full_stack.tasks_stats()
+    assert stats["queued"] == 0
+    assert stats["queues"][QUEUE_ID] == {"queued": 0, "scheduled": 0, "inFlight": 0}
+    channel, after = new_client()
+    try:
+        queue = after.get_queue(name=chunk_queue)
+        assert queue.retry_config.max_attempts == int(
+            full_stack.env()["BACKFILL_TASK_MAX_ATTEMPTS"]
+        )
+        assert queue.rate_limits.max_concurrent_dispatches == 4
+        with pytest.raises(exceptions.NotFound):
+            after.get_task(name=lost.name)
+        after.create_task(
+            parent=chunk_queue,
+            task=http_task(chunk_queue, f"{prefix}-new", f"{target.url}/{prefix}/ok"),
+        )
+        full_stack.wait_idle(10)
+    finally:
+        channel.close()
+
+    assert [d.path for d in target.for_prefix(prefix)] == [f"/{prefix}/ok"]
+    assert full_stack.tasks_stats()["succeeded"] == 1
+    assert full_stack.healthy()
