@@ -465,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     overrides: dict[str, str] = {}
-    stack = Stack(STATE_DIR, args.port_base, overrides, tasks_venv=TASKS_VENV)
+    # No background sweeps: each measurement is the run alone (production sweeps every 5 min).
+    stack = Stack(STATE_DIR, args.port_base, overrides, tasks_venv=TASKS_VENV, sweep_seconds=0)
     began = time.perf_counter()
     results: dict[str, Any] = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -139,65 +139,72 @@ class Issuer:
         return token.decode("ascii")
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """A loopback endpoint of the local stack (the issuer, the scheduler stand-in's admin API):
+    small JSON objects in, JSON out; a bad request gets a 400 with a JSON ``error``."""
+
+    # HTTP/1.1 keeps connections alive for clients such as google-auth's requests session.
+    protocol_version = "HTTP/1.1"
+
+    def read_json(self) -> dict[str, Any] | None:
+        """The request's JSON object (``{}`` when empty); None after answering 400."""
+        try:
+            length = int(self.headers.get("Content-Length") or "0")
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_REQUEST_BYTES:
+            self.send_json(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
+            return None
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError:
+            self.send_json(HTTPStatus.BAD_REQUEST, {"error": "body must be JSON"})
+            return None
+        if not isinstance(body, dict):
+            self.send_json(HTTPStatus.BAD_REQUEST, {"error": "body must be a JSON object"})
+            return None
+        return body
+
+    def send_json(self, status: HTTPStatus, body: object,
+                  cache_control: str = "no-store") -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", cache_control)
+        self.end_headers()
+        self.wfile.write(data)
+
+
 def _make_handler(issuer: Issuer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         server_version = "backfill-local-issuer"
-        # HTTP/1.1 keeps connections alive for clients such as google-auth's requests session.
-        protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == CERTS_PATH:
-                self._send_json(HTTPStatus.OK, issuer.certs(), cache_control="public, max-age=300")
+                self.send_json(HTTPStatus.OK, issuer.certs(), cache_control="public, max-age=300")
             elif path in ("/", "/healthz"):
-                self._send_json(HTTPStatus.OK, {"status": "ok", "issuer": issuer.issuer_url})
+                self.send_json(HTTPStatus.OK, {"status": "ok", "issuer": issuer.issuer_url})
             else:
-                self._send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+                self.send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
         def do_POST(self) -> None:
             if self.path.split("?", 1)[0] != TOKEN_PATH:
-                self._send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+                self.send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
                 return
-            body = self._read_json()
+            body = self.read_json()
             if body is None:
                 return
             email, audience = body.get("email"), body.get("audience")
             if not isinstance(email, str) or not email or "@" not in email:
-                self._send_json(HTTPStatus.BAD_REQUEST, {"error": "email must be an address"})
+                self.send_json(HTTPStatus.BAD_REQUEST, {"error": "email must be an address"})
                 return
             if not isinstance(audience, str) or not audience:
-                self._send_json(HTTPStatus.BAD_REQUEST, {"error": "audience is required"})
+                self.send_json(HTTPStatus.BAD_REQUEST, {"error": "audience is required"})
                 return
-            self._send_json(HTTPStatus.OK, {"token": issuer.mint(email, audience)})
+            self.send_json(HTTPStatus.OK, {"token": issuer.mint(email, audience)})
 
-        def _read_json(self) -> dict[str, Any] | None:
-            try:
-                length = int(self.headers.get("Content-Length") or "0")
-            except ValueError:
-                length = -1
-            if length < 0 or length > MAX_REQUEST_BYTES:
-                self._send_json(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
-                return None
-            try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-            except ValueError:
-                self._send_json(HTTPStatus.BAD_REQUEST, {"error": "body must be JSON"})
-                return None
-            if not isinstance(body, dict):
-                self._send_json(HTTPStatus.BAD_REQUEST, {"error": "body must be a JSON object"})
-                return None
-            return body
-
-        def _send_json(
-            self, status: HTTPStatus, body: object, cache_control: str = "no-store"
-        ) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", cache_control)
-            self.end_headers()
-            self.wfile.write(data)
 
         def log_message(self, format: str, *args: Any) -> None:
             # The request line holds no secrets (tokens travel in bodies), so method, path and

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import math
 import signal
@@ -52,13 +51,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from emulators.issuer import IssuerError, ensure_loopback, mint_token
+from emulators.issuer import IssuerError, JsonHandler, ensure_loopback, mint_token
 
 logger = logging.getLogger("emulators.scheduler")
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_JOB_NAME = "backfill-sweep"
-MAX_REQUEST_BYTES = 16 * 1024
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -230,21 +228,21 @@ class Scheduler:
 
 
 def _admin_handler(scheduler: Scheduler) -> type[BaseHTTPRequestHandler]:
-    class AdminHandler(BaseHTTPRequestHandler):
+    class AdminHandler(JsonHandler):
         server_version = "backfill-local-scheduler"
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/":
-                self._send(HTTPStatus.OK, {"status": "ok"})
+                self.send_json(HTTPStatus.OK, {"status": "ok"})
             elif path == "/stats":
-                self._send(HTTPStatus.OK, scheduler.stats())
+                self.send_json(HTTPStatus.OK, scheduler.stats())
             else:
-                self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
+                self.send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0]
-            body = self._read_json()
+            body = self.read_json()
             if body is None:
                 return
             if path == "/period":
@@ -255,43 +253,19 @@ def _admin_handler(scheduler: Scheduler) -> type[BaseHTTPRequestHandler]:
                     or not math.isfinite(seconds)
                     or seconds < 0
                 ):
-                    self._send(HTTPStatus.BAD_REQUEST, {"error": "seconds must be a number >= 0"})
+                    self.send_json(HTTPStatus.BAD_REQUEST,
+                                   {"error": "seconds must be a number >= 0"})
                     return
-                self._send(HTTPStatus.OK, scheduler.set_period(float(seconds)))
+                self.send_json(HTTPStatus.OK, scheduler.set_period(float(seconds)))
             elif path == "/fire":
                 status, error = scheduler.fire()
                 answer: dict[str, Any] = {"status": status}
                 if error is not None:
                     answer["error"] = error
-                self._send(HTTPStatus.OK, answer)
+                self.send_json(HTTPStatus.OK, answer)
             else:
-                self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
+                self.send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
-        def _read_json(self) -> dict[str, Any] | None:
-            try:
-                length = int(self.headers.get("Content-Length") or "0")
-            except ValueError:
-                length = -1
-            if length < 0 or length > MAX_REQUEST_BYTES:
-                self._send(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
-                return None
-            try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-            except ValueError:
-                self._send(HTTPStatus.BAD_REQUEST, {"error": "body must be JSON"})
-                return None
-            if not isinstance(body, dict):
-                self._send(HTTPStatus.BAD_REQUEST, {"error": "body must be a JSON object"})
-                return None
-            return body
-
-        def _send(self, status: HTTPStatus, body: object) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
         def log_message(self, format: str, *args: Any) -> None:
             # Readiness and stats polls would drown the firings; admin changes are logged.

@@ -127,6 +127,9 @@ def start(
     dry_run: Annotated[bool, typer.Option("--dry-run/--apply")] = True,
     max_events: Annotated[int | None, typer.Option(help="bound on events taken")] = None,
     force: ForceOption = False,
+    include_processed: Annotated[bool, typer.Option(
+        help="webhook_replay: also take events flagged processed, to repair those whose "
+             "ledger entry is missing")] = False,
     wait: WaitOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
@@ -139,6 +142,8 @@ def start(
         body["maxEvents"] = max_events
     if force:
         body["force"] = True
+    if include_processed:
+        body["includeProcessed"] = True
     bearer = _token(token, as_email)
     started = _call("POST", _settings().effective_trigger_url, bearer, body)
     console.print_json(json.dumps(started))

@@ -155,6 +155,21 @@ def test_start_with_wait_watches_the_run_to_its_end(cli: Cli, db: firestore.Clie
     assert len(data.credited_orders(db)) == 30
 
 
+def test_start_with_include_processed_repairs_processed_purchases_without_entries(
+        cli: Cli, db: firestore.Client) -> None:
+    data.product(db, "p1", 10)
+    data.put(db, *(data.purchase(f"lost{n}", f"olost{n}", data.at(1, n), processed=True)
+                   for n in range(5)))
+
+    migration_id = cli.start(*RANGE, "--apply", "--include-processed")
+    cli.stack.wait_idle(timeout=120)
+
+    run = cli.run_status(migration_id)
+    assert (run["status"], run["includeProcessed"], run["applied"]) == ("completed", True, 5)
+    assert len(data.credited_orders(db)) == 5
+    data.assert_ledger_consistent(db)
+
+
 def test_start_by_lookback_days_covers_the_days_ending_today(cli: Cli) -> None:
     today = dt.datetime.now(dt.UTC).date()
 
