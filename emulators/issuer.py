@@ -281,16 +281,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"issuer: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
 
+    logger.info("serving on http://%s:%d", args.host, server.server_address[1])
+    serve_until_stopped(server)
+    return 0
+
+
+def serve_until_stopped(server: ThreadingHTTPServer) -> None:
+    """Serve until SIGTERM or SIGINT, then close the server."""
+
     def stop(signum: int, frame: object) -> None:
         # shutdown() blocks until serve_forever returns, so it must run on another thread.
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    logger.info("serving on http://%s:%d", args.host, server.server_address[1])
     server.serve_forever(poll_interval=0.2)
     server.server_close()
-    return 0
 
 
 if __name__ == "__main__":

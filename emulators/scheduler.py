@@ -41,7 +41,6 @@ import argparse
 import datetime as dt
 import logging
 import math
-import signal
 import sys
 import threading
 import time
@@ -51,7 +50,13 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from emulators.issuer import IssuerError, JsonHandler, ensure_loopback, mint_token
+from emulators.issuer import (
+    IssuerError,
+    JsonHandler,
+    ensure_loopback,
+    mint_token,
+    serve_until_stopped,
+)
 
 logger = logging.getLogger("emulators.scheduler")
 
@@ -314,18 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scheduler: cannot bind {args.host}:{args.admin_port}: {exc}", file=sys.stderr)
         return 1
 
-    def stop(signum: int, frame: object) -> None:
-        # shutdown() blocks until serve_forever returns, so it must run on another thread.
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     scheduler.start()
     logger.info("admin on http://%s:%d; firing %s every %s s", args.host,
                 server.server_address[1], args.target, args.period)
-    server.serve_forever(poll_interval=0.2)
+    serve_until_stopped(server)
     scheduler.stop()
-    server.server_close()
     return 0
 
 
