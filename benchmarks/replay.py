@@ -44,9 +44,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 from google.cloud import firestore
 
+from backfill_cli.client import BackfillClient, Endpoints
 from emulators.issuer import mint_token
 from emulators.sample import SampleShape, seed
 from emulators.stack import Stack
@@ -147,47 +147,30 @@ class CpuMeter:
                                    for name in after}
 
 
-class Api:
-    """The trigger and status endpoints, called over HTTP as an operator."""
+class Api(BackfillClient):
+    """The bundle's client, called as an operator, with the benchmark's two needs: the wall
+    time of a start, and a fresh token after the gateway restarts."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self._env = env
-        self._client = httpx.Client(base_url=env["BACKFILL_GATEWAY_URL"], timeout=120,
-                                    trust_env=False)
-        self.refresh_token()
+        super().__init__(Endpoints.gateway(env["BACKFILL_GATEWAY_URL"]), self._token(),
+                         timeout=120, trust_env=False)
+
+    def _token(self) -> str:
+        return mint_token(self._env["BACKFILL_ISSUER_URL"], OPERATOR,
+                          self._env["BACKFILL_OPERATOR_AUDIENCES"].split(",")[0])
 
     def refresh_token(self) -> None:
-        token = mint_token(self._env["BACKFILL_ISSUER_URL"], OPERATOR,
-                           self._env["BACKFILL_OPERATOR_AUDIENCES"].split(",")[0])
-        self._client.headers["Authorization"] = f"Bearer {token}"
+        self.use_token(self._token())
 
-    def start(self, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
-        """POST the trigger; answer its JSON body and the wall seconds of the answer."""
+    def start_timed(self, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        """Start a run; answer the trigger's JSON body and the wall seconds of the answer."""
         started = time.perf_counter()
-        response = self._client.post("/api/jobs/backfill", json=body)
-        elapsed = time.perf_counter() - started
-        if response.status_code != 202:
-            raise RuntimeError(f"trigger answered {response.status_code}: {response.text}")
-        result: dict[str, Any] = response.json()
-        return result, elapsed
+        answer = self.start(body)
+        return answer, time.perf_counter() - started
 
-    def status(self, migration_id: str) -> dict[str, Any]:
-        response = self._client.get(f"/api/admin/dataMigrations/{migration_id}")
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
-        return result
-
-    def wait(self, migration_id: str, timeout: float = RUN_TIMEOUT_SECONDS) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.status(migration_id)
-            if run["status"] in ("completed", "failed"):
-                return run
-            time.sleep(POLL_SECONDS)
-        raise TimeoutError(f"run {migration_id} did not end within {timeout:.0f} s")
-
-    def close(self) -> None:
-        self._client.close()
+    def wait_for_end(self, migration_id: str) -> dict[str, Any]:
+        return self.wait(migration_id, timeout=RUN_TIMEOUT_SECONDS, every=POLL_SECONDS)
 
 
 def _ts(value: str | None) -> dt.datetime | None:
@@ -247,8 +230,8 @@ class Bench:
         result: dict[str, Any] = {"events": events, "dry_run": dry_run}
         with self.cpu.measure(result):
             started = time.perf_counter()
-            answer, trigger_seconds = self.api.start(body)
-            run = self.api.wait(answer["migrationId"])
+            answer, trigger_seconds = self.api.start_timed(body)
+            run = self.api.wait_for_end(answer["migrationId"])
             wall = time.perf_counter() - started
             self.stack.wait_idle(30)
         tasks_after = self.stack.tasks_stats()
@@ -307,7 +290,7 @@ class Bench:
         empty: list[float] = []
         planned: list[float] = []
         for _ in range(repetitions):
-            answer, seconds = self.api.start(body)
+            answer, seconds = self.api.start_timed(body)
             empty.append(seconds)
             planned.append(seconds + self.until_planned(answer["migrationId"]))
         self.stack.wait_idle(60)
@@ -326,10 +309,10 @@ class Bench:
             for _ in range(repetitions):
                 # The answer comes before planning (a task); time both. Dry runs, so that every
                 # repetition plans the same eligible events.
-                answer, seconds = self.api.start({**body, "dryRun": True})
+                answer, seconds = self.api.start_timed({**body, "dryRun": True})
                 planned.append(seconds + self.until_planned(answer["migrationId"]))
                 times.append(seconds)
-                answers.append(self.api.status(answer["migrationId"]))
+                answers.append(self.api.run(answer["migrationId"]))
                 self.stack.wait_idle(120)
         count_seconds = self.count_only(YEAR_START, YEAR_END, COUNT_WORKERS)
         result["seeded_year"] = {
@@ -345,7 +328,7 @@ class Bench:
         """Seconds until the run's planning task has counted and written its chunks."""
         started = time.perf_counter()
         while time.perf_counter() - started < timeout:
-            if self.api.status(migration_id).get("planned"):
+            if self.api.run(migration_id).get("planned"):
                 return time.perf_counter() - started
             time.sleep(0.05)
         raise TimeoutError(f"run {migration_id} not planned within {timeout} s")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -18,6 +17,7 @@ from google.cloud import firestore
 from rich.console import Console
 from rich.table import Table
 
+from backfill_cli.client import FINAL_STATUSES, ApiError, BackfillClient, Endpoints
 from emulators.issuer import mint_token
 from emulators.sample import seed
 from shared import store
@@ -26,33 +26,28 @@ console = Console()
 OPERATOR = "ops@example.com"
 
 
-class Api:
-    """The trigger and status endpoints, called as an operator."""
+def connect(env: dict[str, str]) -> BackfillClient:
+    """A client of the stack's gateway, with an operator's token from the local issuer."""
+    token = mint_token(env["BACKFILL_ISSUER_URL"], OPERATOR,
+                       env["BACKFILL_OPERATOR_AUDIENCES"].split(",")[0])
+    return BackfillClient(Endpoints.gateway(env["BACKFILL_GATEWAY_URL"]), token)
 
-    def __init__(self, env: dict[str, str]) -> None:
-        token = mint_token(env["BACKFILL_ISSUER_URL"], OPERATOR,
-                           env["BACKFILL_OPERATOR_AUDIENCES"].split(",")[0])
-        self._client = httpx.Client(base_url=env["BACKFILL_GATEWAY_URL"], timeout=60,
-                                    headers={"Authorization": f"Bearer {token}"})
 
-    def start(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = self._client.post("/api/jobs/backfill", json=body)
-        if response.status_code != 202:
-            sys.exit(f"trigger answered {response.status_code}: {response.text}")
-        result: dict[str, Any] = response.json()
-        return result
+def run_to_end(client: BackfillClient, body: dict[str, Any]) -> dict[str, Any]:
+    """Start a run and wait until it ends (or is paused), printing its progress."""
+    try:
+        migration_id = client.start(body)["migrationId"]
+        return client.wait(migration_id, timeout=600, progress=_progress)
+    except ApiError as error:
+        sys.exit(f"the bundle answered {error}")
+    except TimeoutError as error:
+        sys.exit(str(error))
 
-    def wait(self, migration_id: str, timeout: float = 600) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run: dict[str, Any] = self._client.get(
-                f"/api/admin/dataMigrations/{migration_id}").json()
-            if run["status"] in ("completed", "failed"):
-                return run
-            console.print(f"  {run['status']:>9} {run['percent']:5.1f}%  "
-                          f"taken {run['taken']}/{run['total']}", highlight=False)
-            time.sleep(1)
-        sys.exit(f"run {migration_id} did not end within {timeout:.0f} s")
+
+def _progress(run: dict[str, Any]) -> None:
+    if run["status"] not in FINAL_STATUSES:
+        console.print(f"  {run['status']:>9} {run['percent']:5.1f}%  "
+                      f"taken {run['taken']}/{run['total']}", highlight=False)
 
 
 def ledger_totals(db: firestore.Client) -> dict[str, int]:
@@ -111,25 +106,23 @@ def main() -> None:
     console.rule("sample")
     console.print(dict(sorted(kinds.items())), f"{sum(kinds.values())} events over 5 days")
     before = ledger_totals(db)
-    api = Api(env)
+    client = connect(env)
     window = {"startDate": "2025-01-01", "endDate": "2025-01-05"}
 
     console.rule("dry run: webhook_replay")
-    dry = api.wait(api.start({"type": "webhook_replay", **window, "dryRun": True})["migrationId"])
+    dry = run_to_end(client, {"type": "webhook_replay", **window, "dryRun": True})
     show_run("dry run", dry)
     unchanged = ledger_totals(db) == before
     console.print(f"  ledger and wallets unchanged by the dry run: {unchanged}")
 
     console.rule("replay: webhook_replay")
-    live = api.wait(api.start({"type": "webhook_replay", **window, "dryRun": False})
-                    ["migrationId"])
+    live = run_to_end(client, {"type": "webhook_replay", **window, "dryRun": False})
     show_run("replay", live)
     for reason, count in errors_by_code(db, live["migrationId"]).most_common():
         console.print(f"  {count:4} x {reason}")
 
     console.rule("reversal backfill")
-    reversal = api.wait(api.start({"type": "reversal_backfill", **window, "dryRun": False})
-                        ["migrationId"])
+    reversal = run_to_end(client, {"type": "reversal_backfill", **window, "dryRun": False})
     show_run("reversal backfill", reversal)
 
     console.rule("outcome")

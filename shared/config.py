@@ -202,35 +202,3 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read from the environment once (tests call ``cache_clear``)."""
     return Settings()
-
-
-class ClientSettings(BaseSettings):
-    """What the CLI needs to call a deployed bundle (or the local stack's gateway).
-
-    ``BACKFILL_TOKEN`` is an ID token for the operator (for example from
-    ``gcloud auth print-identity-token``); ``BACKFILL_ISSUER_URL`` exists only on the local
-    stack, whose issuer mints tokens for any identity, and is refused for https endpoints.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="BACKFILL_", frozen=True, extra="ignore")
-
-    trigger_url: str = ""
-    status_url: str = ""
-    gateway_url: str = ""
-    issuer_url: str = ""
-    operator_audiences: CsvList = ()
-    token: str = ""
-
-    @field_validator("operator_audiences", mode="before")
-    @classmethod
-    def _split_csv(cls, value: object) -> object:
-        return Settings._split_csv(value)
-
-    @property
-    def effective_trigger_url(self) -> str:
-        return self.trigger_url or (self.gateway_url and f"{self.gateway_url}/api/jobs/backfill")
-
-    @property
-    def effective_status_url(self) -> str:
-        return self.status_url or (
-            self.gateway_url and f"{self.gateway_url}/api/admin/dataMigrations")

@@ -25,9 +25,9 @@ from google.cloud import firestore, tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 from typer.testing import CliRunner, Result
 
+from backfill_cli.cli import app
 from emulators.stack import Stack
 from shared import store
-from shared.cli import app
 from tests import data
 from tests.conftest import OPERATOR
 

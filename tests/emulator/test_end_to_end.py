@@ -11,6 +11,7 @@ import httpx
 import pytest
 from google.cloud import firestore
 
+from backfill_cli.client import ApiError, BackfillClient, Endpoints
 from emulators.sample import SampleShape, seed
 from emulators.stack import Stack
 from shared import store
@@ -24,22 +25,22 @@ SHAPE = SampleShape(days=3, purchases=500, customers=40, refunds=50, chargebacks
 
 
 class Api:
+    """The bundle's client on the test stack's gateway, as an operator, and the stack."""
+
     def __init__(self, stack: Stack, mint: Mint) -> None:
         self.stack = stack
-        self.http = httpx.Client(base_url=stack.env()["BACKFILL_GATEWAY_URL"], timeout=60,
-                                 headers={"Authorization": f"Bearer {mint()}"})
+        self.client = BackfillClient(Endpoints.gateway(stack.env()["BACKFILL_GATEWAY_URL"]),
+                                     mint())
 
     def start(self, **body: Any) -> str:
-        response = self.http.post("/api/jobs/backfill", json=body)
-        assert response.status_code == 202, response.text
-        migration_id: str = response.json()["migrationId"]
+        migration_id: str = self.client.start(body)["migrationId"]
         return migration_id
 
     def finish(self, **body: Any) -> dict[str, Any]:
+        """Start a run and answer its status once the queue is idle (the run has ended)."""
         migration_id = self.start(**body)
         self.stack.wait_idle(timeout=180)
-        run: dict[str, Any] = self.http.get(f"/api/admin/dataMigrations/{migration_id}").json()
-        return run
+        return self.client.run(migration_id)
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_every_purchase_is_credited_once_when_the_handler_dies_mid_chunk(
         stack.restart_gateway(GATEWAY_OVERRIDES)
     stack.wait_idle(timeout=180)
 
-    run = api.http.get(f"/api/admin/dataMigrations/{migration_id}").json()
+    run = api.client.run(migration_id)
     assert 0 < died_with < 300
     assert (run["status"], run["applied"], run["taken"]) == ("completed", 300, 300)
     assert len(data.credited_orders(db)) == 300
@@ -183,13 +184,16 @@ def test_bad_requests_and_tokens_are_refused_with_nothing_written(
     before = stack.tasks_stats()["dispatched"]
 
     if headers is None:
-        response = api.http.post("/api/jobs/backfill", json=body)
+        with pytest.raises(ApiError) as refused:
+            api.client.start(body)
+        answered, answer = refused.value.status, refused.value.body
     else:  # not the client: it would add the operator's token
         response = httpx.post(f"{stack.env()['BACKFILL_GATEWAY_URL']}/api/jobs/backfill",
                               json=body, headers=headers)
+        answered, answer = response.status_code, response.json()
 
-    assert response.status_code == status
-    assert response.json()["error"]
+    assert answered == status
+    assert answer["error"]
     assert not list(db.collection(store.RUNS).stream())
     assert stack.tasks_stats()["dispatched"] == before
 
@@ -198,11 +202,11 @@ def test_a_year_long_range_is_planned_in_one_call(api: Api, db: firestore.Client
     data.product(db, "p1", 10)
     data.put(db, *data.purchases(50, days=30))
 
-    response = api.http.post("/api/jobs/backfill", json={
+    answer = api.client.start({
         "type": "webhook_replay", "startDate": "2024-12-01", "endDate": "2025-11-30"})
     api.stack.wait_idle(timeout=180)
 
-    assert response.status_code == 202
-    assert response.json()["chunks"] == 365
-    run = api.http.get(response.json()["statusUrl"]).json()
+    assert answer["chunks"] == 365
+    assert answer["statusUrl"].endswith(f"/api/admin/dataMigrations/{answer['migrationId']}")
+    run = api.client.run(answer["migrationId"])
     assert (run["status"], run["applied"]) == ("completed", 50)

@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import pytest
 from google.cloud import firestore
 
+from backfill_cli.client import BackfillClient, Endpoints
 from emulators.stack import Stack
 from shared import runs, store
 from tests import data
@@ -28,13 +28,12 @@ RANGE = {"type": "webhook_replay", "startDate": "2025-01-01", "endDate": "2025-0
 
 
 @pytest.fixture
-def http(stack: Stack, clean: firestore.Client, mint: Mint) -> Iterator[httpx.Client]:
+def client(stack: Stack, clean: firestore.Client, mint: Mint) -> Iterator[BackfillClient]:
     stack.wait_idle(timeout=60)
     stack.restart_gateway(OVERRIDES)
     stack.set_sweep_period(1.0)
     try:
-        yield httpx.Client(base_url=stack.env()["BACKFILL_GATEWAY_URL"], timeout=60,
-                           headers={"Authorization": f"Bearer {mint()}"})
+        yield BackfillClient(Endpoints.gateway(stack.env()["BACKFILL_GATEWAY_URL"]), mint())
     finally:
         stack.set_sweep_period(0)
         stack.restart_gateway(GATEWAY_OVERRIDES)
@@ -58,12 +57,10 @@ def progress(db: firestore.Client, migration_id: str) -> dict[str, Any]:
             "pickups": sum(int(c.get("pickups", 0)) for c in chunks)}
 
 
-def start_and_get_going(http: httpx.Client, db: firestore.Client) -> str:
+def start_and_get_going(client: BackfillClient, db: firestore.Client) -> str:
     data.product(db, "p1", 10)
     data.put(db, *data.purchases(EVENTS, days=6))
-    response = http.post("/api/jobs/backfill", json=RANGE)
-    assert response.status_code == 202, response.text
-    migration_id: str = response.json()["migrationId"]
+    migration_id: str = client.start(RANGE)["migrationId"]
     # Its first page: the queue dispatches four chunks at once, so the other two still wait.
     wait_for(lambda: progress(db, migration_id)["taken"] >= 20, 60, "the run to get going")
     return migration_id
@@ -83,8 +80,8 @@ def completed_exactly_once(stack: Stack, db: firestore.Client, migration_id: str
 
 
 def test_a_run_completes_once_after_the_tasks_emulator_lost_every_task(
-        stack: Stack, http: httpx.Client, db: firestore.Client) -> None:
-    migration_id = start_and_get_going(http, db)
+        stack: Stack, client: BackfillClient, db: firestore.Client) -> None:
+    migration_id = start_and_get_going(client, db)
 
     stack.restart_tasks()  # the queue comes back empty: chunk tasks and watchdog are gone
 
@@ -93,8 +90,8 @@ def test_a_run_completes_once_after_the_tasks_emulator_lost_every_task(
 
 
 def test_a_run_completes_once_after_its_chunk_url_was_down_past_the_retry_budget(
-        stack: Stack, http: httpx.Client, db: firestore.Client) -> None:
-    migration_id = start_and_get_going(http, db)
+        stack: Stack, client: BackfillClient, db: firestore.Client) -> None:
+    migration_id = start_and_get_going(client, db)
     dropped_before = stack.tasks_stats()["droppedForGood"]
 
     stack.stop_gateway()

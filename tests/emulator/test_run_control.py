@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from google.cloud import firestore
 
+from backfill_cli.client import ApiError
 from emulators.stack import Stack
 from shared import store
 from tests import data
@@ -28,8 +29,7 @@ def api(stack: Stack, clean: firestore.Client, mint: Mint) -> Api:
 
 
 def run_of(api: Api, migration_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = api.http.get(f"/api/admin/dataMigrations/{migration_id}").json()
-    return body
+    return api.client.run(migration_id)
 
 
 def once_moving(api: Api, migration_id: str, taken: int = 200) -> dict[str, Any]:
@@ -44,10 +44,7 @@ def once_moving(api: Api, migration_id: str, taken: int = 200) -> dict[str, Any]
 
 
 def act(api: Api, migration_id: str, action: str, **body: Any) -> dict[str, Any]:
-    response = api.http.post(f"/api/admin/dataMigrations/{migration_id}/{action}", json=body)
-    assert response.status_code in (200, 202), response.text
-    answer: dict[str, Any] = response.json()
-    return answer
+    return api.client.control(migration_id, action, body)
 
 
 def seed(db: firestore.Client) -> None:
@@ -109,8 +106,9 @@ def test_cancel_mid_run_stops_every_chunk_and_leaves_whole_pages_only(
     # Whole pages only: every flagged event has its entry, and no entry lacks its flag.
     assert sum(e["processed"] for e in events) == run["taken"] == credited(db)
     data.assert_ledger_consistent(db)
-    refused = api.http.post(f"/api/admin/dataMigrations/{migration_id}/resume")
-    assert refused.status_code == 409
+    with pytest.raises(ApiError) as refused:
+        act(api, migration_id, "resume")
+    assert refused.value.status == 409
 
 
 def test_a_twin_trigger_is_refused_while_the_run_is_active_then_retry_fixes_failures(
@@ -120,16 +118,18 @@ def test_a_twin_trigger_is_refused_while_the_run_is_active_then_retry_fixes_fail
     data.put(db, *data.purchases(10, days=3, prefix="n", product_id="new"))
     migration_id = api.start(type="webhook_replay", **SIX_DAYS)
 
-    twin = api.http.post("/api/jobs/backfill", json={"type": "webhook_replay", **SIX_DAYS})
+    with pytest.raises(ApiError) as twin:
+        api.start(type="webhook_replay", **SIX_DAYS)
     api.stack.wait_idle(timeout=120)
     first = run_of(api, migration_id)
     data.product(db, "new", 5)
     retry = act(api, migration_id, "retry", code="product_not_found")
     api.stack.wait_idle(timeout=120)
     second = run_of(api, retry["migrationId"])
-    report = api.http.get(f"/api/admin/dataMigrations/{migration_id}/errors").text
+    with api.client.errors(migration_id) as chunks:
+        report = "".join(chunks)
 
-    assert twin.status_code == 409 and twin.json()["blocking"] == [migration_id]
+    assert (twin.value.status, twin.value.blocking) == (409, [migration_id])
     assert (first["status"], first["applied"], first["errors"]) == ("completed", 200, 10)
     assert (second["status"], second["applied"], second["errors"]) == ("completed", 10, 0)
     assert len(report.strip().splitlines()) == 1 + 10

@@ -8,46 +8,36 @@ and body, and the command exits 1.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from shared.config import ClientSettings
+from backfill_cli.client import (
+    PAUSED,
+    ApiError,
+    BackfillClient,
+    MissingEndpoint,
+    mint_local_token,
+)
+from backfill_cli.settings import ClientSettings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console()
 notes = Console(stderr=True)
-FINAL = {"completed", "failed", "cancelled"}
-PAUSED = "paused"
 
 
-class CliSettings(ClientSettings):
-    """The client settings plus where run control goes.
-
-    ``BACKFILL_CONTROL_URL`` is the control function's URL on a deployed bundle (each function
-    has its own URL there); without it, control calls go under the status URL, which is right
-    on the local gateway: it routes ``POST /api/admin/dataMigrations/...`` to the control function.
-    """
-
-    control_url: str = ""
-
-    @property
-    def effective_control_url(self) -> str:
-        return self.control_url or self.effective_status_url
+def _settings() -> ClientSettings:
+    return ClientSettings()
 
 
-def _settings() -> CliSettings:
-    return CliSettings()
-
-
-def mint_local_token(email: str, audience: str | None = None) -> str:
+def _local_token(email: str, audience: str | None = None) -> str:
     """A token from the local stack's issuer; refused when no local issuer is configured."""
     settings = _settings()
     if not settings.issuer_url:
@@ -55,44 +45,26 @@ def mint_local_token(email: str, audience: str | None = None) -> str:
                                  ".local/stack.env, or pass --token on a deployed bundle")
     audience = audience or (settings.operator_audiences[0] if settings.operator_audiences
                             else settings.gateway_url)
-    response = httpx.post(f"{settings.issuer_url}/token",
-                          json={"email": email, "audience": audience}, timeout=10)
-    response.raise_for_status()
-    return str(response.json()["token"])
+    return mint_local_token(settings.issuer_url, email, audience)
 
 
-def _token(token: str | None, email: str) -> str:
-    return token or _settings().token or mint_local_token(email)
-
-
-def _check_endpoint(url: str) -> None:
-    if not url:
-        raise typer.BadParameter("no endpoint: set BACKFILL_TRIGGER_URL/BACKFILL_STATUS_URL/"
-                                 "BACKFILL_CONTROL_URL or BACKFILL_GATEWAY_URL (source "
-                                 ".local/stack.env locally)")
-
-
-def _fail(response: httpx.Response) -> NoReturn:
-    """Print a refused call's status and body (and the runs in its way, if any); exit 1."""
-    console.print(f"[red]{response.status_code}[/red] {escape(response.text)}", soft_wrap=True)
+@contextlib.contextmanager
+def _client(token: str | None, email: str) -> Iterator[BackfillClient]:
+    """A client of the configured bundle; a refused call is printed with its status and body
+    (and the runs in its way, if any), and the command exits 1."""
+    settings = _settings()
+    bearer = token or settings.token or _local_token(email)
     try:
-        blocking = response.json().get("blocking")
-    except (ValueError, AttributeError):
-        blocking = None
-    if blocking:
-        console.print(f"runs in the way: {', '.join(blocking)} (see `backfill status ID`)",
-                      soft_wrap=True)
-    raise typer.Exit(1)
-
-
-def _call(method: str, url: str, token: str, body: dict[str, Any] | None = None,
-          params: dict[str, str] | None = None) -> Any:
-    _check_endpoint(url)
-    response = httpx.request(method, url, json=body, params=params, timeout=60,
-                             headers={"Authorization": f"Bearer {token}"})
-    if response.status_code >= 400:
-        _fail(response)
-    return response.json()
+        with BackfillClient(settings.endpoints, bearer) as client:
+            yield client
+    except MissingEndpoint as error:
+        raise typer.BadParameter(str(error)) from None
+    except ApiError as error:
+        console.print(f"[red]{error.status}[/red] {escape(error.text)}", soft_wrap=True)
+        if error.blocking:
+            console.print(f"runs in the way: {', '.join(error.blocking)} (see `backfill status "
+                          "ID`)", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 TokenOption = Annotated[str | None, typer.Option(help="ID token (default: BACKFILL_TOKEN)")]
@@ -111,7 +83,7 @@ def token(
     audience: Annotated[str | None, typer.Option(help="default: the operator audience")] = None,
 ) -> None:
     """Print a local-stack ID token for EMAIL (the local issuer signs it; production refuses it)."""
-    typer.echo(mint_local_token(email, audience))
+    typer.echo(_local_token(email, audience))
 
 
 @app.command()
@@ -144,11 +116,11 @@ def start(
         body["force"] = True
     if include_processed:
         body["includeProcessed"] = True
-    bearer = _token(token, as_email)
-    started = _call("POST", _settings().effective_trigger_url, bearer, body)
-    console.print_json(json.dumps(started))
-    if wait:
-        _watch(started["migrationId"], bearer, 1.0)
+    with _client(token, as_email) as client:
+        started = client.start(body)
+        console.print_json(json.dumps(started))
+        if wait:
+            _watch(client, started["migrationId"])
 
 
 def _range(start_date: str | None, end_date: str | None,
@@ -175,24 +147,24 @@ def status(
     as_email: AsOption = "ops@example.com",
 ) -> None:
     """Show recent runs, or one run's progress."""
-    bearer = _token(token, as_email)
-    base = _settings().effective_status_url
-    if migration_id is None:
-        runs = _call("GET", base, bearer)["runs"]
-        if as_json:
-            console.print_json(json.dumps(runs))
-            return
-        table = Table("migrationId", "type", "status", "dryRun", "dates", "total", "createdAt")
-        for run in runs:
-            table.add_row(run["migrationId"], run["type"], run["status"], str(run["dryRun"]),
-                          f"{run['startDate']}..{run['endDate']}", str(run["total"]),
-                          run["createdAt"])
-        console.print(table)
-    elif watch:
-        _watch(migration_id, bearer, 1.0)
-    else:
-        run = _call("GET", f"{base}/{migration_id}", bearer)
-        console.print_json(json.dumps(run)) if as_json else _show(run)
+    with _client(token, as_email) as client:
+        if migration_id is None:
+            runs = client.runs()
+            if as_json:
+                console.print_json(json.dumps(runs))
+                return
+            table = Table("migrationId", "type", "status", "dryRun", "dates", "total",
+                          "createdAt")
+            for run in runs:
+                table.add_row(run["migrationId"], run["type"], run["status"],
+                              str(run["dryRun"]), f"{run['startDate']}..{run['endDate']}",
+                              str(run["total"]), run["createdAt"])
+            console.print(table)
+        elif watch:
+            _watch(client, migration_id)
+        else:
+            run = client.run(migration_id)
+            console.print_json(json.dumps(run)) if as_json else _show(run)
 
 
 @app.command()
@@ -200,7 +172,7 @@ def pause(migration_id: RunArgument, reason: ReasonOption = None, token: TokenOp
           as_email: AsOption = "ops@example.com") -> None:
     """Pause a pending or running run: its chunks stop at their next page and keep their
     cursors."""
-    _steer("pause", migration_id, reason, _token(token, as_email))
+    _steer("pause", migration_id, reason, token, as_email)
 
 
 @app.command()
@@ -208,7 +180,7 @@ def resume(migration_id: RunArgument, reason: ReasonOption = None, token: TokenO
            as_email: AsOption = "ops@example.com") -> None:
     """Resume a paused run from its chunks' cursors (refused while backfills are switched
     off)."""
-    _steer("resume", migration_id, reason, _token(token, as_email))
+    _steer("resume", migration_id, reason, token, as_email)
 
 
 @app.command()
@@ -224,19 +196,14 @@ def cancel(
     (what they applied stays applied)."""
     if not yes:
         typer.confirm(f"Cancel run {migration_id}? It cannot be resumed afterwards", abort=True)
-    _steer("cancel", migration_id, reason, _token(token, as_email))
+    _steer("cancel", migration_id, reason, token, as_email)
 
 
-def _steer(action: str, migration_id: str, reason: str | None, bearer: str) -> None:
-    url = f"{_control_base()}/{migration_id}/{action}"
-    answer = _call("POST", url, bearer, {"reason": reason} if reason else None)
+def _steer(action: str, migration_id: str, reason: str | None, token: str | None,
+           as_email: str) -> None:
+    with _client(token, as_email) as client:
+        answer = client.control(migration_id, action, {"reason": reason} if reason else None)
     console.print_json(json.dumps(answer))
-
-
-def _control_base() -> str:
-    base = _settings().effective_control_url
-    _check_endpoint(base)
-    return base.rstrip("/")
 
 
 @app.command()
@@ -260,11 +227,11 @@ def retry(
         body["dryRun"] = dry_run
     if force:
         body["force"] = True
-    bearer = _token(token, as_email)
-    started = _call("POST", f"{_control_base()}/{migration_id}/retry", bearer, body or None)
-    console.print_json(json.dumps(started))
-    if wait:
-        _watch(started["migrationId"], bearer, 1.0)
+    with _client(token, as_email) as client:
+        started = client.control(migration_id, "retry", body or None)
+        console.print_json(json.dumps(started))
+        if wait:
+            _watch(client, started["migrationId"])
 
 
 @app.command()
@@ -279,58 +246,47 @@ def errors(
     as_email: AsOption = "ops@example.com",
 ) -> None:
     """A run's failed events, one row each: event, code, message, hint, attempts, chunk."""
-    base = _settings().effective_status_url
-    _check_endpoint(base)
-    params = {"format": "json" if as_json else "csv"}
-    if code is not None:
-        params["code"] = code
-    bearer = _token(token, as_email)
-    # Streamed: a report of any size passes through in constant memory.
-    with httpx.stream("GET", f"{base.rstrip('/')}/{migration_id}/errors", params=params,
-                      timeout=60, headers={"Authorization": f"Bearer {bearer}"}) as response:
-        if response.status_code >= 400:
-            response.read()
-            _fail(response)
+    with _client(token, as_email) as client, client.errors(migration_id, code,
+                                                           as_json) as report:
         if output is None:
-            for text in response.iter_text():
+            for text in report:
                 typer.echo(text, nl=False)
             if as_json:
                 typer.echo()
             return
         with output.open("w", encoding="utf-8", newline="") as file:
-            for text in response.iter_text():
+            for text in report:
                 file.write(text)
     notes.print(f"wrote {output}")
 
 
-def _watch(migration_id: str, bearer: str, every: float) -> dict[str, Any]:
+def _watch(client: BackfillClient, migration_id: str, every: float = 1.0) -> dict[str, Any]:
     """Print the run's progress every ``every`` seconds until it ends or is paused."""
-    base = _settings().effective_status_url
-    while True:
-        run: dict[str, Any] = _call("GET", f"{base}/{migration_id}", bearer)
-        line = (f"{run['status']:>9}  {run['percent']:5.1f}%  taken {run['taken']}/"
-                f"{run['total']}  processed {run['processed']}  skipped {run['skipped']}"
-                f"  errors {run['errors']}")
-        if run.get("rate"):
-            line += f"  {run['rate']} events/s"
-        elif run.get("averageRate"):
-            line += f"  {run['averageRate']} events/s on average"
-        if run.get("etaSeconds") is not None:
-            line += f"  ETA {_duration(run['etaSeconds'])}"
-        console.print(line, soft_wrap=True, markup=False)
-        if run.get("stalledChunks"):
-            console.print(f"  stalled chunks (no checkpoint within their lease): "
-                          f"{', '.join(run['stalledChunks'])}", soft_wrap=True, markup=False)
-        if run["status"] in FINAL:
-            _show(run)
-            return run
-        if run["status"] == PAUSED:
-            _show(run)
-            console.print(f"{migration_id} is paused; continue it with `backfill resume "
-                          f"{migration_id}`, or end it with `backfill cancel {migration_id}`",
-                          soft_wrap=True, markup=False)
-            return run
-        time.sleep(every)
+    run = client.wait(migration_id, timeout=float("inf"), every=every, progress=_progress)
+    _show(run)
+    if run["status"] == PAUSED:
+        console.print(f"{migration_id} is paused; continue it with `backfill resume "
+                      f"{migration_id}`, or end it with `backfill cancel {migration_id}`",
+                      soft_wrap=True, markup=False)
+    return run
+
+
+def _progress(run: dict[str, Any]) -> None:
+    line = (f"{run['status']:>9}  {run['percent']:5.1f}%  taken {run['taken']}/"
+            f"{run['total']}  processed {run['processed']}  skipped {run['skipped']}"
+            f"  errors {run['errors']}")
+    if run.get("rate"):
+        line += f"  {run['rate']} events/s"
+    elif run.get("averageRate"):
+        line += f"  {run['averageRate']} events/s on average"
+    if run.get("etaSeconds") is not None:
+        line += f"  ETA {_duration(run['etaSeconds'])}"
+    if run.get("waitingFor") and not run.get("planned"):
+        line += f"  waiting for {', '.join(run['waitingFor'])}"
+    console.print(line, soft_wrap=True, markup=False)
+    if run.get("stalledChunks"):
+        console.print(f"  stalled chunks (no checkpoint within their lease): "
+                      f"{', '.join(run['stalledChunks'])}", soft_wrap=True, markup=False)
 
 
 def _duration(seconds: float) -> str:

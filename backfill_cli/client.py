@@ -1,0 +1,167 @@
+"""One typed client of the bundle's HTTP API: the trigger, status and control functions, or the
+local gateway that serves them all on one host. The ``backfill`` CLI, the demo, the benchmark
+and the end-to-end tests all call the bundle through it.
+
+Every call sends ``Authorization: Bearer <ID token>``. An answer of 400 or above raises
+``ApiError`` with the status and the JSON body the bundle sent (``field``/``reason`` on a 400,
+``blocking`` on a 409 or 429). ``wait`` polls a run until it ends or is paused: a paused run
+needs an operator, so waiting on it any longer would wait forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import httpx
+
+FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+PAUSED = "paused"
+ACTIONS = ("pause", "resume", "cancel", "retry")
+
+
+class ApiError(Exception):
+    """The bundle refused a call: ``status``, its JSON ``body`` (empty if it sent none) and the
+    raw ``text``."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        self.text = response.text
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        self.body: dict[str, Any] = body if isinstance(body, dict) else {}
+        super().__init__(f"{self.status} {self.text}")
+
+    @property
+    def blocking(self) -> list[str]:
+        """The runs in the way of a refused start (409 conflict, 429 too many runs)."""
+        blocking = self.body.get("blocking")
+        return [str(run) for run in blocking] if isinstance(blocking, list) else []
+
+
+class MissingEndpoint(ValueError):
+    """The client was not told where the function it needs lives."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoints:
+    """The base URL of each function: the trigger (``POST`` starts a run), the status (runs
+    under it) and the control function (actions under it)."""
+
+    trigger: str = ""
+    status: str = ""
+    control: str = ""
+
+    @classmethod
+    def gateway(cls, url: str) -> Endpoints:
+        """All three on the local stack's gateway, on the runbook's paths."""
+        base = url.rstrip("/")
+        return cls(f"{base}/api/jobs/backfill", f"{base}/api/admin/dataMigrations",
+                   f"{base}/api/admin/dataMigrations")
+
+    def require(self, name: str) -> str:
+        url: str = getattr(self, name)
+        if not url:
+            raise MissingEndpoint(
+                "no endpoint: set BACKFILL_TRIGGER_URL/BACKFILL_STATUS_URL/BACKFILL_CONTROL_URL "
+                "or BACKFILL_GATEWAY_URL (source .local/stack.env locally)")
+        return url.rstrip("/")
+
+
+class BackfillClient:
+    """Calls one deployed bundle (or the local gateway) with one operator's token."""
+
+    def __init__(self, endpoints: Endpoints, token: str, *, timeout: float = 60.0,
+                 trust_env: bool = True, transport: httpx.BaseTransport | None = None) -> None:
+        """``transport``: httpx's port, for unit tests of this class (default: the network)."""
+        self.endpoints = endpoints
+        self._http = httpx.Client(timeout=timeout, trust_env=trust_env, transport=transport)
+        self.use_token(token)
+
+    def use_token(self, token: str) -> None:
+        """Call with ``token`` from now on (ID tokens expire after an hour)."""
+        self._http.headers["Authorization"] = f"Bearer {token}"
+
+    def __enter__(self) -> BackfillClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def start(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Start a run (the trigger's 202), or find the run a twin schedule firing started
+        (200 ``duplicate``): ``migrationId``, ``status``, ``statusUrl`` and the rest."""
+        return self._json("POST", self.endpoints.require("trigger"), json=dict(body))
+
+    def runs(self, limit: int | None = None, backfill_type: str | None = None,
+             status: str | None = None) -> list[dict[str, Any]]:
+        """Recent runs, newest first."""
+        params = {key: str(value) for key, value in (
+            ("limit", limit), ("type", backfill_type), ("status", status)) if value is not None}
+        listed: list[dict[str, Any]] = self._json(
+            "GET", self.endpoints.require("status"), params=params)["runs"]
+        return listed
+
+    def run(self, migration_id: str) -> dict[str, Any]:
+        """One run's status: counts, progress, chunks, first errors."""
+        return self._json("GET", f"{self.endpoints.require('status')}/{migration_id}")
+
+    def control(self, migration_id: str, action: str,
+                body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``pause``, ``resume``, ``cancel`` (their answer) or ``retry`` (the new run)."""
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
+        url = f"{self.endpoints.require('control')}/{migration_id}/{action}"
+        return self._json("POST", url, json=dict(body) if body else None)
+
+    @contextlib.contextmanager
+    def errors(self, migration_id: str, code: str | None = None,
+               as_json: bool = False) -> Iterator[Iterator[str]]:
+        """The run's error report (CSV, or JSON), streamed: a report of any size passes through
+        in constant memory. Raises ``ApiError`` before yielding if the call is refused."""
+        params = {"format": "json" if as_json else "csv", **({"code": code} if code else {})}
+        url = f"{self.endpoints.require('status')}/{migration_id}/errors"
+        with self._http.stream("GET", url, params=params) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response)
+            yield response.iter_text()
+
+    def wait(self, migration_id: str, timeout: float = 600.0, every: float = 1.0,
+             progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll the run every ``every`` seconds until it ends or is paused; answer its last
+        status. ``progress`` sees each status read. ``TimeoutError`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.run(migration_id)
+            if progress is not None:
+                progress(run)
+            if run["status"] in FINAL_STATUSES or run["status"] == PAUSED:
+                return run
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"run {migration_id} is still {run['status']} after "
+                                   f"{timeout:.0f} s")
+            time.sleep(every)
+
+    def _json(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._http.request(method, url, **kwargs)
+        if response.status_code >= 400:
+            raise ApiError(response)
+        answer: dict[str, Any] = response.json()
+        return answer
+
+
+def mint_local_token(issuer_url: str, email: str, audience: str) -> str:
+    """A token for ``email`` from the local stack's issuer (production refuses such tokens)."""
+    response = httpx.post(f"{issuer_url.rstrip('/')}/token",
+                          json={"email": email, "audience": audience}, timeout=10)
+    response.raise_for_status()
+    return str(response.json()["token"])
