@@ -1,4 +1,6 @@
-"""The demo: seed a realistic sample into the local stack, then dry-run and replay it over HTTP.
+"""The demo: seed a realistic sample into the local stack, dry-run and replay it over HTTP, then
+start the replay and the reversal backfill back to back, as the runbook orders them (the reversal
+backfill waits for the replay).
 
 Run by ``make demo`` after ``make up``. Everything goes through the public surface: the trigger
 and status endpoints with OIDC tokens from the local issuer, Cloud Tasks (the emulator) calling
@@ -33,15 +35,23 @@ def connect(env: dict[str, str]) -> BackfillClient:
     return BackfillClient(Endpoints.gateway(env["BACKFILL_GATEWAY_URL"]), token)
 
 
-def run_to_end(client: BackfillClient, body: dict[str, Any]) -> dict[str, Any]:
-    """Start a run and wait until it ends (or is paused), printing its progress."""
+def start(client: BackfillClient, body: dict[str, Any]) -> dict[str, Any]:
     try:
-        migration_id = client.start(body)["migrationId"]
-        return client.wait(migration_id, timeout=600, progress=_progress)
+        return client.start(body)
     except ApiError as error:
         sys.exit(f"the bundle answered {error}")
+
+
+def wait(client: BackfillClient, migration_id: str) -> dict[str, Any]:
+    """Wait until the run ends (or is paused), printing its progress."""
+    try:
+        return client.wait(migration_id, timeout=600, progress=_progress)
     except TimeoutError as error:
         sys.exit(str(error))
+
+
+def run_to_end(client: BackfillClient, body: dict[str, Any]) -> dict[str, Any]:
+    return wait(client, start(client, body)["migrationId"])
 
 
 def _progress(run: dict[str, Any]) -> None:
@@ -115,14 +125,17 @@ def main() -> None:
     unchanged = ledger_totals(db) == before
     console.print(f"  ledger and wallets unchanged by the dry run: {unchanged}")
 
-    console.rule("replay: webhook_replay")
-    live = run_to_end(client, {"type": "webhook_replay", **window, "dryRun": False})
+    # The runbook's order, started back to back: the reversal backfill waits for the replay.
+    console.rule("replay, then reversal backfill: started together")
+    replay_id = start(client, {"type": "webhook_replay", **window, "dryRun": False})["migrationId"]
+    chained = start(client, {"type": "reversal_backfill", **window, "dryRun": False})
+    console.print(f"  {chained['migrationId']} waits for "
+                  f"{', '.join(chained.get('waitingFor') or ['nothing'])}", highlight=False)
+    live = wait(client, replay_id)
     show_run("replay", live)
     for reason, count in errors_by_code(db, live["migrationId"]).most_common():
         console.print(f"  {count:4} x {reason}")
-
-    console.rule("reversal backfill")
-    reversal = run_to_end(client, {"type": "reversal_backfill", **window, "dryRun": False})
+    reversal = wait(client, chained["migrationId"])
     show_run("reversal backfill", reversal)
 
     console.rule("outcome")
@@ -135,7 +148,8 @@ def main() -> None:
     console.print(f"every wallet equals the sum of its entries, reversals exact: {not problems}")
     for problem in problems[:20]:
         console.print(f"  [red]{problem}[/red]")
-    if problems or not unchanged or live["status"] != "completed":
+    if problems or not unchanged or live["status"] != "completed" or \
+            reversal["status"] != "completed" or reversal["errors"]:
         sys.exit(1)
 
 
