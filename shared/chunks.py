@@ -199,32 +199,32 @@ class ChunkRunner:
     def _claim(self, delivery: Delivery) -> _Chunk | ChunkReport:
         task = delivery.task
         ref = store.chunk_ref(self._db, task.migration_id, task.chunk_id)
-        for _ in range(_PAGE_ATTEMPTS):
-            snap = ref.get()
+
+        Claimed = _Chunk | ChunkReport
+
+        def decide(snap: Any) -> store.Write[Claimed] | store.Done[Claimed]:
             if not snap.exists:
-                return ChunkReport("idle", detail="no such chunk")
+                return store.Done(ChunkReport("idle", detail="no such chunk"))
             data = snap.to_dict() or {}
             if data["state"] not in OPEN_CHUNK_STATES:
-                return ChunkReport("idle", detail=f"the chunk is {data['state']}")
+                return store.Done(ChunkReport("idle", detail=f"the chunk is {data['state']}"))
             if task.segment != data["segment"]:
                 # An old segment's retry: make sure the current segment's task exists.
                 self._dispatcher.enqueue(ChunkTask(task.migration_id, task.chunk_id,
                                                    data["segment"]))
-                return ChunkReport("stale", detail=f"the chunk is at segment {data['segment']}")
+                return store.Done(ChunkReport(
+                    "stale", detail=f"the chunk is at segment {data['segment']}"))
             lifecycle.chunk_move(data["state"], ChunkState.RUNNING)
             claim = {"state": ChunkState.RUNNING.value, "leaseOwner": delivery.delivery_id,
                      "claimedAt": firestore.SERVER_TIMESTAMP, "leaseUntil": self._lease_until(),
                      "takenAtClaim": int((data.get("counters") or {}).get("taken", 0))}
             if data.get("startedAt") is None:
                 claim["startedAt"] = firestore.SERVER_TIMESTAMP
-            try:
-                result = ref.update(claim, option=self._db.write_option(
-                    last_update_time=snap.update_time))
-            except api_exceptions.FailedPrecondition:
-                continue
             data.update(state=ChunkState.RUNNING.value, leaseOwner=delivery.delivery_id)
-            return _Chunk(ref, data, result.update_time)
-        raise Unavailable("the chunk is contended; retry")
+            return store.Write(claim, lambda update_time: _Chunk(ref, data, update_time))
+
+        return store.compare_and_set(self._db, ref, decide, attempts=_PAGE_ATTEMPTS,
+                                     what="the chunk being claimed")
 
     def _lease_until(self) -> dt.datetime:
         return runs.lease_until(self._settings)

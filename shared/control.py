@@ -18,14 +18,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared import lifecycle, logs, runs, store
 from shared.config import Settings
 from shared.dispatch import ChunkTask, Dispatcher, enqueue_all
-from shared.errors import BackfillDisabled, Conflict, NotFound, Unavailable
+from shared.errors import BackfillDisabled, Conflict, NotFound
 from shared.models import ChunkState, RunStatus
 
 logger = logging.getLogger(__name__)
@@ -162,27 +161,23 @@ def move_chunk(db: firestore.Client, ref: firestore.DocumentReference, target: C
     With ``read`` the move happens only if the chunk is still as read (one attempt); without,
     it is read again after each conflicting page commit until the write wins.
     """
-    for _ in range(1 if read is not None else 20):
-        snap = read if read is not None else ref.get()
+    def decide(snap: Any) -> store.Write[int | None] | store.Done[int | None]:
         if not snap.exists:
-            return None
+            return store.Done(None)
         state = str(snap.get("state"))
         if state == target.value and not new_segment:
-            return None
+            return store.Done(None)
         if not lifecycle.chunk_can_move(state, target):
-            return None
+            return store.Done(None)
         segment = int(snap.get("segment")) + (1 if new_segment else 0)
-        try:
-            ref.update({"state": target.value, "leaseOwner": None, "note": note,
-                        "stateChangedAt": firestore.SERVER_TIMESTAMP, **(fields or {}),
-                        "segment": segment},
-                       option=db.write_option(last_update_time=snap.update_time))
-        except api_exceptions.FailedPrecondition:
-            continue  # a page committed meanwhile: read again, the next write wins
-        return segment
-    if read is not None:
-        return None
-    raise Unavailable("a chunk kept moving while it was being stopped; retry")
+        return store.Write({"state": target.value, "leaseOwner": None, "note": note,
+                            "stateChangedAt": firestore.SERVER_TIMESTAMP, **(fields or {}),
+                            "segment": segment}, lambda _: segment)
+
+    # A conflict is a page committed meanwhile: read again, the next write wins.
+    return store.compare_and_set(db, ref, decide, attempts=1 if read is not None else 20,
+                                 what="a chunk being stopped", read=read,
+                                 give_up=(lambda: None) if read is not None else None)
 
 
 def _steered(db: firestore.Client, migration_id: str, moved: dict[str, Any] | None,

@@ -440,17 +440,18 @@ def move_run(db: firestore.Client, migration_id: str, target: RunStatus, *, by: 
     ``shared.lifecycle``'s table. With ``strict`` a move the table refuses raises ``Conflict``.
     ``detail`` is the system's reason (logged); ``note`` is the operator's (stored only).
     """
-    ref = store.run_ref(db, migration_id)
-    for _ in range(10):
-        snap = ref.get()
+
+    Moved = dict[str, Any] | None
+
+    def decide(snap: Any) -> store.Write[Moved] | store.Done[Moved]:
         if not snap.exists:
             raise NotFound(f"no run {migration_id}")
         run = snap.to_dict() or {}
         current = str(run.get("status"))
         if current == target.value or (only_from is not None and current != only_from.value):
-            return None
+            return store.Done(None)
         if not strict and not lifecycle.run_can_move(current, target):
-            return None
+            return store.Done(None)
         reason = detail or lifecycle.run_move(current, target)
         update: dict[str, Any] = {
             "status": target.value, "statusReason": reason,
@@ -465,15 +466,16 @@ def move_run(db: firestore.Client, migration_id: str, target: RunStatus, *, by: 
         if run.get("startedAt") is None and (target in FINAL_RUN_STATUSES
                                              or target is RunStatus.RUNNING):
             update["startedAt"] = firestore.SERVER_TIMESTAMP
-        try:
-            ref.update(update, option=db.write_option(last_update_time=snap.update_time))
-        except api_exceptions.FailedPrecondition:
-            time.sleep(0.05)
-            continue
-        logs.log(logger, "run status changed", migration_id=migration_id, status=target.value,
-                 previous=current, reason=reason, caller=by)
-        return run
-    raise Unavailable(f"could not move run {migration_id} to {target.value}; retry")
+
+        def moved(_: Any) -> Moved:
+            logs.log(logger, "run status changed", migration_id=migration_id,
+                     status=target.value, previous=current, reason=reason, caller=by)
+            return run
+
+        return store.Write(update, moved)
+
+    return store.compare_and_set(db, store.run_ref(db, migration_id), decide, attempts=10,
+                                 what=f"run {migration_id}")
 
 
 def fail_run(db: firestore.Client, migration_id: str, reason: str) -> None:

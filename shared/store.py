@@ -10,13 +10,21 @@ effects exactly as a live run does.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
+from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared.config import Settings
+from shared.errors import Unavailable
+
+T = TypeVar("T")
 
 EVENTS = "webhookEvents"
 PRODUCTS = "products"
@@ -70,3 +78,46 @@ def sums(query: Any, fields: tuple[str, ...]) -> dict[str, int]:
         aggregation = aggregation.sum(field, alias=f"f{index}")
     values = {result.alias: result.value for result in aggregation.get()[0]}
     return {field: int(values.get(f"f{index}") or 0) for index, field in enumerate(fields)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Write(Generic[T]):
+    """``compare_and_set`` writes ``fields``, then answers ``then(update_time)``."""
+
+    fields: dict[str, Any]
+    then: Callable[[Any], T]
+
+
+@dataclasses.dataclass(frozen=True)
+class Done(Generic[T]):
+    """``compare_and_set`` writes nothing and answers ``value``."""
+
+    value: T
+
+
+def compare_and_set(db: firestore.Client, ref: firestore.DocumentReference,
+                    decide: Callable[[Any], Write[T] | Done[T]], *, attempts: int, what: str,
+                    read: Any = None, give_up: Callable[[], T] | None = None) -> T:
+    """Read ``ref``, let ``decide`` look at the snapshot, and write what it asks for under the
+    update time read, so that nothing written meanwhile is overwritten; on a conflict, read and
+    decide again.
+
+    ``read`` is a snapshot to decide on first instead of reading. After ``attempts`` conflicts:
+    ``give_up()`` if given, else ``Unavailable`` naming ``what`` (a retry of the request can
+    help).
+    """
+    for attempt in range(attempts):
+        snap = read if read is not None and attempt == 0 else ref.get()
+        decision = decide(snap)
+        if isinstance(decision, Done):
+            return decision.value
+        try:
+            result = ref.update(decision.fields,
+                                option=db.write_option(last_update_time=snap.update_time))
+        except api_exceptions.FailedPrecondition:
+            time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 (jitter, not security)
+            continue
+        return decision.then(result.update_time)
+    if give_up is not None:
+        return give_up()
+    raise Unavailable(f"{what} kept changing under concurrent writes; retry")
