@@ -183,7 +183,8 @@ def _describe(svc: Services, migration_id: str) -> dict[str, Any]:
     watchdog enqueued again), so looking at a stuck run is enough to get it going."""
     body = progress.describe_run(svc.db, migration_id, svc.settings.first_errors_shown)
     if body.get("stalled"):
-        body["recovery"] = watchdog.rescue(svc.settings, svc.db, svc.dispatcher, migration_id)
+        body["recovery"] = watchdog.rescue(svc.settings, svc.stores, svc.dispatcher,
+                                           migration_id)
     return body
 
 
@@ -227,11 +228,12 @@ def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
         return {**body, "retryOf": retry_of}, status
     note = parse_json(raw, ControlRequest).reason
     if action == "pause":
-        steered = control.pause(settings, db, migration_id, caller.email, note)
+        steered = control.pause(settings, svc.stores, migration_id, caller.email, note)
     elif action == "cancel":
-        steered = control.cancel(settings, db, migration_id, caller.email, note)
+        steered = control.cancel(settings, svc.stores, migration_id, caller.email, note)
     else:
-        steered = control.resume(settings, db, svc.dispatcher, migration_id, caller.email, note)
+        steered = control.resume(settings, svc.stores, svc.dispatcher, migration_id,
+                                 caller.email, note)
     logs.log(logger, "run control", migration_id=migration_id, action=action,
              status=steered.status, previous=steered.previous, chunks=steered.chunks,
              caller=caller.email)
@@ -247,7 +249,7 @@ def backfill_sweep(request: flask.Request) -> flask.Response:
 
 def _sweep(request: flask.Request) -> tuple[dict[str, Any], int]:
     svc, _ = _admit(request, "POST", _SWEEP_CALL)
-    return watchdog.sweep(svc.settings, svc.db, svc.dispatcher).body(), 200
+    return watchdog.sweep(svc.settings, svc.stores, svc.dispatcher).body(), 200
 
 
 @functions_framework.http

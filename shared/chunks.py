@@ -43,6 +43,7 @@ from shared.models import (
     RunStatus,
 )
 from shared.planning import Window
+from shared.stores import Stores
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +136,11 @@ class ChunkRunner:
     """Runs deliveries of chunk tasks against Firestore, handing continuations to ``dispatcher``."""
 
     def __init__(self, settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 stores: Stores | None = None) -> None:
         self._settings = settings
         self._db = db
+        self._stores = stores or Stores.firestore(db)
         self._dispatcher = dispatcher
         self._clock = clock
 
@@ -165,12 +168,12 @@ class ChunkRunner:
         task = delivery.task
         settings, db = self._settings, self._db
         if task.chunk_id == runs.WATCH_CHUNK:
-            return ChunkReport("watched", detail=watchdog.watch(settings, db, self._dispatcher,
-                                                                 task.migration_id))
+            return ChunkReport("watched", detail=watchdog.watch(
+                settings, self._stores, self._dispatcher, task.migration_id))
         if not settings.enabled:
             # Answer 2xx: a task failing until the switch is back on would burn its retries.
-            return ChunkReport("paused", detail=control.kill_switch(settings, db,
-                                                                    task.migration_id))
+            return ChunkReport("paused", detail=control.kill_switch(
+                settings, self._stores, task.migration_id))
         if task.chunk_id == runs.PLAN_CHUNK:
             return ChunkReport("planned", detail=runs.plan_run(
                 settings, db, self._dispatcher, task.migration_id, task.segment))
@@ -179,13 +182,13 @@ class ChunkRunner:
             return ChunkReport("idle", detail="no such run")
         run = run_snap.to_dict() or {}
         status = run.get("status")
-        ref = store.chunk_ref(db, task.migration_id, task.chunk_id)
         if status == RunStatus.PAUSED.value or status in (RunStatus.CANCELLED.value,
                                                           RunStatus.FAILED.value):
             # A stop whose chunk writes did not all land (its caller died): finish it here.
             target = ChunkState.PAUSED if status == RunStatus.PAUSED.value \
                 else ChunkState.CANCELLED
-            control.move_chunk(db, ref, target, f"its run is {status}")
+            self._stores.chunks.move(task.migration_id, task.chunk_id, target,
+                                     f"its run is {status}")
             return ChunkReport("idle", detail=f"the run is {status}")
         if status in FINAL_RUN_STATUSES:
             return ChunkReport("idle", detail=f"the run is {status}")
@@ -193,7 +196,7 @@ class ChunkRunner:
         if isinstance(chunk, ChunkReport):
             return chunk
         if status == RunStatus.PENDING.value:
-            runs.mark_running(db, task.migration_id)
+            runs.mark_running(self._stores, task.migration_id)
         return self._process(delivery, run, chunk)
 
     def _claim(self, delivery: Delivery) -> _Chunk | ChunkReport:
@@ -263,7 +266,7 @@ class ChunkRunner:
                 self._check_breaker(delivery.task.migration_id)
             if final:
                 report.result = "completed"
-                runs.finish_if_done(self._db, delivery.task.migration_id)
+                runs.finish_if_done(self._stores, delivery.task.migration_id)
                 break
         logs.log(logger, "chunk delivery done", migration_id=delivery.task.migration_id,
                  chunk_id=delivery.task.chunk_id, segment=delivery.task.segment,
@@ -471,7 +474,7 @@ class ChunkRunner:
                   f"{settings.breaker_error_rate:g} after at least "
                   f"BACKFILL_BREAKER_MIN_EVENTS={settings.breaker_min_events}; fix the cause "
                   "(see the error report), then retry the run's failed events")
-        if control.halt(settings, self._db, migration_id, reason):
+        if control.halt(settings, self._stores, migration_id, reason):
             raise _Stopped(reason)
 
     def _read(self, paths: list[str],
@@ -630,14 +633,13 @@ class ChunkRunner:
 
     def _fail(self, task: ChunkTask, reason: str) -> None:
         if task.chunk_id == runs.PLAN_CHUNK:
-            runs.fail_run(self._db, task.migration_id, f"planning {reason}")
+            runs.fail_run(self._stores, task.migration_id, f"planning {reason}")
             return
-        ref = store.chunk_ref(self._db, task.migration_id, task.chunk_id)
-        control.move_chunk(self._db, ref, ChunkState.FAILED, reason, {
-            "failureReason": reason, "finishedAt": firestore.SERVER_TIMESTAMP})
+        self._stores.chunks.move(task.migration_id, task.chunk_id, ChunkState.FAILED, reason,
+                                 failure_reason=reason)
         logs.log(logger, "chunk failed", logging.ERROR, migration_id=task.migration_id,
                  chunk_id=task.chunk_id, reason=reason)
-        runs.finish_if_done(self._db, task.migration_id)
+        runs.finish_if_done(self._stores, task.migration_id)
 
     def _after_commit(self) -> None:
         """Fault injection for tests (local only): die as a killed handler would."""

@@ -17,10 +17,12 @@ and two writers racing cannot both move from the same status::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from shared.errors import Conflict
-from shared.models import ChunkState, RunStatus
+from shared.models import FINAL_RUN_STATUSES, ChunkState, RunStatus
+from shared.records import ChunkRecord, RunRecord
 
 R = RunStatus
 C = ChunkState
@@ -83,3 +85,42 @@ def chunk_move(current: str, target: ChunkState) -> str:
 
 def chunk_can_move(current: str, target: ChunkState) -> bool:
     return (ChunkState(current), target) in CHUNK_MOVES
+
+
+@dataclasses.dataclass(frozen=True)
+class RunMove:
+    """A run's status move, as decided on the run read: from, to, why, and whether the run
+    starts (``startedAt``) or finishes (``finishedAt``) with it."""
+
+    previous: RunStatus
+    target: RunStatus
+    reason: str
+    starts: bool
+    finishes: bool
+
+
+def plan_run_move(run: RunRecord, target: RunStatus, *, detail: str = "",
+                  only_from: RunStatus | None = None, strict: bool = True) -> RunMove | None:
+    """The move of ``run`` to ``target``, or None when nothing moves: it has ``target``
+    already, is not in ``only_from``, or (``strict=False``) the table has no such move. With
+    ``strict``, a move the table refuses raises ``Conflict``. ``detail`` replaces the table's
+    reason (the system's own words: the breaker's numbers, the kill switch)."""
+    if run.status is target or (only_from is not None and run.status is not only_from):
+        return None
+    if not strict and not run_can_move(run.status, target):
+        return None
+    reason = detail or run_move(run.status, target)
+    final = target in FINAL_RUN_STATUSES
+    return RunMove(run.status, target, reason,
+                   starts=run.started_at is None and (final or target is RunStatus.RUNNING),
+                   finishes=final)
+
+
+def plan_chunk_move(chunk: ChunkRecord, target: ChunkState, new_segment: bool) -> int | None:
+    """The chunk's segment after a move to ``target`` (one more with ``new_segment``: tasks of
+    the old one find themselves stale), or None when it may not move (any more)."""
+    if chunk.state is target and not new_segment:
+        return None
+    if not chunk_can_move(chunk.state, target):
+        return None
+    return chunk.segment + (1 if new_segment else 0)

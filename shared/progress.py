@@ -17,6 +17,8 @@ from shared import runs, store
 from shared.chunks import UNEXPECTED_ERROR
 from shared.errors import InvalidRequest, NotFound
 from shared.models import BackfillType, ChunkState, RunStatus
+from shared.records import ChunkRecord
+from shared.stores import FirestoreRuns
 
 _RUN_FIELDS = ("migrationId", "type", "status", "statusReason", "dryRun", "startDate",
                "endDate", "lookbackDays", "maxEvents", "retryOf", "forced", "planned",
@@ -55,16 +57,15 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
     if not snap.exists:
         raise NotFound(f"no run {migration_id}")
     run = snap.to_dict() or {}
-    chunk_docs = [(chunk.id, chunk.to_dict() or {}) for chunk in
-                  store.run_ref(db, migration_id).collection(store.CHUNKS).order_by("index")
-                  .stream()]
-    sums = runs.summarize([data for _, data in chunk_docs])
+    chunks = [ChunkRecord.from_snapshot(chunk) for chunk in
+              store.run_ref(db, migration_id).collection(store.CHUNKS).order_by("index").stream()]
+    sums = runs.summarize(chunks)
     total = int(run.get("total") or 0)
     taken = sums["taken"]
     left_over = int(run.get("eligible") or 0) - total
     states: dict[str, int] = {}
-    for _, data in chunk_docs:
-        states[data["state"]] = states.get(data["state"], 0) + 1
+    for chunk in chunks:
+        states[chunk.state.value] = states.get(chunk.state.value, 0) + 1
     errors = (store.run_ref(db, migration_id).collection(store.ERRORS)
               .order_by("at").limit(first_errors).stream())
     body = {key: run.get(key) for key in _RUN_FIELDS}
@@ -81,16 +82,16 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
         leftForLaterRun=max(left_over, 0),
         walletsBelowZero={"count": len(sums["belowZero"]), "customerIds": sums["belowZero"]},
         chunkStates=states,
-        **_pace(run, chunk_docs, taken, total, now),
+        **_pace(run, chunks, taken, total, now),
         statusHistory=run.get("statusHistory") or [],
         errorCodes={code: count for code in ERROR_CODES if (count := store.count(
             store.errors_query(db, migration_id, code)))} if sums["errors"] else {},
         errorsUrl=f"/api/admin/dataMigrations/{migration_id}/errors",
-        chunks=[_chunk_view(chunk_id, data) for chunk_id, data in chunk_docs],
+        chunks=[_chunk_view(chunk) for chunk in chunks],
         firstErrors=[_error_view(error.to_dict() or {}) for error in errors],
     )
-    waiting = runs.still_active(db, run.get("waitingFor") or []) if not run.get("planned") \
-        else []
+    waiting = runs.still_active(FirestoreRuns(db), run.get("waitingFor") or []) \
+        if not run.get("planned") else []
     if waiting:
         body["note"] = (f"waiting for {', '.join(waiting)} over the same dates to end; "
                         "planned after it")
@@ -103,8 +104,8 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
     return result
 
 
-def _pace(run: dict[str, Any], chunks: list[tuple[str, dict[str, Any]]], taken: int,
-          total: int, now: dt.datetime) -> dict[str, Any]:
+def _pace(run: dict[str, Any], chunks: list[ChunkRecord], taken: int, total: int,
+          now: dt.datetime) -> dict[str, Any]:
     """Rate, ETA, checkpoint age and stall of a run, from its chunk documents.
 
     ``rate`` is the events per second of the deliveries now working (each running chunk's
@@ -113,26 +114,25 @@ def _pace(run: dict[str, Any], chunks: list[tuple[str, dict[str, Any]]], taken: 
     checkpoint for ``BACKFILL_LEASE_SECONDS``), or no chunk is running and the pending ones
     waited past their lease; the watchdog picks such chunks up, this says which they are.
     """
-    running = [(cid, data) for cid, data in chunks if data.get("state") == ChunkState.RUNNING]
+    running = [chunk for chunk in chunks if chunk.state is ChunkState.RUNNING]
     rate = 0.0
-    for _, data in running:
-        claimed, checkpoint = data.get("claimedAt"), data.get("updatedAt")
+    for chunk in running:
+        claimed, checkpoint = chunk.claimed_at, chunk.updated_at
         if claimed is not None and checkpoint is not None and checkpoint > claimed:
-            done = int((data.get("counters") or {}).get("taken", 0)) - int(
-                data.get("takenAtClaim") or 0)
+            done = chunk.counters.taken - chunk.taken_at_claim
             rate += max(done, 0) / (checkpoint - claimed).total_seconds()
     started, finished = run.get("startedAt"), run.get("finishedAt")
     elapsed = ((finished or now) - started).total_seconds() if started is not None else 0.0
     average = taken / elapsed if elapsed > 0 else 0.0
-    checkpoints = [data["updatedAt"] for _, data in chunks if data.get("updatedAt") is not None]
+    checkpoints = [chunk.updated_at for chunk in chunks if chunk.updated_at is not None]
     last = max(checkpoints) if checkpoints else None
     active = run.get("status") in (RunStatus.PENDING.value, RunStatus.RUNNING.value)
-    expired = [(cid, data["state"]) for cid, data in chunks if data.get("state") in (
-        ChunkState.RUNNING.value, ChunkState.PENDING.value)
-        and data.get("leaseUntil") is not None and data["leaseUntil"] < now]
-    stalled = [cid for cid, state in expired if state == ChunkState.RUNNING.value]
+    expired = [chunk for chunk in chunks
+               if chunk.state in (ChunkState.RUNNING, ChunkState.PENDING)
+               and chunk.lease_until is not None and chunk.lease_until < now]
+    stalled = [chunk.chunk_id for chunk in expired if chunk.state is ChunkState.RUNNING]
     if not running and expired:
-        stalled = [cid for cid, _ in expired]
+        stalled = [chunk.chunk_id for chunk in expired]
     pace = rate or average
     left = max(total - taken, 0)
     return {
@@ -154,28 +154,27 @@ def _percent(run: dict[str, Any], taken: int, total: int) -> float:
     return round(min(100.0, 100.0 * taken / total), 1)
 
 
-def _chunk_view(chunk_id: str, data: dict[str, Any]) -> dict[str, Any]:
-    counters = data.get("counters") or {}
-    cursor = data.get("cursor") or {}
+def _chunk_view(chunk: ChunkRecord) -> dict[str, Any]:
+    counters = chunk.counters
     return {
-        "chunkId": chunk_id,
-        "state": data.get("state"),
-        "windowStart": data.get("windowStart"),
-        "windowEnd": data.get("windowEnd"),
-        "eligible": data.get("eligible"),
-        "quota": data.get("quota"),
-        "taken": counters.get("taken", 0),
-        "applied": counters.get("applied", 0),
-        "duplicates": counters.get("duplicates", 0),
-        "skipped": counters.get("skipped", 0),
-        "errors": counters.get("errors", 0),
-        "segment": data.get("segment"),
-        "pages": data.get("pages", 0),
-        "cursorEventId": cursor.get("eventId"),
-        "updatedAt": data.get("updatedAt"),
-        "leaseUntil": data.get("leaseUntil"),
-        "pickups": data.get("pickups", 0),
-        "note": data.get("note") or data.get("failureReason") or "",
+        "chunkId": chunk.chunk_id,
+        "state": chunk.state.value,
+        "windowStart": chunk.window_start,
+        "windowEnd": chunk.window_end,
+        "eligible": chunk.eligible,
+        "quota": chunk.quota,
+        "taken": counters.taken,
+        "applied": counters.applied,
+        "duplicates": counters.duplicates,
+        "skipped": counters.skipped,
+        "errors": counters.errors,
+        "segment": chunk.segment,
+        "pages": chunk.pages,
+        "cursorEventId": (chunk.cursor or {}).get("eventId"),
+        "updatedAt": chunk.updated_at,
+        "leaseUntil": chunk.lease_until,
+        "pickups": chunk.pickups,
+        "note": chunk.note or chunk.failure_reason or "",
     }
 
 

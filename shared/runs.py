@@ -5,7 +5,7 @@ transaction), records it and enqueues its planning task and its watchdog; planni
 eligible events of each chunk (an aggregation, no documents read), shares ``maxEvents`` out
 oldest first, writes all chunks in one commit, then enqueues one task per chunk that has work.
 The run document is written when the run starts, when it is planned and when its status moves:
-never per event. Every status move goes through ``move_run``, which checks
+never per event. Every status move goes through the run store (``shared.stores``), which asks
 ``shared.lifecycle`` and writes under the update time it read.
 """
 
@@ -15,7 +15,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,12 +38,14 @@ from shared.models import (
     ChunkState,
     RunStatus,
 )
+from shared.records import ChunkRecord
+from shared.stores import FirestoreRuns, RunStore, Stores
 
 logger = logging.getLogger(__name__)
 
 COUNTERS = ("taken", "applied", "duplicates", "skipped", "errors", "points")
 # Chunks that have not ended: open ones, and paused ones that resume will reopen.
-NOT_ENDED = [state.value for state in ChunkState if state not in FINAL_CHUNK_STATES]
+NOT_ENDED = [state for state in ChunkState if state not in FINAL_CHUNK_STATES]
 
 PLAN_CHUNK = "plan"  # the chunk id of a run's planning task
 WATCH_CHUNK = "watch"  # the chunk id of a run's watchdog task
@@ -174,7 +176,8 @@ def _launch(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
         dispatcher.enqueue(ChunkTask(migration_id, PLAN_CHUNK))
         arm_watchdog(settings, dispatcher, migration_id)
     except Unavailable as error:
-        fail_run(db, migration_id, f"could not enqueue the planning task: {error.message}")
+        fail_run(Stores.firestore(db), migration_id,
+                 f"could not enqueue the planning task: {error.message}")
         raise Unavailable(f"run {migration_id} failed: its planning task could not be "
                           "enqueued; start the run again") from error
     logs.log(logger, "run started", migration_id=migration_id, type=run["type"],
@@ -269,6 +272,11 @@ def arm_watchdog(settings: Settings, dispatcher: Dispatcher, migration_id: str,
                        delay_seconds=settings.lease_seconds)
 
 
+# Watchdogs armed from outside their chain (``ensure_watchdog``) are numbered from here, apart
+# from the chain's slot numbers (epoch seconds / lease, far below it).
+RESCUE_SEGMENTS = 10**12
+
+
 def ensure_watchdog(settings: Settings, dispatcher: Dispatcher, migration_id: str,
                     now: float | None = None) -> bool:
     """Arm the run's watchdog unless one is queued; answer whether it armed one.
@@ -276,15 +284,16 @@ def ensure_watchdog(settings: Settings, dispatcher: Dispatcher, migration_id: st
     A watchdog armed within the last lease is due in the current or the next slot (or, backing
     off, the one before): if none of those exists, it was lost. ``arm_watchdog``'s slot name
     may not serve then: Cloud Tasks refuses the name of a task it deleted or dropped for a while
-    afterwards. So this one is named by the second it is armed at; when it runs it re-arms the
-    slot-named chain.
+    afterwards. So this one is numbered apart (``RESCUE_SEGMENTS`` + slot): arming it again
+    within a slot is a no-op, and when it runs it re-arms the slot-named chain.
     """
     at = time.time() if now is None else now
     slot = int((at + settings.lease_seconds) // settings.lease_seconds)
-    if any(dispatcher.exists(ChunkTask(migration_id, WATCH_CHUNK, queued))
-           for queued in (slot - 2, slot - 1, slot)):
+    queued = (slot - 2, slot - 1, slot, RESCUE_SEGMENTS + slot - 1, RESCUE_SEGMENTS + slot)
+    if any(dispatcher.exists(ChunkTask(migration_id, WATCH_CHUNK, segment))
+           for segment in queued):
         return False
-    return dispatcher.enqueue(ChunkTask(migration_id, WATCH_CHUNK, int(at)),
+    return dispatcher.enqueue(ChunkTask(migration_id, WATCH_CHUNK, RESCUE_SEGMENTS + slot),
                               delay_seconds=settings.lease_seconds)
 
 
@@ -311,7 +320,7 @@ def plan_run(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
             return f"the run is {run['status']}"
         if run.get("planned"):
             break
-        if waiting := still_active(db, run.get("waitingFor") or []):
+        if waiting := still_active(FirestoreRuns(db), run.get("waitingFor") or []):
             if run.get("status") != RunStatus.PENDING.value:
                 return f"waiting for {', '.join(waiting)}; resume plans it"
             # Ask again later, in the planning task's next segment (a name never used yet).
@@ -333,13 +342,11 @@ def plan_run(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
     return f"planned; {len(tasks)} chunk task(s) enqueued"
 
 
-def still_active(db: firestore.Client, migration_ids: list[str]) -> list[str]:
+def still_active(run_store: RunStore, migration_ids: list[str]) -> list[str]:
     """Those of ``migration_ids`` whose runs are still active (pending, running or paused)."""
-    if not migration_ids:
-        return []
-    active = {status.value for status in ACTIVE_RUN_STATUSES}
-    snaps = db.get_all([store.run_ref(db, migration_id) for migration_id in migration_ids])
-    return sorted(snap.id for snap in snaps if snap.exists and snap.get("status") in active)
+    found = (run_store.get(migration_id) for migration_id in migration_ids)
+    return sorted(run.migration_id for run in found
+                  if run is not None and run.status in ACTIVE_RUN_STATUSES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,70 +437,20 @@ def _idle_note(count: int, quota: int | None) -> str:
     return "maxEvents was reached by older chunks; these events are left for a later run"
 
 
-def move_run(db: firestore.Client, migration_id: str, target: RunStatus, *, by: str = "",
-             detail: str = "", note: str = "", fields: Mapping[str, Any] | None = None,
-             only_from: RunStatus | None = None, strict: bool = True) -> dict[str, Any] | None:
-    """Move a run to ``target`` under the update time read, recording why, who and when.
-
-    Returns the run as it was before the move, or None when nothing moved: it already had
-    ``target``, was not in ``only_from``, or (``strict=False``) the move is not in
-    ``shared.lifecycle``'s table. With ``strict`` a move the table refuses raises ``Conflict``.
-    ``detail`` is the system's reason (logged); ``note`` is the operator's (stored only).
-    """
-
-    Moved = dict[str, Any] | None
-
-    def decide(snap: Any) -> store.Write[Moved] | store.Done[Moved]:
-        if not snap.exists:
-            raise NotFound(f"no run {migration_id}")
-        run = snap.to_dict() or {}
-        current = str(run.get("status"))
-        if current == target.value or (only_from is not None and current != only_from.value):
-            return store.Done(None)
-        if not strict and not lifecycle.run_can_move(current, target):
-            return store.Done(None)
-        reason = detail or lifecycle.run_move(current, target)
-        update: dict[str, Any] = {
-            "status": target.value, "statusReason": reason,
-            "statusChangedAt": firestore.SERVER_TIMESTAMP,
-            "statusHistory": firestore.ArrayUnion([{
-                "from": current, "to": target.value, "reason": reason, "by": by, "note": note,
-                "at": utc_now()}]),
-            **(fields or {}),
-        }
-        if target in FINAL_RUN_STATUSES:
-            update["finishedAt"] = firestore.SERVER_TIMESTAMP
-        if run.get("startedAt") is None and (target in FINAL_RUN_STATUSES
-                                             or target is RunStatus.RUNNING):
-            update["startedAt"] = firestore.SERVER_TIMESTAMP
-
-        def moved(_: Any) -> Moved:
-            logs.log(logger, "run status changed", migration_id=migration_id,
-                     status=target.value, previous=current, reason=reason, caller=by)
-            return run
-
-        return store.Write(update, moved)
-
-    return store.compare_and_set(db, store.run_ref(db, migration_id), decide, attempts=10,
-                                 what=f"run {migration_id}")
+def fail_run(stores: Stores, migration_id: str, reason: str) -> None:
+    finish_run(stores, migration_id, RunStatus.FAILED, reason)
 
 
-def fail_run(db: firestore.Client, migration_id: str, reason: str) -> None:
-    finish_run(db, migration_id, RunStatus.FAILED, reason)
-
-
-def mark_running(db: firestore.Client, migration_id: str) -> None:
+def mark_running(stores: Stores, migration_id: str) -> None:
     """pending -> running, when a chunk starts; a no-op for a run past pending."""
-    move_run(db, migration_id, RunStatus.RUNNING, only_from=RunStatus.PENDING)
+    stores.runs.move(migration_id, RunStatus.RUNNING, only_from=RunStatus.PENDING)
 
 
-def finish_run(db: firestore.Client, migration_id: str, status: RunStatus, reason: str = "",
+def finish_run(stores: Stores, migration_id: str, status: RunStatus, reason: str = "",
                summary: dict[str, Any] | None = None) -> bool:
     """Move a run to a final status once; False if it already had one."""
-    fields: dict[str, Any] = {"failureReason": reason}
-    if summary is not None:
-        fields["summary"] = summary
-    moved = move_run(db, migration_id, status, detail=reason, fields=fields, strict=False)
+    moved = stores.runs.move(migration_id, status, detail=reason, failure_reason=reason,
+                             summary=summary, strict=False)
     if moved is not None and summary is not None:
         logs.log(logger, "run finished", migration_id=migration_id, status=status.value,
                  reason=reason, **{key: value for key, value in summary.items()
@@ -501,37 +458,37 @@ def finish_run(db: firestore.Client, migration_id: str, status: RunStatus, reaso
     return moved is not None
 
 
-def finish_if_done(db: firestore.Client, migration_id: str) -> None:
+def finish_if_done(stores: Stores, migration_id: str) -> None:
     """After a chunk ends: if no chunk is open or paused any more, end the run (completed or
     failed).
 
     Each chunk writes its final state before it calls this, so the last one to end sees no open
-    chunk; two ending together may both see it, and ``move_run`` lets only one through.
+    chunk; two ending together may both see it, and the run's move lets only one through.
     """
-    ref = store.run_ref(db, migration_id)
-    if not ref.get().get("planned"):
+    run = stores.runs.get(migration_id)
+    if run is None or not run.planned:
         return  # no chunk exists yet, so none is open: nothing has even started
-    chunks = ref.collection(store.CHUNKS)
-    if store.count(chunks.where(filter=FieldFilter("state", "in", NOT_ENDED))):
+    if stores.chunks.count(migration_id, NOT_ENDED):
         return
-    summary = summarize([snap.to_dict() or {} for snap in chunks.stream()])
+    summary = summarize(stores.chunks.chunks(migration_id))
     failed = summary.pop("failedChunks")
     if failed:
-        finish_run(db, migration_id, RunStatus.FAILED, f"{failed} chunk(s) failed", summary)
+        finish_run(stores, migration_id, RunStatus.FAILED, f"{failed} chunk(s) failed", summary)
     else:
-        finish_run(db, migration_id, RunStatus.COMPLETED, "", summary)
+        finish_run(stores, migration_id, RunStatus.COMPLETED, "", summary)
 
 
-def summarize(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(chunks: Iterable[ChunkRecord]) -> dict[str, Any]:
     """A run's counts: the sums of its chunks' counters (the chunks are the counter shards)."""
     sums = dict.fromkeys(COUNTERS, 0)
     below_zero: set[str] = set()
     failed = 0
     for chunk in chunks:
+        counted = chunk.counters.model_dump()
         for key in COUNTERS:
-            sums[key] += int((chunk.get("counters") or {}).get(key, 0))
-        below_zero.update(chunk.get("belowZero") or [])
-        failed += chunk.get("state") == ChunkState.FAILED.value
+            sums[key] += int(counted[key])
+        below_zero.update(chunk.below_zero)
+        failed += chunk.state is ChunkState.FAILED
     return {
         **sums,
         "processed": sums["applied"] + sums["duplicates"],

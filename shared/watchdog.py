@@ -22,59 +22,55 @@ import logging
 import time
 from typing import Any
 
-from google.cloud import firestore
-from google.cloud.firestore_v1.base_query import FieldFilter
-
-from shared import control, logs, runs, store
+from shared import control, logs, runs
 from shared.config import Settings
 from shared.dispatch import ChunkTask, Dispatcher, enqueue_all
 from shared.models import FINAL_RUN_STATUSES, OPEN_CHUNK_STATES, ChunkState, RunStatus
+from shared.stores import Stores
 
 logger = logging.getLogger(__name__)
 
 PICKED_UP = "its lease expired and no task was queued for it; picked up again at its cursor"
 
 
-def watch(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
+def watch(settings: Settings, stores: Stores, dispatcher: Dispatcher,
           migration_id: str, now: dt.datetime | None = None) -> str:
     """One watchdog round: pick up lost chunks, then arm the next round if the run is active."""
-    return _watch(settings, db, dispatcher, migration_id, now)[0]
+    return _watch(settings, stores, dispatcher, migration_id, now)[0]
 
 
-def rescue(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
+def rescue(settings: Settings, stores: Stores, dispatcher: Dispatcher,
            migration_id: str, now: dt.datetime | None = None) -> str:
     """A watchdog round from outside the run's watchdog chain (the sweep, a status read of a
     stalled run): it also arms the watchdog again if it was lost."""
-    return _watch(settings, db, dispatcher, migration_id, now, outside=True)[0]
+    return _watch(settings, stores, dispatcher, migration_id, now, outside=True)[0]
 
 
-def _watch(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
+def _watch(settings: Settings, stores: Stores, dispatcher: Dispatcher,
            migration_id: str, now: dt.datetime | None = None,
            outside: bool = False) -> tuple[str, int]:
     """``watch`` (``outside`` its chain: ``rescue``), answering also how many tasks it enqueued
     for lost work."""
     now = now or runs.utc_now()
-    snap = store.run_ref(db, migration_id).get()
-    if not snap.exists:
+    run = stores.runs.get(migration_id)
+    if run is None:
         return "no such run", 0
-    run = snap.to_dict() or {}
-    status = run["status"]
-    if status in FINAL_RUN_STATUSES:
-        return f"the run is {status}; the watchdog stops", 0
-    if status == RunStatus.PAUSED.value:
+    if run.status in FINAL_RUN_STATUSES:
+        return f"the run is {run.status.value}; the watchdog stops", 0
+    if run.status is RunStatus.PAUSED:
         return "the run is paused; resuming it arms a new watchdog", 0
     if not settings.enabled:
-        return control.kill_switch(settings, db, migration_id), 0
+        return control.kill_switch(settings, stores, migration_id), 0
     tasks: list[ChunkTask] = []
-    if not run.get("planned"):
+    if not run.planned:
         # A run waiting for others has its own planning task polling; a second poll chain would
         # only add load. Once they have ended, a lost planning task is enqueued again.
-        waiting = runs.still_active(db, run.get("waitingFor") or [])
-        if not waiting and runs.lease_until(settings, run["createdAt"]) < now:
+        waiting = runs.still_active(stores.runs, run.waiting_for)
+        if not waiting and runs.lease_until(settings, run.created_at) < now:
             # Planning is idempotent: a second planning task is harmless, a lost one is not.
             tasks.append(ChunkTask(migration_id, runs.PLAN_CHUNK, int(time.time())))
     else:
-        tasks = _lost_chunks(settings, db, dispatcher, migration_id, now)
+        tasks = _lost_chunks(settings, stores, dispatcher, migration_id, now)
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
     if outside:
         runs.ensure_watchdog(settings, dispatcher, migration_id)
@@ -97,7 +93,7 @@ class Swept:
         return {"runs": len(self.rounds), "pickedUp": self.picked_up, "rounds": self.rounds}
 
 
-def sweep(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
+def sweep(settings: Settings, stores: Stores, dispatcher: Dispatcher,
           now: dt.datetime | None = None) -> Swept:
     """The durable safety net, called by Cloud Scheduler every few minutes: one watchdog round
     for every pending or running run.
@@ -109,12 +105,11 @@ def sweep(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
     Paused runs are left alone (resume arms their watchdog). Safe to repeat: a round enqueues
     only tasks whose chunk has no task, under deterministic names.
     """
-    active = [RunStatus.PENDING.value, RunStatus.RUNNING.value]
-    listed = db.collection(store.RUNS).where(filter=FieldFilter("status", "in", active)).stream()
     rounds: dict[str, str] = {}
     picked_up = 0
-    for snap in listed:
-        rounds[snap.id], picked = _watch(settings, db, dispatcher, snap.id, now, outside=True)
+    for run in stores.runs.active():
+        rounds[run.migration_id], picked = _watch(settings, stores, dispatcher,
+                                                  run.migration_id, now, outside=True)
         picked_up += picked
     if picked_up:
         logs.log(logger, "sweep picked up lost work", logging.WARNING, runs=len(rounds),
@@ -124,20 +119,17 @@ def sweep(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
     return Swept(rounds, picked_up)
 
 
-def _lost_chunks(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
+def _lost_chunks(settings: Settings, stores: Stores, dispatcher: Dispatcher,
                  migration_id: str, now: dt.datetime) -> list[ChunkTask]:
-    open_states = [state.value for state in OPEN_CHUNK_STATES]
-    chunks = store.run_ref(db, migration_id).collection(store.CHUNKS).where(
-        filter=FieldFilter("state", "in", open_states)).where(
-        filter=FieldFilter("leaseUntil", "<", now)).stream()
     lost: list[ChunkTask] = []
-    for chunk in chunks:
-        current = ChunkTask(migration_id, chunk.id, int(chunk.get("segment")))
+    for chunk in stores.chunks.expired(migration_id, OPEN_CHUNK_STATES, now):
+        current = ChunkTask(migration_id, chunk.chunk_id, chunk.segment)
         if dispatcher.exists(current):
             continue  # queued, backing off or in flight: Cloud Tasks will deliver it
-        segment = control.move_chunk(db, chunk.reference, ChunkState.PENDING, PICKED_UP, {
-            "leaseUntil": runs.lease_until(settings, now), "pickups": firestore.Increment(1),
-        }, new_segment=True, read=chunk)
+        segment = stores.chunks.move(migration_id, chunk.chunk_id, ChunkState.PENDING,
+                                     PICKED_UP, new_segment=True,
+                                     lease_until=runs.lease_until(settings, now),
+                                     picked_up=True, read=chunk)
         if segment is not None:
-            lost.append(ChunkTask(migration_id, chunk.id, segment))
+            lost.append(ChunkTask(migration_id, chunk.chunk_id, segment))
     return lost

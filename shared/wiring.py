@@ -16,6 +16,7 @@ from shared import logs, store
 from shared.chunks import ChunkRunner
 from shared.config import Settings, get_settings
 from shared.dispatch import CloudTasksDispatcher, Dispatcher
+from shared.stores import Stores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +26,12 @@ class Services:
     dispatcher: Dispatcher
 
     @property
+    def stores(self) -> Stores:
+        return Stores.firestore(self.db)
+
+    @property
     def chunks(self) -> ChunkRunner:
-        return ChunkRunner(self.settings, self.db, self.dispatcher)
+        return ChunkRunner(self.settings, self.db, self.dispatcher, stores=self.stores)
 
 
 _lock = threading.Lock()

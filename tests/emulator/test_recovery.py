@@ -16,6 +16,7 @@ from google.cloud import firestore
 from backfill_cli.client import BackfillClient, Endpoints
 from emulators.stack import Stack
 from shared import runs, store
+from shared.records import ChunkRecord
 from tests import data
 from tests.conftest import GATEWAY_OVERRIDES, Mint
 
@@ -51,10 +52,10 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 def progress(db: firestore.Client, migration_id: str) -> dict[str, Any]:
     """The run's status and summed chunk counters, read straight from Firestore."""
     run = store.run_ref(db, migration_id).get().to_dict() or {}
-    chunks = [c.to_dict() or {} for c in store.run_ref(db, migration_id)
+    chunks = [ChunkRecord.from_snapshot(c) for c in store.run_ref(db, migration_id)
               .collection(store.CHUNKS).stream()]
     return {**runs.summarize(chunks), "status": run.get("status"),
-            "pickups": sum(int(c.get("pickups", 0)) for c in chunks)}
+            "pickups": sum(chunk.pickups for chunk in chunks)}
 
 
 def start_and_get_going(client: BackfillClient, db: firestore.Client) -> str:

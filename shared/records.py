@@ -1,0 +1,132 @@
+"""The bundle's own records, typed: runs (``dataMigrations/{id}``), their chunks and their error
+records, read from Firestore in one place.
+
+Field names in Firestore are camelCase (``leaseUntil``); in Python they are snake_case
+(``lease_until``): the models' alias generator maps one to the other, so no module spells a
+Firestore key of these documents by hand when it reads one. ``from_snapshot`` keeps the
+document's update time, which writes under a precondition need. Unknown fields are ignored, so a
+document written by a newer version still reads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from shared.models import BackfillType, ChunkState, RunStatus
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore",
+                              frozen=True)
+
+    # When the document was last written (None for a record not read from Firestore).
+    update_time: dt.datetime | None = Field(None, exclude=True)
+
+    @classmethod
+    def from_document(cls, document_id: str, data: dict[str, Any],
+                      update_time: dt.datetime | None = None) -> Self:
+        return cls.model_validate({**data, "id": document_id, "update_time": update_time})
+
+    @classmethod
+    def from_snapshot(cls, snap: Any) -> Self:
+        """The record of a Firestore snapshot that exists."""
+        return cls.from_document(snap.id, snap.to_dict() or {}, snap.update_time)
+
+
+class Counters(_Record):
+    """A chunk's counts (the run's counter shards): each event once, with its outcome."""
+
+    taken: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    errors: int = 0
+    points: int = 0
+
+
+class RunRecord(_Record):
+    """One run: its parameters, status and why, and what planning found."""
+
+    id: str
+    type: BackfillType
+    status: RunStatus
+    dry_run: bool = False
+    start_date: dt.date
+    end_date: dt.date
+    max_events: int | None = None
+    lookback_days: int | None = None
+    forced: bool = False
+    include_processed: bool = False
+    requested_end_date: str | None = None
+    waiting_for: list[str] = Field(default_factory=list)
+    retry_of: dict[str, Any] | None = None
+    chunk_days: int = 1
+    chunk_count: int = 0
+    received_before: dt.datetime | None = None
+    planned: bool = False
+    eligible: int | None = None
+    total: int | None = None
+    requested_by: str = ""
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    status_reason: str = ""
+    status_history: list[dict[str, Any]] = Field(default_factory=list)
+    failure_reason: str = ""
+
+    @property
+    def migration_id(self) -> str:
+        return self.id
+
+
+class ChunkRecord(_Record):
+    """One chunk of a run: its window (or source), state, cursor, lease and counters."""
+
+    id: str
+    index: int = 0
+    state: ChunkState
+    segment: int = 0
+    window_start: dt.datetime | None = None
+    window_end: dt.datetime | None = None
+    source: dict[str, Any] | None = None
+    eligible: int = 0
+    quota: int | None = None
+    cursor: dict[str, Any] | None = None
+    lease_owner: str | None = None
+    lease_until: dt.datetime | None = None
+    counters: Counters = Field(default_factory=Counters)
+    read: int = 0
+    pages: int = 0
+    below_zero: list[str] = Field(default_factory=list)
+    pickups: int = 0
+    suspect: dict[str, Any] | None = None
+    note: str = ""
+    failure_reason: str = ""
+    claimed_at: dt.datetime | None = None
+    taken_at_claim: int = 0
+    updated_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+    @property
+    def chunk_id(self) -> str:
+        return self.id
+
+
+class ErrorRecord(_Record):
+    """One failed event of a run (its id is the event's), and the retry that settled it."""
+
+    id: str
+    event_id: str = ""
+    event_type: str = ""
+    code: str = ""
+    message: str = ""
+    hint: str = ""
+    chunk_id: str = ""
+    attempts: int = 0
+    at: dt.datetime | None = None
+    resolved_by: str | None = None

@@ -1,0 +1,200 @@
+"""Small stores of the bundle's own records: runs and their chunks.
+
+Each store is a port (a ``Protocol``) with its Firestore implementation here and an in-memory
+fake in ``tests/fakes.py``, so the use cases that only move statuses (run control, the watchdog,
+a run's completion) get fast unit tests, while the emulator tests prove the real thing. Every
+status move is decided by ``shared.lifecycle`` on the record as read and written under the
+update time it was read at (``store.compare_and_set``), so two writers racing cannot both move
+from the same status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Collection
+from typing import Any, Protocol
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from shared import lifecycle, logs, store
+from shared.errors import NotFound
+from shared.models import ChunkState, RunStatus
+from shared.records import ChunkRecord, RunRecord
+
+logger = logging.getLogger(__name__)
+
+_RUN_MOVE_ATTEMPTS = 10
+# A chunk being stopped conflicts with each page its delivery commits meanwhile; the next
+# write wins, as the page commits under the chunk's update time too.
+_CHUNK_MOVE_ATTEMPTS = 20
+
+
+class RunStore(Protocol):
+    def get(self, migration_id: str) -> RunRecord | None:
+        """The run, or None if there is no such run."""
+
+    def active(self) -> list[RunRecord]:
+        """Every run that is pending or running."""
+
+    def move(self, migration_id: str, target: RunStatus, *, by: str = "", detail: str = "",
+             note: str = "", failure_reason: str | None = None,
+             summary: dict[str, Any] | None = None, only_from: RunStatus | None = None,
+             strict: bool = True) -> RunRecord | None:
+        """Move the run to ``target`` (``lifecycle.plan_run_move`` decides), recording why,
+        who and when in its history; answer the run as it was before, or None if nothing
+        moved. ``NotFound`` if there is no such run."""
+
+
+class ChunkStore(Protocol):
+    def chunks(self, migration_id: str,
+               states: Collection[ChunkState] | None = None) -> list[ChunkRecord]:
+        """The run's chunks (in ``states`` only, if given)."""
+
+    def count(self, migration_id: str, states: Collection[ChunkState]) -> int:
+        """How many of the run's chunks are in ``states``."""
+
+    def expired(self, migration_id: str, states: Collection[ChunkState],
+                now: dt.datetime) -> list[ChunkRecord]:
+        """The run's chunks in ``states`` whose lease ran out before ``now``."""
+
+    def move(self, migration_id: str, chunk_id: str, target: ChunkState, note: str, *,
+             new_segment: bool = False, lease_until: dt.datetime | None = None,
+             picked_up: bool = False, failure_reason: str | None = None,
+             read: ChunkRecord | None = None) -> int | None:
+        """Move the chunk to ``target``, released, with ``note`` saying why, if the table
+        allows it; answer its segment after the move, or None if it may not move (any more).
+        With ``read``, only if the chunk is still as read (one attempt)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stores:
+    """The stores the use cases are given (``shared.wiring`` builds them)."""
+
+    runs: RunStore
+    chunks: ChunkStore
+
+    @classmethod
+    def firestore(cls, db: firestore.Client) -> Stores:
+        return cls(FirestoreRuns(db), FirestoreChunks(db))
+
+
+class FirestoreRuns:
+    def __init__(self, db: firestore.Client) -> None:
+        self._db = db
+
+    def get(self, migration_id: str) -> RunRecord | None:
+        snap = store.run_ref(self._db, migration_id).get()
+        return RunRecord.from_snapshot(snap) if snap.exists else None
+
+    def active(self) -> list[RunRecord]:
+        statuses = [RunStatus.PENDING.value, RunStatus.RUNNING.value]
+        return [RunRecord.from_snapshot(snap) for snap in self._db.collection(store.RUNS).where(
+            filter=FieldFilter("status", "in", statuses)).stream()]
+
+    def move(self, migration_id: str, target: RunStatus, *, by: str = "", detail: str = "",
+             note: str = "", failure_reason: str | None = None,
+             summary: dict[str, Any] | None = None, only_from: RunStatus | None = None,
+             strict: bool = True) -> RunRecord | None:
+        Moved = RunRecord | None
+
+        def decide(snap: Any) -> store.Write[Moved] | store.Done[Moved]:
+            if not snap.exists:
+                raise NotFound(f"no run {migration_id}")
+            run = RunRecord.from_snapshot(snap)
+            move = lifecycle.plan_run_move(run, target, detail=detail, only_from=only_from,
+                                           strict=strict)
+            if move is None:
+                return store.Done(None)
+            update: dict[str, Any] = {
+                "status": target.value, "statusReason": move.reason,
+                "statusChangedAt": firestore.SERVER_TIMESTAMP,
+                "statusHistory": firestore.ArrayUnion([history_entry(move, by, note)]),
+            }
+            if failure_reason is not None:
+                update["failureReason"] = failure_reason
+            if summary is not None:
+                update["summary"] = summary
+            if move.finishes:
+                update["finishedAt"] = firestore.SERVER_TIMESTAMP
+            if move.starts:
+                update["startedAt"] = firestore.SERVER_TIMESTAMP
+
+            def moved(_: Any) -> Moved:
+                log_move(migration_id, move, by)
+                return run
+
+            return store.Write(update, moved)
+
+        return store.compare_and_set(self._db, store.run_ref(self._db, migration_id), decide,
+                                     attempts=_RUN_MOVE_ATTEMPTS, what=f"run {migration_id}")
+
+
+def history_entry(move: lifecycle.RunMove, by: str, note: str) -> dict[str, Any]:
+    """One line of a run's ``statusHistory``: from, to, why, who, the operator's note, when."""
+    return {"from": move.previous.value, "to": move.target.value, "reason": move.reason,
+            "by": by, "note": note, "at": dt.datetime.now(dt.UTC)}
+
+
+def log_move(migration_id: str, move: lifecycle.RunMove, by: str) -> None:
+    logs.log(logger, "run status changed", migration_id=migration_id, status=move.target.value,
+             previous=move.previous.value, reason=move.reason, caller=by)
+
+
+class FirestoreChunks:
+    def __init__(self, db: firestore.Client) -> None:
+        self._db = db
+
+    def _collection(self, migration_id: str) -> Any:
+        return store.run_ref(self._db, migration_id).collection(store.CHUNKS)
+
+    def chunks(self, migration_id: str,
+               states: Collection[ChunkState] | None = None) -> list[ChunkRecord]:
+        query = self._collection(migration_id)
+        if states is not None:
+            query = query.where(filter=FieldFilter("state", "in", [s.value for s in states]))
+        return [ChunkRecord.from_snapshot(snap) for snap in query.stream()]
+
+    def count(self, migration_id: str, states: Collection[ChunkState]) -> int:
+        return store.count(self._collection(migration_id).where(
+            filter=FieldFilter("state", "in", [s.value for s in states])))
+
+    def expired(self, migration_id: str, states: Collection[ChunkState],
+                now: dt.datetime) -> list[ChunkRecord]:
+        query = self._collection(migration_id).where(
+            filter=FieldFilter("state", "in", [s.value for s in states])).where(
+            filter=FieldFilter("leaseUntil", "<", now))
+        return [ChunkRecord.from_snapshot(snap) for snap in query.stream()]
+
+    def move(self, migration_id: str, chunk_id: str, target: ChunkState, note: str, *,
+             new_segment: bool = False, lease_until: dt.datetime | None = None,
+             picked_up: bool = False, failure_reason: str | None = None,
+             read: ChunkRecord | None = None) -> int | None:
+        ref = store.chunk_ref(self._db, migration_id, chunk_id)
+
+        def decide(snap: Any) -> store.Write[int | None] | store.Done[int | None]:
+            chunk = snap if isinstance(snap, ChunkRecord) else (
+                ChunkRecord.from_snapshot(snap) if snap.exists else None)
+            if chunk is None:
+                return store.Done(None)
+            segment = lifecycle.plan_chunk_move(chunk, target, new_segment)
+            if segment is None:
+                return store.Done(None)
+            update: dict[str, Any] = {"state": target.value, "leaseOwner": None, "note": note,
+                                      "stateChangedAt": firestore.SERVER_TIMESTAMP,
+                                      "segment": segment}
+            if lease_until is not None:
+                update["leaseUntil"] = lease_until
+            if picked_up:
+                update["pickups"] = firestore.Increment(1)
+            if failure_reason is not None:
+                update.update(failureReason=failure_reason,
+                              finishedAt=firestore.SERVER_TIMESTAMP)
+            return store.Write(update, lambda _: segment)
+
+        return store.compare_and_set(
+            self._db, ref, decide, attempts=1 if read is not None else _CHUNK_MOVE_ATTEMPTS,
+            what="a chunk being moved", read=read,
+            give_up=(lambda: None) if read is not None else None)

@@ -1,0 +1,117 @@
+"""In-memory stores for fast unit tests of the use cases that move statuses (run control, the
+watchdog, a run's completion). They decide every move with ``shared.lifecycle`` exactly as the
+Firestore stores do; only the storage is a dict. The emulator tests prove the real stores."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Collection
+from typing import Any
+
+from shared import lifecycle
+from shared.errors import NotFound
+from shared.models import BackfillType, ChunkState, RunStatus
+from shared.records import ChunkRecord, RunRecord
+from shared.stores import Stores, history_entry
+
+NOW = dt.datetime(2025, 1, 10, tzinfo=dt.UTC)
+
+
+class MemoryRuns:
+    def __init__(self) -> None:
+        self.records: dict[str, RunRecord] = {}
+        self.summaries: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, migration_id: str, status: RunStatus = RunStatus.RUNNING,
+            **fields: Any) -> RunRecord:
+        record = RunRecord.model_validate({
+            "id": migration_id, "type": BackfillType.WEBHOOK_REPLAY, "status": status,
+            "start_date": dt.date(2025, 1, 1), "end_date": dt.date(2025, 1, 3),
+            "created_at": NOW, "planned": True,
+            "started_at": None if status is RunStatus.PENDING else NOW, **fields})
+        self.records[migration_id] = record
+        return record
+
+    def get(self, migration_id: str) -> RunRecord | None:
+        return self.records.get(migration_id)
+
+    def active(self) -> list[RunRecord]:
+        return [run for run in self.records.values()
+                if run.status in (RunStatus.PENDING, RunStatus.RUNNING)]
+
+    def move(self, migration_id: str, target: RunStatus, *, by: str = "", detail: str = "",
+             note: str = "", failure_reason: str | None = None,
+             summary: dict[str, Any] | None = None, only_from: RunStatus | None = None,
+             strict: bool = True) -> RunRecord | None:
+        with self._lock:
+            run = self.records.get(migration_id)
+            if run is None:
+                raise NotFound(f"no run {migration_id}")
+            move = lifecycle.plan_run_move(run, target, detail=detail, only_from=only_from,
+                                           strict=strict)
+            if move is None:
+                return None
+            self.records[migration_id] = run.model_copy(update={
+                "status": target, "status_reason": move.reason,
+                "status_history": [*run.status_history, history_entry(move, by, note)],
+                "failure_reason": run.failure_reason if failure_reason is None
+                else failure_reason,
+                "started_at": NOW if move.starts else run.started_at,
+                "finished_at": NOW if move.finishes else run.finished_at})
+            if summary is not None:
+                self.summaries[migration_id] = summary
+            return run
+
+
+class MemoryChunks:
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], ChunkRecord] = {}
+        self._lock = threading.Lock()
+
+    def add(self, migration_id: str, chunk_id: str, state: ChunkState = ChunkState.RUNNING,
+            **fields: Any) -> ChunkRecord:
+        record = ChunkRecord.model_validate({"id": chunk_id, "state": state,
+                                             "lease_until": NOW, **fields})
+        self.records[(migration_id, chunk_id)] = record
+        return record
+
+    def get(self, migration_id: str, chunk_id: str) -> ChunkRecord:
+        return self.records[(migration_id, chunk_id)]
+
+    def chunks(self, migration_id: str,
+               states: Collection[ChunkState] | None = None) -> list[ChunkRecord]:
+        return [chunk for (run, _), chunk in sorted(self.records.items())
+                if run == migration_id and (states is None or chunk.state in states)]
+
+    def count(self, migration_id: str, states: Collection[ChunkState]) -> int:
+        return len(self.chunks(migration_id, states))
+
+    def expired(self, migration_id: str, states: Collection[ChunkState],
+                now: dt.datetime) -> list[ChunkRecord]:
+        return [chunk for chunk in self.chunks(migration_id, states)
+                if chunk.lease_until is not None and chunk.lease_until < now]
+
+    def move(self, migration_id: str, chunk_id: str, target: ChunkState, note: str, *,
+             new_segment: bool = False, lease_until: dt.datetime | None = None,
+             picked_up: bool = False, failure_reason: str | None = None,
+             read: ChunkRecord | None = None) -> int | None:
+        with self._lock:
+            chunk = self.records.get((migration_id, chunk_id))
+            if chunk is None or (read is not None and chunk != read):
+                return None  # gone, or no longer as read
+            segment = lifecycle.plan_chunk_move(chunk, target, new_segment)
+            if segment is None:
+                return None
+            self.records[(migration_id, chunk_id)] = chunk.model_copy(update={
+                "state": target, "note": note, "lease_owner": None, "segment": segment,
+                "lease_until": chunk.lease_until if lease_until is None else lease_until,
+                "pickups": chunk.pickups + picked_up,
+                "failure_reason": failure_reason or chunk.failure_reason})
+            return segment
+
+
+def memory_stores() -> tuple[Stores, MemoryRuns, MemoryChunks]:
+    runs, chunks = MemoryRuns(), MemoryChunks()
+    return Stores(runs, chunks), runs, chunks

@@ -1,0 +1,223 @@
+"""Run control, the watchdog, the sweep and a run's completion on in-memory stores: the decisions
+alone, fast. The same use cases run on the Firestore emulator in tests/functions and
+tests/emulator."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from shared import control, runs, watchdog
+from shared.config import Settings
+from shared.dispatch import ChunkTask, InProcessDispatcher
+from shared.errors import BackfillDisabled, Conflict
+from shared.models import ChunkState, RunStatus
+from tests.fakes import NOW, MemoryChunks, memory_stores
+
+LOCAL = {"env": "local", "project_id": "demo", "chunk_url": "http://127.0.0.1:1/tasks/chunk",
+         "operator_audiences": "http://127.0.0.1:1", "tasks_identity": "tasks@demo",
+         "enqueue_workers": 2}
+PAST = NOW - dt.timedelta(hours=1)
+LATER = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)  # leases not yet run out
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings.model_validate({**LOCAL, **overrides})
+
+
+def three_chunks(chunks: MemoryChunks, run: str = "run_1") -> None:
+    chunks.add(run, "2025-01-01", ChunkState.COMPLETED)
+    chunks.add(run, "2025-01-02", ChunkState.RUNNING, segment=2, lease_until=LATER)
+    chunks.add(run, "2025-01-03", ChunkState.PENDING, lease_until=LATER)
+
+
+def states(chunks: MemoryChunks, run: str = "run_1") -> list[str]:
+    return [chunk.state.value for chunk in chunks.chunks(run)]
+
+
+def test_pause_stops_every_open_chunk_and_a_repeat_changes_nothing() -> None:
+    stores, run_store, chunks = memory_stores()
+    run_store.add("run_1")
+    three_chunks(chunks)
+
+    first = control.pause(settings(), stores, "run_1", "ops@example.com", "maintenance")
+    again = control.pause(settings(), stores, "run_1", "ops@example.com")
+
+    assert (first.status, first.previous, first.chunks, first.changed) == (
+        "paused", "running", 2, True)
+    assert (again.chunks, again.changed) == (0, False)
+    assert states(chunks) == ["completed", "paused", "paused"]
+    [move] = run_store.records["run_1"].status_history
+    assert (move["from"], move["to"], move["by"], move["note"]) == (
+        "running", "paused", "ops@example.com", "maintenance")
+
+
+def test_resume_reopens_paused_chunks_in_a_new_segment_and_arms_the_watchdog() -> None:
+    stores, run_store, chunks = memory_stores()
+    run_store.add("run_1")
+    three_chunks(chunks)
+    control.pause(settings(), stores, "run_1", "ops@example.com")
+    dispatcher = InProcessDispatcher()
+
+    resumed = control.resume(settings(), stores, dispatcher, "run_1", "ops@example.com")
+
+    assert (resumed.status, resumed.chunks) == ("running", 2)
+    assert states(chunks) == ["completed", "pending", "pending"]
+    assert sorted((t.chunk_id, t.segment) for t in dispatcher.queued if t.chunk_id != "watch") \
+        == [("2025-01-02", 3), ("2025-01-03", 1)]
+    assert [t.chunk_id for t in dispatcher.queued].count(runs.WATCH_CHUNK) == 1
+
+
+def test_a_run_paused_before_it_started_resumes_as_pending_and_is_planned_again() -> None:
+    stores, run_store, _ = memory_stores()
+    run_store.add("run_1", RunStatus.PENDING, planned=False)
+    control.pause(settings(), stores, "run_1", "ops@example.com")
+    dispatcher = InProcessDispatcher()
+
+    resumed = control.resume(settings(), stores, dispatcher, "run_1", "ops@example.com")
+
+    assert resumed.status == "pending"
+    assert runs.PLAN_CHUNK in [task.chunk_id for task in dispatcher.queued]
+
+
+def test_cancel_is_final_and_resume_then_answers_conflict() -> None:
+    stores, run_store, chunks = memory_stores()
+    run_store.add("run_1")
+    three_chunks(chunks)
+    control.pause(settings(), stores, "run_1", "ops@example.com")
+
+    cancelled = control.cancel(settings(), stores, "run_1", "ops@example.com")
+
+    assert (cancelled.status, cancelled.previous, cancelled.chunks) == ("cancelled", "paused", 2)
+    assert states(chunks) == ["completed", "cancelled", "cancelled"]
+    with pytest.raises(Conflict, match="the run is cancelled"):
+        control.resume(settings(), stores, InProcessDispatcher(), "run_1", "ops@example.com")
+
+
+def test_the_breaker_fails_the_run_once_and_cancels_its_open_chunks() -> None:
+    stores, run_store, chunks = memory_stores()
+    run_store.add("run_1")
+    three_chunks(chunks)
+
+    first = control.halt(settings(), stores, "run_1", "circuit breaker: 300 of 400 failed")
+    again = control.halt(settings(), stores, "run_1", "circuit breaker: again")
+
+    assert (first, again) == (True, False)
+    run = run_store.records["run_1"]
+    assert (run.status, run.failure_reason) == (RunStatus.FAILED,
+                                                "circuit breaker: 300 of 400 failed")
+    assert run.finished_at is not None
+    assert states(chunks) == ["completed", "cancelled", "cancelled"]
+
+
+def test_the_kill_switch_pauses_and_refuses_resume_until_it_is_back_on() -> None:
+    stores, run_store, chunks = memory_stores()
+    run_store.add("run_1")
+    three_chunks(chunks)
+    off = settings(enabled=False)
+
+    detail = control.kill_switch(off, stores, "run_1")
+
+    assert detail == "paused by the kill switch"
+    assert run_store.records["run_1"].status_reason == control.KILL_SWITCH
+    with pytest.raises(BackfillDisabled):
+        control.resume(off, stores, InProcessDispatcher(), "run_1", "ops@example.com")
+    assert control.kill_switch(off, stores, "no_such_run") == "no such run"
+
+
+def test_a_pause_that_arrives_after_the_last_chunk_ended_completes_the_run() -> None:
+    stores, run_store, chunks = memory_stores()
+    run_store.add("run_1")
+    chunks.add("run_1", "2025-01-01", ChunkState.COMPLETED, counters={"taken": 5, "applied": 5})
+    chunks.add("run_1", "2025-01-02", ChunkState.COMPLETED, counters={"taken": 2, "errors": 2})
+
+    steered = control.pause(settings(), stores, "run_1", "ops@example.com")
+
+    assert steered.status == "completed"
+    summary = run_store.summaries["run_1"]
+    assert (summary["taken"], summary["applied"], summary["errors"]) == (7, 5, 2)
+
+
+def test_a_failed_chunk_fails_the_run_once_none_is_open() -> None:
+    stores, run_store, chunks = memory_stores()
+    run_store.add("run_1")
+    chunks.add("run_1", "2025-01-01", ChunkState.FAILED)
+    chunks.add("run_1", "2025-01-02", ChunkState.RUNNING)
+
+    runs.finish_if_done(stores, "run_1")
+    still_running = run_store.records["run_1"].status
+    chunks.move("run_1", "2025-01-02", ChunkState.COMPLETED, "its last page was applied")
+    runs.finish_if_done(stores, "run_1")
+
+    assert still_running is RunStatus.RUNNING
+    run = run_store.records["run_1"]
+    assert (run.status, run.failure_reason) == (RunStatus.FAILED, "1 chunk(s) failed")
+
+
+def test_the_watchdog_picks_up_only_chunks_whose_lease_ran_out_and_whose_task_is_gone() -> None:
+    stores, run_store, chunks = memory_stores()
+    run_store.add("run_1")
+    chunks.add("run_1", "2025-01-01", ChunkState.RUNNING, segment=4, lease_until=PAST)
+    chunks.add("run_1", "2025-01-02", ChunkState.PENDING, segment=1, lease_until=PAST)
+    chunks.add("run_1", "2025-01-03", ChunkState.RUNNING, lease_until=LATER)
+    dispatcher = InProcessDispatcher()
+    dispatcher.enqueue(ChunkTask("run_1", "2025-01-02", 1))  # still queued: left to the queue
+
+    detail = watchdog.watch(settings(), stores, dispatcher, "run_1")
+
+    assert detail == "1 task(s) picked up again"
+    picked = chunks.get("run_1", "2025-01-01")
+    assert (picked.state, picked.segment, picked.pickups) == (ChunkState.PENDING, 5, 1)
+    assert chunks.get("run_1", "2025-01-02").pickups == 0
+    assert ("2025-01-01", 5) in [(t.chunk_id, t.segment) for t in dispatcher.queued]
+    assert [t.chunk_id for t in dispatcher.queued].count(runs.WATCH_CHUNK) == 1
+
+
+def test_the_watchdog_leaves_paused_and_ended_runs_alone() -> None:
+    stores, run_store, chunks = memory_stores()
+    run_store.add("paused_1", RunStatus.PAUSED)
+    run_store.add("done_1", RunStatus.COMPLETED)
+    for run in ("paused_1", "done_1"):
+        chunks.add(run, "2025-01-01", ChunkState.PAUSED, lease_until=PAST)
+    dispatcher = InProcessDispatcher()
+
+    paused = watchdog.watch(settings(), stores, dispatcher, "paused_1")
+    done = watchdog.watch(settings(), stores, dispatcher, "done_1")
+
+    assert paused.startswith("the run is paused") and done.startswith("the run is completed")
+    assert not dispatcher.queued
+
+
+def test_an_unplanned_run_is_planned_again_unless_it_waits_for_an_active_run() -> None:
+    stores, run_store, _ = memory_stores()
+    run_store.add("replay_1")
+    run_store.add("lost_1", RunStatus.PENDING, planned=False)
+    run_store.add("waiting_1", RunStatus.PENDING, planned=False, waiting_for=["replay_1"])
+    dispatcher = InProcessDispatcher()
+
+    for run in ("lost_1", "waiting_1"):
+        watchdog.watch(settings(), stores, dispatcher, run)
+
+    planning = [t.migration_id for t in dispatcher.queued if t.chunk_id == runs.PLAN_CHUNK]
+    assert planning == ["lost_1"]
+
+
+def test_the_sweep_rescues_every_active_run_and_rearms_lost_watchdogs_once() -> None:
+    stores, run_store, chunks = memory_stores()
+    for run in ("run_1", "run_2"):
+        run_store.add(run)
+        chunks.add(run, "2025-01-01", ChunkState.RUNNING, lease_until=PAST)
+    run_store.add("paused_1", RunStatus.PAUSED)
+    chunks.add("paused_1", "2025-01-01", ChunkState.PAUSED, lease_until=PAST)
+    dispatcher = InProcessDispatcher()
+
+    first = watchdog.sweep(settings(), stores, dispatcher)
+    second = watchdog.sweep(settings(), stores, dispatcher)
+
+    assert (sorted(first.rounds), first.picked_up) == (["run_1", "run_2"], 2)
+    assert second.picked_up == 0
+    watchdogs = [t for t in dispatcher.queued if t.chunk_id == runs.WATCH_CHUNK]
+    # One each: the second sweep finds the watchdogs the first one armed.
+    assert sorted(t.migration_id for t in watchdogs) == ["run_1", "run_2"]
