@@ -270,7 +270,7 @@ class Bench:
 
     def count_only(self, start: dt.date, end: dt.date, workers: int) -> float:
         """Seconds for the trigger's own counting step alone: one count per 1-day window, on
-        ``workers`` threads, exactly as ``shared.runs.start_run`` does it."""
+        ``workers`` threads, exactly as ``shared.planner.plan_run`` does it."""
         backfill = BACKFILLS[BackfillType.WEBHOOK_REPLAY]
         events = self.db.collection(store.EVENTS)
         started = time.perf_counter()

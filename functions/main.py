@@ -24,7 +24,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from shared import control, logs, progress, reports, runs, store, watchdog
+from shared import control, launcher, logs, progress, reports, store, watchdog
 from shared.auth import Caller, authenticate
 from shared.chunks import Delivery
 from shared.config import Settings
@@ -111,12 +111,12 @@ def _trigger(request: flask.Request) -> tuple[dict[str, Any], int]:
                                "nothing was started")
     backfill = parse_request(request.get_data(cache=False), settings.max_range_days,
                              dt.datetime.now(dt.UTC).date())
-    started = runs.start_run(backfill, caller, settings, svc.db, svc.dispatcher,
+    started = launcher.start_run(backfill, caller, settings, svc.db, svc.dispatcher,
                              scheduled_for=_schedule_time(request))
     return _started(settings, started)
 
 
-def _started(settings: Settings, started: runs.StartedRun) -> tuple[dict[str, Any], int]:
+def _started(settings: Settings, started: launcher.StartedRun) -> tuple[dict[str, Any], int]:
     body: dict[str, Any] = {
         "migrationId": started.migration_id,
         "status": started.status.value,
@@ -182,7 +182,7 @@ def _describe(svc: Services, migration_id: str) -> dict[str, Any]:
     """One run's status. A stalled run is re-armed on the way (its lost chunks picked up, its
     watchdog enqueued again), so looking at a stuck run is enough to get it going."""
     body = progress.describe_run(svc.db, migration_id, svc.settings.first_errors_shown)
-    if body.get("stalled"):
+    if body.get("stalled") and svc.settings.enabled:
         body["recovery"] = watchdog.rescue(svc.settings, svc.stores, svc.dispatcher,
                                            migration_id)
     return body
@@ -221,7 +221,7 @@ def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
         if not settings.enabled:
             raise BackfillDisabled("backfills are switched off (BACKFILL_ENABLED=false); "
                                    "nothing was started")
-        started = runs.start_retry(migration_id, caller, settings, db, svc.dispatcher,
+        started = launcher.start_retry(migration_id, caller, settings, db, svc.dispatcher,
                                    retry.code, retry.dry_run, retry.force)
         body, status = _started(settings, started)
         retry_of = store.run_ref(db, started.migration_id).get().get("retryOf")
@@ -249,6 +249,12 @@ def backfill_sweep(request: flask.Request) -> flask.Response:
 
 def _sweep(request: flask.Request) -> tuple[dict[str, Any], int]:
     svc, _ = _admit(request, "POST", _SWEEP_CALL)
+    if not svc.settings.enabled:
+        # The kill switch: pause every active run, as their next deliveries would.
+        paused = {run.migration_id: control.kill_switch(svc.settings, svc.stores,
+                                                        run.migration_id)
+                  for run in svc.stores.runs.active()}
+        return watchdog.Swept(paused, 0).body(), 200
     return watchdog.sweep(svc.settings, svc.stores, svc.dispatcher).body(), 200
 
 
@@ -272,7 +278,7 @@ def _chunk(request: flask.Request) -> tuple[dict[str, Any], int]:
                 "reason": error.reason}, 200
     retries = request.headers.get("X-CloudTasks-TaskRetryCount", "0")
     delivery = Delivery(task, int(retries) if _LIMIT.fullmatch(retries) else 0)
-    report = svc.chunks.run(delivery)
+    report = svc.tasks.route(delivery)
     logs.log(logger, "chunk task answered", migration_id=task.migration_id,
              chunk_id=task.chunk_id, segment=task.segment, status=report.result,
              event_count=report.events, attempt=delivery.retry_count + 1)

@@ -29,12 +29,12 @@ from typing import Any
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from shared import control, lifecycle, logs, planning, runs, store, watchdog
+from shared import completion, lifecycle, logs, planning, store
 from shared.backfills.base import Backfill, Event, ItemResult, PagePlan, Stored
 from shared.backfills.types import backfill_of
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
 from shared.dispatch import ChunkTask, Dispatcher
-from shared.errors import EventMissing, PurchaseNotFound, Unavailable
+from shared.errors import UNEXPECTED_ERROR, EventMissing, PurchaseNotFound, Unavailable
 from shared.models import (
     FINAL_RUN_STATUSES,
     OPEN_CHUNK_STATES,
@@ -56,7 +56,6 @@ _TRANSIENT = (api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded
               api_exceptions.ResourceExhausted, api_exceptions.TooManyRequests,
               api_exceptions.RetryError, api_exceptions.Unauthenticated,
               api_exceptions.PermissionDenied)
-UNEXPECTED_ERROR = "unexpected_error"
 _COUNTER_OF = {Outcome.APPLIED: "applied", Outcome.DUPLICATE: "duplicates",
                Outcome.SKIPPED: "skipped", Outcome.ERROR: "errors"}
 
@@ -137,19 +136,20 @@ class ChunkRunner:
 
     def __init__(self, settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
                  clock: Callable[[], float] = time.monotonic,
-                 stores: Stores | None = None) -> None:
+                 stores: Stores | None = None,
+                 breaker: Callable[[str], str | None] = lambda migration_id: None) -> None:
+        """``breaker`` is asked after a live page with errors whether the run must stop; it
+        answers the reason it stopped the run, or None (``shared.control.check_breaker``)."""
         self._settings = settings
         self._db = db
         self._stores = stores or Stores.firestore(db)
+        self._breaker = breaker
         self._dispatcher = dispatcher
         self._clock = clock
 
     def run(self, delivery: Delivery) -> ChunkReport:
-        """Process a delivery; raises only when a retry of the task can help.
-
-        An unexpected failure on the task's last attempt is recorded (chunk ``failed``, and the
-        run ends once no chunk is open) and reported, so Cloud Tasks stops retrying.
-        """
+        """Process a delivery of a chunk's task; raises only when a retry of the task can help
+        (``shared.router`` records a failure on the task's last attempt)."""
         try:
             return self._run(delivery)
         except _Lost:
@@ -157,26 +157,10 @@ class ChunkRunner:
                                               "chunk was paused or cancelled")
         except _Stopped as stop:
             return ChunkReport("stopped", detail=str(stop))
-        except Exception as error:
-            if delivery.retry_count + 1 < self._settings.task_max_attempts:
-                raise
-            reason = f"gave up after {delivery.retry_count + 1} attempts: {type(error).__name__}"
-            self._fail(delivery.task, reason)
-            return ChunkReport("failed", detail=reason)
 
     def _run(self, delivery: Delivery) -> ChunkReport:
         task = delivery.task
-        settings, db = self._settings, self._db
-        if task.chunk_id == runs.WATCH_CHUNK:
-            return ChunkReport("watched", detail=watchdog.watch(
-                settings, self._stores, self._dispatcher, task.migration_id))
-        if not settings.enabled:
-            # Answer 2xx: a task failing until the switch is back on would burn its retries.
-            return ChunkReport("paused", detail=control.kill_switch(
-                settings, self._stores, task.migration_id))
-        if task.chunk_id == runs.PLAN_CHUNK:
-            return ChunkReport("planned", detail=runs.plan_run(
-                settings, db, self._dispatcher, task.migration_id, task.segment))
+        db = self._db
         run_snap = store.run_ref(db, task.migration_id).get()
         if not run_snap.exists:
             return ChunkReport("idle", detail="no such run")
@@ -196,7 +180,7 @@ class ChunkRunner:
         if isinstance(chunk, ChunkReport):
             return chunk
         if status == RunStatus.PENDING.value:
-            runs.mark_running(self._stores, task.migration_id)
+            completion.mark_running(self._stores, task.migration_id)
         return self._process(delivery, run, chunk)
 
     def _claim(self, delivery: Delivery) -> _Chunk | ChunkReport:
@@ -230,7 +214,7 @@ class ChunkRunner:
                                      what="the chunk being claimed")
 
     def _lease_until(self) -> dt.datetime:
-        return runs.lease_until(self._settings)
+        return lifecycle.lease_until(self._settings)
 
     def _process(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk) -> ChunkReport:
         started = self._clock()
@@ -262,11 +246,11 @@ class ChunkRunner:
             isolate = max(isolate - events, 0)
             report.pages += 1
             report.events += events
-            if errors and not dry_run:
-                self._check_breaker(delivery.task.migration_id)
+            if errors and not dry_run and (stop := self._breaker(delivery.task.migration_id)):
+                raise _Stopped(stop)
             if final:
                 report.result = "completed"
-                runs.finish_if_done(self._stores, delivery.task.migration_id)
+                completion.finish_if_done(self._stores, delivery.task.migration_id)
                 break
         logs.log(logger, "chunk delivery done", migration_id=delivery.task.migration_id,
                  chunk_id=delivery.task.chunk_id, segment=delivery.task.segment,
@@ -460,23 +444,6 @@ class ChunkRunner:
         chunk.update_time = result.update_time
         chunk.data.update(fields)
 
-    def _check_breaker(self, migration_id: str) -> None:
-        """Stop the run as failed if its error rate is above the threshold after the minimum
-        sample (``BACKFILL_BREAKER_ERROR_RATE``, ``BACKFILL_BREAKER_MIN_EVENTS``)."""
-        settings = self._settings
-        totals = store.sums(store.run_ref(self._db, migration_id).collection(store.CHUNKS),
-                            ("counters.errors", "counters.taken"))
-        errors, taken = totals["counters.errors"], totals["counters.taken"]
-        if taken < settings.breaker_min_events or errors <= settings.breaker_error_rate * taken:
-            return
-        reason = (f"circuit breaker: {errors} of the {taken} events taken failed "
-                  f"({100 * errors / taken:.0f}%), above BACKFILL_BREAKER_ERROR_RATE="
-                  f"{settings.breaker_error_rate:g} after at least "
-                  f"BACKFILL_BREAKER_MIN_EVENTS={settings.breaker_min_events}; fix the cause "
-                  "(see the error report), then retry the run's failed events")
-        if control.halt(settings, self._stores, migration_id, reason):
-            raise _Stopped(reason)
-
     def _read(self, paths: list[str],
               shadow: firestore.CollectionReference | None = None) -> dict[str, Stored]:
         """The documents at ``paths``; ledger entries overlaid by ``shadow`` where it has them."""
@@ -630,16 +597,6 @@ class ChunkRunner:
         # If this enqueue fails, the task is retried as a stale segment, which enqueues it.
         self._dispatcher.enqueue(ChunkTask(delivery.task.migration_id, delivery.task.chunk_id,
                                            segment))
-
-    def _fail(self, task: ChunkTask, reason: str) -> None:
-        if task.chunk_id == runs.PLAN_CHUNK:
-            runs.fail_run(self._stores, task.migration_id, f"planning {reason}")
-            return
-        self._stores.chunks.move(task.migration_id, task.chunk_id, ChunkState.FAILED, reason,
-                                 failure_reason=reason)
-        logs.log(logger, "chunk failed", logging.ERROR, migration_id=task.migration_id,
-                 chunk_id=task.chunk_id, reason=reason)
-        runs.finish_if_done(self._stores, task.migration_id)
 
     def _after_commit(self) -> None:
         """Fault injection for tests (local only): die as a killed handler would."""

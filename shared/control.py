@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from shared import lifecycle, logs, runs
+from shared import completion, dispatch, lifecycle, logs
 from shared.config import Settings
 from shared.dispatch import ChunkTask, Dispatcher, enqueue_all
 from shared.errors import BackfillDisabled, Conflict, NotFound
@@ -55,7 +55,7 @@ def pause(settings: Settings, stores: Stores, migration_id: str, by: str,
     chunks = stop_chunks(settings, stores, migration_id, ChunkState.PAUSED,
                          detail or "its run was paused")
     # A chunk that ended while the pause was on its way may have been the last open one.
-    runs.finish_if_done(stores, migration_id)
+    completion.finish_if_done(stores, migration_id)
     return _steered(stores, migration_id, moved, chunks)
 
 
@@ -77,6 +77,22 @@ def halt(settings: Settings, stores: Stores, migration_id: str, reason: str) -> 
     stop_chunks(settings, stores, migration_id, ChunkState.CANCELLED,
                 f"its run stopped: {reason}")
     return True
+
+
+def check_breaker(settings: Settings, stores: Stores, migration_id: str) -> str | None:
+    """The circuit breaker, asked after a live page with errors: stop the run as failed if more
+    than ``BACKFILL_BREAKER_ERROR_RATE`` of its events failed, once at least
+    ``BACKFILL_BREAKER_MIN_EVENTS`` were taken. Answers the reason when it stopped the run."""
+    totals = stores.chunks.totals(migration_id, ("errors", "taken"))
+    errors, taken = totals["errors"], totals["taken"]
+    if taken < settings.breaker_min_events or errors <= settings.breaker_error_rate * taken:
+        return None
+    reason = (f"circuit breaker: {errors} of the {taken} events taken failed "
+              f"({100 * errors / taken:.0f}%), above BACKFILL_BREAKER_ERROR_RATE="
+              f"{settings.breaker_error_rate:g} after at least "
+              f"BACKFILL_BREAKER_MIN_EVENTS={settings.breaker_min_events}; fix the cause "
+              "(see the error report), then retry the run's failed events")
+    return reason if halt(settings, stores, migration_id, reason) else None
 
 
 def kill_switch(settings: Settings, stores: Stores, migration_id: str) -> str:
@@ -109,9 +125,9 @@ def resume(settings: Settings, stores: Stores, dispatcher: Dispatcher,
     tasks = _reopen_chunks(settings, stores, migration_id, reopen)
     if not run.planned:
         # The planning task may have run while the run was paused, or not at all yet.
-        tasks.append(ChunkTask(migration_id, runs.PLAN_CHUNK, int(time.time())))
+        tasks.append(ChunkTask(migration_id, dispatch.PLAN_CHUNK, int(time.time())))
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
-    runs.arm_watchdog(settings, dispatcher, migration_id)
+    dispatch.arm_watchdog(settings, dispatcher, migration_id)
     return _steered(stores, migration_id, moved, len(tasks))
 
 
@@ -139,7 +155,7 @@ def _reopen_chunks(settings: Settings, stores: Stores, migration_id: str,
 
     def reopen(chunk: ChunkRecord) -> ChunkTask | None:
         moved = stores.chunks.move(migration_id, chunk.chunk_id, ChunkState.PENDING, "",
-                                   new_segment=True, lease_until=runs.lease_until(settings))
+                                   new_segment=True, lease_until=lifecycle.lease_until(settings))
         return None if moved is None else ChunkTask(migration_id, chunk.chunk_id, moved)
 
     with ThreadPoolExecutor(max_workers=settings.enqueue_workers) as pool:

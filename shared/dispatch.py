@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
@@ -25,6 +26,11 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpc
 
 from shared.config import Settings
 from shared.errors import Unavailable
+
+# Task kinds, by chunk id: every other chunk id names a chunk of the run.
+PLAN_CHUNK = "plan"  # the run's planning task
+WATCH_CHUNK = "watch"  # the run's watchdog task
+RETRY_CHUNK = "retry"  # the one chunk of a run that retries another run's failed events
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,3 +165,38 @@ class InProcessDispatcher:
         with self._lock:
             taken, self.queued = self.queued, []
             return taken
+
+
+def arm_watchdog(settings: Settings, dispatcher: Dispatcher, migration_id: str,
+                 now: float | None = None) -> None:
+    """Enqueue the run's next watchdog task, due in one lease; one per lease-long slot (the slot
+    number is the task's segment, so arming twice within a slot is a no-op)."""
+    due = (time.time() if now is None else now) + settings.lease_seconds
+    slot = int(due // settings.lease_seconds)
+    dispatcher.enqueue(ChunkTask(migration_id, WATCH_CHUNK, slot),
+                       delay_seconds=settings.lease_seconds)
+
+
+# Watchdogs armed from outside their chain (``ensure_watchdog``) are numbered from here, apart
+# from the chain's slot numbers (epoch seconds / lease, far below it).
+RESCUE_SEGMENTS = 10**12
+
+
+def ensure_watchdog(settings: Settings, dispatcher: Dispatcher, migration_id: str,
+                    now: float | None = None) -> bool:
+    """Arm the run's watchdog unless one is queued; answer whether it armed one.
+
+    A watchdog armed within the last lease is due in the current or the next slot (or, backing
+    off, the one before): if none of those exists, it was lost. ``arm_watchdog``'s slot name
+    may not serve then: Cloud Tasks refuses the name of a task it deleted or dropped for a while
+    afterwards. So this one is numbered apart (``RESCUE_SEGMENTS`` + slot): arming it again
+    within a slot is a no-op, and when it runs it re-arms the slot-named chain.
+    """
+    at = time.time() if now is None else now
+    slot = int((at + settings.lease_seconds) // settings.lease_seconds)
+    queued = (slot - 2, slot - 1, slot, RESCUE_SEGMENTS + slot - 1, RESCUE_SEGMENTS + slot)
+    if any(dispatcher.exists(ChunkTask(migration_id, WATCH_CHUNK, segment))
+           for segment in queued):
+        return False
+    return dispatcher.enqueue(ChunkTask(migration_id, WATCH_CHUNK, RESCUE_SEGMENTS + slot),
+                              delay_seconds=settings.lease_seconds)

@@ -21,7 +21,7 @@
      └── EventMissing                    event_missing      (a retried event no longer exists)
 
     An unexpected exception while applying one event is retried a bounded number of times,
-    then recorded as ``unexpected_error`` and passed over (see ``shared.chunks``).
+    then recorded as ``unexpected_error`` and passed over (see ``shared.chunks``, the executor).
 
 Functions map a ``BackfillError`` to its status and JSON body; anything else is a bug and answers
 500 without details (the traceback goes to the logs, never to the caller).
@@ -113,6 +113,10 @@ class Unavailable(BackfillError):
     status = 503
     code = "unavailable"
     retryable = True
+
+
+# The code of an event that failed unexpectedly on each of its attempts and was passed over.
+UNEXPECTED_ERROR = "unexpected_error"
 
 
 class ItemError(Exception):

@@ -18,8 +18,11 @@ and two writers racing cannot both move from the same status::
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Mapping
 
+from shared import clock
+from shared.config import Settings
 from shared.errors import Conflict
 from shared.models import FINAL_RUN_STATUSES, ChunkState, RunStatus
 from shared.records import ChunkRecord, RunRecord
@@ -124,3 +127,8 @@ def plan_chunk_move(chunk: ChunkRecord, target: ChunkState, new_segment: bool) -
     if not chunk_can_move(chunk.state, target):
         return None
     return chunk.segment + (1 if new_segment else 0)
+
+
+def lease_until(settings: Settings, now: dt.datetime | None = None) -> dt.datetime:
+    """When a chunk claimed or checkpointed ``now`` counts as abandoned (see ``watchdog``)."""
+    return (now or clock.utc_now()) + dt.timedelta(seconds=settings.lease_seconds)

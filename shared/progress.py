@@ -13,9 +13,8 @@ from typing import Any
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from shared import runs, store
-from shared.chunks import UNEXPECTED_ERROR
-from shared.errors import InvalidRequest, NotFound
+from shared import clock, completion, store, stores
+from shared.errors import UNEXPECTED_ERROR, InvalidRequest, NotFound
 from shared.models import BackfillType, ChunkState, RunStatus
 from shared.records import ChunkRecord
 from shared.stores import FirestoreRuns
@@ -52,14 +51,14 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
                  now: dt.datetime | None = None) -> dict[str, Any]:
     """One run: parameters, status and why, summed counts, percent, rate and ETA, per-chunk
     progress, whether it is stalled (and which chunks), error counts by code, first errors."""
-    now = now or runs.utc_now()
+    now = now or clock.utc_now()
     snap = store.run_ref(db, migration_id).get()
     if not snap.exists:
         raise NotFound(f"no run {migration_id}")
     run = snap.to_dict() or {}
     chunks = [ChunkRecord.from_snapshot(chunk) for chunk in
               store.run_ref(db, migration_id).collection(store.CHUNKS).order_by("index").stream()]
-    sums = runs.summarize(chunks)
+    sums = completion.summarize(chunks)
     total = int(run.get("total") or 0)
     taken = sums["taken"]
     left_over = int(run.get("eligible") or 0) - total
@@ -90,7 +89,7 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
         chunks=[_chunk_view(chunk) for chunk in chunks],
         firstErrors=[_error_view(error.to_dict() or {}) for error in errors],
     )
-    waiting = runs.still_active(FirestoreRuns(db), run.get("waitingFor") or []) \
+    waiting = stores.still_active(FirestoreRuns(db), run.get("waitingFor") or []) \
         if not run.get("planned") else []
     if waiting:
         body["note"] = (f"waiting for {', '.join(waiting)} over the same dates to end; "

@@ -19,10 +19,12 @@ from pydantic.alias_generators import to_camel
 from shared.models import BackfillType, ChunkState, RunStatus
 
 
-class _Record(BaseModel):
+class _Shape(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore",
                               frozen=True)
 
+
+class _Record(_Shape):
     # When the document was last written (None for a record not read from Firestore).
     update_time: dt.datetime | None = Field(None, exclude=True)
 
@@ -37,7 +39,7 @@ class _Record(BaseModel):
         return cls.from_document(snap.id, snap.to_dict() or {}, snap.update_time)
 
 
-class Counters(_Record):
+class Counters(_Shape):
     """A chunk's counts (the run's counter shards): each event once, with its outcome."""
 
     taken: int = 0
@@ -46,6 +48,10 @@ class Counters(_Record):
     skipped: int = 0
     errors: int = 0
     points: int = 0
+
+
+# The counter names, as the chunk documents store them.
+COUNTERS = tuple(Counters.model_fields)
 
 
 class RunRecord(_Record):

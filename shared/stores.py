@@ -21,7 +21,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared import lifecycle, logs, store
 from shared.errors import NotFound
-from shared.models import ChunkState, RunStatus
+from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
 from shared.records import ChunkRecord, RunRecord
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ class ChunkStore(Protocol):
     def expired(self, migration_id: str, states: Collection[ChunkState],
                 now: dt.datetime) -> list[ChunkRecord]:
         """The run's chunks in ``states`` whose lease ran out before ``now``."""
+
+    def totals(self, migration_id: str, counters: tuple[str, ...]) -> dict[str, int]:
+        """The sums of the run's chunk ``counters`` (one aggregation, no chunk read; Firestore
+        takes at most five in one)."""
 
     def move(self, migration_id: str, chunk_id: str, target: ChunkState, note: str, *,
              new_segment: bool = False, lease_until: dt.datetime | None = None,
@@ -161,6 +165,11 @@ class FirestoreChunks:
         return store.count(self._collection(migration_id).where(
             filter=FieldFilter("state", "in", [s.value for s in states])))
 
+    def totals(self, migration_id: str, counters: tuple[str, ...]) -> dict[str, int]:
+        sums = store.sums(self._collection(migration_id),
+                          tuple(f"counters.{name}" for name in counters))
+        return {name: sums[f"counters.{name}"] for name in counters}
+
     def expired(self, migration_id: str, states: Collection[ChunkState],
                 now: dt.datetime) -> list[ChunkRecord]:
         query = self._collection(migration_id).where(
@@ -198,3 +207,10 @@ class FirestoreChunks:
             self._db, ref, decide, attempts=1 if read is not None else _CHUNK_MOVE_ATTEMPTS,
             what="a chunk being moved", read=read,
             give_up=(lambda: None) if read is not None else None)
+
+
+def still_active(run_store: RunStore, migration_ids: list[str]) -> list[str]:
+    """Those of ``migration_ids`` whose runs are still active (pending, running or paused)."""
+    found = (run_store.get(migration_id) for migration_id in migration_ids)
+    return sorted(run.migration_id for run in found
+                  if run is not None and run.status in ACTIVE_RUN_STATUSES)

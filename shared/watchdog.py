@@ -22,11 +22,11 @@ import logging
 import time
 from typing import Any
 
-from shared import control, logs, runs
+from shared import clock, dispatch, lifecycle, logs
 from shared.config import Settings
 from shared.dispatch import ChunkTask, Dispatcher, enqueue_all
 from shared.models import FINAL_RUN_STATUSES, OPEN_CHUNK_STATES, ChunkState, RunStatus
-from shared.stores import Stores
+from shared.stores import Stores, still_active
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ PICKED_UP = "its lease expired and no task was queued for it; picked up again at
 
 def watch(settings: Settings, stores: Stores, dispatcher: Dispatcher,
           migration_id: str, now: dt.datetime | None = None) -> str:
-    """One watchdog round: pick up lost chunks, then arm the next round if the run is active."""
+    """One watchdog round: pick up lost chunks, then arm the next round if the run is active.
+    (With the kill switch off, callers pause the run instead: ``control.kill_switch``.)"""
     return _watch(settings, stores, dispatcher, migration_id, now)[0]
 
 
@@ -51,7 +52,7 @@ def _watch(settings: Settings, stores: Stores, dispatcher: Dispatcher,
            outside: bool = False) -> tuple[str, int]:
     """``watch`` (``outside`` its chain: ``rescue``), answering also how many tasks it enqueued
     for lost work."""
-    now = now or runs.utc_now()
+    now = now or clock.utc_now()
     run = stores.runs.get(migration_id)
     if run is None:
         return "no such run", 0
@@ -59,23 +60,21 @@ def _watch(settings: Settings, stores: Stores, dispatcher: Dispatcher,
         return f"the run is {run.status.value}; the watchdog stops", 0
     if run.status is RunStatus.PAUSED:
         return "the run is paused; resuming it arms a new watchdog", 0
-    if not settings.enabled:
-        return control.kill_switch(settings, stores, migration_id), 0
     tasks: list[ChunkTask] = []
     if not run.planned:
         # A run waiting for others has its own planning task polling; a second poll chain would
         # only add load. Once they have ended, a lost planning task is enqueued again.
-        waiting = runs.still_active(stores.runs, run.waiting_for)
-        if not waiting and runs.lease_until(settings, run.created_at) < now:
+        waiting = still_active(stores.runs, run.waiting_for)
+        if not waiting and lifecycle.lease_until(settings, run.created_at) < now:
             # Planning is idempotent: a second planning task is harmless, a lost one is not.
-            tasks.append(ChunkTask(migration_id, runs.PLAN_CHUNK, int(time.time())))
+            tasks.append(ChunkTask(migration_id, dispatch.PLAN_CHUNK, int(time.time())))
     else:
         tasks = _lost_chunks(settings, stores, dispatcher, migration_id, now)
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
     if outside:
-        runs.ensure_watchdog(settings, dispatcher, migration_id)
+        dispatch.ensure_watchdog(settings, dispatcher, migration_id)
     else:
-        runs.arm_watchdog(settings, dispatcher, migration_id)
+        dispatch.arm_watchdog(settings, dispatcher, migration_id)
     if tasks:
         logs.log(logger, "watchdog picked up lost work", logging.WARNING,
                  migration_id=migration_id, chunks=len(tasks), reason=PICKED_UP)
@@ -128,7 +127,7 @@ def _lost_chunks(settings: Settings, stores: Stores, dispatcher: Dispatcher,
             continue  # queued, backing off or in flight: Cloud Tasks will deliver it
         segment = stores.chunks.move(migration_id, chunk.chunk_id, ChunkState.PENDING,
                                      PICKED_UP, new_segment=True,
-                                     lease_until=runs.lease_until(settings, now),
+                                     lease_until=lifecycle.lease_until(settings, now),
                                      picked_up=True, read=chunk)
         if segment is not None:
             lost.append(ChunkTask(migration_id, chunk.chunk_id, segment))

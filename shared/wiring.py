@@ -13,9 +13,9 @@ from google.cloud import firestore
 from pydantic import ValidationError
 
 from shared import logs, store
-from shared.chunks import ChunkRunner
 from shared.config import Settings, get_settings
 from shared.dispatch import CloudTasksDispatcher, Dispatcher
+from shared.router import TaskRouter
 from shared.stores import Stores
 
 
@@ -30,8 +30,8 @@ class Services:
         return Stores.firestore(self.db)
 
     @property
-    def chunks(self) -> ChunkRunner:
-        return ChunkRunner(self.settings, self.db, self.dispatcher, stores=self.stores)
+    def tasks(self) -> TaskRouter:
+        return TaskRouter(self.settings, self.db, self.dispatcher, self.stores)
 
 
 _lock = threading.Lock()

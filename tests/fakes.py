@@ -93,6 +93,11 @@ class MemoryChunks:
         return [chunk for chunk in self.chunks(migration_id, states)
                 if chunk.lease_until is not None and chunk.lease_until < now]
 
+    def totals(self, migration_id: str, counters: tuple[str, ...]) -> dict[str, int]:
+        chunks = self.chunks(migration_id)
+        return {name: sum(getattr(chunk.counters, name) for chunk in chunks)
+                for name in counters}
+
     def move(self, migration_id: str, chunk_id: str, target: ChunkState, note: str, *,
              new_segment: bool = False, lease_until: dt.datetime | None = None,
              picked_up: bool = False, failure_reason: str | None = None,

@@ -15,7 +15,7 @@ from google.cloud import firestore
 
 from backfill_cli.client import BackfillClient, Endpoints
 from emulators.stack import Stack
-from shared import runs, store
+from shared import completion, store
 from shared.records import ChunkRecord
 from tests import data
 from tests.conftest import GATEWAY_OVERRIDES, Mint
@@ -54,7 +54,7 @@ def progress(db: firestore.Client, migration_id: str) -> dict[str, Any]:
     run = store.run_ref(db, migration_id).get().to_dict() or {}
     chunks = [ChunkRecord.from_snapshot(c) for c in store.run_ref(db, migration_id)
               .collection(store.CHUNKS).stream()]
-    return {**runs.summarize(chunks), "status": run.get("status"),
+    return {**completion.summarize(chunks), "status": run.get("status"),
             "pickups": sum(chunk.pickups for chunk in chunks)}
 
 

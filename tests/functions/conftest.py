@@ -12,8 +12,7 @@ from functions_framework import create_app
 from google.cloud import firestore
 
 from shared.config import Settings
-from shared.dispatch import ChunkTask, InProcessDispatcher
-from shared.runs import PLAN_CHUNK, WATCH_CHUNK
+from shared.dispatch import PLAN_CHUNK, WATCH_CHUNK, ChunkTask, InProcessDispatcher
 from shared.wiring import Services, use
 from tests.conftest import ROOT, Mint
 

@@ -11,8 +11,7 @@ from functions_framework import create_app
 
 from shared import progress, store
 from shared.chunks import ChunkRunner
-from shared.dispatch import ChunkTask, InProcessDispatcher
-from shared.runs import WATCH_CHUNK, arm_watchdog
+from shared.dispatch import WATCH_CHUNK, ChunkTask, InProcessDispatcher, arm_watchdog
 from tests import data
 from tests.functions.conftest import SOURCE, Harness
 

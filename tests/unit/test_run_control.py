@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared import control, runs, watchdog
+from shared import completion, control, dispatch, watchdog
 from shared.config import Settings
 from shared.dispatch import ChunkTask, InProcessDispatcher
 from shared.errors import BackfillDisabled, Conflict
@@ -67,7 +67,7 @@ def test_resume_reopens_paused_chunks_in_a_new_segment_and_arms_the_watchdog() -
     assert states(chunks) == ["completed", "pending", "pending"]
     assert sorted((t.chunk_id, t.segment) for t in dispatcher.queued if t.chunk_id != "watch") \
         == [("2025-01-02", 3), ("2025-01-03", 1)]
-    assert [t.chunk_id for t in dispatcher.queued].count(runs.WATCH_CHUNK) == 1
+    assert [t.chunk_id for t in dispatcher.queued].count(dispatch.WATCH_CHUNK) == 1
 
 
 def test_a_run_paused_before_it_started_resumes_as_pending_and_is_planned_again() -> None:
@@ -79,7 +79,7 @@ def test_a_run_paused_before_it_started_resumes_as_pending_and_is_planned_again(
     resumed = control.resume(settings(), stores, dispatcher, "run_1", "ops@example.com")
 
     assert resumed.status == "pending"
-    assert runs.PLAN_CHUNK in [task.chunk_id for task in dispatcher.queued]
+    assert dispatch.PLAN_CHUNK in [task.chunk_id for task in dispatcher.queued]
 
 
 def test_cancel_is_final_and_resume_then_answers_conflict() -> None:
@@ -146,10 +146,10 @@ def test_a_failed_chunk_fails_the_run_once_none_is_open() -> None:
     chunks.add("run_1", "2025-01-01", ChunkState.FAILED)
     chunks.add("run_1", "2025-01-02", ChunkState.RUNNING)
 
-    runs.finish_if_done(stores, "run_1")
+    completion.finish_if_done(stores, "run_1")
     still_running = run_store.records["run_1"].status
     chunks.move("run_1", "2025-01-02", ChunkState.COMPLETED, "its last page was applied")
-    runs.finish_if_done(stores, "run_1")
+    completion.finish_if_done(stores, "run_1")
 
     assert still_running is RunStatus.RUNNING
     run = run_store.records["run_1"]
@@ -172,7 +172,7 @@ def test_the_watchdog_picks_up_only_chunks_whose_lease_ran_out_and_whose_task_is
     assert (picked.state, picked.segment, picked.pickups) == (ChunkState.PENDING, 5, 1)
     assert chunks.get("run_1", "2025-01-02").pickups == 0
     assert ("2025-01-01", 5) in [(t.chunk_id, t.segment) for t in dispatcher.queued]
-    assert [t.chunk_id for t in dispatcher.queued].count(runs.WATCH_CHUNK) == 1
+    assert [t.chunk_id for t in dispatcher.queued].count(dispatch.WATCH_CHUNK) == 1
 
 
 def test_the_watchdog_leaves_paused_and_ended_runs_alone() -> None:
@@ -200,7 +200,7 @@ def test_an_unplanned_run_is_planned_again_unless_it_waits_for_an_active_run() -
     for run in ("lost_1", "waiting_1"):
         watchdog.watch(settings(), stores, dispatcher, run)
 
-    planning = [t.migration_id for t in dispatcher.queued if t.chunk_id == runs.PLAN_CHUNK]
+    planning = [t.migration_id for t in dispatcher.queued if t.chunk_id == dispatch.PLAN_CHUNK]
     assert planning == ["lost_1"]
 
 
@@ -218,6 +218,29 @@ def test_the_sweep_rescues_every_active_run_and_rearms_lost_watchdogs_once() -> 
 
     assert (sorted(first.rounds), first.picked_up) == (["run_1", "run_2"], 2)
     assert second.picked_up == 0
-    watchdogs = [t for t in dispatcher.queued if t.chunk_id == runs.WATCH_CHUNK]
+    watchdogs = [t for t in dispatcher.queued if t.chunk_id == dispatch.WATCH_CHUNK]
     # One each: the second sweep finds the watchdogs the first one armed.
     assert sorted(t.migration_id for t in watchdogs) == ["run_1", "run_2"]
+
+
+@pytest.mark.parametrize(("taken", "errors", "stops"), [
+    (199, 199, False),  # below the minimum sample: never stops
+    (400, 200, False),  # exactly at the rate: not above it
+    (400, 201, True),
+])
+def test_the_breaker_stops_a_run_only_above_its_rate_after_its_minimum_sample(
+        taken: int, errors: int, stops: bool) -> None:
+    stores, run_store, chunks = memory_stores()
+    run_store.add("run_1")
+    chunks.add("run_1", "2025-01-01", ChunkState.COMPLETED,
+               counters={"taken": taken - 50, "errors": errors - 10})
+    chunks.add("run_1", "2025-01-02", ChunkState.RUNNING,
+               counters={"taken": 50, "errors": 10})
+
+    reason = control.check_breaker(settings(), stores, "run_1")
+
+    assert (reason is not None) == stops
+    assert (run_store.records["run_1"].status is RunStatus.FAILED) == stops
+    if reason is not None:
+        assert f"{errors} of the {taken} events taken failed" in reason
+        assert states(chunks) == ["completed", "cancelled"]

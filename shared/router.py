@@ -1,0 +1,76 @@
+"""The task router: one delivery of a Cloud Task, sent to the use case its kind names.
+
+Every task carries a run and a chunk id: ``plan`` is the run's planning task
+(``shared.planner``), ``watch`` its watchdog (``shared.watchdog``), and any other id one of its
+chunks (the executor, ``shared.chunks``). With the kill switch off (``BACKFILL_ENABLED=false``)
+every delivery pauses its run instead and answers 2xx, so no task burns its retries meanwhile.
+An unexpected failure is raised (Cloud Tasks retries it) until the task's last attempt, which
+records the failure (a chunk ``failed``, the run ending once no chunk is open; a planning task
+fails the run) and answers, so Cloud Tasks stops retrying.
+
+The router composes the use cases; they do not know each other: the executor learns of the
+circuit breaker only through the callable the router hands it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from google.cloud import firestore
+
+from shared import completion, control, logs, planner, watchdog
+from shared.chunks import ChunkReport, ChunkRunner, Delivery
+from shared.config import Settings
+from shared.dispatch import PLAN_CHUNK, WATCH_CHUNK, ChunkTask, Dispatcher
+from shared.models import ChunkState
+from shared.stores import Stores
+
+logger = logging.getLogger(__name__)
+
+
+class TaskRouter:
+    def __init__(self, settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
+                 stores: Stores) -> None:
+        self._settings = settings
+        self._db = db
+        self._dispatcher = dispatcher
+        self._stores = stores
+        self._executor = ChunkRunner(settings, db, dispatcher, stores=stores,
+                                     breaker=self._breaker)
+
+    def route(self, delivery: Delivery) -> ChunkReport:
+        """Process a delivery; raises only when a retry of the task can help."""
+        try:
+            return self._route(delivery)
+        except Exception as error:
+            if delivery.retry_count + 1 < self._settings.task_max_attempts:
+                raise
+            reason = f"gave up after {delivery.retry_count + 1} attempts: {type(error).__name__}"
+            self._fail(delivery.task, reason)
+            return ChunkReport("failed", detail=reason)
+
+    def _route(self, delivery: Delivery) -> ChunkReport:
+        task, settings = delivery.task, self._settings
+        if not settings.enabled:
+            return ChunkReport("paused", detail=control.kill_switch(
+                settings, self._stores, task.migration_id))
+        if task.chunk_id == WATCH_CHUNK:
+            return ChunkReport("watched", detail=watchdog.watch(
+                settings, self._stores, self._dispatcher, task.migration_id))
+        if task.chunk_id == PLAN_CHUNK:
+            return ChunkReport("planned", detail=planner.plan_run(
+                settings, self._db, self._dispatcher, task.migration_id, task.segment))
+        return self._executor.run(delivery)
+
+    def _breaker(self, migration_id: str) -> str | None:
+        return control.check_breaker(self._settings, self._stores, migration_id)
+
+    def _fail(self, task: ChunkTask, reason: str) -> None:
+        if task.chunk_id == PLAN_CHUNK:
+            completion.fail_run(self._stores, task.migration_id, f"planning {reason}")
+            return
+        self._stores.chunks.move(task.migration_id, task.chunk_id, ChunkState.FAILED, reason,
+                                 failure_reason=reason)
+        logs.log(logger, "chunk failed", logging.ERROR, migration_id=task.migration_id,
+                 chunk_id=task.chunk_id, reason=reason)
+        completion.finish_if_done(self._stores, task.migration_id)
