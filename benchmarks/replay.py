@@ -51,7 +51,7 @@ from emulators.issuer import mint_token
 from emulators.sample import SampleShape, seed
 from emulators.stack import Stack
 from shared import planning, store
-from shared.backfills.types import BACKFILLS
+from shared.backfills.registry import BACKFILLS
 from shared.models import BackfillType
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,7 +271,7 @@ class Bench:
     def count_only(self, start: dt.date, end: dt.date, workers: int) -> float:
         """Seconds for the trigger's own counting step alone: one count per 1-day window, on
         ``workers`` threads, exactly as ``shared.planner.plan_run`` does it."""
-        backfill = BACKFILLS[BackfillType.WEBHOOK_REPLAY]
+        backfill = BACKFILLS.get(BackfillType.WEBHOOK_REPLAY)
         events = self.db.collection(store.EVENTS)
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=workers) as pool:

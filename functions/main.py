@@ -26,6 +26,7 @@ import functions_framework
 
 from shared import control, launcher, logs, progress, reports, store, watchdog
 from shared.auth import Caller, authenticate
+from shared.bodies import ControlRequest, RetryRequest, parse_json, parse_request
 from shared.chunks import Delivery
 from shared.config import Settings
 from shared.dispatch import ChunkTask
@@ -36,13 +37,7 @@ from shared.errors import (
     MethodNotAllowed,
     NotFound,
 )
-from shared.models import (
-    ControlRequest,
-    RetryRequest,
-    document_id_problem,
-    parse_json,
-    parse_request,
-)
+from shared.models import document_id_problem
 from shared.wiring import Services, check_configuration, services
 
 logger = logging.getLogger("backfill.functions")

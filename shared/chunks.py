@@ -31,7 +31,7 @@ from google.cloud import firestore
 
 from shared import completion, lifecycle, logs, planning, store
 from shared.backfills.base import Backfill, Event, ItemResult, PagePlan, Stored
-from shared.backfills.types import backfill_of
+from shared.backfills.registry import backfill_of
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
 from shared.dispatch import ChunkTask, Dispatcher
 from shared.errors import UNEXPECTED_ERROR, EventMissing, PurchaseNotFound, Unavailable
@@ -221,6 +221,7 @@ class ChunkRunner:
         report = ChunkReport("continued")
         dry_run = bool(run.get("dryRun"))
         isolate = 0  # events still to take one at a time, after a page failed unexpectedly
+        page_size = self._page_size(run)
         while True:
             quota = chunk.quota
             left = None if quota is None else quota - chunk.taken
@@ -229,8 +230,7 @@ class ChunkRunner:
             if report.pages and out_of_time and (left is None or left > 0):
                 self._continue_later(delivery, chunk)
                 break
-            limit = self._settings.page_size if left is None else min(self._settings.page_size,
-                                                                      left)
+            limit = page_size if left is None else min(page_size, left)
             if isolate:
                 limit = min(limit, 1)
             try:
@@ -256,6 +256,12 @@ class ChunkRunner:
                  chunk_id=delivery.task.chunk_id, segment=delivery.task.segment,
                  status=report.result, event_count=report.events, dry_run=dry_run)
         return report
+
+    def _page_size(self, run: dict[str, Any]) -> int:
+        """Events per page: ``BACKFILL_PAGE_SIZE``, or fewer if the backfill type asks for it.
+        (A page may still be split when the writes it plans exceed one commit.)"""
+        wanted = backfill_of(run).page_size
+        return min(self._settings.page_size, wanted) if wanted else self._settings.page_size
 
     def _select(self, run: dict[str, Any], chunk: _Chunk, limit: int) -> _Selection:
         """The chunk's next page: from its window, or, for a retry run, from the failed events

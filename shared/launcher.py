@@ -21,7 +21,8 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared import clock, logs, planning, store
 from shared.auth import Caller
-from shared.backfills.types import BACKFILLS
+from shared.backfills.registry import BACKFILLS
+from shared.bodies import BackfillRequest
 from shared.completion import fail_run
 from shared.config import Settings
 from shared.dispatch import (
@@ -34,8 +35,6 @@ from shared.errors import Conflict, NotFound, TooManyRuns, Unavailable
 from shared.models import (
     ACTIVE_RUN_STATUSES,
     FINAL_RUN_STATUSES,
-    BackfillRequest,
-    BackfillType,
     RunStatus,
 )
 from shared.stores import Stores
@@ -111,18 +110,18 @@ def start_retry(source_id: str, caller: Caller, settings: Settings, db: firestor
     if failed == 0:
         raise Conflict(f"run {source_id} has no failed events"
                        + (f" with code {code}" if code else ""), [source_id])
-    run = _new_run(BackfillType(source["type"]), dry, dt.date.fromisoformat(source["startDate"]),
+    run = _new_run(str(source["type"]), dry, dt.date.fromisoformat(source["startDate"]),
                    dt.date.fromisoformat(source["endDate"]), None, settings, caller, now(), 1)
     run.update(retryOf={"migrationId": source_id, "code": code, "events": failed}, forced=force,
                includeProcessed=bool(source.get("includeProcessed")))
     return _launch(settings, db, dispatcher, run, force, None)
 
 
-def _new_run(backfill_type: BackfillType, dry_run: bool, start_date: dt.date,
+def _new_run(backfill_type: str, dry_run: bool, start_date: dt.date,
              end_date: dt.date, max_events: int | None, settings: Settings, caller: Caller,
              created: dt.datetime, chunk_count: int) -> dict[str, Any]:
     return {
-        "type": backfill_type.value,
+        "type": backfill_type,
         "status": RunStatus.PENDING.value,
         "dryRun": dry_run,
         "startDate": start_date.isoformat(),
@@ -223,7 +222,7 @@ def _overlaps(run: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
 def _runs_to_wait_for(run: Mapping[str, Any], active: list[dict[str, Any]]) -> list[str]:
     """The active runs over the same dates whose type this run's type waits for (a reversal
     backfill waits for the replays that may be applying its refunds' purchases)."""
-    waits_for = {str(kind) for kind in BACKFILLS[BackfillType(run["type"])].waits_for}
+    waits_for = set(BACKFILLS.get(run["type"]).waits_for)
     return sorted(str(other["migrationId"]) for other in active
                   if other["type"] in waits_for and _overlaps(run, other))
 

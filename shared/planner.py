@@ -18,7 +18,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared import lifecycle, logs, planning, store
-from shared.backfills.types import backfill_of
+from shared.backfills.registry import backfill_of
 from shared.config import Settings
 from shared.dispatch import (
     PLAN_CHUNK,

@@ -14,8 +14,9 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared import clock, completion, store, stores
-from shared.errors import UNEXPECTED_ERROR, InvalidRequest, NotFound
-from shared.models import BackfillType, ChunkState, RunStatus
+from shared.backfills.registry import BACKFILLS
+from shared.errors import InvalidRequest, NotFound
+from shared.models import ChunkState, RunStatus
 from shared.records import ChunkRecord
 from shared.stores import FirestoreRuns
 
@@ -24,9 +25,6 @@ _RUN_FIELDS = ("migrationId", "type", "status", "statusReason", "dryRun", "start
                "eligible", "total", "chunkCount", "requestedBy", "createdAt", "startedAt",
                "finishedAt", "failureReason", "receivedBefore", "includeProcessed",
                "requestedEndDate", "waitingFor")
-ERROR_CODES = ("malformed_payload", "product_not_found", "purchase_not_found", "event_missing",
-               UNEXPECTED_ERROR)
-
 
 def list_runs(db: firestore.Client, limit: int = 20, backfill_type: str | None = None,
               status: str | None = None) -> list[dict[str, Any]]:
@@ -35,7 +33,7 @@ def list_runs(db: firestore.Client, limit: int = 20, backfill_type: str | None =
         raise InvalidRequest("limit", "must be between 1 and 200")
     query: Any = db.collection(store.RUNS)
     if backfill_type is not None:
-        if backfill_type not in set(BackfillType):
+        if backfill_type not in BACKFILLS.names():
             raise InvalidRequest("type", f"unknown backfill type {backfill_type!r}")
         query = query.where(filter=FieldFilter("type", "==", backfill_type))
     if status is not None:
@@ -83,7 +81,7 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
         chunkStates=states,
         **_pace(run, chunks, taken, total, now),
         statusHistory=run.get("statusHistory") or [],
-        errorCodes={code: count for code in ERROR_CODES if (count := store.count(
+        errorCodes={code: count for code in BACKFILLS.error_codes() if (count := store.count(
             store.errors_query(db, migration_id, code)))} if sums["errors"] else {},
         errorsUrl=f"/api/admin/dataMigrations/{migration_id}/errors",
         chunks=[_chunk_view(chunk) for chunk in chunks],

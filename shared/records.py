@@ -16,7 +16,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from shared.models import BackfillType, ChunkState, RunStatus
+from shared.models import ChunkState, RunStatus
 
 
 class _Shape(BaseModel):
@@ -58,7 +58,7 @@ class RunRecord(_Record):
     """One run: its parameters, status and why, and what planning found."""
 
     id: str
-    type: BackfillType
+    type: str  # a registered backfill type (shared.backfills.registry)
     status: RunStatus
     dry_run: bool = False
     start_date: dt.date

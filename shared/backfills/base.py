@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from google.cloud import firestore
 
-from shared.models import BackfillType, Outcome
+from shared.models import Outcome
 from shared.planning import Window
 
 
@@ -93,15 +93,35 @@ class PagePlan:
 
 
 class Backfill(Protocol):
-    """A backfill type: its selection of events and its rule for applying them.
-
-    ``waits_for`` names the types whose active runs over the same dates a new run of this type
-    waits for before it is planned (its events depend on theirs).
+    """A backfill type, the whole job definition: its name, what it reads, how it applies a page
+    of events, the error codes it records, its page size, the types it waits for and the request
+    options it takes. Declared once, in its own module, and registered by name in
+    ``shared.backfills.registry``; nothing else needs to know it.
     """
 
     @property
-    def waits_for(self) -> tuple[BackfillType, ...]:
-        """Types whose active overlapping runs this type's runs wait for."""
+    def name(self) -> str:
+        """The ``type`` of the requests and runs of this backfill, e.g. ``webhook_replay``."""
+
+    @property
+    def error_codes(self) -> tuple[str, ...]:
+        """The codes of the per-event errors it records (the executor adds its own)."""
+
+    @property
+    def page_size(self) -> int | None:
+        """Events per page and commit, if this type needs fewer than ``BACKFILL_PAGE_SIZE``."""
+
+    @property
+    def waits_for(self) -> tuple[str, ...]:
+        """Types whose active runs over the same dates a new run of this type waits for
+        before it is planned (its events depend on theirs)."""
+
+    @property
+    def options(self) -> frozenset[str]:
+        """The request fields beyond the common ones that this type takes."""
+
+    def variant(self, run: Mapping[str, Any]) -> Backfill:
+        """The definition a run's options select (itself, without options)."""
 
     def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
         """The query of the events a chunk takes (without order, cursor or limit)."""

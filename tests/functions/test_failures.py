@@ -11,7 +11,7 @@ import pytest
 from functions_framework import create_app
 
 from shared import store
-from shared.backfills import types
+from shared.backfills import webhook_replay
 from shared.backfills.apply import apply_purchase
 from shared.backfills.base import Event, ItemResult
 from tests import data
@@ -162,8 +162,8 @@ def test_a_poison_event_is_passed_over_after_bounded_attempts(
             raise RuntimeError("a bug this event's data triggers")
         return apply_purchase(event, *args)
 
-    rules = {**types.WebhookReplay.rules, "ON_ORDER_COMPLETED": explodes_on_e00021}
-    monkeypatch.setattr(types.WebhookReplay, "rules", rules)
+    rules = {**webhook_replay.WebhookReplay.rules, "ON_ORDER_COMPLETED": explodes_on_e00021}
+    monkeypatch.setattr(webhook_replay.WebhookReplay, "rules", rules)
     migration_id = finished(harness, endDate="2025-01-01")
     run = harness.run(migration_id)
     errors = {e["eventId"]: e for e in run["firstErrors"]}

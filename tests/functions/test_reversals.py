@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from shared import store
-from shared.backfills.types import BACKFILLS
+from shared.backfills.registry import BACKFILLS
 from shared.models import BackfillType
 from tests import data
 from tests.functions.conftest import Harness
@@ -191,7 +191,7 @@ def test_a_purchase_applied_by_its_own_chunk_while_its_refund_looks_for_it(
     migration_id = harness.start(**REPLAY).get_json()["migrationId"]
     harness.plan()
     tasks = {task.chunk_id: task for task in harness.dispatcher.take()}
-    replay = BACKFILLS[BackfillType.WEBHOOK_REPLAY]
+    replay = BACKFILLS.get(BackfillType.WEBHOOK_REPLAY)
     look_for_purchase = replay.pull  # type: ignore[attr-defined]
 
     def purchase_lands_first(*args: Any) -> Any:

@@ -2,8 +2,9 @@ import datetime as dt
 
 import pytest
 
+from shared.bodies import parse_request
 from shared.errors import InvalidRequest
-from shared.models import BackfillType, parse_request
+from shared.models import BackfillType
 
 TODAY = dt.date(2026, 11, 22)
 VALID = (b'{"type": "webhook_replay", "startDate": "2025-01-01", "endDate": "2025-01-10", '
@@ -13,7 +14,7 @@ VALID = (b'{"type": "webhook_replay", "startDate": "2025-01-01", "endDate": "202
 def test_the_runbook_body_parses() -> None:
     request = parse_request(VALID, 366, TODAY)
 
-    assert request.type is BackfillType.WEBHOOK_REPLAY
+    assert request.type == BackfillType.WEBHOOK_REPLAY
     assert (request.start_date, request.end_date) == (dt.date(2025, 1, 1), dt.date(2025, 1, 10))
     assert request.dry_run is False
     assert request.max_events == 1000

@@ -4,7 +4,8 @@ import datetime as dt
 from typing import Any
 
 from shared.backfills.base import Event, Stored
-from shared.backfills.types import ReversalBackfill, WebhookReplay
+from shared.backfills.reversal_backfill import ReversalBackfill
+from shared.backfills.webhook_replay import WebhookReplay
 from shared.models import Outcome
 
 AT = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)

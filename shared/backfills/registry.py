@@ -1,0 +1,55 @@
+"""The backfill types, by name: each is a whole job definition (``shared.backfills.base.Backfill``)
+declared once, in its own module, which registers it here. A new type is that module and its
+import in ``shared/backfills/__init__.py``; the trigger, the planner, the executor and the status
+find it here by the ``type`` of a request or a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from shared.backfills.base import Backfill
+from shared.errors import UNEXPECTED_ERROR, EventMissing
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._types: dict[str, Backfill] = {}
+
+    def register(self, backfill: Backfill) -> Backfill:
+        """Add a type; its name must be new."""
+        if backfill.name in self._types:
+            raise ValueError(f"a backfill type {backfill.name!r} is registered already")
+        self._types[backfill.name] = backfill
+        return backfill
+
+    def unregister(self, name: str) -> None:
+        """Remove a type (tests that register one of their own)."""
+        del self._types[name]
+
+    def get(self, name: str) -> Backfill:
+        """The type called ``name``; ``KeyError`` if there is none."""
+        return self._types[name]
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._types)
+
+    def of(self, run: Mapping[str, Any]) -> Backfill:
+        """The definition a run record describes: its type, as its options select it."""
+        return self.get(str(run["type"])).variant(run)
+
+    def error_codes(self) -> tuple[str, ...]:
+        """Every per-event error code a run may record: its types', then the executor's."""
+        codes: dict[str, None] = {}
+        for backfill in self._types.values():
+            codes.update(dict.fromkeys(backfill.error_codes))
+        codes.update(dict.fromkeys((EventMissing.code, UNEXPECTED_ERROR)))
+        return tuple(codes)
+
+
+BACKFILLS = Registry()
+
+
+def backfill_of(run: Mapping[str, Any]) -> Backfill:
+    return BACKFILLS.of(run)

@@ -1,0 +1,40 @@
+"""``reversal_backfill``: takes every refund and chargeback of a window, processed or not, and
+makes sure each has its reversal entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from shared.backfills.apply import apply_reversal, reversal_lookups
+from shared.backfills.base import Event
+from shared.backfills.registry import BACKFILLS
+from shared.backfills.rules import REVERSAL_TYPES, Rule, RuleBook, in_window
+from shared.errors import MalformedPayload, PurchaseNotFound
+from shared.models import BackfillType
+from shared.planning import Window
+
+
+class ReversalBackfill(RuleBook):
+    """Takes every refund and chargeback of a window, processed or not. It waits for the active
+    replays of its dates (``waits_for``): a refund whose purchase a replay is about to apply
+    would otherwise fail as "Original purchase entry not found"."""
+
+    rules: ClassVar[Mapping[str, Rule]] = dict.fromkeys(REVERSAL_TYPES, apply_reversal)
+    lookups_by_type: ClassVar[Mapping[str, Callable[[Event], list[str]]]] = dict.fromkeys(
+        REVERSAL_TYPES, reversal_lookups)
+
+    name = BackfillType.REVERSAL_BACKFILL.value
+    error_codes = (MalformedPayload.code, PurchaseNotFound.code)
+    waits_for = (BackfillType.WEBHOOK_REPLAY.value,)
+
+    def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
+        return in_window(events.where(filter=FieldFilter("eventType", "in",
+                                                          list(REVERSAL_TYPES))), window)
+
+
+BACKFILLS.register(ReversalBackfill())

@@ -1,0 +1,204 @@
+"""The requests the functions take: the trigger's body, and the bodies of run control.
+
+Each is validated with pydantic; ``InvalidRequest`` names the first field that is wrong and
+why, and lists them all. A backfill ``type`` is checked against the registry of backfill types,
+as are the options only some types take.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import json
+import re
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.backfills.registry import BACKFILLS
+from shared.errors import InvalidRequest
+
+
+class _TriggerBody(BaseModel):
+    """The trigger's JSON body as sent: a range by dates, or by ``lookbackDays`` from today."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    type: str = Field(max_length=64)
+    start_date: dt.date | None = Field(None, alias="startDate")
+    end_date: dt.date | None = Field(None, alias="endDate")
+    lookback_days: int | None = Field(None, alias="lookbackDays", gt=0)
+    dry_run: bool = Field(False, alias="dryRun")
+    max_events: int | None = Field(None, alias="maxEvents", gt=0, le=10_000_000)
+    force: bool = False
+    include_processed: bool = Field(False, alias="includeProcessed")
+
+    @model_validator(mode="after")
+    def _one_kind_of_range(self) -> _TriggerBody:
+        dated = self.start_date is not None or self.end_date is not None
+        if self.lookback_days is not None and dated:
+            raise ValueError("lookbackDays: give either lookbackDays or startDate and endDate, "
+                             "not both")
+        if self.lookback_days is None:
+            for name, value in (("startDate", self.start_date), ("endDate", self.end_date)):
+                if value is None:
+                    raise ValueError(f"{name}: Field required (or give lookbackDays instead of "
+                                     "startDate and endDate)")
+            assert self.start_date is not None
+            assert self.end_date is not None
+            if self.start_date > self.end_date:
+                raise ValueError("endDate: must be on or after startDate")
+        if self.type not in BACKFILLS.names():
+            raise ValueError(f"type: Input should be one of: {', '.join(BACKFILLS.names())}")
+        if self.include_processed and "includeProcessed" not in BACKFILLS.get(self.type).options:
+            takers = [name for name in BACKFILLS.names()
+                      if "includeProcessed" in BACKFILLS.get(name).options]
+            raise ValueError(f"includeProcessed: only {', '.join(takers)} takes it "
+                             f"({self.type} does not)")
+        return self
+
+
+class BackfillRequest(BaseModel):
+    """A validated run request with its range resolved to UTC days (``endDate`` inclusive).
+
+    ``maxEvents`` bounds how many events the run takes, oldest first; without it the run takes
+    every eligible event of the range. ``lookback_days`` is kept when the range was given that
+    way (Cloud Scheduler's nightly job). ``force`` lets the run start past the concurrency limit
+    and beside an overlapping active run.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    start_date: dt.date
+    end_date: dt.date
+    dry_run: bool = False
+    max_events: int | None = None
+    lookback_days: int | None = None
+    force: bool = False
+    include_processed: bool = False
+    # The endDate as sent, when it named a day past its month's end (e.g. 2024-11-31), which
+    # the request takes as the month's last day (``end_date``).
+    requested_end_date: str | None = None
+
+    @property
+    def days(self) -> int:
+        return (self.end_date - self.start_date).days + 1
+
+
+def parse_request(raw: bytes, max_range_days: int, today: dt.date) -> BackfillRequest:
+    """Parse and validate a trigger body; raise ``InvalidRequest`` naming the field and reason.
+
+    ``lookbackDays: n`` is the n UTC days ending today: 2 is yesterday and today.
+    """
+    if not raw.strip():
+        raise InvalidRequest("body", "a JSON object is required")
+    raw, requested_end = _month_end(raw)
+    body = parse_json(raw, _TriggerBody)
+    if body.lookback_days is not None:
+        if body.lookback_days > max_range_days:
+            raise InvalidRequest("lookbackDays", f"at most {max_range_days} days per run")
+        start, end = today - dt.timedelta(days=body.lookback_days - 1), today
+    else:
+        assert body.start_date is not None
+        assert body.end_date is not None
+        start, end = body.start_date, body.end_date
+    request = BackfillRequest(type=body.type, start_date=start, end_date=end,
+                              dry_run=body.dry_run, max_events=body.max_events,
+                              lookback_days=body.lookback_days, force=body.force,
+                              include_processed=body.include_processed,
+                              requested_end_date=requested_end)
+    if request.days > max_range_days:
+        raise InvalidRequest(
+            "endDate", f"the range spans {request.days} days; at most {max_range_days} per run"
+        )
+    if request.start_date > today:
+        raise InvalidRequest("startDate", f"is in the future (today is {today.isoformat()} UTC)")
+    return request
+
+
+_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+
+
+def _month_end(raw: bytes) -> tuple[bytes, str | None]:
+    """Take an ``endDate`` past its month's end (``2024-11-31``) as that month's last day.
+
+    Scripts loop over months with a fixed ``-31``; as an end date it can only mean "to the end
+    of the month". Answers the body to validate and the ``endDate`` as sent when it was moved.
+    A ``startDate`` past its month's end gets a 400 saying how to write it.
+    """
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw, None  # parse_json says what is wrong with it
+    if not isinstance(body, dict):
+        return raw, None
+    start = body.get("startDate")
+    if isinstance(start, str) and (last := _past_month_end(start)) is not None:
+        following = last + dt.timedelta(days=1)
+        raise InvalidRequest("startDate", f"{start} is past the end of {start[:7]}: start on "
+                                          f"{last.isoformat()} or {following.isoformat()}")
+    end = body.get("endDate")
+    if not isinstance(end, str) or (last := _past_month_end(end)) is None:
+        return raw, None
+    return json.dumps({**body, "endDate": last.isoformat()}).encode(), end
+
+
+def _past_month_end(value: str) -> dt.date | None:
+    """The last day of the month when ``value`` is a day 29-31 past it, else None."""
+    match = _DAY.fullmatch(value)
+    if match is None:
+        return None
+    year, month, day = (int(part) for part in match.groups())
+    if not 1 <= month <= 12 or not 29 <= day <= 31 or year < 1:
+        return None
+    last = calendar.monthrange(year, month)[1]
+    return dt.date(year, month, last) if day > last else None
+
+
+class ControlRequest(BaseModel):
+    """The body of pause, resume and cancel (optional): the operator's reason, kept in the
+    run's status history."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    reason: str = Field("", max_length=500)
+
+
+class RetryRequest(ControlRequest):
+    """The body of retry (optional): only the failures of one ``code``; ``dryRun`` (default:
+    as the run retried); ``force`` past the concurrency limit and overlapping runs."""
+
+    code: str | None = Field(None, pattern=r"^[a-z_]{1,64}$")
+    dry_run: bool | None = Field(None, alias="dryRun")
+    force: bool = False
+
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
+def parse_json(raw: bytes, model: type[RequestT]) -> RequestT:
+    """Validate a JSON body (empty: all defaults); ``InvalidRequest`` names field and reason."""
+    try:
+        return model.model_validate_json(raw if raw.strip() else b"{}")
+    except ValidationError as exc:
+        errors = [_field_error(error) for error in exc.errors(include_input=False)]
+        first = errors[0]
+        raise InvalidRequest(first["field"], first["reason"], errors) from None
+
+
+def _field_error(error: Any) -> dict[str, str]:
+    location = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"])
+    # A model-level check names its own field ("endDate: ...").
+    if not location and message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+        field, _, reason = message.partition(": ")
+        return {"field": field, "reason": reason}
+    if error["type"] == "json_invalid":
+        return {"field": "body", "reason": "is not valid JSON"}
+    if error["type"] == "model_type":
+        return {"field": "body", "reason": "must be a JSON object"}
+    if error["type"] == "extra_forbidden":
+        return {"field": location, "reason": "is not a known field"}
+    return {"field": location or "body", "reason": message}
