@@ -29,8 +29,8 @@ from typing import Any
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from shared import completion, lifecycle, logs, planning, store
-from shared.backfills.base import Backfill, Event, ItemResult, PagePlan, Stored
+from shared import completion, ledgers, lifecycle, logs, planning, store
+from shared.backfills.base import Backfill, Event, ItemResult, PagePlan
 from shared.backfills.registry import backfill_of
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
 from shared.dispatch import ChunkTask, Dispatcher
@@ -43,6 +43,7 @@ from shared.models import (
     RunStatus,
 )
 from shared.planning import Window
+from shared.sources import Page, PageSource, source_of
 from shared.stores import Stores
 
 logger = logging.getLogger(__name__)
@@ -100,25 +101,11 @@ class _PageFailed(Exception):
         self.cause = cause
 
 
-@dataclasses.dataclass(frozen=True)
-class _Selection:
-    """A page's events, where the chunk's cursor moves to, and how many entries it read."""
-
-    events: list[Event]
-    cursor: dict[str, Any] | None
-    read: int
-    missing: list[str] = dataclasses.field(default_factory=list)
-
-
 @dataclasses.dataclass
 class _Chunk:
     ref: firestore.DocumentReference
     data: dict[str, Any]
     update_time: dt.datetime
-
-    @property
-    def window(self) -> Window:
-        return Window(self.data["windowStart"], self.data["windowEnd"])
 
     @property
     def taken(self) -> int:
@@ -263,46 +250,15 @@ class ChunkRunner:
         wanted = backfill_of(run).page_size
         return min(self._settings.page_size, wanted) if wanted else self._settings.page_size
 
-    def _select(self, run: dict[str, Any], chunk: _Chunk, limit: int) -> _Selection:
-        """The chunk's next page: from its window, or, for a retry run, from the failed events
-        of the run it retries (in event id order)."""
-        if limit <= 0:
-            return _Selection([], None, 0)
-        events_ref = self._db.collection(store.EVENTS)
-        cursor = chunk.data.get("cursor")
-        source = chunk.data.get("source")
-        if source:
-            query = store.errors_query(self._db, source["errorsOf"], source.get("code")) \
-                .order_by("__name__").limit(limit)
-            if cursor:
-                query = query.start_after({"__name__": store.run_ref(
-                    self._db, source["errorsOf"]).collection(store.ERRORS).document(
-                    cursor["eventId"])})
-            ids = [snap.id for snap in query.stream()]
-            found = {snap.id: snap for snap in self._db.get_all(
-                [events_ref.document(event_id) for event_id in ids])}
-            events = [Event(event_id, found[event_id].to_dict() or {}) for event_id in ids
-                      if event_id in found and found[event_id].exists]
-            missing = [event_id for event_id in ids
-                       if event_id not in found or not found[event_id].exists]
-            return _Selection(events, {"eventId": ids[-1]} if ids else None, len(ids), missing)
-        backfill = backfill_of(run)
-        query = backfill.selection(events_ref, chunk.window).order_by(
-            "receivedAt").order_by("__name__").limit(limit)
-        if cursor:
-            query = query.start_after({"receivedAt": cursor["receivedAt"],
-                                       "__name__": events_ref.document(cursor["eventId"])})
-        events = [Event(snap.id, snap.to_dict() or {}) for snap in query.stream()]
-        last = {"receivedAt": events[-1].received_at, "eventId": events[-1].event_id} \
-            if events else None
-        return _Selection(events, last, len(events))
+    def _source(self, run: dict[str, Any], chunk: _Chunk) -> PageSource:
+        return source_of(self._db, backfill_of(run), chunk.data)
 
     def _page(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk,
               limit: int) -> tuple[int, bool, int]:
         """Read, plan and commit one page; return how many entries it took, whether it was the
         chunk's last, and how many of its events failed."""
         for _ in range(_PAGE_ATTEMPTS):
-            selection = self._select(run, chunk, limit)
+            selection = self._source(run, chunk).page(chunk.data.get("cursor"), limit)
             try:
                 committed = self._commit_page(delivery, run, chunk, selection, limit)
             except (_Lost, Unavailable, *_TRANSIENT):
@@ -317,7 +273,7 @@ class ChunkRunner:
         raise Unavailable("a page kept conflicting with concurrent writes; retry")
 
     def _commit_page(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk,
-                     selection: _Selection, limit: int) -> tuple[int, bool, int] | None:
+                     selection: Page, limit: int) -> tuple[int, bool, int] | None:
         """Plan and commit ``selection``; None when it must be read again (a conflict, or more
         writes than one commit takes)."""
         backfill = backfill_of(run)
@@ -326,9 +282,8 @@ class ChunkRunner:
                                    dt.date.fromisoformat(run["endDate"]))
         migration_id = delivery.task.migration_id
         events = selection.events
-        shadow = store.run_ref(self._db, migration_id).collection(store.SHADOW_LEDGER) \
-            if dry_run else None
-        stored = self._read(backfill.lookups(events), shadow)
+        ledger = ledgers.ledger_of(self._db, migration_id, dry_run)
+        stored = ledger.read(backfill.lookups(events))
         plan = backfill.plan(events, stored, migration_id)
         ahead = self._pull(backfill, events, plan, run_window)
         pulled: list[Event] = []
@@ -338,7 +293,7 @@ class ChunkRunner:
             # nothing: a purchase its own chunk applied meanwhile is visible now.
             ahead_ids = {event.event_id for event in ahead}
             ordered = [*ahead, *(event for event in events if event.event_id not in ahead_ids)]
-            stored = self._read(backfill.lookups(ordered), shadow)
+            stored = ledger.read(backfill.lookups(ordered))
             plan = backfill.plan(ordered, stored, migration_id)
             page_ids = {event.event_id for event in events}
             outside = ahead_ids - page_ids
@@ -360,8 +315,16 @@ class ChunkRunner:
         final = selection.read < limit or limit == 0 or (
             chunk.quota is not None and chunk.taken + selection.read >= chunk.quota)
         batch = self._db.batch()
-        self._write_effects(batch, plan, stored, migration_id, shadow, delivery.task.chunk_id,
-                            chunk.data.get("source"), already)
+        ledger.write(batch, plan, stored)
+        ledger.flag(batch, plan.results, already)
+        for result in plan.results:
+            if result.outcome is Outcome.ERROR:
+                ledgers.record_error(self._db, batch, migration_id, delivery.task.chunk_id,
+                                     result)
+        retried = chunk.data.get("source")
+        if retried and not dry_run:
+            ledgers.mark_resolved(self._db, batch, retried["errorsOf"], migration_id,
+                                  plan.results)
         if final:
             self._may_finish(chunk)
         checkpoint = self._checkpoint(selection, plan, below_zero, final, len(pulled),
@@ -384,7 +347,7 @@ class ChunkRunner:
                  **counts)
         return selection.read, final, counts["errors"]
 
-    def _committed(self, chunk: _Chunk, update_time: dt.datetime, selection: _Selection,
+    def _committed(self, chunk: _Chunk, update_time: dt.datetime, selection: Page,
                    checkpoint: dict[str, Any]) -> None:
         """Keep the local copy of the chunk in step with the checkpoint just committed."""
         chunk.update_time = update_time
@@ -413,15 +376,14 @@ class ChunkRunner:
                 "eventId": event.event_id, "attempts": attempts, "error": cause}})
             raise Unavailable(f"event {event.event_id} failed with {cause} (attempt {attempts} "
                               f"of {self._settings.poison_attempts}); the task is retried")
-        source = chunk.data.get("source")
         batch = self._db.batch()
-        self._record_error(batch, delivery.task.migration_id, delivery.task.chunk_id, ItemResult(
+        ledgers.record_error(self._db, batch, delivery.task.migration_id, delivery.task.chunk_id,
+                             ItemResult(
             event.event_id, event.event_type, Outcome.ERROR, code=UNEXPECTED_ERROR,
             message=f"Unexpected {cause} on each of {attempts} attempts; passed over",
             hint="report the event id with the function's logs; retry the run's failed events "
                  "once it is fixed"), attempts)
-        cursor = {"eventId": event.event_id} if source else {
-            "receivedAt": event.received_at, "eventId": event.event_id}
+        cursor = self._source(run, chunk).cursor_after(event)
         batch.update(chunk.ref, {
             "updatedAt": firestore.SERVER_TIMESTAMP, "leaseUntil": self._lease_until(),
             "pages": firestore.Increment(1), "read": firestore.Increment(1),
@@ -434,7 +396,7 @@ class ChunkRunner:
             self._refresh(delivery, chunk)
             raise Unavailable("the chunk moved while passing over a failing event; retry") \
                 from None
-        self._committed(chunk, results[-1].update_time, _Selection([event], cursor, 1),
+        self._committed(chunk, results[-1].update_time, Page([event], cursor, 1),
                         {"suspect": None})
         logs.log(logger, "event passed over", logging.ERROR,
                  migration_id=delivery.task.migration_id, chunk_id=delivery.task.chunk_id,
@@ -450,33 +412,12 @@ class ChunkRunner:
         chunk.update_time = result.update_time
         chunk.data.update(fields)
 
-    def _read(self, paths: list[str],
-              shadow: firestore.CollectionReference | None = None) -> dict[str, Stored]:
-        """The documents at ``paths``; ledger entries overlaid by ``shadow`` where it has them."""
-        if not paths:
-            return {}
-        refs = [self._db.document(path) for path in paths]
-        if shadow is not None:
-            refs += [shadow.document(path.split("/", 1)[1]) for path in paths
-                     if path.startswith(f"{store.LEDGER}/")]
-        result: dict[str, Stored] = {}
-        shadowed: dict[str, Stored] = {}
-        for snap in self._db.get_all(refs):
-            found = Stored(snap.to_dict() if snap.exists else None, snap.update_time)
-            if shadow is not None and snap.reference.parent.id == store.SHADOW_LEDGER:
-                if snap.exists:
-                    shadowed[f"{store.LEDGER}/{snap.id}"] = dataclasses.replace(found,
-                                                                                shadowed=True)
-            else:
-                result[snap.reference.path] = found
-        return {**result, **shadowed}
-
     def _below_zero(self, plan: PagePlan) -> list[str]:
         """Wallets this page takes from zero or more to below zero (their points were spent)."""
         debited = {cid: delta for cid, delta in plan.wallet_deltas.items() if delta < 0}
         if not debited:
             return []
-        stored = self._read([f"{store.WALLETS}/{cid}" for cid in debited])
+        stored = ledgers.read_documents(self._db, [f"{store.WALLETS}/{cid}" for cid in debited])
         result = []
         for cid, delta in debited.items():
             wallet = stored.get(f"{store.WALLETS}/{cid}")
@@ -484,63 +425,6 @@ class ChunkRunner:
             if balance >= 0 > balance + delta:
                 result.append(cid)
         return result
-
-    def _write_effects(self, batch: firestore.WriteBatch, plan: PagePlan,
-                       stored: dict[str, Stored], migration_id: str,
-                       shadow: firestore.CollectionReference | None, chunk_id: str,
-                       source: dict[str, Any] | None, already: set[str]) -> None:
-        """Add the page's effects to ``batch``; a dry run (``shadow``) writes its ledger entries
-        to the shadow ledger instead, and no wallet. A live retry run marks the error records
-        of the run it retries that it settled. Events ``already`` processed whose entry exists
-        (duplicates) are left as the live path flagged them."""
-        db = self._db
-        dry_run = shadow is not None
-        events = db.collection(store.EVENTS)
-        retried = store.run_ref(db, source["errorsOf"]).collection(store.ERRORS) \
-            if source and not dry_run else None
-        ledger = shadow if shadow is not None else db.collection(store.LEDGER)
-        for entry_id, data in plan.creates.items():
-            batch.create(ledger.document(entry_id), data)
-        for entry_id, (fields, read_at) in plan.updates.items():
-            original = stored[f"{store.LEDGER}/{entry_id}"]
-            if dry_run and not original.shadowed:
-                # The first dry-run change of a real entry: copy it into the shadow ledger.
-                batch.create(ledger.document(entry_id), {**(original.data or {}), **fields})
-            else:
-                batch.update(ledger.document(entry_id),
-                             {**fields, "updatedAt": firestore.SERVER_TIMESTAMP},
-                             option=db.write_option(last_update_time=read_at))
-        if not dry_run:
-            for customer_id, delta in plan.wallet_deltas.items():
-                if delta:
-                    batch.set(db.collection(store.WALLETS).document(customer_id),
-                              {"balance": firestore.Increment(delta),
-                               "updatedAt": firestore.SERVER_TIMESTAMP}, merge=True)
-        for result in plan.results:
-            event = events.document(result.event_id)
-            if dry_run:
-                batch.update(event, {"dryRunProcessed": True, "dryRunOutcome": result.outcome.value,
-                                     "dryRunMigrationId": migration_id})
-            elif result.settled and not (result.event_id in already
-                                         and result.outcome is not Outcome.APPLIED):
-                batch.update(event, {"processed": True, "processedAt": firestore.SERVER_TIMESTAMP,
-                                     "backfillMigrationId": migration_id,
-                                     "backfillOutcome": result.outcome.value})
-            if result.outcome is Outcome.ERROR:
-                self._record_error(batch, migration_id, chunk_id, result)
-            elif retried is not None and result.settled and not result.repeat:
-                batch.update(retried.document(result.event_id), {
-                    "resolvedBy": migration_id, "resolvedAt": firestore.SERVER_TIMESTAMP})
-
-    def _record_error(self, batch: firestore.WriteBatch, migration_id: str, chunk_id: str,
-                      result: ItemResult, attempts: int = 1) -> None:
-        """The event's error record in the run (its id is the event's: a repeat overwrites)."""
-        errors = store.run_ref(self._db, migration_id).collection(store.ERRORS)
-        batch.set(errors.document(result.event_id), {
-            "eventId": result.event_id, "eventType": result.event_type,
-            "code": result.code, "message": result.message, "hint": result.hint,
-            "chunkId": chunk_id, "at": firestore.SERVER_TIMESTAMP,
-            "attempts": firestore.Increment(attempts)}, merge=True)
 
     def _pull(self, backfill: Backfill, events: list[Event], plan: PagePlan,
               run_window: Window) -> list[Event] | None:
@@ -552,7 +436,7 @@ class ChunkRunner:
         pulled: list[Event] = pull(self._db.collection(store.EVENTS), events, plan, run_window)
         return pulled
 
-    def _checkpoint(self, selection: _Selection, plan: PagePlan, below_zero: list[str],
+    def _checkpoint(self, selection: Page, plan: PagePlan, below_zero: list[str],
                     final: bool, pulled: int, suspect: dict[str, Any] | None) -> dict[str, Any]:
         # Pulled purchases are counted where they were applied: taken, and their outcome.
         update: dict[str, Any] = {

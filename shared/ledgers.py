@@ -1,0 +1,151 @@
+"""Ledger sinks: where a page's planned effects go.
+
+``LiveLedger`` writes ledger entries (create-if-absent), changed entries (under the update time
+they were read at), wallet increments (summed per wallet) and event flags. ``ShadowLedger`` is a
+dry run's: its entries go to the run's shadow ledger (``dataMigrations/{id}/dryRunLedger``),
+which its reads overlay on the real ledger, so later pages see the run's own effects exactly as
+a live run's do; it writes no wallet, and flags events ``dryRunProcessed``. The executor calls
+one or the other the same way: a dry run only swaps the sink.
+
+Every write goes into the page's one batch; nothing here commits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Protocol
+
+from google.cloud import firestore
+
+from shared import store
+from shared.backfills.base import ItemResult, PagePlan, Stored
+from shared.models import Outcome
+
+
+class LedgerSink(Protocol):
+    def read(self, paths: list[str]) -> dict[str, Stored]:
+        """The documents at ``paths`` as this ledger sees them."""
+
+    def write(self, batch: firestore.WriteBatch, plan: PagePlan,
+              stored: dict[str, Stored]) -> None:
+        """The page's ledger entries, changed entries and wallet increments."""
+
+    def flag(self, batch: firestore.WriteBatch, results: Iterable[ItemResult],
+             already: set[str]) -> None:
+        """Mark each event with its outcome; events ``already`` processed whose entry exists
+        (duplicates) are left as the live path flagged them."""
+
+
+def read_documents(db: firestore.Client, paths: list[str]) -> dict[str, Stored]:
+    """The documents at ``paths`` (``Stored.data`` None for those that do not exist)."""
+    if not paths:
+        return {}
+    return {snap.reference.path: Stored(snap.to_dict() if snap.exists else None,
+                                        snap.update_time)
+            for snap in db.get_all([db.document(path) for path in paths])}
+
+
+class LiveLedger:
+    def __init__(self, db: firestore.Client, migration_id: str) -> None:
+        self._db = db
+        self._migration_id = migration_id
+
+    def read(self, paths: list[str]) -> dict[str, Stored]:
+        return read_documents(self._db, paths)
+
+    def write(self, batch: firestore.WriteBatch, plan: PagePlan,
+              stored: dict[str, Stored]) -> None:
+        ledger = self._db.collection(store.LEDGER)
+        for entry_id, data in plan.creates.items():
+            batch.create(ledger.document(entry_id), data)
+        for entry_id, (fields, read_at) in plan.updates.items():
+            batch.update(ledger.document(entry_id),
+                         {**fields, "updatedAt": firestore.SERVER_TIMESTAMP},
+                         option=self._db.write_option(last_update_time=read_at))
+        wallets = self._db.collection(store.WALLETS)
+        for customer_id, delta in plan.wallet_deltas.items():
+            if delta:
+                batch.set(wallets.document(customer_id),
+                          {"balance": firestore.Increment(delta),
+                           "updatedAt": firestore.SERVER_TIMESTAMP}, merge=True)
+
+    def flag(self, batch: firestore.WriteBatch, results: Iterable[ItemResult],
+             already: set[str]) -> None:
+        events = self._db.collection(store.EVENTS)
+        for result in results:
+            if result.settled and not (result.event_id in already
+                                       and result.outcome is not Outcome.APPLIED):
+                batch.update(events.document(result.event_id), {
+                    "processed": True, "processedAt": firestore.SERVER_TIMESTAMP,
+                    "backfillMigrationId": self._migration_id,
+                    "backfillOutcome": result.outcome.value})
+
+
+class ShadowLedger:
+    def __init__(self, db: firestore.Client, migration_id: str) -> None:
+        self._db = db
+        self._migration_id = migration_id
+        self._shadow = store.run_ref(db, migration_id).collection(store.SHADOW_LEDGER)
+
+    def read(self, paths: list[str]) -> dict[str, Stored]:
+        """The documents, with the ledger entries the run's shadow ledger holds in their place
+        (read in the same round trip)."""
+        prefix = f"{store.LEDGER}/"
+        shadow_of = {self._shadow.document(path.removeprefix(prefix)).path: path
+                     for path in paths if path.startswith(prefix)}
+        found = read_documents(self._db, [*paths, *shadow_of])
+        for shadow_path, path in shadow_of.items():
+            entry = found.pop(shadow_path)
+            if entry.data is not None:
+                found[path] = dataclasses.replace(entry, shadowed=True)
+        return found
+
+    def write(self, batch: firestore.WriteBatch, plan: PagePlan,
+              stored: dict[str, Stored]) -> None:
+        for entry_id, data in plan.creates.items():
+            batch.create(self._shadow.document(entry_id), data)
+        for entry_id, (fields, read_at) in plan.updates.items():
+            original = stored[f"{store.LEDGER}/{entry_id}"]
+            if not original.shadowed:
+                # The run's first change of a real entry: copy it into the shadow ledger.
+                batch.create(self._shadow.document(entry_id), {**(original.data or {}), **fields})
+            else:
+                batch.update(self._shadow.document(entry_id),
+                             {**fields, "updatedAt": firestore.SERVER_TIMESTAMP},
+                             option=self._db.write_option(last_update_time=read_at))
+
+    def flag(self, batch: firestore.WriteBatch, results: Iterable[ItemResult],
+             already: set[str]) -> None:
+        events = self._db.collection(store.EVENTS)
+        for result in results:
+            batch.update(events.document(result.event_id), {
+                "dryRunProcessed": True, "dryRunOutcome": result.outcome.value,
+                "dryRunMigrationId": self._migration_id})
+
+
+def ledger_of(db: firestore.Client, migration_id: str, dry_run: bool) -> LedgerSink:
+    return ShadowLedger(db, migration_id) if dry_run else LiveLedger(db, migration_id)
+
+
+def record_error(db: firestore.Client, batch: firestore.WriteBatch, migration_id: str,
+                 chunk_id: str, result: ItemResult, attempts: int = 1) -> None:
+    """The event's error record in the run (its id is the event's: a repeat overwrites)."""
+    errors = store.run_ref(db, migration_id).collection(store.ERRORS)
+    batch.set(errors.document(result.event_id), {
+        "eventId": result.event_id, "eventType": result.event_type,
+        "code": result.code, "message": result.message, "hint": result.hint,
+        "chunkId": chunk_id, "at": firestore.SERVER_TIMESTAMP,
+        "attempts": firestore.Increment(attempts)}, merge=True)
+
+
+def mark_resolved(db: firestore.Client, batch: firestore.WriteBatch, retried_run: str,
+                  migration_id: str, results: Iterable[ItemResult]) -> None:
+    """A live retry run settled these events: mark their error records in the run it retries."""
+    errors = store.run_ref(db, retried_run).collection(store.ERRORS)
+    for result in results:
+        if result.settled and not result.repeat and result.outcome is not Outcome.ERROR:
+            batch.update(errors.document(result.event_id), {
+                "resolvedBy": migration_id, "resolvedAt": firestore.SERVER_TIMESTAMP})
+
+
