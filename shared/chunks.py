@@ -37,7 +37,6 @@ from shared.dispatch import ChunkTask, Dispatcher
 from shared.errors import UNEXPECTED_ERROR, EventMissing, PurchaseNotFound, Unavailable
 from shared.models import (
     FINAL_RUN_STATUSES,
-    OPEN_CHUNK_STATES,
     ChunkState,
     Outcome,
     RunStatus,
@@ -172,33 +171,17 @@ class ChunkRunner:
 
     def _claim(self, delivery: Delivery) -> _Chunk | ChunkReport:
         task = delivery.task
-        ref = store.chunk_ref(self._db, task.migration_id, task.chunk_id)
-
-        Claimed = _Chunk | ChunkReport
-
-        def decide(snap: Any) -> store.Write[Claimed] | store.Done[Claimed]:
-            if not snap.exists:
-                return store.Done(ChunkReport("idle", detail="no such chunk"))
-            data = snap.to_dict() or {}
-            if data["state"] not in OPEN_CHUNK_STATES:
-                return store.Done(ChunkReport("idle", detail=f"the chunk is {data['state']}"))
-            if task.segment != data["segment"]:
+        claimed = self._stores.chunks.claim(task.migration_id, task.chunk_id, task.segment,
+                                            delivery.delivery_id, self._lease_until())
+        if isinstance(claimed, lifecycle.Refusal):
+            if claimed.segment is not None:
                 # An old segment's retry: make sure the current segment's task exists.
                 self._dispatcher.enqueue(ChunkTask(task.migration_id, task.chunk_id,
-                                                   data["segment"]))
-                return store.Done(ChunkReport(
-                    "stale", detail=f"the chunk is at segment {data['segment']}"))
-            lifecycle.chunk_move(data["state"], ChunkState.RUNNING)
-            claim = {"state": ChunkState.RUNNING.value, "leaseOwner": delivery.delivery_id,
-                     "claimedAt": firestore.SERVER_TIMESTAMP, "leaseUntil": self._lease_until(),
-                     "takenAtClaim": int((data.get("counters") or {}).get("taken", 0))}
-            if data.get("startedAt") is None:
-                claim["startedAt"] = firestore.SERVER_TIMESTAMP
-            data.update(state=ChunkState.RUNNING.value, leaseOwner=delivery.delivery_id)
-            return store.Write(claim, lambda update_time: _Chunk(ref, data, update_time))
-
-        return store.compare_and_set(self._db, ref, decide, attempts=_PAGE_ATTEMPTS,
-                                     what="the chunk being claimed")
+                                                   claimed.segment))
+            return ChunkReport(claimed.result, detail=claimed.detail)
+        assert claimed.update_time is not None
+        return _Chunk(store.chunk_ref(self._db, task.migration_id, task.chunk_id),
+                      claimed.to_document(), claimed.update_time)
 
     def _lease_until(self) -> dt.datetime:
         return lifecycle.lease_until(self._settings)

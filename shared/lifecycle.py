@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from shared import clock
 from shared.config import Settings
 from shared.errors import Conflict
-from shared.models import FINAL_RUN_STATUSES, ChunkState, RunStatus
+from shared.models import FINAL_RUN_STATUSES, OPEN_CHUNK_STATES, ChunkState, RunStatus
 from shared.records import ChunkRecord, RunRecord
 
 R = RunStatus
@@ -117,6 +117,29 @@ def plan_run_move(run: RunRecord, target: RunStatus, *, detail: str = "",
     return RunMove(run.status, target, reason,
                    starts=run.started_at is None and (final or target is RunStatus.RUNNING),
                    finishes=final)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why a delivery may not claim its chunk: ``result`` idle (no such chunk, or it is not
+    open) or stale (the chunk moved on to ``segment``, whose task must exist)."""
+
+    result: str
+    detail: str
+    segment: int | None = None
+
+
+def plan_claim(chunk: ChunkRecord | None, segment: int) -> Refusal | None:
+    """Whether a delivery of the chunk's task ``segment`` may claim it (None: it may; the
+    latest delivery of the current segment takes over a chunk another delivery holds)."""
+    if chunk is None:
+        return Refusal("idle", "no such chunk")
+    if chunk.state not in OPEN_CHUNK_STATES:
+        return Refusal("idle", f"the chunk is {chunk.state.value}")
+    if segment != chunk.segment:
+        return Refusal("stale", f"the chunk is at segment {chunk.segment}", chunk.segment)
+    chunk_move(chunk.state, ChunkState.RUNNING)
+    return None
 
 
 def plan_chunk_move(chunk: ChunkRecord, target: ChunkState, new_segment: bool) -> int | None:

@@ -122,6 +122,11 @@ class ChunkRecord(_Record):
     def chunk_id(self) -> str:
         return self.id
 
+    def to_document(self) -> dict[str, Any]:
+        """The chunk as its Firestore document holds it (camelCase keys)."""
+        document: dict[str, Any] = self.model_dump(by_alias=True, exclude={"update_time", "id"})
+        return document
+
 
 class ErrorRecord(_Record):
     """One failed event of a run (its id is the event's), and the retry that settled it."""

@@ -30,6 +30,7 @@ _RUN_MOVE_ATTEMPTS = 10
 # A chunk being stopped conflicts with each page its delivery commits meanwhile; the next
 # write wins, as the page commits under the chunk's update time too.
 _CHUNK_MOVE_ATTEMPTS = 20
+_CLAIM_ATTEMPTS = 8
 
 
 class RunStore(Protocol):
@@ -63,6 +64,12 @@ class ChunkStore(Protocol):
     def totals(self, migration_id: str, counters: tuple[str, ...]) -> dict[str, int]:
         """The sums of the run's chunk ``counters`` (one aggregation, no chunk read; Firestore
         takes at most five in one)."""
+
+    def claim(self, migration_id: str, chunk_id: str, segment: int, owner: str,
+              lease_until: dt.datetime) -> ChunkRecord | lifecycle.Refusal:
+        """Claim the chunk for the delivery ``owner`` of its task ``segment`` (running, leased
+        until ``lease_until``), if ``lifecycle.plan_claim`` allows; answer the chunk as
+        claimed, with its new update time, or why not."""
 
     def move(self, migration_id: str, chunk_id: str, target: ChunkState, note: str, *,
              new_segment: bool = False, lease_until: dt.datetime | None = None,
@@ -136,6 +143,14 @@ class FirestoreRuns:
                                      attempts=_RUN_MOVE_ATTEMPTS, what=f"run {migration_id}")
 
 
+def claimed(chunk: ChunkRecord, owner: str, lease_until: dt.datetime,
+            update_time: Any) -> ChunkRecord:
+    """The chunk as a claim leaves it."""
+    return chunk.model_copy(update={
+        "state": ChunkState.RUNNING, "lease_owner": owner, "lease_until": lease_until,
+        "taken_at_claim": chunk.counters.taken, "update_time": update_time})
+
+
 def history_entry(move: lifecycle.RunMove, by: str, note: str) -> dict[str, Any]:
     """One line of a run's ``statusHistory``: from, to, why, who, the operator's note, when."""
     return {"from": move.previous.value, "to": move.target.value, "reason": move.reason,
@@ -176,6 +191,28 @@ class FirestoreChunks:
             filter=FieldFilter("state", "in", [s.value for s in states])).where(
             filter=FieldFilter("leaseUntil", "<", now))
         return [ChunkRecord.from_snapshot(snap) for snap in query.stream()]
+
+    def claim(self, migration_id: str, chunk_id: str, segment: int, owner: str,
+              lease_until: dt.datetime) -> ChunkRecord | lifecycle.Refusal:
+        ref = store.chunk_ref(self._db, migration_id, chunk_id)
+        Claimed = ChunkRecord | lifecycle.Refusal
+
+        def decide(snap: Any) -> store.Write[Claimed] | store.Done[Claimed]:
+            chunk = ChunkRecord.from_snapshot(snap) if snap.exists else None
+            if (refusal := lifecycle.plan_claim(chunk, segment)) is not None:
+                return store.Done(refusal)
+            assert chunk is not None
+            claim: dict[str, Any] = {
+                "state": ChunkState.RUNNING.value, "leaseOwner": owner,
+                "claimedAt": firestore.SERVER_TIMESTAMP, "leaseUntil": lease_until,
+                "takenAtClaim": chunk.counters.taken}
+            if chunk.started_at is None:
+                claim["startedAt"] = firestore.SERVER_TIMESTAMP
+            return store.Write(claim, lambda update_time: claimed(chunk, owner, lease_until,
+                                                                  update_time))
+
+        return store.compare_and_set(self._db, ref, decide, attempts=_CLAIM_ATTEMPTS,
+                                     what="the chunk being claimed")
 
     def move(self, migration_id: str, chunk_id: str, target: ChunkState, note: str, *,
              new_segment: bool = False, lease_until: dt.datetime | None = None,

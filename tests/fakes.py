@@ -13,7 +13,7 @@ from shared import lifecycle
 from shared.errors import NotFound
 from shared.models import BackfillType, ChunkState, RunStatus
 from shared.records import ChunkRecord, RunRecord
-from shared.stores import Stores, history_entry
+from shared.stores import Stores, claimed, history_entry
 
 NOW = dt.datetime(2025, 1, 10, tzinfo=dt.UTC)
 
@@ -97,6 +97,16 @@ class MemoryChunks:
         chunks = self.chunks(migration_id)
         return {name: sum(getattr(chunk.counters, name) for chunk in chunks)
                 for name in counters}
+
+    def claim(self, migration_id: str, chunk_id: str, segment: int, owner: str,
+              lease_until: dt.datetime) -> ChunkRecord | lifecycle.Refusal:
+        with self._lock:
+            chunk = self.records.get((migration_id, chunk_id))
+            if (refusal := lifecycle.plan_claim(chunk, segment)) is not None:
+                return refusal
+            assert chunk is not None
+            self.records[(migration_id, chunk_id)] = claimed(chunk, owner, lease_until, NOW)
+            return self.records[(migration_id, chunk_id)]
 
     def move(self, migration_id: str, chunk_id: str, target: ChunkState, note: str, *,
              new_segment: bool = False, lease_until: dt.datetime | None = None,

@@ -13,6 +13,7 @@ from shared import completion, control, dispatch, watchdog
 from shared.config import Settings
 from shared.dispatch import ChunkTask, InProcessDispatcher
 from shared.errors import BackfillDisabled, Conflict
+from shared.lifecycle import Refusal
 from shared.models import ChunkState, RunStatus
 from tests.fakes import NOW, MemoryChunks, memory_stores
 
@@ -244,3 +245,35 @@ def test_the_breaker_stops_a_run_only_above_its_rate_after_its_minimum_sample(
     if reason is not None:
         assert f"{errors} of the {taken} events taken failed" in reason
         assert states(chunks) == ["completed", "cancelled"]
+
+
+def test_a_delivery_claims_an_open_chunk_of_its_segment_and_a_later_one_takes_it_over() -> None:
+    stores, _, chunks = memory_stores()
+    chunks.add("run_1", "2025-01-01", ChunkState.PENDING, segment=2,
+               counters={"taken": 40, "applied": 40})
+
+    first = stores.chunks.claim("run_1", "2025-01-01", 2, "delivery-a", LATER)
+    second = stores.chunks.claim("run_1", "2025-01-01", 2, "delivery-b", LATER)
+
+    assert not isinstance(first, Refusal) and not isinstance(second, Refusal)
+    assert (first.state, first.lease_owner, first.taken_at_claim) == (
+        ChunkState.RUNNING, "delivery-a", 40)
+    assert chunks.get("run_1", "2025-01-01").lease_owner == "delivery-b"
+
+
+def test_a_claim_is_refused_for_an_ended_chunk_and_an_old_segment_names_the_current_one() -> None:
+    stores, _, chunks = memory_stores()
+    chunks.add("run_1", "2025-01-01", ChunkState.COMPLETED)
+    chunks.add("run_1", "2025-01-02", ChunkState.PENDING, segment=3)
+    chunks.add("run_1", "2025-01-03", ChunkState.PAUSED)
+
+    ended = stores.chunks.claim("run_1", "2025-01-01", 0, "d", LATER)
+    stale = stores.chunks.claim("run_1", "2025-01-02", 1, "d", LATER)
+    paused = stores.chunks.claim("run_1", "2025-01-03", 0, "d", LATER)
+    missing = stores.chunks.claim("run_1", "2025-01-09", 0, "d", LATER)
+
+    assert ended == Refusal("idle", "the chunk is completed")
+    assert stale == Refusal("stale", "the chunk is at segment 3", 3)
+    assert paused == Refusal("idle", "the chunk is paused")
+    assert missing == Refusal("idle", "no such chunk")
+    assert chunks.get("run_1", "2025-01-02").state is ChunkState.PENDING
