@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +21,28 @@ class Window:
     def chunk_id(self) -> str:
         """The chunk's id: its first UTC day, which also sorts chunks oldest first."""
         return self.start.date().isoformat()
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedChunk:
+    """One chunk as planning decides it: its window (or, for a retry run, the failed events it
+    retries as ``source``), the events eligible when it was planned, and its quota."""
+
+    chunk_id: str
+    window_start: dt.datetime | None
+    window_end: dt.datetime | None
+    eligible: int
+    quota: int | None
+    source: dict[str, Any] | None = None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to take: recorded as completed, with no task."""
+        return self.quota == 0 or self.eligible == 0
+
+    @property
+    def takes(self) -> int:
+        return self.quota if self.quota is not None else self.eligible
 
 
 def span(start_date: dt.date, end_date: dt.date) -> Window:

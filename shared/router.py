@@ -59,7 +59,7 @@ class TaskRouter:
                 settings, self._stores, self._dispatcher, task.migration_id))
         if task.chunk_id == PLAN_CHUNK:
             return ChunkReport("planned", detail=planner.plan_run(
-                settings, self._db, self._dispatcher, task.migration_id, task.segment))
+                settings, self._stores, self._dispatcher, task.migration_id, task.segment))
         return self._executor.run(delivery)
 
     def _breaker(self, migration_id: str) -> str | None:

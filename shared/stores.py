@@ -16,13 +16,16 @@ import logging
 from collections.abc import Collection
 from typing import Any, Protocol
 
+from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared import lifecycle, logs, store
+from shared.backfills.base import Backfill
 from shared.errors import NotFound
 from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
-from shared.records import ChunkRecord, RunRecord
+from shared.planning import PlannedChunk, Window
+from shared.records import COUNTERS, ChunkRecord, RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +83,31 @@ class ChunkStore(Protocol):
         With ``read``, only if the chunk is still as read (one attempt)."""
 
 
+class PlanStore(Protocol):
+    def eligible(self, backfill: Backfill, window: Window) -> int:
+        """How many events ``backfill`` would take in ``window`` (an aggregation)."""
+
+    def failed(self, migration_id: str, code: str | None) -> int:
+        """How many events failed in the run (of ``code`` only, if given)."""
+
+    def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
+             completes: str | None) -> bool:
+        """Write the run's chunks (idle ones completed) and its totals in one commit, under
+        the update time ``run`` was read at, and with ``completes`` (a reason) complete the
+        run too. False when another delivery planned it meanwhile or the run moved."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Stores:
     """The stores the use cases are given (``shared.wiring`` builds them)."""
 
     runs: RunStore
     chunks: ChunkStore
+    plans: PlanStore
 
     @classmethod
     def firestore(cls, db: firestore.Client) -> Stores:
-        return cls(FirestoreRuns(db), FirestoreChunks(db))
+        return cls(FirestoreRuns(db), FirestoreChunks(db), FirestorePlans(db))
 
 
 class FirestoreRuns:
@@ -244,6 +262,65 @@ class FirestoreChunks:
             self._db, ref, decide, attempts=1 if read is not None else _CHUNK_MOVE_ATTEMPTS,
             what="a chunk being moved", read=read,
             give_up=(lambda: None) if read is not None else None)
+
+
+class FirestorePlans:
+    def __init__(self, db: firestore.Client) -> None:
+        self._db = db
+
+    def eligible(self, backfill: Backfill, window: Window) -> int:
+        if window.end <= window.start:
+            return 0
+        return store.count(backfill.selection(self._db.collection(store.EVENTS), window))
+
+    def failed(self, migration_id: str, code: str | None) -> int:
+        return store.count(store.errors_query(self._db, migration_id, code))
+
+    def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
+             completes: str | None) -> bool:
+        ref = store.run_ref(self._db, run.migration_id)
+        batch = self._db.batch()
+        for index, chunk in enumerate(chunks):
+            batch.create(ref.collection(store.CHUNKS).document(chunk.chunk_id), {
+                "index": index,
+                "windowStart": chunk.window_start,
+                "windowEnd": chunk.window_end,
+                "source": chunk.source,
+                "eligible": chunk.eligible,
+                "quota": chunk.quota,
+                "state": (ChunkState.COMPLETED if chunk.idle else ChunkState.PENDING).value,
+                "note": idle_note(chunk) if chunk.idle else "",
+                "segment": 0,
+                "cursor": None,
+                "leaseOwner": None,
+                "leaseUntil": lease_until,
+                "counters": dict.fromkeys(COUNTERS, 0),
+                "read": 0,
+                "belowZero": [],
+                "createdAt": firestore.SERVER_TIMESTAMP,
+                "startedAt": None,
+                "finishedAt": firestore.SERVER_TIMESTAMP if chunk.idle else None,
+            })
+        update: dict[str, Any] = {"planned": True, "eligible": sum(c.eligible for c in chunks),
+                                  "total": sum(c.takes for c in chunks),
+                                  "plannedAt": firestore.SERVER_TIMESTAMP,
+                                  "chunkCount": len(chunks)}
+        if completes is not None:
+            update.update(status=RunStatus.COMPLETED.value, statusReason=completes,
+                          startedAt=firestore.SERVER_TIMESTAMP,
+                          finishedAt=firestore.SERVER_TIMESTAMP)
+        batch.update(ref, update, option=self._db.write_option(last_update_time=run.update_time))
+        try:
+            batch.commit()
+        except (api_exceptions.AlreadyExists, api_exceptions.FailedPrecondition):
+            return False  # another delivery planned it meanwhile, or the run's status moved
+        return True
+
+
+def idle_note(chunk: PlannedChunk) -> str:
+    if chunk.eligible == 0:
+        return "no eligible events when the run was planned"
+    return "maxEvents was reached by older chunks; these events are left for a later run"
 
 
 def still_active(run_store: RunStore, migration_ids: list[str]) -> list[str]:

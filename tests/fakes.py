@@ -10,8 +10,10 @@ from collections.abc import Collection
 from typing import Any
 
 from shared import lifecycle
+from shared.backfills.base import Backfill
 from shared.errors import NotFound
 from shared.models import BackfillType, ChunkState, RunStatus
+from shared.planning import PlannedChunk, Window
 from shared.records import ChunkRecord, RunRecord
 from shared.stores import Stores, claimed, history_entry
 
@@ -127,6 +129,43 @@ class MemoryChunks:
             return segment
 
 
+class MemoryPlans:
+    """Counts from a table (chunk id -> eligible events); saving writes the chunk records and
+    the run's totals into the other two stores, at once."""
+
+    def __init__(self, runs: MemoryRuns, chunks: MemoryChunks) -> None:
+        self.eligible_by_day: dict[str, int] = {}
+        self.failures = 0
+        self.saves = 0
+        self._runs, self._chunks = runs, chunks
+
+    def eligible(self, backfill: Backfill, window: Window) -> int:
+        return self.eligible_by_day.get(window.chunk_id, 0) if window.end > window.start else 0
+
+    def failed(self, migration_id: str, code: str | None) -> int:
+        return self.failures
+
+    def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
+             completes: str | None) -> bool:
+        if self._runs.records[run.migration_id] != run:
+            return False  # moved since it was read
+        self.saves += 1
+        for index, chunk in enumerate(chunks):
+            self._chunks.add(run.migration_id, chunk.chunk_id,
+                             ChunkState.COMPLETED if chunk.idle else ChunkState.PENDING,
+                             index=index, eligible=chunk.eligible, quota=chunk.quota,
+                             window_start=chunk.window_start, window_end=chunk.window_end,
+                             source=chunk.source, lease_until=lease_until)
+        update: dict[str, Any] = {"planned": True, "chunk_count": len(chunks),
+                                  "eligible": sum(c.eligible for c in chunks),
+                                  "total": sum(c.takes for c in chunks)}
+        if completes is not None:
+            update.update(status=RunStatus.COMPLETED, status_reason=completes,
+                          started_at=NOW, finished_at=NOW)
+        self._runs.records[run.migration_id] = run.model_copy(update=update)
+        return True
+
+
 def memory_stores() -> tuple[Stores, MemoryRuns, MemoryChunks]:
     runs, chunks = MemoryRuns(), MemoryChunks()
-    return Stores(runs, chunks), runs, chunks
+    return Stores(runs, chunks, MemoryPlans(runs, chunks)), runs, chunks

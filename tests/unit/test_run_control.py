@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from shared import completion, control, dispatch, watchdog
+from shared import completion, control, dispatch, planner, watchdog
 from shared.config import Settings
 from shared.dispatch import ChunkTask, InProcessDispatcher
 from shared.errors import BackfillDisabled, Conflict
 from shared.lifecycle import Refusal
 from shared.models import ChunkState, RunStatus
-from tests.fakes import NOW, MemoryChunks, memory_stores
+from shared.stores import Stores
+from tests.fakes import NOW, MemoryChunks, MemoryPlans, MemoryRuns, memory_stores
 
 LOCAL = {"env": "local", "project_id": "demo", "chunk_url": "http://127.0.0.1:1/tasks/chunk",
          "operator_audiences": "http://127.0.0.1:1", "tasks_identity": "tasks@demo",
@@ -277,3 +278,77 @@ def test_a_claim_is_refused_for_an_ended_chunk_and_an_old_segment_names_the_curr
     assert paused == Refusal("idle", "the chunk is paused")
     assert missing == Refusal("idle", "no such chunk")
     assert chunks.get("run_1", "2025-01-02").state is ChunkState.PENDING
+
+
+def planned_stores(**run: Any) -> tuple[Stores, MemoryRuns, MemoryChunks, MemoryPlans]:
+    run_store, chunks = MemoryRuns(), MemoryChunks()
+    plans = MemoryPlans(run_store, chunks)
+    stores = Stores(run_store, chunks, plans)
+    run_store.add("run_1", RunStatus.PENDING, planned=False, **run)
+    plans.eligible_by_day.update({"2025-01-01": 5, "2025-01-02": 0, "2025-01-03": 7})
+    return stores, run_store, chunks, plans
+
+
+def test_planning_records_every_chunk_and_enqueues_those_with_work_once() -> None:
+    stores, run_store, chunks, plans = planned_stores()
+    dispatcher = InProcessDispatcher()
+
+    first = planner.plan_run(settings(), stores, dispatcher, "run_1")
+    again = planner.plan_run(settings(), stores, dispatcher, "run_1")
+
+    assert (first, again) == ("planned; 2 chunk task(s) enqueued",) * 2
+    assert plans.saves == 1
+    assert states(chunks) == ["pending", "completed", "pending"]
+    run = run_store.records["run_1"]
+    assert (run.planned, run.eligible, run.total, run.chunk_count) == (True, 12, 12, 3)
+    assert sorted(t.chunk_id for t in dispatcher.queued) == ["2025-01-01", "2025-01-03"]
+
+
+def test_max_events_is_shared_out_oldest_first() -> None:
+    stores, run_store, chunks, _ = planned_stores(max_events=8)
+
+    planner.plan_run(settings(), stores, InProcessDispatcher(), "run_1")
+
+    assert [chunk.quota for chunk in chunks.chunks("run_1")] == [5, 0, 3]
+    assert (run_store.records["run_1"].eligible, run_store.records["run_1"].total) == (12, 8)
+
+
+def test_a_run_with_nothing_to_take_completes_when_planned() -> None:
+    stores, run_store, _, plans = planned_stores()
+    plans.eligible_by_day.clear()
+    dispatcher = InProcessDispatcher()
+
+    detail = planner.plan_run(settings(), stores, dispatcher, "run_1")
+
+    assert run_store.records["run_1"].status is RunStatus.COMPLETED
+    assert detail.startswith("planned; the run is completed")
+    assert not dispatcher.queued
+
+
+def test_a_run_waiting_for_an_active_run_asks_again_later_and_is_not_planned() -> None:
+    stores, run_store, _, plans = planned_stores(waiting_for=["replay_1"])
+    run_store.add("replay_1")
+    dispatcher = InProcessDispatcher()
+
+    detail = planner.plan_run(settings(chain_poll_seconds=7), stores, dispatcher, "run_1",
+                              segment=4)
+
+    assert detail == "waiting for replay_1 to end"
+    assert plans.saves == 0
+    [task] = dispatcher.queued
+    assert (task.chunk_id, task.segment, dispatcher.delays[task]) == (dispatch.PLAN_CHUNK, 5, 7)
+    run_store.move("replay_1", RunStatus.COMPLETED)
+    assert planner.plan_run(settings(), stores, dispatcher, "run_1", segment=5).startswith(
+        "planned")
+
+
+def test_a_retry_run_is_one_chunk_of_the_failed_events() -> None:
+    stores, _, chunks, plans = planned_stores(retry_of={"migrationId": "old_1", "code": None})
+    plans.failures = 9
+
+    planner.plan_run(settings(), stores, InProcessDispatcher(), "run_1")
+
+    [chunk] = chunks.chunks("run_1")
+    assert (chunk.chunk_id, chunk.eligible, chunk.source) == (
+        "retry", 9, {"errorsOf": "old_1", "code": None})
+
