@@ -37,7 +37,7 @@ from shared.models import (
     FINAL_RUN_STATUSES,
     RunStatus,
 )
-from shared.stores import Stores
+from shared.stores import FirestoreErrors, Stores
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def start_retry(source_id: str, caller: Caller, settings: Settings, db: firestor
     if source.get("dryRun") and not dry:
         raise Conflict(f"run {source_id} was a dry run and applied nothing; start a live run of "
                        "its range instead of retrying its failures live", [source_id])
-    failed = store.count(store.errors_query(db, source_id, code))
+    failed = FirestoreErrors(db).count(source_id, code)
     if failed == 0:
         raise Conflict(f"run {source_id} has no failed events"
                        + (f" with code {code}" if code else ""), [source_id])

@@ -26,7 +26,7 @@ from shared.models import (
 )
 from shared.planning import PlannedChunk
 from shared.records import RunRecord
-from shared.stores import PlanStore, Stores, still_active
+from shared.stores import ErrorStore, PlanStore, Stores, still_active
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def plan_run(settings: Settings, stores: Stores, dispatcher: Dispatcher,
             dispatcher.enqueue(ChunkTask(migration_id, PLAN_CHUNK, segment + 1),
                                delay_seconds=settings.chain_poll_seconds)
             return f"waiting for {', '.join(waiting)} to end"
-        chunks = plan_chunks(settings, stores.plans, run)
+        chunks = plan_chunks(settings, stores.plans, stores.errors, run)
         completes = lifecycle.run_move(run.status, RunStatus.COMPLETED) if all(
             chunk.idle for chunk in chunks) and run.status is RunStatus.PENDING else None
         if stores.plans.save(run, chunks, lifecycle.lease_until(settings), completes):
@@ -79,13 +79,14 @@ def plan_run(settings: Settings, stores: Stores, dispatcher: Dispatcher,
     return f"planned; {len(tasks)} chunk task(s) enqueued"
 
 
-def plan_chunks(settings: Settings, plans: PlanStore, run: RunRecord) -> list[PlannedChunk]:
+def plan_chunks(settings: Settings, plans: PlanStore, errors: ErrorStore,
+                run: RunRecord) -> list[PlannedChunk]:
     """The run's chunks: one a window of ``chunkDays`` (cut at ``receivedBefore``), with the
     events it may take (``maxEvents`` shared out oldest first); a retry run's one chunk."""
     if run.retry_of:
         source = run.retry_of
         return [PlannedChunk(RETRY_CHUNK, None, None,
-                             plans.failed(source["migrationId"], source.get("code")), None,
+                             errors.count(source["migrationId"], source.get("code")), None,
                              {"errorsOf": source["migrationId"], "code": source.get("code")})]
     backfill = backfill_of(run.to_document())
     cutoff = run.received_before

@@ -17,8 +17,8 @@ from shared import clock, completion, store, stores
 from shared.backfills.registry import BACKFILLS
 from shared.errors import InvalidRequest, NotFound
 from shared.models import ChunkState, RunStatus
-from shared.records import ChunkRecord
-from shared.stores import FirestoreRuns
+from shared.records import ChunkRecord, ErrorRecord
+from shared.stores import FirestoreErrors, FirestoreRuns
 
 _RUN_FIELDS = ("migrationId", "type", "status", "statusReason", "dryRun", "startDate",
                "endDate", "lookbackDays", "maxEvents", "retryOf", "forced", "planned",
@@ -63,8 +63,7 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
     states: dict[str, int] = {}
     for chunk in chunks:
         states[chunk.state.value] = states.get(chunk.state.value, 0) + 1
-    errors = (store.run_ref(db, migration_id).collection(store.ERRORS)
-              .order_by("at").limit(first_errors).stream())
+    errors = FirestoreErrors(db)
     body = {key: run.get(key) for key in _RUN_FIELDS}
     body.update(
         total=total,
@@ -81,11 +80,11 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
         chunkStates=states,
         **_pace(run, chunks, taken, total, now),
         statusHistory=run.get("statusHistory") or [],
-        errorCodes={code: count for code in BACKFILLS.error_codes() if (count := store.count(
-            store.errors_query(db, migration_id, code)))} if sums["errors"] else {},
+        errorCodes={code: count for code in BACKFILLS.error_codes()
+                    if (count := errors.count(migration_id, code))} if sums["errors"] else {},
         errorsUrl=f"/api/admin/dataMigrations/{migration_id}/errors",
         chunks=[_chunk_view(chunk) for chunk in chunks],
-        firstErrors=[_error_view(error.to_dict() or {}) for error in errors],
+        firstErrors=[_error_view(error) for error in errors.first(migration_id, first_errors)],
     )
     waiting = stores.still_active(FirestoreRuns(db), run.get("waitingFor") or []) \
         if not run.get("planned") else []
@@ -175,9 +174,9 @@ def _chunk_view(chunk: ChunkRecord) -> dict[str, Any]:
     }
 
 
-def _error_view(data: dict[str, Any]) -> dict[str, Any]:
-    return {key: data.get(key) for key in
-            ("eventId", "eventType", "code", "message", "hint", "chunkId", "attempts", "at")}
+def _error_view(error: ErrorRecord) -> dict[str, Any]:
+    return error.model_dump(by_alias=True, include={
+        "event_id", "event_type", "code", "message", "hint", "chunk_id", "attempts", "at"})
 
 
 def _jsonable(value: Any) -> Any:

@@ -15,8 +15,8 @@ from typing import Any
 
 from google.cloud import firestore
 
-from shared import store
 from shared.errors import InvalidRequest, NotFound
+from shared.stores import FirestoreErrors, FirestoreRuns
 
 COLUMNS = ("eventId", "eventType", "code", "message", "hint", "attempts", "chunkId", "at",
            "resolvedBy")
@@ -35,26 +35,11 @@ def check_code(code: str | None) -> str | None:
 def error_rows(db: firestore.Client, migration_id: str,
                code: str | None = None) -> Iterator[dict[str, Any]]:
     """The run's error records in event id order; ``NotFound`` if there is no such run."""
-    if not store.run_ref(db, migration_id).get().exists:
+    if FirestoreRuns(db).get(migration_id) is None:
         raise NotFound(f"no run {migration_id}")
-    return _pages(db, migration_id, check_code(code))
-
-
-def _pages(db: firestore.Client, migration_id: str,
-           code: str | None) -> Iterator[dict[str, Any]]:
-    last: str | None = None
-    errors = store.run_ref(db, migration_id).collection(store.ERRORS)
-    while True:
-        query = store.errors_query(db, migration_id, code).order_by("__name__").limit(_PAGE)
-        if last is not None:
-            query = query.start_after({"__name__": errors.document(last)})
-        page = list(query.stream())
-        for snap in page:
-            data = snap.to_dict() or {}
-            yield {column: _plain(data.get(column)) for column in COLUMNS}
-        if len(page) < _PAGE:
-            return
-        last = page[-1].id
+    records = FirestoreErrors(db).pages(migration_id, check_code(code), _PAGE)
+    return ({column: _plain(row.get(column)) for column in COLUMNS}
+            for row in (record.model_dump(by_alias=True) for record in records))
 
 
 def as_csv(rows: Iterator[dict[str, Any]]) -> Iterator[str]:

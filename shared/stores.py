@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import Any, Protocol
 
 from google.api_core import exceptions as api_exceptions
@@ -25,7 +25,7 @@ from shared.backfills.base import Backfill
 from shared.errors import NotFound
 from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
 from shared.planning import PlannedChunk, Window
-from shared.records import COUNTERS, ChunkRecord, RunRecord
+from shared.records import COUNTERS, ChunkRecord, ErrorRecord, RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +83,22 @@ class ChunkStore(Protocol):
         With ``read``, only if the chunk is still as read (one attempt)."""
 
 
+class ErrorStore(Protocol):
+    def count(self, migration_id: str, code: str | None = None) -> int:
+        """How many events failed in the run (of ``code`` only, if given); an aggregation."""
+
+    def first(self, migration_id: str, limit: int) -> list[ErrorRecord]:
+        """The run's first ``limit`` error records, in the order they were recorded."""
+
+    def pages(self, migration_id: str, code: str | None = None,
+              size: int = 500) -> Iterator[ErrorRecord]:
+        """Every error record of the run (of ``code``), in event id order, read ``size`` at a
+        time, so a run's errors stream in constant memory."""
+
+
 class PlanStore(Protocol):
     def eligible(self, backfill: Backfill, window: Window) -> int:
         """How many events ``backfill`` would take in ``window`` (an aggregation)."""
-
-    def failed(self, migration_id: str, code: str | None) -> int:
-        """How many events failed in the run (of ``code`` only, if given)."""
 
     def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
              completes: str | None) -> bool:
@@ -104,10 +114,12 @@ class Stores:
     runs: RunStore
     chunks: ChunkStore
     plans: PlanStore
+    errors: ErrorStore
 
     @classmethod
     def firestore(cls, db: firestore.Client) -> Stores:
-        return cls(FirestoreRuns(db), FirestoreChunks(db), FirestorePlans(db))
+        return cls(FirestoreRuns(db), FirestoreChunks(db), FirestorePlans(db),
+                   FirestoreErrors(db))
 
 
 class FirestoreRuns:
@@ -273,9 +285,6 @@ class FirestorePlans:
             return 0
         return store.count(backfill.selection(self._db.collection(store.EVENTS), window))
 
-    def failed(self, migration_id: str, code: str | None) -> int:
-        return store.count(store.errors_query(self._db, migration_id, code))
-
     def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
              completes: str | None) -> bool:
         ref = store.run_ref(self._db, run.migration_id)
@@ -315,6 +324,34 @@ class FirestorePlans:
         except (api_exceptions.AlreadyExists, api_exceptions.FailedPrecondition):
             return False  # another delivery planned it meanwhile, or the run's status moved
         return True
+
+
+class FirestoreErrors:
+    def __init__(self, db: firestore.Client) -> None:
+        self._db = db
+
+    def count(self, migration_id: str, code: str | None = None) -> int:
+        return store.count(store.errors_query(self._db, migration_id, code))
+
+    def first(self, migration_id: str, limit: int) -> list[ErrorRecord]:
+        query = store.run_ref(self._db, migration_id).collection(store.ERRORS).order_by(
+            "at").limit(limit)
+        return [ErrorRecord.from_snapshot(snap) for snap in query.stream()]
+
+    def pages(self, migration_id: str, code: str | None = None,
+              size: int = 500) -> Iterator[ErrorRecord]:
+        errors = store.run_ref(self._db, migration_id).collection(store.ERRORS)
+        last: str | None = None
+        while True:
+            query = store.errors_query(self._db, migration_id, code).order_by(
+                "__name__").limit(size)
+            if last is not None:
+                query = query.start_after({"__name__": errors.document(last)})
+            page = [ErrorRecord.from_snapshot(snap) for snap in query.stream()]
+            yield from page
+            if len(page) < size:
+                return
+            last = page[-1].id
 
 
 def idle_note(chunk: PlannedChunk) -> str:

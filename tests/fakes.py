@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from shared import lifecycle
@@ -14,7 +14,7 @@ from shared.backfills.base import Backfill
 from shared.errors import NotFound
 from shared.models import BackfillType, ChunkState, RunStatus
 from shared.planning import PlannedChunk, Window
-from shared.records import ChunkRecord, RunRecord
+from shared.records import ChunkRecord, ErrorRecord, RunRecord
 from shared.stores import Stores, claimed, history_entry
 
 NOW = dt.datetime(2025, 1, 10, tzinfo=dt.UTC)
@@ -135,15 +135,11 @@ class MemoryPlans:
 
     def __init__(self, runs: MemoryRuns, chunks: MemoryChunks) -> None:
         self.eligible_by_day: dict[str, int] = {}
-        self.failures = 0
         self.saves = 0
         self._runs, self._chunks = runs, chunks
 
     def eligible(self, backfill: Backfill, window: Window) -> int:
         return self.eligible_by_day.get(window.chunk_id, 0) if window.end > window.start else 0
-
-    def failed(self, migration_id: str, code: str | None) -> int:
-        return self.failures
 
     def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
              completes: str | None) -> bool:
@@ -166,6 +162,26 @@ class MemoryPlans:
         return True
 
 
+class MemoryErrors:
+    def __init__(self) -> None:
+        self.records: dict[str, list[ErrorRecord]] = {}
+
+    def add(self, migration_id: str, event_id: str, code: str) -> None:
+        self.records.setdefault(migration_id, []).append(
+            ErrorRecord(id=event_id, event_id=event_id, code=code, attempts=1, at=NOW))
+
+    def count(self, migration_id: str, code: str | None = None) -> int:
+        return len([e for e in self.records.get(migration_id, []) if code in (None, e.code)])
+
+    def first(self, migration_id: str, limit: int) -> list[ErrorRecord]:
+        return self.records.get(migration_id, [])[:limit]
+
+    def pages(self, migration_id: str, code: str | None = None,
+              size: int = 500) -> Iterator[ErrorRecord]:
+        return iter(sorted((e for e in self.records.get(migration_id, [])
+                            if code in (None, e.code)), key=lambda e: e.id))
+
+
 def memory_stores() -> tuple[Stores, MemoryRuns, MemoryChunks]:
     runs, chunks = MemoryRuns(), MemoryChunks()
-    return Stores(runs, chunks, MemoryPlans(runs, chunks)), runs, chunks
+    return Stores(runs, chunks, MemoryPlans(runs, chunks), MemoryErrors()), runs, chunks

@@ -16,7 +16,14 @@ from shared.errors import BackfillDisabled, Conflict
 from shared.lifecycle import Refusal
 from shared.models import ChunkState, RunStatus
 from shared.stores import Stores
-from tests.fakes import NOW, MemoryChunks, MemoryPlans, MemoryRuns, memory_stores
+from tests.fakes import (
+    NOW,
+    MemoryChunks,
+    MemoryErrors,
+    MemoryPlans,
+    MemoryRuns,
+    memory_stores,
+)
 
 LOCAL = {"env": "local", "project_id": "demo", "chunk_url": "http://127.0.0.1:1/tasks/chunk",
          "operator_audiences": "http://127.0.0.1:1", "tasks_identity": "tasks@demo",
@@ -283,7 +290,7 @@ def test_a_claim_is_refused_for_an_ended_chunk_and_an_old_segment_names_the_curr
 def planned_stores(**run: Any) -> tuple[Stores, MemoryRuns, MemoryChunks, MemoryPlans]:
     run_store, chunks = MemoryRuns(), MemoryChunks()
     plans = MemoryPlans(run_store, chunks)
-    stores = Stores(run_store, chunks, plans)
+    stores = Stores(run_store, chunks, plans, MemoryErrors())
     run_store.add("run_1", RunStatus.PENDING, planned=False, **run)
     plans.eligible_by_day.update({"2025-01-01": 5, "2025-01-02": 0, "2025-01-03": 7})
     return stores, run_store, chunks, plans
@@ -343,8 +350,11 @@ def test_a_run_waiting_for_an_active_run_asks_again_later_and_is_not_planned() -
 
 
 def test_a_retry_run_is_one_chunk_of_the_failed_events() -> None:
-    stores, _, chunks, plans = planned_stores(retry_of={"migrationId": "old_1", "code": None})
-    plans.failures = 9
+    stores, _, chunks, _ = planned_stores(retry_of={"migrationId": "old_1", "code": None})
+    errors = stores.errors
+    assert isinstance(errors, MemoryErrors)
+    for n in range(9):
+        errors.add("old_1", f"e{n}", "product_not_found")
 
     planner.plan_run(settings(), stores, InProcessDispatcher(), "run_1")
 
