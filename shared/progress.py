@@ -8,6 +8,7 @@ dry run every count says what the run would have done.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from typing import Any
 
 from google.cloud import firestore
@@ -17,14 +18,9 @@ from shared import clock, completion, store, stores
 from shared.backfills.registry import BACKFILLS
 from shared.errors import InvalidRequest, NotFound
 from shared.models import ChunkState, RunStatus
-from shared.records import ChunkRecord, ErrorRecord
+from shared.records import ChunkRecord, ChunkView, ErrorView, RunFields, RunRecord, RunStatusView
 from shared.stores import FirestoreErrors, FirestoreRuns
 
-_RUN_FIELDS = ("migrationId", "type", "status", "statusReason", "dryRun", "startDate",
-               "endDate", "lookbackDays", "maxEvents", "retryOf", "forced", "planned",
-               "eligible", "total", "chunkCount", "requestedBy", "createdAt", "startedAt",
-               "finishedAt", "failureReason", "receivedBefore", "includeProcessed",
-               "requestedEndDate", "waitingFor")
 
 def list_runs(db: firestore.Client, limit: int = 20, backfill_type: str | None = None,
               status: str | None = None) -> list[dict[str, Any]]:
@@ -41,7 +37,7 @@ def list_runs(db: firestore.Client, limit: int = 20, backfill_type: str | None =
             raise InvalidRequest("status", f"unknown status {status!r}")
         query = query.where(filter=FieldFilter("status", "==", status))
     query = query.order_by("createdAt", direction=firestore.Query.DESCENDING).limit(limit)
-    return [_jsonable({key: (snap.to_dict() or {}).get(key) for key in _RUN_FIELDS})
+    return [_jsonable(RunFields.of(RunRecord.from_snapshot(snap)).model_dump(by_alias=True))
             for snap in query.stream()]
 
 
@@ -50,22 +46,21 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
     """One run: parameters, status and why, summed counts, percent, rate and ETA, per-chunk
     progress, whether it is stalled (and which chunks), error counts by code, first errors."""
     now = now or clock.utc_now()
-    snap = store.run_ref(db, migration_id).get()
-    if not snap.exists:
+    run = FirestoreRuns(db).get(migration_id)
+    if run is None:
         raise NotFound(f"no run {migration_id}")
-    run = snap.to_dict() or {}
     chunks = [ChunkRecord.from_snapshot(chunk) for chunk in
               store.run_ref(db, migration_id).collection(store.CHUNKS).order_by("index").stream()]
     sums = completion.summarize(chunks)
-    total = int(run.get("total") or 0)
+    total = run.total or 0
     taken = sums["taken"]
-    left_over = int(run.get("eligible") or 0) - total
+    left_over = (run.eligible or 0) - total
     states: dict[str, int] = {}
     for chunk in chunks:
         states[chunk.state.value] = states.get(chunk.state.value, 0) + 1
     errors = FirestoreErrors(db)
-    body = {key: run.get(key) for key in _RUN_FIELDS}
-    body.update(
+    view = RunStatusView.of(
+        run,
         total=total,
         processed=sums["processed"],
         applied=sums["applied"],
@@ -73,34 +68,44 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
         skipped=sums["skipped"],
         errors=sums["errors"],
         taken=taken,
-        pointsMoved=sums["points"],
+        points_moved=sums["points"],
         percent=_percent(run, taken, total),
-        leftForLaterRun=max(left_over, 0),
-        walletsBelowZero={"count": len(sums["belowZero"]), "customerIds": sums["belowZero"]},
-        chunkStates=states,
+        left_for_later_run=max(left_over, 0),
+        wallets_below_zero={"count": len(sums["belowZero"]),
+                            "customer_ids": sums["belowZero"]},
+        chunk_states=states,
         **_pace(run, chunks, taken, total, now),
-        statusHistory=run.get("statusHistory") or [],
-        errorCodes={code: count for code in BACKFILLS.error_codes()
-                    if (count := errors.count(migration_id, code))} if sums["errors"] else {},
-        errorsUrl=f"/api/admin/dataMigrations/{migration_id}/errors",
+        status_history=run.status_history,
+        error_codes={code: count for code in BACKFILLS.error_codes()
+                     if (count := errors.count(migration_id, code))} if sums["errors"] else {},
+        errors_url=f"/api/admin/dataMigrations/{migration_id}/errors",
         chunks=[_chunk_view(chunk) for chunk in chunks],
-        firstErrors=[_error_view(error) for error in errors.first(migration_id, first_errors)],
+        first_errors=[ErrorView.model_validate(error.model_dump())
+                      for error in errors.first(migration_id, first_errors)],
+        note=_note(db, run, left_over),
     )
-    waiting = stores.still_active(FirestoreRuns(db), run.get("waitingFor") or []) \
-        if not run.get("planned") else []
-    if waiting:
-        body["note"] = (f"waiting for {', '.join(waiting)} over the same dates to end; "
-                        "planned after it")
-    elif not run.get("planned"):
-        body["note"] = "planning: counting the events of each chunk"
-    elif left_over > 0:
-        body["note"] = (f"maxEvents bounded this run: {left_over} eligible event(s) are left "
-                        "for a later run")
+    body = view.model_dump(by_alias=True)
+    if body["note"] is None:
+        del body["note"]
     result: dict[str, Any] = _jsonable(body)
     return result
 
 
-def _pace(run: dict[str, Any], chunks: list[ChunkRecord], taken: int, total: int,
+def _note(db: firestore.Client, run: RunRecord, left_over: int) -> str | None:
+    waiting = stores.still_active(FirestoreRuns(db), run.waiting_for) if not run.planned \
+        else []
+    if waiting:
+        return (f"waiting for {', '.join(waiting)} over the same dates to end; "
+                "planned after it")
+    if not run.planned:
+        return "planning: counting the events of each chunk"
+    if left_over > 0:
+        return (f"maxEvents bounded this run: {left_over} eligible event(s) are left "
+                "for a later run")
+    return None
+
+
+def _pace(run: RunRecord, chunks: list[ChunkRecord], taken: int, total: int,
           now: dt.datetime) -> dict[str, Any]:
     """Rate, ETA, checkpoint age and stall of a run, from its chunk documents.
 
@@ -117,12 +122,12 @@ def _pace(run: dict[str, Any], chunks: list[ChunkRecord], taken: int, total: int
         if claimed is not None and checkpoint is not None and checkpoint > claimed:
             done = chunk.counters.taken - chunk.taken_at_claim
             rate += max(done, 0) / (checkpoint - claimed).total_seconds()
-    started, finished = run.get("startedAt"), run.get("finishedAt")
+    started, finished = run.started_at, run.finished_at
     elapsed = ((finished or now) - started).total_seconds() if started is not None else 0.0
     average = taken / elapsed if elapsed > 0 else 0.0
     checkpoints = [chunk.updated_at for chunk in chunks if chunk.updated_at is not None]
     last = max(checkpoints) if checkpoints else None
-    active = run.get("status") in (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+    active = run.status in (RunStatus.PENDING, RunStatus.RUNNING)
     expired = [chunk for chunk in chunks
                if chunk.state in (ChunkState.RUNNING, ChunkState.PENDING)
                and chunk.lease_until is not None and chunk.lease_until < now]
@@ -133,50 +138,34 @@ def _pace(run: dict[str, Any], chunks: list[ChunkRecord], taken: int, total: int
     left = max(total - taken, 0)
     return {
         "rate": round(rate, 1),
-        "averageRate": round(average, 1),
-        "etaSeconds": round(left / pace) if active and pace > 0 and run.get("planned") else None,
-        "lastCheckpointAt": last,
-        "lastCheckpointAgeSeconds": round((now - last).total_seconds(), 1) if last else None,
+        "average_rate": round(average, 1),
+        "eta_seconds": round(left / pace) if active and pace > 0 and run.planned else None,
+        "last_checkpoint_at": last,
+        "last_checkpoint_age_seconds": round((now - last).total_seconds(), 1) if last
+        else None,
         "stalled": bool(active and stalled),
-        "stalledChunks": stalled if active else [],
+        "stalled_chunks": stalled if active else [],
     }
 
 
-def _percent(run: dict[str, Any], taken: int, total: int) -> float:
-    if not run.get("planned"):
+def _percent(run: RunRecord, taken: int, total: int) -> float:
+    if not run.planned:
         return 0.0
     if total == 0:
         return 100.0
     return round(min(100.0, 100.0 * taken / total), 1)
 
 
-def _chunk_view(chunk: ChunkRecord) -> dict[str, Any]:
+def _chunk_view(chunk: ChunkRecord) -> ChunkView:
     counters = chunk.counters
-    return {
-        "chunkId": chunk.chunk_id,
-        "state": chunk.state.value,
-        "windowStart": chunk.window_start,
-        "windowEnd": chunk.window_end,
-        "eligible": chunk.eligible,
-        "quota": chunk.quota,
-        "taken": counters.taken,
-        "applied": counters.applied,
-        "duplicates": counters.duplicates,
-        "skipped": counters.skipped,
-        "errors": counters.errors,
-        "segment": chunk.segment,
-        "pages": chunk.pages,
-        "cursorEventId": (chunk.cursor or {}).get("eventId"),
-        "updatedAt": chunk.updated_at,
-        "leaseUntil": chunk.lease_until,
-        "pickups": chunk.pickups,
-        "note": chunk.note or chunk.failure_reason or "",
-    }
-
-
-def _error_view(error: ErrorRecord) -> dict[str, Any]:
-    return error.model_dump(by_alias=True, include={
-        "event_id", "event_type", "code", "message", "hint", "chunk_id", "attempts", "at"})
+    return ChunkView(
+        chunk_id=chunk.chunk_id, state=chunk.state, window_start=chunk.window_start,
+        window_end=chunk.window_end, eligible=chunk.eligible, quota=chunk.quota,
+        taken=counters.taken, applied=counters.applied, duplicates=counters.duplicates,
+        skipped=counters.skipped, errors=counters.errors, segment=chunk.segment,
+        pages=chunk.pages, cursor_event_id=(chunk.cursor or {}).get("eventId"),
+        updated_at=chunk.updated_at, lease_until=chunk.lease_until, pickups=chunk.pickups,
+        note=chunk.note or chunk.failure_reason or "")
 
 
 def _jsonable(value: Any) -> Any:
@@ -186,4 +175,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(item) for item in value]
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dt.date):
+        return value.isoformat()
     return value

@@ -147,3 +147,109 @@ class ErrorRecord(_Record):
     attempts: int = 0
     at: dt.datetime | None = None
     resolved_by: str | None = None
+
+
+# --- the status answer ---------------------------------------------------------------------
+
+
+class RunFields(_Shape):
+    """A run's parameters and status, as the status function lists runs."""
+
+    migration_id: str
+    type: str
+    status: RunStatus
+    status_reason: str
+    dry_run: bool
+    start_date: dt.date
+    end_date: dt.date
+    lookback_days: int | None
+    max_events: int | None
+    retry_of: dict[str, Any] | None
+    forced: bool
+    planned: bool
+    eligible: int | None
+    total: int | None
+    chunk_count: int
+    requested_by: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    failure_reason: str
+    received_before: dt.datetime | None
+    include_processed: bool
+    requested_end_date: str | None
+    waiting_for: list[str]
+
+    @classmethod
+    def of(cls, run: RunRecord, **more: Any) -> Self:
+        fields = {name: getattr(run, name) for name in RunFields.model_fields
+                  if name != "migration_id"}
+        return cls.model_validate({**fields, "migration_id": run.migration_id, **more})
+
+
+class ChunkView(_Shape):
+    chunk_id: str
+    state: ChunkState
+    window_start: dt.datetime | None
+    window_end: dt.datetime | None
+    eligible: int
+    quota: int | None
+    taken: int
+    applied: int
+    duplicates: int
+    skipped: int
+    errors: int
+    segment: int
+    pages: int
+    cursor_event_id: str | None
+    updated_at: dt.datetime | None
+    lease_until: dt.datetime | None
+    pickups: int
+    note: str
+
+
+class ErrorView(_Shape):
+    event_id: str
+    event_type: str
+    code: str
+    message: str
+    hint: str
+    chunk_id: str
+    attempts: int
+    at: dt.datetime | None
+
+
+class WalletsBelowZero(_Shape):
+    count: int
+    customer_ids: list[str]
+
+
+class RunStatusView(RunFields):
+    """One run's status answer: its fields, the sums of its chunks' counters, its pace, its
+    chunks and its first errors. In a dry run every count says what the run would have done."""
+
+    total: int
+    processed: int
+    applied: int
+    duplicates: int
+    skipped: int
+    errors: int
+    taken: int
+    points_moved: int
+    percent: float
+    left_for_later_run: int
+    wallets_below_zero: WalletsBelowZero
+    chunk_states: dict[str, int]
+    rate: float
+    average_rate: float
+    eta_seconds: int | None
+    last_checkpoint_at: dt.datetime | None
+    last_checkpoint_age_seconds: float | None
+    stalled: bool
+    stalled_chunks: list[str]
+    status_history: list[dict[str, Any]]
+    error_codes: dict[str, int]
+    errors_url: str
+    chunks: list[ChunkView]
+    first_errors: list[ErrorView]
+    note: str | None = None
