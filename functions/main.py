@@ -24,7 +24,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from shared import control, launcher, logs, progress, reports, store, watchdog
+from shared import clock, control, launcher, logs, progress, reports, store, watchdog
 from shared.auth import Caller, authenticate
 from shared.bodies import ControlRequest, RetryRequest, parse_json, parse_request
 from shared.chunks import Delivery
@@ -105,7 +105,7 @@ def _trigger(request: flask.Request) -> tuple[dict[str, Any], int]:
         raise BackfillDisabled("backfills are switched off (BACKFILL_ENABLED=false); "
                                "nothing was started")
     backfill = parse_request(request.get_data(cache=False), settings.max_range_days,
-                             dt.datetime.now(dt.UTC).date())
+                             clock.now().date())
     started = launcher.start_run(backfill, caller, settings, svc.db, svc.dispatcher,
                              scheduled_for=_schedule_time(request))
     return _started(settings, started)

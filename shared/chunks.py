@@ -29,7 +29,7 @@ from typing import Any
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from shared import completion, ledgers, lifecycle, logs, planning, store
+from shared import clock, completion, ledgers, lifecycle, logs, planning, store
 from shared.backfills.base import Backfill, Event, ItemResult, PagePlan
 from shared.backfills.registry import backfill_of
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
@@ -121,7 +121,7 @@ class ChunkRunner:
     """Runs deliveries of chunk tasks against Firestore, handing continuations to ``dispatcher``."""
 
     def __init__(self, settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
-                 clock: Callable[[], float] = time.monotonic,
+                 monotonic: Callable[[], float] = clock.monotonic,
                  stores: Stores | None = None,
                  breaker: Callable[[str], str | None] = lambda migration_id: None) -> None:
         """``breaker`` is asked after a live page with errors whether the run must stop; it
@@ -131,7 +131,7 @@ class ChunkRunner:
         self._stores = stores or Stores.firestore(db)
         self._breaker = breaker
         self._dispatcher = dispatcher
-        self._clock = clock
+        self._clock = monotonic
 
     def run(self, delivery: Delivery) -> ChunkReport:
         """Process a delivery of a chunk's task; raises only when a retry of the task can help

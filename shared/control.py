@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from shared import completion, dispatch, lifecycle, logs
+from shared import clock, completion, dispatch, lifecycle, logs
 from shared.config import Settings
 from shared.dispatch import ChunkTask, Dispatcher, enqueue_all
 from shared.errors import BackfillDisabled, Conflict, NotFound
@@ -125,7 +124,7 @@ def resume(settings: Settings, stores: Stores, dispatcher: Dispatcher,
     tasks = _reopen_chunks(settings, stores, migration_id, reopen)
     if not run.planned:
         # The planning task may have run while the run was paused, or not at all yet.
-        tasks.append(ChunkTask(migration_id, dispatch.PLAN_CHUNK, int(time.time())))
+        tasks.append(ChunkTask(migration_id, dispatch.PLAN_CHUNK, int(clock.now().timestamp())))
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
     dispatch.arm_watchdog(settings, dispatcher, migration_id)
     return _steered(stores, migration_id, moved, len(tasks))

@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import json
 import threading
-import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
@@ -24,6 +23,7 @@ from google.api_core import retry as api_retry
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
+from shared import clock
 from shared.config import Settings
 from shared.errors import Unavailable
 
@@ -101,6 +101,7 @@ class CloudTasksDispatcher:
 
     def enqueue(self, task: ChunkTask, delay_seconds: float = 0.0) -> bool:
         settings = self._settings
+        # Real time, not the bundle's clock: Cloud Tasks compares schedule_time with its own.
         schedule = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay_seconds)
                     if delay_seconds > 0 else None)
         request = tasks_v2.Task(
@@ -171,7 +172,7 @@ def arm_watchdog(settings: Settings, dispatcher: Dispatcher, migration_id: str,
                  now: float | None = None) -> None:
     """Enqueue the run's next watchdog task, due in one lease; one per lease-long slot (the slot
     number is the task's segment, so arming twice within a slot is a no-op)."""
-    due = (time.time() if now is None else now) + settings.lease_seconds
+    due = (clock.now().timestamp() if now is None else now) + settings.lease_seconds
     slot = int(due // settings.lease_seconds)
     dispatcher.enqueue(ChunkTask(migration_id, WATCH_CHUNK, slot),
                        delay_seconds=settings.lease_seconds)
@@ -192,7 +193,7 @@ def ensure_watchdog(settings: Settings, dispatcher: Dispatcher, migration_id: st
     afterwards. So this one is numbered apart (``RESCUE_SEGMENTS`` + slot): arming it again
     within a slot is a no-op, and when it runs it re-arms the slot-named chain.
     """
-    at = time.time() if now is None else now
+    at = clock.now().timestamp() if now is None else now
     slot = int((at + settings.lease_seconds) // settings.lease_seconds)
     queued = (slot - 2, slot - 1, slot, RESCUE_SEGMENTS + slot - 1, RESCUE_SEGMENTS + slot)
     if any(dispatcher.exists(ChunkTask(migration_id, WATCH_CHUNK, segment))

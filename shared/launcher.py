@@ -65,7 +65,7 @@ def start_run(
     settings: Settings,
     db: firestore.Client,
     dispatcher: Dispatcher,
-    now: Clock = clock.utc_now,
+    now: Clock = clock.now,
     scheduled_for: dt.datetime | None = None,
 ) -> StartedRun:
     """Admit and record a run (``pending``, not yet planned); enqueue its planning task.
@@ -88,7 +88,7 @@ def start_run(
 
 def start_retry(source_id: str, caller: Caller, settings: Settings, db: firestore.Client,
                 dispatcher: Dispatcher, code: str | None = None, dry_run: bool | None = None,
-                force: bool = False, now: Clock = clock.utc_now) -> StartedRun:
+                force: bool = False, now: Clock = clock.now) -> StartedRun:
     """Start a run that re-applies exactly the events that failed in run ``source_id`` (those of
     error ``code`` only, if given), after the operator fixed the cause.
 

@@ -154,4 +154,4 @@ def plan_chunk_move(chunk: ChunkRecord, target: ChunkState, new_segment: bool) -
 
 def lease_until(settings: Settings, now: dt.datetime | None = None) -> dt.datetime:
     """When a chunk claimed or checkpointed ``now`` counts as abandoned (see ``watchdog``)."""
-    return (now or clock.utc_now()) + dt.timedelta(seconds=settings.lease_seconds)
+    return (now or clock.now()) + dt.timedelta(seconds=settings.lease_seconds)

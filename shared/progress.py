@@ -45,7 +45,7 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
                  now: dt.datetime | None = None) -> dict[str, Any]:
     """One run: parameters, status and why, summed counts, percent, rate and ETA, per-chunk
     progress, whether it is stalled (and which chunks), error counts by code, first errors."""
-    now = now or clock.utc_now()
+    now = now or clock.now()
     run = FirestoreRuns(db).get(migration_id)
     if run is None:
         raise NotFound(f"no run {migration_id}")

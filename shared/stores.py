@@ -20,7 +20,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from shared import lifecycle, logs, store
+from shared import clock, lifecycle, logs, store
 from shared.backfills.base import Backfill
 from shared.errors import NotFound
 from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
@@ -184,7 +184,7 @@ def claimed(chunk: ChunkRecord, owner: str, lease_until: dt.datetime,
 def history_entry(move: lifecycle.RunMove, by: str, note: str) -> dict[str, Any]:
     """One line of a run's ``statusHistory``: from, to, why, who, the operator's note, when."""
     return {"from": move.previous.value, "to": move.target.value, "reason": move.reason,
-            "by": by, "note": note, "at": dt.datetime.now(dt.UTC)}
+            "by": by, "note": note, "at": clock.now()}
 
 
 def log_move(migration_id: str, move: lifecycle.RunMove, by: str) -> None:

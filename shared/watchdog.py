@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import time
 from typing import Any
 
 from shared import clock, dispatch, lifecycle, logs
@@ -52,7 +51,7 @@ def _watch(settings: Settings, stores: Stores, dispatcher: Dispatcher,
            outside: bool = False) -> tuple[str, int]:
     """``watch`` (``outside`` its chain: ``rescue``), answering also how many tasks it enqueued
     for lost work."""
-    now = now or clock.utc_now()
+    now = now or clock.now()
     run = stores.runs.get(migration_id)
     if run is None:
         return "no such run", 0
@@ -67,7 +66,8 @@ def _watch(settings: Settings, stores: Stores, dispatcher: Dispatcher,
         waiting = still_active(stores.runs, run.waiting_for)
         if not waiting and lifecycle.lease_until(settings, run.created_at) < now:
             # Planning is idempotent: a second planning task is harmless, a lost one is not.
-            tasks.append(ChunkTask(migration_id, dispatch.PLAN_CHUNK, int(time.time())))
+            tasks.append(ChunkTask(migration_id, dispatch.PLAN_CHUNK,
+                                   int(clock.now().timestamp())))
     else:
         tasks = _lost_chunks(settings, stores, dispatcher, migration_id, now)
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)

@@ -12,7 +12,8 @@ import threading
 from google.cloud import firestore
 from pydantic import ValidationError
 
-from shared import logs, store
+from shared import clock, logs, store
+from shared.clock import Clock, SystemClock
 from shared.config import Settings, get_settings
 from shared.dispatch import CloudTasksDispatcher, Dispatcher
 from shared.router import TaskRouter
@@ -24,6 +25,7 @@ class Services:
     settings: Settings
     db: firestore.Client
     dispatcher: Dispatcher
+    clock: Clock = dataclasses.field(default_factory=SystemClock)
 
     @property
     def stores(self) -> Stores:
@@ -46,6 +48,7 @@ def services() -> Services:
             logs.setup(settings.project_id)
             _services = Services(settings, store.client(settings),
                                  CloudTasksDispatcher(settings))
+            clock.use(_services.clock)
         return _services
 
 
@@ -68,7 +71,8 @@ def check_configuration() -> None:
 
 
 def use(replacement: Services | None) -> None:
-    """Install ``replacement`` (None: build from the environment on next use)."""
+    """Install ``replacement`` and its clock (None: build from the environment on next use)."""
     global _services
     with _lock:
         _services = replacement
+        clock.use(replacement.clock if replacement is not None else SystemClock())

@@ -185,3 +185,21 @@ class MemoryErrors:
 def memory_stores() -> tuple[Stores, MemoryRuns, MemoryChunks]:
     runs, chunks = MemoryRuns(), MemoryChunks()
     return Stores(runs, chunks, MemoryPlans(runs, chunks), MemoryErrors()), runs, chunks
+
+
+class FakeClock:
+    """A clock that stands still until a test moves it."""
+
+    def __init__(self, at: dt.datetime = NOW) -> None:
+        self.at = at
+        self.seconds = 0.0
+
+    def now(self) -> dt.datetime:
+        return self.at
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def advance(self, seconds: float) -> None:
+        self.at += dt.timedelta(seconds=seconds)
+        self.seconds += seconds

@@ -5,11 +5,13 @@ tests/emulator."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from shared import completion, control, dispatch, planner, watchdog
+from shared import clock, completion, control, dispatch, planner, watchdog
+from shared.clock import SystemClock
 from shared.config import Settings
 from shared.dispatch import ChunkTask, InProcessDispatcher
 from shared.errors import BackfillDisabled, Conflict
@@ -18,6 +20,7 @@ from shared.models import ChunkState, RunStatus
 from shared.stores import Stores
 from tests.fakes import (
     NOW,
+    FakeClock,
     MemoryChunks,
     MemoryErrors,
     MemoryPlans,
@@ -362,3 +365,27 @@ def test_a_retry_run_is_one_chunk_of_the_failed_events() -> None:
     assert (chunk.chunk_id, chunk.eligible, chunk.source) == (
         "retry", 9, {"errorsOf": "old_1", "code": None})
 
+
+
+@pytest.fixture
+def fake_clock() -> Iterator[FakeClock]:
+    fake = FakeClock()
+    clock.use(fake)
+    yield fake
+    clock.use(SystemClock())
+
+
+def test_the_watchdog_reads_the_time_from_the_one_clock(fake_clock: FakeClock) -> None:
+    stores, run_store, chunks = memory_stores()
+    run_store.add("run_1")
+    chunks.add("run_1", "2025-01-01", ChunkState.RUNNING, lease_until=NOW + dt.timedelta(
+        seconds=settings().lease_seconds))
+    dispatcher = InProcessDispatcher()
+
+    early = watchdog.watch(settings(), stores, dispatcher, "run_1")
+    fake_clock.advance(settings().lease_seconds + 1)
+    late = watchdog.watch(settings(), stores, dispatcher, "run_1")
+
+    assert (early, late) == ("0 task(s) picked up again", "1 task(s) picked up again")
+    picked = chunks.get("run_1", "2025-01-01")
+    assert picked.lease_until == fake_clock.now() + dt.timedelta(seconds=settings().lease_seconds)
