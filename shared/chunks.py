@@ -42,6 +42,7 @@ from shared.models import (
     RunStatus,
 )
 from shared.planning import Window
+from shared.records import RunRecord
 from shared.sources import Page, PageSource, source_of
 from shared.stores import Stores
 
@@ -146,26 +147,22 @@ class ChunkRunner:
 
     def _run(self, delivery: Delivery) -> ChunkReport:
         task = delivery.task
-        db = self._db
-        run_snap = store.run_ref(db, task.migration_id).get()
-        if not run_snap.exists:
+        run = self._stores.runs.get(task.migration_id)
+        if run is None:
             return ChunkReport("idle", detail="no such run")
-        run = run_snap.to_dict() or {}
-        status = run.get("status")
-        if status == RunStatus.PAUSED.value or status in (RunStatus.CANCELLED.value,
-                                                          RunStatus.FAILED.value):
+        status = run.status
+        if status in (RunStatus.PAUSED, RunStatus.CANCELLED, RunStatus.FAILED):
             # A stop whose chunk writes did not all land (its caller died): finish it here.
-            target = ChunkState.PAUSED if status == RunStatus.PAUSED.value \
-                else ChunkState.CANCELLED
+            target = ChunkState.PAUSED if status is RunStatus.PAUSED else ChunkState.CANCELLED
             self._stores.chunks.move(task.migration_id, task.chunk_id, target,
-                                     f"its run is {status}")
-            return ChunkReport("idle", detail=f"the run is {status}")
+                                     f"its run is {status.value}")
+            return ChunkReport("idle", detail=f"the run is {status.value}")
         if status in FINAL_RUN_STATUSES:
-            return ChunkReport("idle", detail=f"the run is {status}")
+            return ChunkReport("idle", detail=f"the run is {status.value}")
         chunk = self._claim(delivery)
         if isinstance(chunk, ChunkReport):
             return chunk
-        if status == RunStatus.PENDING.value:
+        if status is RunStatus.PENDING:
             completion.mark_running(self._stores, task.migration_id)
         return self._process(delivery, run, chunk)
 
@@ -186,10 +183,10 @@ class ChunkRunner:
     def _lease_until(self) -> dt.datetime:
         return lifecycle.lease_until(self._settings)
 
-    def _process(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk) -> ChunkReport:
+    def _process(self, delivery: Delivery, run: RunRecord, chunk: _Chunk) -> ChunkReport:
         started = self._clock()
         report = ChunkReport("continued")
-        dry_run = bool(run.get("dryRun"))
+        dry_run = run.dry_run
         isolate = 0  # events still to take one at a time, after a page failed unexpectedly
         page_size = self._page_size(run)
         while True:
@@ -227,16 +224,16 @@ class ChunkRunner:
                  status=report.result, event_count=report.events, dry_run=dry_run)
         return report
 
-    def _page_size(self, run: dict[str, Any]) -> int:
+    def _page_size(self, run: RunRecord) -> int:
         """Events per page: ``BACKFILL_PAGE_SIZE``, or fewer if the backfill type asks for it.
         (A page may still be split when the writes it plans exceed one commit.)"""
-        wanted = backfill_of(run).page_size
+        wanted = backfill_of(run.to_document()).page_size
         return min(self._settings.page_size, wanted) if wanted else self._settings.page_size
 
-    def _source(self, run: dict[str, Any], chunk: _Chunk) -> PageSource:
-        return source_of(self._db, backfill_of(run), chunk.data)
+    def _source(self, run: RunRecord, chunk: _Chunk) -> PageSource:
+        return source_of(self._db, backfill_of(run.to_document()), chunk.data)
 
-    def _page(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk,
+    def _page(self, delivery: Delivery, run: RunRecord, chunk: _Chunk,
               limit: int) -> tuple[int, bool, int]:
         """Read, plan and commit one page; return how many entries it took, whether it was the
         chunk's last, and how many of its events failed."""
@@ -255,14 +252,13 @@ class ChunkRunner:
             return committed
         raise Unavailable("a page kept conflicting with concurrent writes; retry")
 
-    def _commit_page(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk,
+    def _commit_page(self, delivery: Delivery, run: RunRecord, chunk: _Chunk,
                      selection: Page, limit: int) -> tuple[int, bool, int] | None:
         """Plan and commit ``selection``; None when it must be read again (a conflict, or more
         writes than one commit takes)."""
-        backfill = backfill_of(run)
-        dry_run = bool(run.get("dryRun"))
-        run_window = planning.span(dt.date.fromisoformat(run["startDate"]),
-                                   dt.date.fromisoformat(run["endDate"]))
+        backfill = backfill_of(run.to_document())
+        dry_run = run.dry_run
+        run_window = planning.span(run.start_date, run.end_date)
         migration_id = delivery.task.migration_id
         events = selection.events
         ledger = ledgers.ledger_of(self._db, migration_id, dry_run)
@@ -341,7 +337,7 @@ class ChunkRunner:
             chunk.data["suspect"] = None
         self._after_commit()
 
-    def _strike(self, delivery: Delivery, run: dict[str, Any], chunk: _Chunk,
+    def _strike(self, delivery: Delivery, run: RunRecord, chunk: _Chunk,
                 failure: _PageFailed) -> None:
         """One event failed unexpectedly on its own. Count the attempt on the chunk; at
         ``BACKFILL_POISON_ATTEMPTS`` record it and pass over it, before that raise
