@@ -31,7 +31,7 @@ from google.cloud import firestore
 
 from shared import clock, completion, ledgers, lifecycle, logs, planning, store
 from shared.backfills.base import Backfill, Event, ItemResult, PagePlan
-from shared.backfills.registry import backfill_of
+from shared.backfills.registry import BACKFILLS
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
 from shared.dispatch import ChunkTask, Dispatcher
 from shared.errors import UNEXPECTED_ERROR, EventMissing, PurchaseNotFound, Unavailable
@@ -188,7 +188,9 @@ class ChunkRunner:
         report = ChunkReport("continued")
         dry_run = run.dry_run
         isolate = 0  # events still to take one at a time, after a page failed unexpectedly
-        page_size = self._page_size(run)
+        backfill = BACKFILLS.of(run)
+        source = source_of(self._db, backfill, chunk.data)
+        page_size = self._page_size(backfill)
         while True:
             quota = chunk.quota
             left = None if quota is None else quota - chunk.taken
@@ -201,14 +203,15 @@ class ChunkRunner:
             if isolate:
                 limit = min(limit, 1)
             try:
-                events, final, errors = self._page(delivery, run, chunk, max(limit, 0))
+                events, final, errors = self._page(delivery, run, backfill, source, chunk,
+                                                   max(limit, 0))
             except _PageFailed as failure:
                 if len(failure.events) > 1:
                     isolate = len(failure.events)  # find the event that fails: one per page
                     continue
                 if not failure.events:
                     raise failure.cause from None
-                self._strike(delivery, run, chunk, failure)  # raises unless passed over
+                self._strike(delivery, source, chunk, failure)  # raises unless passed over
                 events, final, errors = 1, False, 1
             isolate = max(isolate - events, 0)
             report.pages += 1
@@ -224,23 +227,20 @@ class ChunkRunner:
                  status=report.result, event_count=report.events, dry_run=dry_run)
         return report
 
-    def _page_size(self, run: RunRecord) -> int:
+    def _page_size(self, backfill: Backfill) -> int:
         """Events per page: ``BACKFILL_PAGE_SIZE``, or fewer if the backfill type asks for it.
         (A page may still be split when the writes it plans exceed one commit.)"""
-        wanted = backfill_of(run.to_document()).page_size
+        wanted = backfill.page_size
         return min(self._settings.page_size, wanted) if wanted else self._settings.page_size
 
-    def _source(self, run: RunRecord, chunk: _Chunk) -> PageSource:
-        return source_of(self._db, backfill_of(run.to_document()), chunk.data)
-
-    def _page(self, delivery: Delivery, run: RunRecord, chunk: _Chunk,
-              limit: int) -> tuple[int, bool, int]:
+    def _page(self, delivery: Delivery, run: RunRecord, backfill: Backfill, source: PageSource,
+              chunk: _Chunk, limit: int) -> tuple[int, bool, int]:
         """Read, plan and commit one page; return how many entries it took, whether it was the
         chunk's last, and how many of its events failed."""
         for _ in range(_PAGE_ATTEMPTS):
-            selection = self._source(run, chunk).page(chunk.data.get("cursor"), limit)
+            selection = source.page(chunk.data.get("cursor"), limit)
             try:
-                committed = self._commit_page(delivery, run, chunk, selection, limit)
+                committed = self._commit_page(delivery, run, backfill, chunk, selection, limit)
             except (_Lost, Unavailable, *_TRANSIENT):
                 raise
             except Exception as error:
@@ -252,11 +252,11 @@ class ChunkRunner:
             return committed
         raise Unavailable("a page kept conflicting with concurrent writes; retry")
 
-    def _commit_page(self, delivery: Delivery, run: RunRecord, chunk: _Chunk,
-                     selection: Page, limit: int) -> tuple[int, bool, int] | None:
+    def _commit_page(self, delivery: Delivery, run: RunRecord, backfill: Backfill,
+                     chunk: _Chunk, selection: Page,
+                     limit: int) -> tuple[int, bool, int] | None:
         """Plan and commit ``selection``; None when it must be read again (a conflict, or more
         writes than one commit takes)."""
-        backfill = backfill_of(run.to_document())
         dry_run = run.dry_run
         run_window = planning.span(run.start_date, run.end_date)
         migration_id = delivery.task.migration_id
@@ -337,7 +337,7 @@ class ChunkRunner:
             chunk.data["suspect"] = None
         self._after_commit()
 
-    def _strike(self, delivery: Delivery, run: RunRecord, chunk: _Chunk,
+    def _strike(self, delivery: Delivery, source: PageSource, chunk: _Chunk,
                 failure: _PageFailed) -> None:
         """One event failed unexpectedly on its own. Count the attempt on the chunk; at
         ``BACKFILL_POISON_ATTEMPTS`` record it and pass over it, before that raise
@@ -362,7 +362,7 @@ class ChunkRunner:
             message=f"Unexpected {cause} on each of {attempts} attempts; passed over",
             hint="report the event id with the function's logs; retry the run's failed events "
                  "once it is fixed"), attempts)
-        cursor = self._source(run, chunk).cursor_after(event)
+        cursor = source.cursor_after(event)
         batch.update(chunk.ref, {
             "updatedAt": firestore.SERVER_TIMESTAMP, "leaseUntil": self._lease_until(),
             "pages": firestore.Increment(1), "read": firestore.Increment(1),

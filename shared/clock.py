@@ -49,7 +49,3 @@ def now() -> dt.datetime:
 def monotonic() -> float:
     return _current.monotonic()
 
-
-def utc_now() -> dt.datetime:
-    """``now()``, under the name callers that take a clock function expect."""
-    return now()

@@ -10,7 +10,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from shared import lifecycle, logs, planning
-from shared.backfills.registry import backfill_of
+from shared.backfills.registry import BACKFILLS
 from shared.config import Settings
 from shared.dispatch import (
     PLAN_CHUNK,
@@ -88,7 +88,7 @@ def plan_chunks(settings: Settings, plans: PlanStore, errors: ErrorStore,
         return [PlannedChunk(RETRY_CHUNK, None, None,
                              errors.count(source["migrationId"], source.get("code")), None,
                              {"errorsOf": source["migrationId"], "code": source.get("code")})]
-    backfill = backfill_of(run.to_document())
+    backfill = BACKFILLS.of(run)
     cutoff = run.received_before
     windows = [planning.before(window, cutoff) if cutoff is not None else window
                for window in planning.windows(run.start_date, run.end_date, run.chunk_days)]

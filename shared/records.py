@@ -88,12 +88,6 @@ class RunRecord(_Record):
     def migration_id(self) -> str:
         return self.id
 
-    def to_document(self) -> dict[str, Any]:
-        """The run as its Firestore document holds it (camelCase keys, ISO dates)."""
-        document: dict[str, Any] = self.model_dump(by_alias=True, mode="json",
-                                                   exclude={"update_time", "id"})
-        return {**document, "migrationId": self.id}
-
 
 class ChunkRecord(_Record):
     """One chunk of a run: its window (or source), state, cursor, lease and counters."""

@@ -6,11 +6,9 @@ find it here by the ``type`` of a request or a run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from shared.backfills.base import Backfill
 from shared.errors import UNEXPECTED_ERROR, EventMissing
+from shared.records import RunRecord
 
 
 class Registry:
@@ -35,9 +33,9 @@ class Registry:
     def names(self) -> tuple[str, ...]:
         return tuple(self._types)
 
-    def of(self, run: Mapping[str, Any]) -> Backfill:
-        """The definition a run record describes: its type, as its options select it."""
-        return self.get(str(run["type"])).variant(run)
+    def of(self, run: RunRecord) -> Backfill:
+        """The definition a run describes: its type, as its options select it."""
+        return self.get(run.type).variant({"includeProcessed": run.include_processed})
 
     def error_codes(self) -> tuple[str, ...]:
         """Every per-event error code a run may record: its types', then the executor's."""
@@ -50,6 +48,3 @@ class Registry:
 
 BACKFILLS = Registry()
 
-
-def backfill_of(run: Mapping[str, Any]) -> Backfill:
-    return BACKFILLS.of(run)
