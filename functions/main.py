@@ -120,15 +120,18 @@ def _started(settings: Settings, started: launcher.StartedRun) -> tuple[dict[str
         "startDate": started.start_date,
         "endDate": started.end_date,
     }
+    notes: list[str] = []
     if started.requested_end_date:
         body["requestedEndDate"] = started.requested_end_date
-        body["note"] = (f"endDate {started.requested_end_date} is past the end of its month; "
-                        f"the run ends with {started.end_date}, the month's last day")
+        notes.append(f"endDate {started.requested_end_date} is past the end of its month; "
+                     f"the run ends with {started.end_date}, the month's last day")
     if started.waiting_for:
         body["waitingFor"] = list(started.waiting_for)
         waiting = ", ".join(started.waiting_for)
-        body["note"] = (f"waiting for {waiting}, active over these dates: this run is planned "
-                        "once it has ended, so the refunds find the purchases it applies")
+        notes.append(f"waiting for {waiting}, active over these dates: this run is planned "
+                     "once it has ended, so the refunds find the purchases it applies")
+    if notes:
+        body["note"] = "; ".join(notes)
     if started.duplicate:
         body["duplicate"] = True
         body["message"] = "this schedule time started this run already; nothing new started"

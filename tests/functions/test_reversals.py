@@ -275,3 +275,14 @@ def test_a_reversal_backfill_started_beside_an_active_replay_waits_for_it(
     assert (reversal["status"], reversal["errors"], reversal["duplicates"]) == (
         "completed", 0, 30)
     assert data.assert_ledger_consistent(harness.db) == {"c1": 30 * 30}
+
+
+def test_a_waiting_run_with_a_month_end_date_is_told_both(harness: Harness) -> None:
+    replay_id = harness.start(type="webhook_replay", startDate="2024-11-01",
+                              endDate="2024-11-30").get_json()["migrationId"]
+
+    answer = harness.start(type="reversal_backfill", startDate="2024-11-01",
+                           endDate="2024-11-31").get_json()
+
+    assert (answer["endDate"], answer["waitingFor"]) == ("2024-11-30", [replay_id])
+    assert "2024-11-30" in answer["note"] and replay_id in answer["note"]
