@@ -24,7 +24,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from shared import clock, control, launcher, logs, progress, reports, store, watchdog
+from shared import clock, control, launcher, logs, progress, reports, watchdog
 from shared.auth import Caller, authenticate
 from shared.bodies import ControlRequest, RetryRequest, parse_json, parse_request
 from shared.chunks import Delivery
@@ -106,8 +106,8 @@ def _trigger(request: flask.Request) -> tuple[dict[str, Any], int]:
                                "nothing was started")
     backfill = parse_request(request.get_data(cache=False), settings.max_range_days,
                              clock.now().date())
-    started = launcher.start_run(backfill, caller, settings, svc.db, svc.dispatcher,
-                             scheduled_for=_schedule_time(request))
+    started = launcher.start_run(backfill, caller, settings, svc.stores, svc.dispatcher,
+                                 scheduled_for=_schedule_time(request))
     return _started(settings, started)
 
 
@@ -213,17 +213,16 @@ def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
                        "{pause|resume|cancel|retry}")
     migration_id, action = _run_id(match.group(1)), match.group(2)
     raw = request.get_data(cache=False)
-    settings, db = svc.settings, svc.db
+    settings = svc.settings
     if action == "retry":
         retry = parse_json(raw, RetryRequest)
         if not settings.enabled:
             raise BackfillDisabled("backfills are switched off (BACKFILL_ENABLED=false); "
                                    "nothing was started")
-        started = launcher.start_retry(migration_id, caller, settings, db, svc.dispatcher,
-                                   retry.code, retry.dry_run, retry.force)
+        started = launcher.start_retry(migration_id, caller, settings, svc.stores,
+                                       svc.dispatcher, retry.code, retry.dry_run, retry.force)
         body, status = _started(settings, started)
-        retry_of = store.run_ref(db, started.migration_id).get().get("retryOf")
-        return {**body, "retryOf": retry_of}, status
+        return {**body, "retryOf": started.retry_of}, status
     note = parse_json(raw, ControlRequest).reason
     if action == "pause":
         steered = control.pause(settings, svc.stores, migration_id, caller.email, note)

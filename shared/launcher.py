@@ -12,14 +12,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from google.api_core import exceptions as api_exceptions
-from google.cloud import firestore
-from google.cloud.firestore_v1.base_query import FieldFilter
-
-from shared import clock, logs, planning, store
+from shared import clock, logs, planning
 from shared.auth import Caller
 from shared.backfills.registry import BACKFILLS
 from shared.bodies import BackfillRequest
@@ -32,16 +28,16 @@ from shared.dispatch import (
     arm_watchdog,
 )
 from shared.errors import Conflict, NotFound, TooManyRuns, Unavailable
-from shared.models import (
-    ACTIVE_RUN_STATUSES,
-    FINAL_RUN_STATUSES,
-    RunStatus,
-)
-from shared.stores import FirestoreErrors, Stores
+from shared.models import FINAL_RUN_STATUSES, RunStatus
+from shared.records import RunRecord
+from shared.stores import Stores
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
+
+# Run ids are ``{type}_{milliseconds}``; racing triggers of one millisecond take the next ones.
+_ID_CANDIDATES = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +53,22 @@ class StartedRun:
     end_date: str = ""
     # The endDate as sent, when the run took it as the end of its month.
     requested_end_date: str | None = None
+    # For a retry run: the run it retries, the error code it is limited to, how many events.
+    retry_of: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, run: RunRecord, duplicate: bool = False) -> StartedRun:
+        return cls(run.migration_id, run.status, run.chunk_count, duplicate=duplicate,
+                   waiting_for=tuple(run.waiting_for), start_date=run.start_date.isoformat(),
+                   end_date=run.end_date.isoformat(),
+                   requested_end_date=run.requested_end_date, retry_of=run.retry_of)
 
 
 def start_run(
     request: BackfillRequest,
     caller: Caller,
     settings: Settings,
-    db: firestore.Client,
+    stores: Stores,
     dispatcher: Dispatcher,
     now: Clock = clock.now,
     scheduled_for: dt.datetime | None = None,
@@ -77,16 +82,15 @@ def start_run(
     cannot be enqueued, ``Unavailable`` after marking the run failed.
     """
     windows = planning.windows(request.start_date, request.end_date, settings.chunk_days)
-    created = now()
     run = _new_run(request.type, request.dry_run, request.start_date, request.end_date,
-                   request.max_events, settings, caller, created, len(windows))
-    run.update(lookbackDays=request.lookback_days, forced=request.force,
-               includeProcessed=request.include_processed,
-               requestedEndDate=request.requested_end_date)
-    return _launch(settings, db, dispatcher, run, request.force, scheduled_for)
+                   settings, caller, now(), len(windows), max_events=request.max_events,
+                   lookback_days=request.lookback_days, forced=request.force,
+                   include_processed=request.include_processed,
+                   requested_end_date=request.requested_end_date)
+    return _launch(settings, stores, dispatcher, run, request.force, scheduled_for)
 
 
-def start_retry(source_id: str, caller: Caller, settings: Settings, db: firestore.Client,
+def start_retry(source_id: str, caller: Caller, settings: Settings, stores: Stores,
                 dispatcher: Dispatcher, code: str | None = None, dry_run: bool | None = None,
                 force: bool = False, now: Clock = clock.now) -> StartedRun:
     """Start a run that re-applies exactly the events that failed in run ``source_id`` (those of
@@ -95,149 +99,108 @@ def start_retry(source_id: str, caller: Caller, settings: Settings, db: firestor
     The source must have ended. A dry run's failures can be retried as a dry run only (it
     applied nothing, so a live retry would apply just its failures and skip the rest).
     """
-    snap = store.run_ref(db, source_id).get()
-    if not snap.exists:
+    source = stores.runs.get(source_id)
+    if source is None:
         raise NotFound(f"no run {source_id}")
-    source = snap.to_dict() or {}
-    if source["status"] not in FINAL_RUN_STATUSES:
-        raise Conflict(f"run {source_id} is {source['status']}; retry its failed events once it "
-                       "has ended (let it finish, or cancel it)", [source_id])
-    dry = bool(source.get("dryRun")) if dry_run is None else dry_run
-    if source.get("dryRun") and not dry:
+    if source.status not in FINAL_RUN_STATUSES:
+        raise Conflict(f"run {source_id} is {source.status.value}; retry its failed events "
+                       "once it has ended (let it finish, or cancel it)", [source_id])
+    dry = source.dry_run if dry_run is None else dry_run
+    if source.dry_run and not dry:
         raise Conflict(f"run {source_id} was a dry run and applied nothing; start a live run of "
                        "its range instead of retrying its failures live", [source_id])
-    failed = FirestoreErrors(db).count(source_id, code)
+    failed = stores.errors.count(source_id, code)
     if failed == 0:
         raise Conflict(f"run {source_id} has no failed events"
                        + (f" with code {code}" if code else ""), [source_id])
-    run = _new_run(str(source["type"]), dry, dt.date.fromisoformat(source["startDate"]),
-                   dt.date.fromisoformat(source["endDate"]), None, settings, caller, now(), 1)
-    run.update(retryOf={"migrationId": source_id, "code": code, "events": failed}, forced=force,
-               includeProcessed=bool(source.get("includeProcessed")))
-    return _launch(settings, db, dispatcher, run, force, None)
+    run = _new_run(source.type, dry, source.start_date, source.end_date, settings, caller,
+                   now(), 1, retry_of={"migrationId": source_id, "code": code, "events": failed},
+                   forced=force, include_processed=source.include_processed)
+    return _launch(settings, stores, dispatcher, run, force, None)
 
 
-def _new_run(backfill_type: str, dry_run: bool, start_date: dt.date,
-             end_date: dt.date, max_events: int | None, settings: Settings, caller: Caller,
-             created: dt.datetime, chunk_count: int) -> dict[str, Any]:
-    return {
-        "type": backfill_type,
-        "status": RunStatus.PENDING.value,
-        "dryRun": dry_run,
-        "startDate": start_date.isoformat(),
-        "endDate": end_date.isoformat(),
-        "maxEvents": max_events,
-        "chunkDays": settings.chunk_days,
-        "chunkCount": chunk_count,
+def _new_run(backfill_type: str, dry_run: bool, start_date: dt.date, end_date: dt.date,
+             settings: Settings, caller: Caller, created: dt.datetime, chunk_count: int,
+             **more: Any) -> RunRecord:
+    """The run as admission creates it (its id is given then)."""
+    return RunRecord.model_validate({
+        "id": "", "type": backfill_type, "status": RunStatus.PENDING, "dry_run": dry_run,
+        "start_date": start_date, "end_date": end_date, "chunk_days": settings.chunk_days,
+        "chunk_count": chunk_count,
         # Events received from here on are left to the live path, which may be applying them.
-        "receivedBefore": created - dt.timedelta(minutes=settings.settle_minutes),
-        "retryOf": None,
-        "planned": False,
-        "eligible": None,
-        "total": None,
-        "requestedBy": caller.email,
-        "createdAt": created,
-        "startedAt": None,
-        "finishedAt": None,
-        "statusReason": "created; planning is queued",
-        "statusHistory": [],
-    }
+        "received_before": created - dt.timedelta(minutes=settings.settle_minutes),
+        "requested_by": caller.email, "created_at": created,
+        "status_reason": "created; planning is queued", **more})
 
 
-def _launch(settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
-            run: dict[str, Any], force: bool, scheduled_for: dt.datetime | None) -> StartedRun:
-    migration_id, existing = _admit(settings, db, run, force, scheduled_for)
-    if existing is not None:
+def _launch(settings: Settings, stores: Stores, dispatcher: Dispatcher, run: RunRecord,
+            force: bool, scheduled_for: dt.datetime | None) -> StartedRun:
+    admitted, existed = _admit(settings, stores, run, force, scheduled_for)
+    migration_id = admitted.migration_id
+    if existed:
         logs.log(logger, "twin scheduled run ignored", migration_id=migration_id,
-                 type=run["type"], caller=run["requestedBy"])
-        return StartedRun(migration_id, RunStatus(existing["status"]),
-                          int(existing.get("chunkCount") or 0), duplicate=True,
-                          start_date=existing["startDate"], end_date=existing["endDate"])
+                 type=run.type, caller=run.requested_by)
+        return StartedRun.of(admitted, duplicate=True)
     try:
         dispatcher.enqueue(ChunkTask(migration_id, PLAN_CHUNK))
         arm_watchdog(settings, dispatcher, migration_id)
     except Unavailable as error:
-        fail_run(Stores.firestore(db), migration_id,
-                 f"could not enqueue the planning task: {error.message}")
+        fail_run(stores, migration_id, f"could not enqueue the planning task: {error.message}")
         raise Unavailable(f"run {migration_id} failed: its planning task could not be "
                           "enqueued; start the run again") from error
-    logs.log(logger, "run started", migration_id=migration_id, type=run["type"],
-             start_date=run["startDate"], end_date=run["endDate"], dry_run=run["dryRun"],
-             chunks=run["chunkCount"], caller=run["requestedBy"])
-    return StartedRun(migration_id, RunStatus.PENDING, int(run["chunkCount"]),
-                      waiting_for=tuple(run.get("waitingFor") or ()),
-                      start_date=run["startDate"], end_date=run["endDate"],
-                      requested_end_date=run.get("requestedEndDate"))
+    logs.log(logger, "run started", migration_id=migration_id, type=run.type,
+             start_date=run.start_date.isoformat(), end_date=run.end_date.isoformat(),
+             dry_run=run.dry_run, chunks=run.chunk_count, caller=run.requested_by)
+    return StartedRun.of(admitted)
 
 
-def _admit(settings: Settings, db: firestore.Client, run: dict[str, Any], force: bool,
-           scheduled_for: dt.datetime | None) -> tuple[str, dict[str, Any] | None]:
-    """Check the limits and create the run in one transaction; answer its id, and the existing
-    run when ``scheduled_for`` names one already (a twin firing).
+def _admit(settings: Settings, stores: Stores, run: RunRecord, force: bool,
+           scheduled_for: dt.datetime | None) -> tuple[RunRecord, bool]:
+    """Check the limits and create the run (``RunStore.admit``: one transaction); answer it,
+    and whether it existed already (``scheduled_for`` names a run a twin firing created)."""
+    first_ms = int((scheduled_for or run.created_at).timestamp() * 1000)
+    if scheduled_for is not None:
+        ids = [f"{run.type}_{first_ms}"]
+    else:
+        ids = [f"{run.type}_{first_ms + n}" for n in range(_ID_CANDIDATES)]
 
-    The transaction reads the active runs, so two triggers racing for the last free slot cannot
-    both get it: the second one's transaction is retried, sees the first run and is refused.
-    """
-    first_ms = int(((scheduled_for or run["createdAt"])).timestamp() * 1000)
-    runs = db.collection(store.RUNS)
-
-    @firestore.transactional
-    def admit(transaction: firestore.Transaction) -> tuple[str, dict[str, Any] | None]:
-        if scheduled_for is not None:
-            ref = runs.document(f"{run['type']}_{first_ms}")
-            snap = ref.get(transaction=transaction)
-            if snap.exists:
-                return ref.id, snap.to_dict() or {}
-            candidates = [ref]
-        else:
-            candidates = [runs.document(f"{run['type']}_{first_ms + n}") for n in range(20)]
-        active = [snap.to_dict() or {} for snap in transaction.get(runs.where(
-            filter=FieldFilter("status", "in", [s.value for s in ACTIVE_RUN_STATUSES])))]
+    def decide(active: list[RunRecord]) -> RunRecord:
         if not force:
             _refuse_blockers(run, active, settings.max_active_runs)
         waiting = _runs_to_wait_for(run, active)
-        run["waitingFor"] = waiting  # for the answer; the transaction may run this again
-        for ref in candidates:
-            if not ref.get(transaction=transaction).exists:
-                record = {**run, "migrationId": ref.id, "waitingFor": waiting}
-                if waiting:
-                    record["statusReason"] = (f"waiting for {', '.join(waiting)} over these "
-                                              "dates to end; planned after it")
-                transaction.create(ref, record)
-                return ref.id, None
-        raise Unavailable("could not find a free migration id; retry")
+        if not waiting:
+            return run
+        return run.model_copy(update={
+            "waiting_for": waiting,
+            "status_reason": f"waiting for {', '.join(waiting)} over these dates to end; "
+                             "planned after it"})
 
-    try:
-        result: tuple[str, dict[str, Any] | None] = admit(db.transaction(max_attempts=10))
-    except (api_exceptions.Aborted, ValueError) as error:
-        # ValueError: the client gave up after max_attempts contended commits.
-        raise Unavailable("too many runs are starting at once; retry") from error
-    return result
+    return stores.runs.admit(run, ids, decide, twin=scheduled_for is not None)
 
 
-def _overlaps(run: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
-    return bool(other["startDate"] <= run["endDate"] and run["startDate"] <= other["endDate"])
+def _overlaps(run: RunRecord, other: RunRecord) -> bool:
+    return other.start_date <= run.end_date and run.start_date <= other.end_date
 
 
-def _runs_to_wait_for(run: Mapping[str, Any], active: list[dict[str, Any]]) -> list[str]:
+def _runs_to_wait_for(run: RunRecord, active: list[RunRecord]) -> list[str]:
     """The active runs over the same dates whose type this run's type waits for (a reversal
     backfill waits for the replays that may be applying its refunds' purchases)."""
-    waits_for = set(BACKFILLS.get(run["type"]).waits_for)
-    return sorted(str(other["migrationId"]) for other in active
-                  if other["type"] in waits_for and _overlaps(run, other))
+    waits_for = set(BACKFILLS.get(run.type).waits_for)
+    return sorted(other.migration_id for other in active
+                  if other.type in waits_for and _overlaps(run, other))
 
 
-def _refuse_blockers(run: dict[str, Any], active: list[dict[str, Any]], limit: int) -> None:
-    overlapping = [other for other in active if other["type"] == run["type"]
-                   and _overlaps(run, other)]
+def _refuse_blockers(run: RunRecord, active: list[RunRecord], limit: int) -> None:
+    overlapping = [other for other in active
+                   if other.type == run.type and _overlaps(run, other)]
     if overlapping:
-        named = ", ".join(f"{other['migrationId']} ({other['status']}, {other['startDate']}.."
-                          f"{other['endDate']})" for other in overlapping)
-        raise Conflict(f"an active {run['type']} run overlaps these dates: {named}; wait for it "
+        named = ", ".join(f"{other.migration_id} ({other.status.value}, {other.start_date}.."
+                          f"{other.end_date})" for other in overlapping)
+        raise Conflict(f"an active {run.type} run overlaps these dates: {named}; wait for it "
                        "to end, cancel it, or pass force: true",
-                       [other["migrationId"] for other in overlapping])
+                       [other.migration_id for other in overlapping])
     if len(active) >= limit:
-        named = ", ".join(f"{other['migrationId']} ({other['status']})" for other in active)
+        named = ", ".join(f"{other.migration_id} ({other.status.value})" for other in active)
         raise TooManyRuns(f"{len(active)} runs are active, the limit is {limit} "
                           f"(BACKFILL_MAX_ACTIVE_RUNS): {named}; wait for one to end, or pass "
-                          "force: true", [other["migrationId"] for other in active])
+                          "force: true", [other.migration_id for other in active])

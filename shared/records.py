@@ -88,6 +88,17 @@ class RunRecord(_Record):
     def migration_id(self) -> str:
         return self.id
 
+    def to_document(self) -> dict[str, Any]:
+        """The run as its Firestore document holds it (camelCase keys, dates as ISO strings:
+        Firestore stores no bare dates); an empty failure reason is left out."""
+        document: dict[str, Any] = self.model_dump(by_alias=True,
+                                                   exclude={"update_time", "id"})
+        document.update(migrationId=self.id, startDate=self.start_date.isoformat(),
+                        endDate=self.end_date.isoformat())
+        if not self.failure_reason:
+            del document["failureReason"]
+        return document
+
 
 class ChunkRecord(_Record):
     """One chunk of a run: its window (or source), state, cursor, lease and counters."""

@@ -20,7 +20,9 @@ from google.cloud import firestore
 
 from shared import store
 from shared.backfills.base import Backfill, Event
+from shared.config import Settings
 from shared.planning import Window
+from shared.records import ChunkRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +99,17 @@ class RetrySource:
 
 
 def source_of(db: firestore.Client, backfill: Backfill,
-              chunk: Mapping[str, Any]) -> PageSource:
-    """The source a chunk document describes: a retry's failed events, or its window."""
-    retried = chunk.get("source")
-    if retried:
-        return RetrySource(db, retried["errorsOf"], retried.get("code"))
-    return WindowSource(db, backfill, Window(chunk["windowStart"], chunk["windowEnd"]))
+              chunk: ChunkRecord) -> PageSource:
+    """The source a chunk describes: a retry's failed events, or its window."""
+    if chunk.source:
+        return RetrySource(db, chunk.source["errorsOf"], chunk.source.get("code"))
+    assert chunk.window_start is not None
+    assert chunk.window_end is not None
+    return WindowSource(db, backfill, Window(chunk.window_start, chunk.window_end))
+
+
+def page_size(settings: Settings, backfill: Backfill) -> int:
+    """Events per page: ``BACKFILL_PAGE_SIZE``, or fewer if the backfill type asks for it. (The
+    page loop halves a page whose planned writes exceed one commit.)"""
+    wanted = backfill.page_size
+    return min(settings.page_size, wanted) if wanted else settings.page_size

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, Protocol
 
 from google.api_core import exceptions as api_exceptions
@@ -22,7 +22,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared import clock, lifecycle, logs, store
 from shared.backfills.base import Backfill
-from shared.errors import NotFound
+from shared.errors import NotFound, Unavailable
 from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
 from shared.planning import PlannedChunk, Window
 from shared.records import COUNTERS, ChunkRecord, ErrorRecord, RunRecord
@@ -50,6 +50,17 @@ class RunStore(Protocol):
         """Move the run to ``target`` (``lifecycle.plan_run_move`` decides), recording why,
         who and when in its history; answer the run as it was before, or None if nothing
         moved. ``NotFound`` if there is no such run."""
+
+
+    def admit(self, run: RunRecord, ids: list[str],
+              decide: Callable[[list[RunRecord]], RunRecord],
+              twin: bool = False) -> tuple[RunRecord, bool]:
+        """Create ``run`` under the first of ``ids`` that is free, as ``decide`` has it once it
+        saw every active run (pending, running or paused); ``decide`` raises to refuse it. One
+        transaction: two admissions racing for the last free slot cannot both get it, the
+        second one sees the first run. With ``twin``, an existing run under ``ids[0]`` is
+        answered instead (a twin firing of one schedule). Answers the run, and whether it
+        existed already."""
 
 
 class ChunkStore(Protocol):
@@ -122,9 +133,42 @@ class Stores:
                    FirestoreErrors(db))
 
 
+_ADMIT_ATTEMPTS = 10
+
+
 class FirestoreRuns:
     def __init__(self, db: firestore.Client) -> None:
         self._db = db
+
+    def admit(self, run: RunRecord, ids: list[str],
+              decide: Callable[[list[RunRecord]], RunRecord],
+              twin: bool = False) -> tuple[RunRecord, bool]:
+        runs = self._db.collection(store.RUNS)
+
+        @firestore.transactional
+        def admit(transaction: firestore.Transaction) -> tuple[RunRecord, bool]:
+            candidates = [runs.document(migration_id) for migration_id in ids]
+            if twin:
+                snap = candidates[0].get(transaction=transaction)
+                if snap.exists:
+                    return RunRecord.from_snapshot(snap), True
+            active = [RunRecord.from_snapshot(snap) for snap in transaction.get(runs.where(
+                filter=FieldFilter("status", "in", [s.value for s in ACTIVE_RUN_STATUSES])))]
+            admitted = decide(active)
+            for ref in candidates:
+                if not ref.get(transaction=transaction).exists:
+                    created = admitted.model_copy(update={"id": ref.id})
+                    transaction.create(ref, created.to_document())
+                    return created, False
+            raise Unavailable("could not find a free migration id; retry")
+
+        try:
+            result: tuple[RunRecord, bool] = admit(
+                self._db.transaction(max_attempts=_ADMIT_ATTEMPTS))
+        except (api_exceptions.Aborted, ValueError) as error:
+            # ValueError: the client gave up after max_attempts contended commits.
+            raise Unavailable("too many runs are starting at once; retry") from error
+        return result
 
     def get(self, migration_id: str) -> RunRecord | None:
         snap = store.run_ref(self._db, migration_id).get()

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from shared import lifecycle
 from shared.backfills.base import Backfill
-from shared.errors import NotFound
-from shared.models import BackfillType, ChunkState, RunStatus
+from shared.errors import NotFound, Unavailable
+from shared.models import ACTIVE_RUN_STATUSES, BackfillType, ChunkState, RunStatus
 from shared.planning import PlannedChunk, Window
 from shared.records import ChunkRecord, ErrorRecord, RunRecord
 from shared.stores import Stores, claimed, history_entry
@@ -38,6 +38,21 @@ class MemoryRuns:
 
     def get(self, migration_id: str) -> RunRecord | None:
         return self.records.get(migration_id)
+
+    def admit(self, run: RunRecord, ids: list[str],
+              decide: Callable[[list[RunRecord]], RunRecord],
+              twin: bool = False) -> tuple[RunRecord, bool]:
+        with self._lock:  # the transaction: nothing else is admitted in between
+            if twin and ids[0] in self.records:
+                return self.records[ids[0]], True
+            admitted = decide([other for other in self.records.values()
+                               if other.status in ACTIVE_RUN_STATUSES])
+            for migration_id in ids:
+                if migration_id not in self.records:
+                    created = admitted.model_copy(update={"id": migration_id})
+                    self.records[migration_id] = created
+                    return created, False
+            raise Unavailable("could not find a free migration id; retry")
 
     def active(self) -> list[RunRecord]:
         return [run for run in self.records.values()

@@ -10,7 +10,7 @@ import pytest
 from functions_framework import create_app
 
 from shared import progress, store
-from shared.chunks import ChunkRunner
+from shared.commit import PageCommit
 from shared.dispatch import WATCH_CHUNK, ChunkTask, InProcessDispatcher, arm_watchdog
 from tests import data
 from tests.functions.conftest import SOURCE, Harness
@@ -89,16 +89,16 @@ def test_a_page_in_flight_when_the_pause_lands_is_not_committed(
         harness: Harness, control: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     migration_id = started_mid_run(harness)
     tasks = harness._due()
-    original = ChunkRunner._below_zero
+    original = PageCommit._below_zero
     paused: list[int] = []
 
-    def pause_midway(self: ChunkRunner, plan: Any) -> list[str]:
+    def pause_midway(self: PageCommit, plan: Any) -> list[str]:
         # Runs between planning the page and committing it: the pause lands in between.
         if not paused:
             paused.append(act(harness, control, migration_id, "pause").status_code)
         return original(self, plan)
 
-    monkeypatch.setattr(ChunkRunner, "_below_zero", pause_midway)
+    monkeypatch.setattr(PageCommit, "_below_zero", pause_midway)
     answer = harness.post_task(tasks[0]).get_json()
 
     assert paused == [200]
