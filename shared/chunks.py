@@ -79,6 +79,18 @@ class _Stopped(Exception):
     """The run was stopped by its circuit breaker after this delivery's page."""
 
 
+@dataclasses.dataclass(frozen=True)
+class _Ports:
+    """What the executor works with: given once, shared by each delivery's page loop."""
+
+    settings: Settings
+    db: firestore.Client
+    stores: Stores
+    dispatcher: Dispatcher
+    breaker: Callable[[str], str | None]
+    monotonic: Callable[[], float]
+
+
 class ChunkRunner:
     """Runs deliveries of chunk tasks against Firestore, handing continuations to ``dispatcher``."""
 
@@ -88,12 +100,9 @@ class ChunkRunner:
                  monotonic: Callable[[], float] = clock.monotonic) -> None:
         """``breaker`` is asked after a live page with errors whether the run must stop; it
         answers the reason it stopped the run, or None (``shared.control.check_breaker``)."""
+        self._ports = _Ports(settings, db, stores, dispatcher, breaker, monotonic)
         self._settings = settings
-        self._db = db
         self._stores = stores
-        self._breaker = breaker
-        self._dispatcher = dispatcher
-        self._clock = monotonic
 
     def run(self, delivery: Delivery) -> ChunkReport:
         """Process a delivery of a chunk's task; raises only when a retry of the task can help
@@ -125,13 +134,10 @@ class ChunkRunner:
             return lease
         if status is RunStatus.PENDING:
             completion.mark_running(self._stores, task.migration_id)
-        backfill = BACKFILLS.of(run)
-        return _PageLoop(
-            delivery, run, lease, source_of(self._db, backfill, lease.chunk),
-            PageCommit(self._settings, self._db, run, backfill, task.chunk_id),
-            Poison(self._settings, self._db, task.migration_id, task.chunk_id),
-            settings=self._settings, stores=self._stores, dispatcher=self._dispatcher,
-            breaker=self._breaker, monotonic=self._clock).run()
+        backfill, db = BACKFILLS.of(run), self._ports.db
+        return _PageLoop(self._ports, delivery, run, lease, source_of(db, backfill, lease.chunk),
+                         PageCommit(self._settings, db, run, backfill, task.chunk_id),
+                         Poison(self._settings, db, task.migration_id, task.chunk_id)).run()
 
     def _claim(self, delivery: Delivery) -> Lease | ChunkReport:
         task = delivery.task
@@ -141,10 +147,10 @@ class ChunkRunner:
         if isinstance(claimed, lifecycle.Refusal):
             if claimed.segment is not None:
                 # An old segment's retry: make sure the current segment's task exists.
-                self._dispatcher.enqueue(ChunkTask(task.migration_id, task.chunk_id,
-                                                   claimed.segment))
+                self._ports.dispatcher.enqueue(ChunkTask(task.migration_id, task.chunk_id,
+                                                         claimed.segment))
             return ChunkReport(claimed.result, detail=claimed.detail)
-        return Lease(self._db, task.migration_id, claimed, on_commit=self._after_commit)
+        return Lease(self._ports.db, task.migration_id, claimed, on_commit=self._after_commit)
 
     def _after_commit(self) -> None:
         """Fault injection for tests (local only): die as a killed handler would."""
@@ -163,32 +169,26 @@ class _PageLoop:
     """One delivery's pages: from the chunk's cursor until its last page, the time budget, a
     lost lease or the breaker."""
 
-    def __init__(self, delivery: Delivery, run: RunRecord, lease: Lease, source: PageSource,
-                 commit: PageCommit, poison: Poison, *, settings: Settings, stores: Stores,
-                 dispatcher: Dispatcher, breaker: Callable[[str], str | None],
-                 monotonic: Callable[[], float]) -> None:
+    def __init__(self, ports: _Ports, delivery: Delivery, run: RunRecord, lease: Lease,
+                 source: PageSource, commit: PageCommit, poison: Poison) -> None:
+        self._ports = ports
         self._delivery = delivery
         self._run = run
         self._lease = lease
         self._source = source
         self._commit = commit
         self._poison = poison
-        self._settings = settings
-        self._stores = stores
-        self._dispatcher = dispatcher
-        self._breaker = breaker
-        self._clock = monotonic
-        self._page_size = page_size(settings, BACKFILLS.of(run))
+        self._page_size = page_size(ports.settings, BACKFILLS.of(run))
 
     def run(self) -> ChunkReport:
-        lease, task = self._lease, self._delivery.task
-        started = self._clock()
+        lease, task, ports = self._lease, self._delivery.task, self._ports
+        started = ports.monotonic()
         report = ChunkReport("continued")
         isolate = 0  # events still to take one at a time, after a page failed unexpectedly
         while True:
             left = lease.left
             # At least one page per delivery, so a tiny budget still makes progress.
-            out_of_time = self._clock() - started >= self._settings.time_budget_seconds
+            out_of_time = ports.monotonic() - started >= ports.settings.time_budget_seconds
             if report.pages and out_of_time and (left is None or left > 0):
                 self._continue_later()
                 break
@@ -208,11 +208,11 @@ class _PageLoop:
             isolate = max(isolate - events, 0)
             report.pages += 1
             report.events += events
-            if errors and not self._run.dry_run and (stop := self._breaker(task.migration_id)):
+            if errors and not self._run.dry_run and (stop := ports.breaker(task.migration_id)):
                 raise _Stopped(stop)
             if final:
                 report.result = "completed"
-                completion.finish_if_done(self._stores, task.migration_id)
+                completion.finish_if_done(ports.stores, task.migration_id)
                 break
         logs.log(logger, "chunk delivery done", migration_id=task.migration_id,
                  chunk_id=task.chunk_id, segment=task.segment, status=report.result,
@@ -240,6 +240,6 @@ class _PageLoop:
     def _continue_later(self) -> None:
         """Out of time: release the chunk at its cursor and enqueue the next segment."""
         task = self._delivery.task
-        segment = self._lease.hand_on(lifecycle.lease_until(self._settings))
+        segment = self._lease.hand_on(lifecycle.lease_until(self._ports.settings))
         # If this enqueue fails, the task is retried as a stale segment, which enqueues it.
-        self._dispatcher.enqueue(ChunkTask(task.migration_id, task.chunk_id, segment))
+        self._ports.dispatcher.enqueue(ChunkTask(task.migration_id, task.chunk_id, segment))
