@@ -170,7 +170,7 @@ def _status(request: flask.Request) -> Answer:
         limit = request.args.get("limit", "20")
         if not _LIMIT.fullmatch(limit):
             raise InvalidRequest("limit", "must be a whole number (ASCII digits)")
-        listed = progress.list_runs(svc.db, int(limit), request.args.get("type"),
+        listed = progress.list_runs(svc.stores, int(limit), request.args.get("type"),
                                     request.args.get("status"))
         return {"runs": listed}, 200
     raise NotFound("no such resource")
@@ -179,7 +179,7 @@ def _status(request: flask.Request) -> Answer:
 def _describe(svc: Services, migration_id: str) -> dict[str, Any]:
     """One run's status. A stalled run is re-armed on the way (its lost chunks picked up, its
     watchdog enqueued again), so looking at a stuck run is enough to get it going."""
-    body = progress.describe_run(svc.db, migration_id, svc.settings.first_errors_shown)
+    body = progress.describe_run(svc.stores, migration_id, svc.settings.first_errors_shown)
     if body.get("stalled") and svc.settings.enabled:
         body["recovery"] = watchdog.rescue(svc.settings, svc.stores, svc.dispatcher,
                                            migration_id)
@@ -191,7 +191,7 @@ def _errors(svc: Services, migration_id: str, request: flask.Request) -> Answer:
     output = request.args.get("format", "csv")
     if output not in ("csv", "json"):
         raise InvalidRequest("format", "must be csv or json")
-    rows = reports.error_rows(svc.db, migration_id, request.args.get("code"))
+    rows = reports.error_rows(svc.stores, migration_id, request.args.get("code"))
     if output == "json":
         listed = list(rows)
         return {"migrationId": migration_id, "count": len(listed), "errors": listed}, 200

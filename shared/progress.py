@@ -11,46 +11,37 @@ import datetime as dt
 import enum
 from typing import Any
 
-from google.cloud import firestore
-from google.cloud.firestore_v1.base_query import FieldFilter
-
-from shared import clock, completion, store, stores
+from shared import clock, completion
 from shared.backfills.registry import BACKFILLS
 from shared.errors import InvalidRequest, NotFound
 from shared.models import ChunkState, RunStatus
 from shared.records import ChunkRecord, ChunkView, ErrorView, RunFields, RunRecord, RunStatusView
-from shared.stores import FirestoreErrors, FirestoreRuns
+from shared.stores import Stores, still_active
 
 
-def list_runs(db: firestore.Client, limit: int = 20, backfill_type: str | None = None,
+def list_runs(stores: Stores, limit: int = 20, backfill_type: str | None = None,
               status: str | None = None) -> list[dict[str, Any]]:
     """The most recent runs, newest first, optionally of one type or status."""
     if not 1 <= limit <= 200:
         raise InvalidRequest("limit", "must be between 1 and 200")
-    query: Any = db.collection(store.RUNS)
-    if backfill_type is not None:
-        if backfill_type not in BACKFILLS.names():
-            raise InvalidRequest("type", f"unknown backfill type {backfill_type!r}")
-        query = query.where(filter=FieldFilter("type", "==", backfill_type))
-    if status is not None:
-        if status not in set(RunStatus):
-            raise InvalidRequest("status", f"unknown status {status!r}")
-        query = query.where(filter=FieldFilter("status", "==", status))
-    query = query.order_by("createdAt", direction=firestore.Query.DESCENDING).limit(limit)
-    return [_jsonable(RunFields.of(RunRecord.from_snapshot(snap)).model_dump(by_alias=True))
-            for snap in query.stream()]
+    if backfill_type is not None and backfill_type not in BACKFILLS.names():
+        raise InvalidRequest("type", f"unknown backfill type {backfill_type!r}")
+    if status is not None and status not in set(RunStatus):
+        raise InvalidRequest("status", f"unknown status {status!r}")
+    runs = stores.runs.recent(limit, backfill_type,
+                              RunStatus(status) if status is not None else None)
+    return [_jsonable(RunFields.of(run).model_dump(by_alias=True)) for run in runs]
 
 
-def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
+def describe_run(stores: Stores, migration_id: str, first_errors: int,
                  now: dt.datetime | None = None) -> dict[str, Any]:
     """One run: parameters, status and why, summed counts, percent, rate and ETA, per-chunk
     progress, whether it is stalled (and which chunks), error counts by code, first errors."""
     now = now or clock.now()
-    run = FirestoreRuns(db).get(migration_id)
+    run = stores.runs.get(migration_id)
     if run is None:
         raise NotFound(f"no run {migration_id}")
-    chunks = [ChunkRecord.from_snapshot(chunk) for chunk in
-              store.run_ref(db, migration_id).collection(store.CHUNKS).order_by("index").stream()]
+    chunks = stores.chunks.chunks(migration_id)
     sums = completion.summarize(chunks)
     total = run.total or 0
     taken = sums["taken"]
@@ -58,7 +49,7 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
     states: dict[str, int] = {}
     for chunk in chunks:
         states[chunk.state.value] = states.get(chunk.state.value, 0) + 1
-    errors = FirestoreErrors(db)
+    errors = stores.errors
     view = RunStatusView.of(
         run,
         total=total,
@@ -82,7 +73,7 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
         chunks=[_chunk_view(chunk) for chunk in chunks],
         first_errors=[ErrorView.model_validate(error.model_dump())
                       for error in errors.first(migration_id, first_errors)],
-        note=_note(db, run, left_over),
+        note=_note(stores, run, left_over),
     )
     body = view.model_dump(by_alias=True)
     if body["note"] is None:
@@ -91,9 +82,8 @@ def describe_run(db: firestore.Client, migration_id: str, first_errors: int,
     return result
 
 
-def _note(db: firestore.Client, run: RunRecord, left_over: int) -> str | None:
-    waiting = stores.still_active(FirestoreRuns(db), run.waiting_for) if not run.planned \
-        else []
+def _note(stores: Stores, run: RunRecord, left_over: int) -> str | None:
+    waiting = still_active(stores.runs, run.waiting_for) if not run.planned else []
     if waiting:
         return (f"waiting for {', '.join(waiting)} over the same dates to end; "
                 "planned after it")

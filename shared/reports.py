@@ -13,10 +13,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from google.cloud import firestore
-
 from shared.errors import InvalidRequest, NotFound
-from shared.stores import FirestoreErrors, FirestoreRuns
+from shared.stores import Stores
 
 COLUMNS = ("eventId", "eventType", "code", "message", "hint", "attempts", "chunkId", "at",
            "resolvedBy")
@@ -32,12 +30,12 @@ def check_code(code: str | None) -> str | None:
     return code
 
 
-def error_rows(db: firestore.Client, migration_id: str,
+def error_rows(stores: Stores, migration_id: str,
                code: str | None = None) -> Iterator[dict[str, Any]]:
     """The run's error records in event id order; ``NotFound`` if there is no such run."""
-    if FirestoreRuns(db).get(migration_id) is None:
+    if stores.runs.get(migration_id) is None:
         raise NotFound(f"no run {migration_id}")
-    records = FirestoreErrors(db).pages(migration_id, check_code(code), _PAGE)
+    records = stores.errors.pages(migration_id, check_code(code), _PAGE)
     return ({column: _plain(row.get(column)) for column in COLUMNS}
             for row in (record.model_dump(by_alias=True) for record in records))
 

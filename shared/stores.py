@@ -43,6 +43,10 @@ class RunStore(Protocol):
     def active(self) -> list[RunRecord]:
         """Every run that is pending or running."""
 
+    def recent(self, limit: int, backfill_type: str | None = None,
+               status: RunStatus | None = None) -> list[RunRecord]:
+        """The ``limit`` most recently created runs, newest first (of one type or status)."""
+
     def move(self, migration_id: str, target: RunStatus, *, by: str = "", detail: str = "",
              note: str = "", failure_reason: str | None = None,
              summary: dict[str, Any] | None = None, only_from: RunStatus | None = None,
@@ -66,7 +70,7 @@ class RunStore(Protocol):
 class ChunkStore(Protocol):
     def chunks(self, migration_id: str,
                states: Collection[ChunkState] | None = None) -> list[ChunkRecord]:
-        """The run's chunks (in ``states`` only, if given)."""
+        """The run's chunks (in ``states`` only, if given), in planning order."""
 
     def count(self, migration_id: str, states: Collection[ChunkState]) -> int:
         """How many of the run's chunks are in ``states``."""
@@ -179,6 +183,16 @@ class FirestoreRuns:
         return [RunRecord.from_snapshot(snap) for snap in self._db.collection(store.RUNS).where(
             filter=FieldFilter("status", "in", statuses)).stream()]
 
+    def recent(self, limit: int, backfill_type: str | None = None,
+               status: RunStatus | None = None) -> list[RunRecord]:
+        query: Any = self._db.collection(store.RUNS)
+        if backfill_type is not None:
+            query = query.where(filter=FieldFilter("type", "==", backfill_type))
+        if status is not None:
+            query = query.where(filter=FieldFilter("status", "==", status.value))
+        query = query.order_by("createdAt", direction=firestore.Query.DESCENDING).limit(limit)
+        return [RunRecord.from_snapshot(snap) for snap in query.stream()]
+
     def move(self, migration_id: str, target: RunStatus, *, by: str = "", detail: str = "",
              note: str = "", failure_reason: str | None = None,
              summary: dict[str, Any] | None = None, only_from: RunStatus | None = None,
@@ -248,7 +262,9 @@ class FirestoreChunks:
         query = self._collection(migration_id)
         if states is not None:
             query = query.where(filter=FieldFilter("state", "in", [s.value for s in states]))
-        return [ChunkRecord.from_snapshot(snap) for snap in query.stream()]
+        # Sorted here, not by the query: ordering a filtered query would need an index.
+        return sorted((ChunkRecord.from_snapshot(snap) for snap in query.stream()),
+                      key=lambda chunk: chunk.index)
 
     def count(self, migration_id: str, states: Collection[ChunkState]) -> int:
         return store.count(self._collection(migration_id).where(

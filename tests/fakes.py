@@ -58,6 +58,12 @@ class MemoryRuns:
         return [run for run in self.records.values()
                 if run.status in (RunStatus.PENDING, RunStatus.RUNNING)]
 
+    def recent(self, limit: int, backfill_type: str | None = None,
+               status: RunStatus | None = None) -> list[RunRecord]:
+        runs = [run for run in self.records.values()
+                if backfill_type in (None, run.type) and status in (None, run.status)]
+        return sorted(runs, key=lambda run: run.created_at, reverse=True)[:limit]
+
     def move(self, migration_id: str, target: RunStatus, *, by: str = "", detail: str = "",
              note: str = "", failure_reason: str | None = None,
              summary: dict[str, Any] | None = None, only_from: RunStatus | None = None,
@@ -99,8 +105,9 @@ class MemoryChunks:
 
     def chunks(self, migration_id: str,
                states: Collection[ChunkState] | None = None) -> list[ChunkRecord]:
-        return [chunk for (run, _), chunk in sorted(self.records.items())
-                if run == migration_id and (states is None or chunk.state in states)]
+        found = [chunk for (run, _), chunk in self.records.items()
+                 if run == migration_id and (states is None or chunk.state in states)]
+        return sorted(found, key=lambda chunk: (chunk.index, chunk.chunk_id))
 
     def count(self, migration_id: str, states: Collection[ChunkState]) -> int:
         return len(self.chunks(migration_id, states))

@@ -12,6 +12,7 @@ from functions_framework import create_app
 from shared import progress, store
 from shared.commit import PageCommit
 from shared.dispatch import WATCH_CHUNK, ChunkTask, InProcessDispatcher, arm_watchdog
+from shared.stores import Stores
 from tests import data
 from tests.functions.conftest import SOURCE, Harness
 
@@ -263,7 +264,8 @@ def sweep(harness: Harness, email: str | None = None) -> Any:
 def test_the_sweep_recovers_a_run_whose_watchdog_was_lost(harness: Harness) -> None:
     migration_id = started_mid_run(harness)
     lost = lose_everything(harness, migration_id)
-    stuck = progress.describe_run(harness.db, migration_id, 5)  # a look that changes nothing
+    # A look that changes nothing:
+    stuck = progress.describe_run(Stores.firestore(harness.db), migration_id, 5)
 
     swept = sweep(harness)
     requeued = harness.dispatcher.queued[:]

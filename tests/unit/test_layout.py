@@ -43,3 +43,13 @@ def test_the_library_imports_no_client_code() -> None:
     modules = [path.stem for path in (ROOT / "shared").glob("*.py")]
     assert {module: found for module in modules
             if (found := imported(module) & CLIENT_ONLY)} == {}
+
+
+def test_below_the_use_cases_nothing_imports_one() -> None:
+    # Only the composition puts use cases together; the executor's roles (sources, commit,
+    # ledgers, poison, lease), the stores and the records serve every use case alike.
+    composition = {"router", "wiring", "__init__"}
+    below = [path.stem for path in (ROOT / "shared").glob("*.py")
+             if path.stem not in USE_CASES | composition]
+    assert "commit" in below
+    assert {module: found for module in below if (found := imported(module) & USE_CASES)} == {}
