@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     issuers: CsvList = GOOGLE_ISSUERS
 
     chunk_days: int = Field(1, ge=1, le=31)
+    # Planning splits a window holding more eligible events than this into smaller windows.
+    split_events: int = Field(5000, ge=10)
     page_size: int = Field(100, ge=1, le=MAX_PAGE_SIZE)
     time_budget_seconds: float = Field(240.0, gt=0)
     dispatch_deadline_seconds: int = Field(600, ge=15, le=1800)

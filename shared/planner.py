@@ -1,7 +1,9 @@
 """Planning a run, once, in its planning task: count the eligible events of each chunk (an
-aggregation, no documents read), share ``maxEvents`` out oldest first, write all chunks in one
-commit under the run's update time, then enqueue one task per chunk that has work. A run that
-waits for other runs (``waitingFor``) is not planned until they have ended.
+aggregation, no documents read), split every window holding more than ``BACKFILL_SPLIT_EVENTS``
+into smaller windows (so one busy incident day runs as many chunks in parallel), share
+``maxEvents`` out oldest first, write all chunks in one commit under the run's update time,
+then enqueue one task per chunk that has work. A run that waits for other runs
+(``waitingFor``) is not planned until they have ended.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shared import lifecycle, logs, planning
 from shared.backfills.registry import BACKFILLS
-from shared.config import Settings
+from shared.config import MAX_WRITES_PER_COMMIT, Settings
 from shared.dispatch import (
     PLAN_CHUNK,
     RETRY_CHUNK,
@@ -24,7 +26,7 @@ from shared.models import (
     ChunkState,
     RunStatus,
 )
-from shared.planning import PlannedChunk
+from shared.planning import Counted, PlannedChunk, Window
 from shared.records import RunRecord
 from shared.stores import ErrorStore, PlanStore, Stores, still_active
 
@@ -92,8 +94,16 @@ def plan_chunks(settings: Settings, plans: PlanStore, errors: ErrorStore,
     cutoff = run.received_before
     windows = [planning.before(window, cutoff) if cutoff is not None else window
                for window in planning.windows(run.start_date, run.end_date, run.chunk_days)]
+    def count(window: Window) -> int:
+        return plans.eligible(backfill, window)
+
     with ThreadPoolExecutor(max_workers=settings.enqueue_workers) as pool:
-        counts = list(pool.map(lambda window: plans.eligible(backfill, window), windows))
-    quotas = planning.quotas(counts, run.max_events)
-    return [PlannedChunk(window.chunk_id, window.start, window.end, count, quota)
-            for window, count, quota in zip(windows, counts, quotas, strict=True)]
+        counted = [Counted(window, eligible)
+                   for window, eligible in zip(windows, pool.map(count, windows), strict=True)]
+        # Within one commit: the run's update and at most this many chunks.
+        pieces = planning.split(counted, count, settings.split_events,
+                                MAX_WRITES_PER_COMMIT - 1, pool.map)
+    quotas = planning.quotas([piece.count for piece in pieces], run.max_events)
+    return [PlannedChunk(piece.window.chunk_id, piece.window.start, piece.window.end,
+                         piece.count, quota, note=piece.note)
+            for piece, quota in zip(pieces, quotas, strict=True)]

@@ -1,13 +1,26 @@
-"""Planning a run: its chunks (windows of ``receivedAt``) and how ``maxEvents`` is shared out.
+"""Planning a run: its chunks (windows of ``receivedAt``), how windows holding too many events
+are split, and how ``maxEvents`` is shared out.
 
-Pure functions; the trigger counts eligible events per window and stores the plan.
+Pure functions over a ``count`` of the events in a window; the planner counts by Firestore
+aggregations and stores the plan.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+Count = Callable[["Window"], int]
+Mapper = Callable[[Callable[[T], R], Iterable[T]], Iterator[R]]
+
+# A split point is searched by bisection over time; its halves may differ by this share of the
+# window's events (an exact median would take more counts for no faster run).
+_SPLIT_TOLERANCE = 8
+_SPLIT_STEPS = 48  # halvings of a window's time: below a microsecond after ~37 for a day
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,8 +32,12 @@ class Window:
 
     @property
     def chunk_id(self) -> str:
-        """The chunk's id: its first UTC day, which also sorts chunks oldest first."""
-        return self.start.date().isoformat()
+        """The chunk's id: its first UTC day, and for a window split off inside a day its start
+        to the microsecond (``2025-01-01T063000250000``); ids sort as the windows do."""
+        day = self.start.date().isoformat()
+        if self.start.time() == dt.time():
+            return day
+        return f"{day}T{self.start:%H%M%S%f}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +51,7 @@ class PlannedChunk:
     eligible: int
     quota: int | None
     source: dict[str, Any] | None = None
+    note: str = ""
 
     @property
     def idle(self) -> bool:
@@ -90,3 +108,76 @@ def before(window: Window, cutoff: dt.datetime) -> Window:
     Replays leave the newest events to the live path, which may be applying them right now.
     """
     return Window(window.start, max(window.start, min(window.end, cutoff)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Counted:
+    """A window and the events counted in it; ``note`` says why it was not split further."""
+
+    window: Window
+    count: int
+    note: str = ""
+
+
+def split(counted: list[Counted], count: Count, bound: int, cap: int,
+          mapper: Mapper[Counted, tuple[Counted, Counted] | None] = map) -> list[Counted]:
+    """Split every window holding more than ``bound`` events in two by ``receivedAt``, again
+    and again, until each holds at most ``bound`` or the run has ``cap`` windows.
+
+    The halves tile the window (nothing falls between them) and hold about half its events
+    each, so an incident day fans out like many quiet days. Largest windows are split first;
+    windows past the cap, and windows whose events share one instant, stay whole and say so in
+    their ``note``. ``mapper`` runs the searches of one round (the planner passes a thread
+    pool's ``map``); the answer is in time order.
+    """
+    pieces = list(counted)
+    whole: set[Window] = set()  # windows no split point divides
+    while True:
+        over = sorted((piece for piece in pieces
+                       if piece.count > bound and piece.window not in whole),
+                      key=lambda piece: -piece.count)
+        room = cap - len(pieces)
+        if not over or room <= 0:
+            break
+        halves = dict(zip((piece.window for piece in over[:room]),
+                          mapper(lambda piece: _halve(piece, count), over[:room]), strict=True))
+        result: list[Counted] = []
+        for piece in pieces:
+            if piece.window not in halves:
+                result.append(piece)
+            elif (found := halves[piece.window]) is None:
+                whole.add(piece.window)
+                result.append(piece)
+            else:
+                result.extend(found)
+        pieces = result
+    notes = {piece.window: (f"holds more than {bound} events all received at one instant; "
+                            "not split" if piece.window in whole else
+                            f"holds more than {bound} events; not split further: the run has "
+                            f"{cap} chunks, the most one plan holds")
+             for piece in pieces if piece.count > bound}
+    return [dataclasses.replace(piece, note=notes.get(piece.window, "")) for piece in pieces]
+
+
+def _halve(piece: Counted, count: Count) -> tuple[Counted, Counted] | None:
+    """The window cut where about half its events lie before the cut; None when no cut between
+    its start and end divides them (they share one instant)."""
+    window, total = piece.window, piece.count
+    target, tolerance = total // 2, max(1, total // _SPLIT_TOLERANCE)
+    low, high = window.start, window.end
+    best: tuple[dt.datetime, int] | None = None
+    for _ in range(_SPLIT_STEPS):
+        middle = low + (high - low) / 2  # timedelta: whole microseconds
+        if not low < middle < high:
+            break
+        before = count(Window(window.start, middle))
+        if 0 < before < total and (best is None or abs(before - target) < abs(best[1] - target)):
+            best = (middle, before)
+        if abs(before - target) <= tolerance and 0 < before < total:
+            break
+        low, high = (middle, high) if before < target else (low, middle)
+    if best is None:
+        return None
+    cut, before = best
+    return (Counted(Window(window.start, cut), before),
+            Counted(Window(cut, window.end), total - before))

@@ -358,7 +358,7 @@ class FirestorePlans:
                 "eligible": chunk.eligible,
                 "quota": chunk.quota,
                 "state": (ChunkState.COMPLETED if chunk.idle else ChunkState.PENDING).value,
-                "note": idle_note(chunk) if chunk.idle else "",
+                "note": idle_note(chunk) if chunk.idle else chunk.note,
                 "segment": 0,
                 "cursor": None,
                 "leaseOwner": None,

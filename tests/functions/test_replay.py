@@ -285,3 +285,33 @@ def test_status_shows_a_run_with_its_chunks(harness: Harness) -> None:
     assert [(c["chunkId"], c["state"], c["applied"]) for c in done["chunks"]] == [
         ("2025-01-01", "completed", 3), ("2025-01-02", "completed", 3),
         ("2025-01-03", "completed", 0)]
+
+
+def test_a_busy_day_is_planned_as_several_chunks_and_each_event_is_applied_once(
+        harness: Harness) -> None:
+    data.product(harness.db, "p1", 10)
+    # 120 purchases within a morning of day 1, 6 on day 2: with a bound of 25 events per
+    # chunk, day 1 becomes several chunks, day 2 stays one.
+    busy = [data.purchase(f"b{n:04}", f"ob{n:04}", data.at(1, 360 + n), f"c{n % 9}",
+                          [("p1", 1)]) for n in range(120)]
+    quiet = [data.purchase(f"q{n}", f"oq{n}", data.at(2, 60 * n), "c1", [("p1", 1)])
+             for n in range(6)]
+    data.put(harness.db, *busy, *quiet)
+    harness.configure(split_events=25)
+
+    migration_id = harness.start(**RANGE, maxEvents=110).get_json()["migrationId"]
+    harness.deliver_all(twice=True)
+
+    run = harness.run(migration_id)
+    ids = [chunk["chunkId"] for chunk in run["chunks"]]
+    assert run["status"] == "completed"
+    assert ids == sorted(ids) and ids[0] == "2025-01-01" and "2025-01-02" in ids
+    day_one = [chunk for chunk in run["chunks"] if chunk["chunkId"].startswith("2025-01-01")]
+    assert len(day_one) >= 120 // 25
+    assert all(chunk["eligible"] <= 25 for chunk in run["chunks"])
+    assert sum(chunk["eligible"] for chunk in run["chunks"]) == 126
+    # maxEvents, oldest first: the 110 oldest of day 1's busy morning.
+    assert (run["total"], run["applied"]) == (110, 110)
+    assert set(data.credited_orders(harness.db)) == {f"ob{n:04}" for n in range(110)}
+    assert set(data.credited_orders(harness.db).values()) == {1}
+    data.assert_ledger_consistent(harness.db)

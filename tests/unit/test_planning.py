@@ -1,8 +1,14 @@
+import bisect
 import datetime as dt
 import itertools
+import random
+import re
 
 from shared.dispatch import ChunkTask, InProcessDispatcher
-from shared.planning import quotas, windows
+from shared.planning import Counted, Window, quotas, split, windows
+
+# What the chunk handler accepts as a chunk id (functions/main.py), and Cloud Tasks in names.
+_BUNDLE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
 def test_one_window_per_utc_day_end_inclusive() -> None:
@@ -46,3 +52,108 @@ def test_in_process_dispatcher_dedups_names_like_cloud_tasks() -> None:
     assert dispatcher.enqueue(task) is True
     assert dispatcher.enqueue(task) is False
     assert dispatcher.take() == [task]
+
+
+# --- splitting busy windows ------------------------------------------------------------------
+
+DAY = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+
+class Events:
+    """Event times to count, as the planner's aggregation would; records every count asked."""
+
+    def __init__(self, times: list[dt.datetime]) -> None:
+        self.times = sorted(times)
+        self.asked = 0
+
+    def count(self, window: Window) -> int:
+        self.asked += 1
+        return bisect.bisect_left(self.times, window.end) - bisect.bisect_left(
+            self.times, window.start)
+
+    def counted(self, windows: list[Window]) -> list[Counted]:
+        return [Counted(window, self.count(window)) for window in windows]
+
+
+def incident(quiet_days: int, per_quiet_day: int, busy: int) -> Events:
+    """``busy`` events within one hour of the first day, then quiet days."""
+    rng = random.Random(7)
+    times = [DAY + dt.timedelta(hours=9, seconds=rng.uniform(0, 3600)) for _ in range(busy)]
+    for day in range(1, quiet_days + 1):
+        times += [DAY + dt.timedelta(days=day, seconds=rng.uniform(0, 86400))
+                  for _ in range(per_quiet_day)]
+    return Events(times)
+
+
+def test_an_incident_day_is_split_into_windows_that_tile_it_and_hold_at_most_the_bound() -> None:
+    events = incident(quiet_days=3, per_quiet_day=100, busy=9000)
+    days = windows(DAY.date(), DAY.date() + dt.timedelta(days=3), 1)
+
+    pieces = split(events.counted(days), events.count, bound=1000, cap=499)
+
+    assert all(piece.count <= 1000 for piece in pieces)
+    assert sum(piece.count for piece in pieces) == len(events.times)
+    assert [piece.count for piece in pieces] == [events.count(p.window) for p in pieces]
+    assert pieces[0].window.start == days[0].start and pieces[-1].window.end == days[-1].end
+    assert all(a.window.end == b.window.start for a, b in itertools.pairwise(pieces))
+    ids = [piece.window.chunk_id for piece in pieces]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert ids[0] == "2025-01-01" and ids[-3:] == ["2025-01-02", "2025-01-03", "2025-01-04"]
+    assert all(_BUNDLE_ID.fullmatch(chunk_id) for chunk_id in ids)
+    # Halves hold about half: 9000 events fan out into 16 windows of 9000/16, not 9000 / 1.
+    assert 9 <= len(pieces) - 3 <= 16
+    assert all(piece.note == "" for piece in pieces)
+
+
+def test_splitting_is_deterministic_and_leaves_quiet_windows_alone() -> None:
+    quiet = incident(quiet_days=4, per_quiet_day=50, busy=0)
+    days = windows(DAY.date() + dt.timedelta(days=1), DAY.date() + dt.timedelta(days=4), 1)
+    counted = quiet.counted(days)
+    asked = quiet.asked
+
+    assert split(counted, quiet.count, bound=100, cap=499) == counted
+    assert quiet.asked == asked  # no window over the bound: no count asked
+    busy = incident(quiet_days=0, per_quiet_day=0, busy=5000)
+    day = windows(DAY.date(), DAY.date(), 1)
+    first = split(busy.counted(day), busy.count, bound=600, cap=499)
+    again = split(busy.counted(day), busy.count, bound=600, cap=499)
+    assert len(first) > 1
+    assert first == again
+
+
+def test_the_cap_bounds_the_chunks_and_the_windows_left_whole_say_why() -> None:
+    events = incident(quiet_days=0, per_quiet_day=0, busy=8000)
+    day = windows(DAY.date(), DAY.date(), 1)
+
+    pieces = split(events.counted(day), events.count, bound=100, cap=5)
+
+    assert len(pieces) == 5
+    assert sum(piece.count for piece in pieces) == 8000
+    over = [piece for piece in pieces if piece.count > 100]
+    assert over and all("the run has 5 chunks" in piece.note for piece in over)
+
+
+def test_events_of_one_instant_cannot_be_split_and_are_left_whole() -> None:
+    instant = DAY + dt.timedelta(hours=3)
+    events = Events([instant] * 500 + [DAY + dt.timedelta(hours=20)] * 10)
+    day = windows(DAY.date(), DAY.date(), 1)
+
+    pieces = split(events.counted(day), events.count, bound=100, cap=499)
+
+    assert [piece.count for piece in pieces] == [500, 10]
+    assert "one instant" in pieces[0].note
+    assert pieces[1].note == ""
+
+
+def test_max_events_stays_oldest_first_across_split_windows() -> None:
+    events = incident(quiet_days=1, per_quiet_day=10, busy=3000)
+    days = windows(DAY.date(), DAY.date() + dt.timedelta(days=1), 1)
+    pieces = split(events.counted(days), events.count, bound=500, cap=499)
+
+    shares = quotas([piece.count for piece in pieces], 1200)
+
+    taken = 0
+    for piece, share in zip(pieces, shares, strict=True):
+        assert share == min(piece.count, 1200 - taken)
+        taken += share or 0
+    assert taken == 1200
