@@ -56,6 +56,8 @@ class PageCommit:
         self._chunk_id = chunk_id
         self._window = planning.span(run.start_date, run.end_date)
         self._ledger = ledgers.ledger_of(db, run.migration_id, run.dry_run)
+        # Products are reference data the page only reads: read each once per delivery.
+        self._products: dict[str, Stored] = {}
 
     def commit(self, lease: Lease, selection: Page, limit: int) -> Committed | None:
         """Plan and commit ``selection`` (read with ``limit``); None when it must be read again
@@ -110,7 +112,7 @@ class PageCommit:
         """The page's plan, the purchases from other pages it applies ahead of its refunds,
         and the documents the plan was made on."""
         backfill, migration_id = self._backfill, self._run.migration_id
-        stored = self._ledger.read(backfill.lookups(events))
+        stored = self._read(backfill.lookups(events))
         plan = backfill.plan(events, stored, migration_id)
         ahead = self._pull(events, plan)
         if ahead is None:
@@ -120,7 +122,7 @@ class PageCommit:
         # purchase its own chunk applied meanwhile is visible now.
         ahead_ids = {event.event_id for event in ahead}
         ordered = [*ahead, *(event for event in events if event.event_id not in ahead_ids)]
-        stored = self._ledger.read(backfill.lookups(ordered))
+        stored = self._read(backfill.lookups(ordered))
         plan = backfill.plan(ordered, stored, migration_id)
         outside = ahead_ids - {event.event_id for event in events}
         # A purchase from another page counts here only if this commit settles it. One that
@@ -131,6 +133,17 @@ class PageCommit:
                         if result.event_id not in outside or result.settled]
         settled = {result.event_id for result in plan.results}
         return plan, [event for event in ahead if event.event_id in outside & settled], stored
+
+    def _read(self, paths: list[str]) -> dict[str, Stored]:
+        """The documents at ``paths`` as the ledger sink sees them, products from this
+        delivery's cache once read."""
+        products = f"{store.PRODUCTS}/"
+        wanted = [path for path in dict.fromkeys(paths) if path not in self._products]
+        found = self._ledger.read(wanted)
+        self._products.update((path, document) for path, document in found.items()
+                              if path.startswith(products))
+        found.update((path, self._products[path]) for path in paths if path in self._products)
+        return found
 
     def _pull(self, events: list[Event], plan: PagePlan) -> list[Event] | None:
         """Purchases to apply ahead of the page's refunds that lack them; None: none lack one

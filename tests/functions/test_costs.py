@@ -1,0 +1,54 @@
+"""What a replay costs in Firestore operations, counted at the client as Firestore bills them:
+two reads per applied purchase (its event, streamed by the page's query, and its ledger entry,
+looked up before it is written), three writes (the entry, the event's flag, its share of the
+wallet's one increment per page), plus one chunk checkpoint a page and a few reads a delivery.
+Products are read once per delivery, not once per event."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from benchmarks.meter import Meter
+from tests import data
+from tests.functions.conftest import Harness
+
+EVENTS = 400
+PAGE = 50
+
+
+@pytest.fixture
+def meter(harness: Harness) -> Iterator[Meter]:
+    metered = Meter(harness.db)
+    yield metered
+    metered.close()
+
+
+def test_an_applied_purchase_costs_two_reads_and_at_most_three_writes(
+        harness: Harness, meter: Meter) -> None:
+    for product_id in ("p1", "p2", "p3"):
+        data.product(harness.db, product_id, 10)
+    purchases = [*data.purchases(EVENTS // 2, days=1, customers=25),
+                 *data.purchases(EVENTS // 2, days=1, customers=25, prefix="f",
+                                 product_id="p2")]
+    data.put(harness.db, *purchases)
+    harness.configure(page_size=PAGE)
+    migration_id = harness.start(type="webhook_replay", startDate="2025-01-01",
+                                 endDate="2025-01-01").get_json()["migrationId"]
+    harness.plan()
+    meter.reset()
+
+    harness.deliver_all()
+    counts = meter.reset()
+
+    run = harness.run(migration_id)
+    assert (run["status"], run["applied"]) == ("completed", EVENTS)
+    pages = -(-EVENTS // PAGE) + 1  # and the empty page that ends the chunk
+    # Per page: its query and one batch get of its entries and of any product not yet read.
+    assert counts.queries <= pages + 1
+    assert counts.batch_gets <= pages + 8  # and single gets: the run, the claim, moves
+    assert counts.reads <= 2 * EVENTS + 2 + 10  # two products, a delivery's own reads
+    assert counts.writes <= 3 * EVENTS + pages + 2
+    # The wallet share: at most one increment per customer and page.
+    assert counts.writes >= 2 * EVENTS + pages
