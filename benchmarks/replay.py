@@ -78,11 +78,14 @@ logger = logging.getLogger("benchmarks.replay")
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def purchases_only(purchases: int, start: dt.date, days: int, seed_value: int = 11) -> SampleShape:
-    """A sample of unprocessed, well-formed purchases only: every event is applied once."""
+def purchases_only(purchases: int, start: dt.date, days: int, seed_value: int = 11,
+                   busy_share: float = 0.0) -> SampleShape:
+    """A sample of unprocessed, well-formed purchases only: every event is applied once
+    (``busy_share`` of them on the first day)."""
     return SampleShape(start=start, days=days, purchases=purchases, live_applied=0.0,
                        live_credited_unflagged=0.0, unknown_product=0.0, malformed=0.0,
-                       redelivered=0.0, refunds=0, chargebacks=0, other=0, seed=seed_value)
+                       redelivered=0.0, refunds=0, chargebacks=0, other=0, seed=seed_value,
+                       busy_share=busy_share)
 
 
 def event_like(n: int) -> dict[str, Any]:
@@ -218,13 +221,16 @@ class Bench:
                 batch.set(collection.document(f"{prefix}-{n:06}"), event_like(n))
             batch.commit()
 
-    def replay(self, events: int, dry_run: bool) -> dict[str, Any]:
-        """Seed N purchases over 5 days, run one webhook replay over HTTP, time it."""
+    def replay(self, events: int, dry_run: bool,
+               shape: SampleShape | None = None) -> dict[str, Any]:
+        """Seed N purchases (over 5 days, or as ``shape`` has them), run one webhook replay of
+        their days over HTTP, time it."""
         self.stack.reset_firestore()
         self.stack.wait_idle(30)
-        seed(self.db, purchases_only(events, REPLAY_START, REPLAY_DAYS))
-        end = REPLAY_START + dt.timedelta(days=REPLAY_DAYS - 1)
-        body = {"type": "webhook_replay", "startDate": REPLAY_START.isoformat(),
+        shape = shape or purchases_only(events, REPLAY_START, REPLAY_DAYS)
+        seed(self.db, shape)
+        end = shape.start + dt.timedelta(days=shape.days - 1)
+        body = {"type": "webhook_replay", "startDate": shape.start.isoformat(),
                 "endDate": end.isoformat(), "dryRun": dry_run}
         tasks_before = self.stack.tasks_stats()
         result: dict[str, Any] = {"events": events, "dry_run": dry_run}

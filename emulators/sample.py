@@ -38,6 +38,9 @@ class SampleShape:
     chargebacks: int = 40
     other: int = 300
     seed: int = 7
+    # The share of purchases received on the first day (an incident day), the rest spread
+    # over all days; 0 spreads them all.
+    busy_share: float = 0.0
 
 
 def seed(db: firestore.Client, shape: SampleShape = SampleShape()) -> Counter[str]:
@@ -55,7 +58,8 @@ def seed(db: firestore.Client, shape: SampleShape = SampleShape()) -> Counter[st
 
     for n in range(shape.purchases):
         order_id, customer = f"ord-{n:05}", f"cust-{rng.randrange(shape.customers):04}"
-        received = start + dt.timedelta(seconds=rng.randrange(seconds))
+        busy = bool(shape.busy_share) and rng.random() < shape.busy_share
+        received = start + dt.timedelta(seconds=rng.randrange(86_400 if busy else seconds))
         lines: list[dict[str, Any]] = [
             {"product_id": rng.choice(list(points)), "quantity": rng.randint(1, 3),
              "unit_amount": rng.randint(500, 5000)} for _ in range(rng.randint(1, 3))]

@@ -153,6 +153,9 @@ def contract_env(port_base: int) -> dict[str, str]:
         "BACKFILL_TASK_MAX_ATTEMPTS": str(TASK_MAX_ATTEMPTS),
         # A run waiting for another asks again every 2 s here (30 s in production).
         "BACKFILL_CHAIN_POLL_SECONDS": "2",
+        # No ramp here: the emulator has no cold collection to warm (production: 500 writes/s,
+        # half as many again every 5 minutes). A run's maxEventsPerSecond still holds.
+        "BACKFILL_RAMP_START_WRITES": "0",
         "BACKFILL_SCHEDULER_ADMIN_URL": f"http://{host}:{ports.scheduler}",
     }
 

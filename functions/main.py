@@ -26,11 +26,18 @@ import functions_framework
 
 from shared import clock, control, launcher, logs, progress, reports, watchdog
 from shared.auth import Caller, authenticate
-from shared.bodies import ControlRequest, RetryRequest, parse_json, parse_request
+from shared.bodies import (
+    ControlRequest,
+    RetryRequest,
+    ThrottleRequest,
+    parse_json,
+    parse_request,
+)
 from shared.chunks import Delivery
 from shared.config import Settings
 from shared.dispatch import ChunkTask
 from shared.errors import (
+    TRANSIENT,
     BackfillDisabled,
     BackfillError,
     InvalidRequest,
@@ -51,7 +58,7 @@ _RUN_PATH = re.compile(rf"^(?:/api/admin/dataMigrations)?/{_ID}/?$")
 _ERRORS_PATH = re.compile(rf"^(?:/api/admin/dataMigrations)?/{_ID}/errors/?$")
 _LIST_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/?$")
 _ACTION_PATH = re.compile(
-    rf"^(?:/api/admin/dataMigrations)?/{_ID}/(pause|resume|cancel|retry)/?$")
+    rf"^(?:/api/admin/dataMigrations)?/{_ID}/(pause|resume|cancel|retry|throttle)/?$")
 # Run and chunk ids are the bundle's own: {type}_{epoch ms}, a UTC day, plan, watch, retry.
 _BUNDLE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _LIMIT = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() also takes "²"
@@ -67,6 +74,13 @@ def _answer(handler: Callable[[flask.Request], Answer], request: flask.Request) 
         body, status = answer
     except BackfillError as error:
         body, status = error.body(), error.status
+    except TRANSIENT as error:
+        # Firestore or Cloud Tasks did not answer, or pushed back: a retry can cure it (and a
+        # chunk task is retried by Cloud Tasks on a 503).
+        logs.log(logger, "a Google service did not answer; retry", logging.WARNING,
+                 code=type(error).__name__)
+        body, status = {"error": "unavailable", "message": f"Firestore or Cloud Tasks did not "
+                        f"answer ({type(error).__name__}); retry"}, 503
     except Exception:
         logger.exception("unexpected failure", extra={"json_fields": {"component": "backfill"}})
         body, status = {"error": "internal", "message": "unexpected failure; see the logs"}, 500
@@ -179,7 +193,7 @@ def _status(request: flask.Request) -> Answer:
 def _describe(svc: Services, migration_id: str) -> dict[str, Any]:
     """One run's status. A stalled run is re-armed on the way (its lost chunks picked up, its
     watchdog enqueued again), so looking at a stuck run is enough to get it going."""
-    body = progress.describe_run(svc.stores, migration_id, svc.settings.first_errors_shown)
+    body = progress.describe_run(svc.settings, svc.stores, migration_id)
     if body.get("stalled") and svc.settings.enabled:
         body["recovery"] = watchdog.rescue(svc.settings, svc.stores, svc.dispatcher,
                                            migration_id)
@@ -210,7 +224,7 @@ def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
     match = _ACTION_PATH.match(request.path)
     if match is None:
         raise NotFound("no such action: POST .../dataMigrations/{migrationId}/"
-                       "{pause|resume|cancel|retry}")
+                       "{pause|resume|cancel|retry|throttle}")
     migration_id, action = _run_id(match.group(1)), match.group(2)
     raw = request.get_data(cache=False)
     settings = svc.settings
@@ -223,6 +237,10 @@ def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
                                        svc.dispatcher, retry.code, retry.dry_run, retry.force)
         body, status = _started(settings, started)
         return {**body, "retryOf": started.retry_of}, status
+    if action == "throttle":
+        limit = parse_json(raw, ThrottleRequest)
+        return control.throttle(settings, svc.stores, migration_id, caller.email,
+                                limit.max_events_per_second, limit.reason), 200
     note = parse_json(raw, ControlRequest).reason
     if action == "pause":
         steered = control.pause(settings, svc.stores, migration_id, caller.email, note)

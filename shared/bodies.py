@@ -30,6 +30,8 @@ class _TriggerBody(BaseModel):
     lookback_days: int | None = Field(None, alias="lookbackDays", gt=0)
     dry_run: bool = Field(False, alias="dryRun")
     max_events: int | None = Field(None, alias="maxEvents", gt=0, le=10_000_000)
+    max_events_per_second: int | None = Field(None, alias="maxEventsPerSecond", gt=0,
+                                              le=1_000_000)
     force: bool = False
     include_processed: bool = Field(False, alias="includeProcessed")
 
@@ -74,6 +76,8 @@ class BackfillRequest(BaseModel):
     end_date: dt.date
     dry_run: bool = False
     max_events: int | None = None
+    # The run's ceiling in events per second (None: BACKFILL_MAX_EVENTS_PER_SECOND, if set).
+    max_events_per_second: int | None = None
     lookback_days: int | None = None
     force: bool = False
     include_processed: bool = False
@@ -105,6 +109,7 @@ def parse_request(raw: bytes, max_range_days: int, today: dt.date) -> BackfillRe
         start, end = body.start_date, body.end_date
     request = BackfillRequest(type=body.type, start_date=start, end_date=end,
                               dry_run=body.dry_run, max_events=body.max_events,
+                              max_events_per_second=body.max_events_per_second,
                               lookback_days=body.lookback_days, force=body.force,
                               include_processed=body.include_processed,
                               requested_end_date=requested_end)
@@ -172,6 +177,16 @@ class RetryRequest(ControlRequest):
     code: str | None = Field(None, pattern=r"^[a-z_]{1,64}$")
     dry_run: bool | None = Field(None, alias="dryRun")
     force: bool = False
+
+
+class ThrottleRequest(BaseModel):
+    """The body of throttle: the run's new ceiling in events per second, or null to lift the
+    operator's ceiling (the ramp still holds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    max_events_per_second: int | None = Field(alias="maxEventsPerSecond", gt=0, le=1_000_000)
+    reason: str = Field("", max_length=500)
 
 
 RequestT = TypeVar("RequestT", bound=BaseModel)

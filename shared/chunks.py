@@ -22,34 +22,35 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from shared import clock, completion, lifecycle, logs
+from shared import clock, completion, lifecycle, logs, throttle
 from shared.backfills.registry import BACKFILLS
 from shared.commit import PageCommit
 from shared.config import Settings
 from shared.dispatch import ChunkTask, Dispatcher
-from shared.errors import Unavailable
+from shared.errors import TRANSIENT, Unavailable
 from shared.lease import Lease, Lost
 from shared.models import FINAL_RUN_STATUSES, ChunkState, RunStatus
 from shared.poison import PageFailed, Poison
 from shared.records import RunRecord
 from shared.sources import PageSource, page_size, source_of
 from shared.stores import Stores
+from shared.throttle import Pacer
 
 logger = logging.getLogger(__name__)
 
 _PAGE_ATTEMPTS = 8
-# Failures a retry of the task can cure; anything else while applying a page is unexpected, and
-# is narrowed down to one event, retried a bounded number of times and then passed over.
-_TRANSIENT = (api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded,
-              api_exceptions.InternalServerError, api_exceptions.Aborted,
-              api_exceptions.ResourceExhausted, api_exceptions.TooManyRequests,
-              api_exceptions.RetryError, api_exceptions.Unauthenticated,
-              api_exceptions.PermissionDenied)
+# Firestore pushing back: the delivery slows down and tries again (shared.throttle).
+_CONTENTION = (api_exceptions.Aborted, api_exceptions.ResourceExhausted,
+               api_exceptions.TooManyRequests)
+# Failures a retry of the task can cure (TRANSIENT); anything else while applying a page is
+# unexpected, and is narrowed down to one event, retried a bounded number of times and then
+# passed over.
 
 _commits_lock = threading.Lock()
 _commits = 0
@@ -135,9 +136,19 @@ class ChunkRunner:
         if status is RunStatus.PENDING:
             completion.mark_running(self._stores, task.migration_id)
         backfill, db = BACKFILLS.of(run), self._ports.db
+        pacer = Pacer(lambda: self._share(task.migration_id), self._ports.monotonic, time.sleep)
         return _PageLoop(self._ports, delivery, run, lease, source_of(db, backfill, lease.chunk),
                          PageCommit(self._settings, db, run, backfill, task.chunk_id),
-                         Poison(self._settings, db, task.migration_id, task.chunk_id)).run()
+                         Poison(self._settings, db, task.migration_id, task.chunk_id),
+                         pacer).run()
+
+    def _share(self, migration_id: str) -> float | None:
+        """This delivery's events per second: the run's ceiling over the chunks running."""
+        run = self._stores.runs.get(migration_id)
+        limit = throttle.ceiling(self._settings, run, clock.now()) if run else None
+        if limit is None:
+            return None
+        return limit / max(1, self._stores.chunks.count(migration_id, [ChunkState.RUNNING]))
 
     def _claim(self, delivery: Delivery) -> Lease | ChunkReport:
         task = delivery.task
@@ -170,8 +181,10 @@ class _PageLoop:
     lost lease or the breaker."""
 
     def __init__(self, ports: _Ports, delivery: Delivery, run: RunRecord, lease: Lease,
-                 source: PageSource, commit: PageCommit, poison: Poison) -> None:
+                 source: PageSource, commit: PageCommit, poison: Poison,
+                 pacer: Pacer) -> None:
         self._ports = ports
+        self._pacer = pacer
         self._delivery = delivery
         self._run = run
         self._lease = lease
@@ -183,13 +196,20 @@ class _PageLoop:
     def run(self) -> ChunkReport:
         lease, task, ports = self._lease, self._delivery.task, self._ports
         started = ports.monotonic()
+        budget = ports.settings.time_budget_seconds
+
+        def budget_left() -> float:
+            return budget - (ports.monotonic() - started)
+
         report = ChunkReport("continued")
         isolate = 0  # events still to take one at a time, after a page failed unexpectedly
+        contended = False
+        self._pacer.start()
         while True:
             left = lease.left
-            # At least one page per delivery, so a tiny budget still makes progress.
-            out_of_time = ports.monotonic() - started >= ports.settings.time_budget_seconds
-            if report.pages and out_of_time and (left is None or left > 0):
+            # At least one page per delivery, so a tiny budget still makes progress (unless
+            # Firestore pushed back all along: then the next segment tries again).
+            if (report.pages or contended) and budget_left() <= 0 and (left is None or left > 0):
                 self._continue_later()
                 break
             limit = self._page_size if left is None else min(self._page_size, left)
@@ -197,6 +217,13 @@ class _PageLoop:
                 limit = min(limit, 1)
             try:
                 events, final, errors = self._page(max(limit, 0))
+            except _CONTENTION as error:
+                contended = True
+                logs.log(logger, "firestore pushed back; slowing down", logging.WARNING,
+                         migration_id=task.migration_id, chunk_id=task.chunk_id,
+                         code=type(error).__name__)
+                self._pacer.contended(budget_left())
+                continue
             except PageFailed as failure:
                 if len(failure.events) > 1:
                     isolate = len(failure.events)  # find the event that fails: one per page
@@ -214,9 +241,11 @@ class _PageLoop:
                 report.result = "completed"
                 completion.finish_if_done(ports.stores, task.migration_id)
                 break
+            self._pacer.after(events, budget_left())
         logs.log(logger, "chunk delivery done", migration_id=task.migration_id,
                  chunk_id=task.chunk_id, segment=task.segment, status=report.result,
-                 event_count=report.events, dry_run=self._run.dry_run)
+                 event_count=report.events, dry_run=self._run.dry_run,
+                 throttled_seconds=round(self._pacer.slept, 3))
         return report
 
     def _page(self, limit: int) -> tuple[int, bool, int]:
@@ -226,7 +255,9 @@ class _PageLoop:
             selection = self._source.page(self._lease.chunk.cursor, limit)
             try:
                 committed = self._commit.commit(self._lease, selection, limit)
-            except (Lost, Unavailable, *_TRANSIENT):
+            except (Lost, Unavailable):
+                raise
+            except TRANSIENT:
                 raise
             except Exception as error:
                 raise PageFailed(selection.events, error) from error

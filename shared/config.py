@@ -88,8 +88,9 @@ class Settings(BaseSettings):
     issuers: CsvList = GOOGLE_ISSUERS
 
     chunk_days: int = Field(1, ge=1, le=31)
-    # Planning splits a window holding more eligible events than this into smaller windows.
-    split_events: int = Field(5000, ge=10)
+    # Planning splits a window holding more eligible events than this into smaller windows:
+    # a chunk is one task's sequential page loop, so this bounds how long one chunk runs.
+    split_events: int = Field(1000, ge=10)
     page_size: int = Field(100, ge=1, le=MAX_PAGE_SIZE)
     time_budget_seconds: float = Field(240.0, gt=0)
     dispatch_deadline_seconds: int = Field(600, ge=15, le=1800)
@@ -97,6 +98,11 @@ class Settings(BaseSettings):
     max_range_days: int = Field(366, ge=1, le=3660)
     enqueue_workers: int = Field(16, ge=1, le=64)
     first_errors_shown: int = Field(20, ge=1, le=500)
+
+    # The throttle (shared.throttle): a default ceiling for runs that name none, and the ramp.
+    max_events_per_second: int | None = Field(None, gt=0, le=1_000_000)
+    ramp_start_writes: int = Field(500, ge=0, le=1_000_000)
+    ramp_step_minutes: float = Field(5.0, gt=0, le=1440)
 
     # Run control (see the README's "Run control").
     max_active_runs: int = Field(3, ge=1, le=100)

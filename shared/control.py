@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shared import clock, completion, dispatch, lifecycle, logs
+from shared import throttle as throttling
 from shared.config import Settings
 from shared.dispatch import ChunkTask, Dispatcher, enqueue_all
 from shared.errors import BackfillDisabled, Conflict, NotFound
@@ -159,6 +160,20 @@ def _reopen_chunks(settings: Settings, stores: Stores, migration_id: str,
 
     with ThreadPoolExecutor(max_workers=settings.enqueue_workers) as pool:
         return [task for task in pool.map(reopen, chunks) if task is not None]
+
+
+def throttle(settings: Settings, stores: Stores, migration_id: str, by: str,
+             limit: int | None, note: str = "") -> dict[str, Any]:
+    """Set an active run's ceiling in events per second (None lifts it; the ramp still holds).
+    Its deliveries take the new ceiling within a few seconds (``shared.throttle``)."""
+    before = stores.runs.throttle(migration_id, limit, by, note)
+    run = stores.runs.get(migration_id) or before
+    logs.log(logger, "run throttled", migration_id=migration_id, caller=by,
+             previous=before.max_events_per_second, limit=limit)
+    return {"migrationId": migration_id, "status": run.status.value,
+            "maxEventsPerSecond": limit, "previousMaxEventsPerSecond":
+            before.max_events_per_second,
+            "ceiling": throttling.ceiling(settings, run, clock.now())}
 
 
 def _steered(stores: Stores, migration_id: str, moved: RunRecord | None,

@@ -31,6 +31,17 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from google.api_core import exceptions as api_exceptions
+
+# What Google's clients raise when a retry can cure it: an outage, a timeout, contention, a
+# quota, or credentials that were refused for a moment.
+TRANSIENT: tuple[type[Exception], ...] = (
+    api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded,
+    api_exceptions.InternalServerError, api_exceptions.Aborted,
+    api_exceptions.ResourceExhausted, api_exceptions.TooManyRequests,
+    api_exceptions.RetryError, api_exceptions.Unauthenticated,
+    api_exceptions.PermissionDenied)
+
 
 class BackfillError(Exception):
     """Base of every error a function answers with; ``code`` names it in the JSON body."""

@@ -84,6 +84,8 @@ def start_run(
     windows = planning.windows(request.start_date, request.end_date, settings.chunk_days)
     run = _new_run(request.type, request.dry_run, request.start_date, request.end_date,
                    settings, caller, now(), len(windows), max_events=request.max_events,
+                   max_events_per_second=(request.max_events_per_second
+                                          or settings.max_events_per_second),
                    lookback_days=request.lookback_days, forced=request.force,
                    include_processed=request.include_processed,
                    requested_end_date=request.requested_end_date)
@@ -115,7 +117,9 @@ def start_retry(source_id: str, caller: Caller, settings: Settings, stores: Stor
                        + (f" with code {code}" if code else ""), [source_id])
     run = _new_run(source.type, dry, source.start_date, source.end_date, settings, caller,
                    now(), 1, retry_of={"migrationId": source_id, "code": code, "events": failed},
-                   forced=force, include_processed=source.include_processed)
+                   forced=force, include_processed=source.include_processed,
+                   max_events_per_second=(source.max_events_per_second
+                                          or settings.max_events_per_second))
     return _launch(settings, stores, dispatcher, run, force, None)
 
 

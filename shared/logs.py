@@ -18,7 +18,8 @@ FIELDS = frozenset({
     "migration_id", "type", "event_count", "start_date", "end_date", "dry_run", "processed",
     "applied", "duplicates", "skipped", "errors", "total", "eligible", "chunk_id", "chunks",
     "segment", "status", "caller", "reason", "task_name", "duration_ms", "event_id", "code",
-    "attempt", "below_zero", "previous", "action", "rate", "runs", "field",
+    "attempt", "below_zero", "previous", "action", "rate", "runs", "field", "limit",
+    "throttled_seconds",
 })
 
 _configured = threading.Lock()

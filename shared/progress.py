@@ -11,10 +11,11 @@ import datetime as dt
 import enum
 from typing import Any
 
-from shared import clock, completion
+from shared import clock, completion, throttle
 from shared.backfills.registry import BACKFILLS
+from shared.config import Settings
 from shared.errors import InvalidRequest, NotFound
-from shared.models import ChunkState, RunStatus
+from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
 from shared.records import ChunkRecord, ChunkView, ErrorView, RunFields, RunRecord, RunStatusView
 from shared.stores import Stores, still_active
 
@@ -33,11 +34,13 @@ def list_runs(stores: Stores, limit: int = 20, backfill_type: str | None = None,
     return [_jsonable(RunFields.of(run).model_dump(by_alias=True)) for run in runs]
 
 
-def describe_run(stores: Stores, migration_id: str, first_errors: int,
+def describe_run(settings: Settings, stores: Stores, migration_id: str,
                  now: dt.datetime | None = None) -> dict[str, Any]:
-    """One run: parameters, status and why, summed counts, percent, rate and ETA, per-chunk
-    progress, whether it is stalled (and which chunks), error counts by code, first errors."""
+    """One run: parameters, status and why, summed counts, percent, rate and ETA, its ceiling
+    (the throttle), per-chunk progress, whether it is stalled (and which chunks), error counts
+    by code, and its first ``BACKFILL_FIRST_ERRORS_SHOWN`` errors."""
     now = now or clock.now()
+    first_errors = settings.first_errors_shown
     run = stores.runs.get(migration_id)
     if run is None:
         raise NotFound(f"no run {migration_id}")
@@ -66,6 +69,8 @@ def describe_run(stores: Stores, migration_id: str, first_errors: int,
                             "customer_ids": sums["belowZero"]},
         chunk_states=states,
         **_pace(run, chunks, taken, total, now),
+        ceiling=throttle.ceiling(settings, run, now) if run.status in ACTIVE_RUN_STATUSES
+        else None,
         status_history=run.status_history,
         error_codes={code: count for code in BACKFILLS.error_codes()
                      if (count := errors.count(migration_id, code))} if sums["errors"] else {},

@@ -64,6 +64,7 @@ class RunRecord(_Record):
     start_date: dt.date
     end_date: dt.date
     max_events: int | None = None
+    max_events_per_second: int | None = None
     lookback_days: int | None = None
     forced: bool = False
     include_processed: bool = False
@@ -169,6 +170,7 @@ class RunFields(_Shape):
     end_date: dt.date
     lookback_days: int | None
     max_events: int | None
+    max_events_per_second: int | None
     retry_of: dict[str, Any] | None
     forced: bool
     planned: bool
@@ -252,6 +254,8 @@ class RunStatusView(RunFields):
     last_checkpoint_age_seconds: float | None
     stalled: bool
     stalled_chunks: list[str]
+    # The events per second the run may apply now (the throttle), while it is active.
+    ceiling: float | None
     status_history: list[dict[str, Any]]
     error_codes: dict[str, int]
     errors_url: str

@@ -22,7 +22,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared import clock, lifecycle, logs, store
 from shared.backfills.base import Backfill
-from shared.errors import NotFound, Unavailable
+from shared.errors import Conflict, NotFound, Unavailable
 from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
 from shared.planning import PlannedChunk, Window
 from shared.records import COUNTERS, ChunkRecord, ErrorRecord, RunRecord
@@ -55,6 +55,12 @@ class RunStore(Protocol):
         who and when in its history; answer the run as it was before, or None if nothing
         moved. ``NotFound`` if there is no such run."""
 
+
+    def throttle(self, migration_id: str, limit: int | None, by: str,
+                 note: str = "") -> RunRecord:
+        """Set the run's ``maxEventsPerSecond`` to ``limit`` (None lifts it), recording who and
+        why in its ``throttleHistory``; answer the run as it was before. ``NotFound`` if there
+        is no such run, ``Conflict`` if it has ended."""
 
     def admit(self, run: RunRecord, ids: list[str],
               decide: Callable[[list[RunRecord]], RunRecord],
@@ -183,6 +189,20 @@ class FirestoreRuns:
         return [RunRecord.from_snapshot(snap) for snap in self._db.collection(store.RUNS).where(
             filter=FieldFilter("status", "in", statuses)).stream()]
 
+    def throttle(self, migration_id: str, limit: int | None, by: str,
+                 note: str = "") -> RunRecord:
+        def decide(snap: Any) -> store.Write[RunRecord] | store.Done[RunRecord]:
+            if not snap.exists:
+                raise NotFound(f"no run {migration_id}")
+            run = RunRecord.from_snapshot(snap)
+            refuse_throttle(run)
+            return store.Write({"maxEventsPerSecond": limit, "throttleHistory":
+                                firestore.ArrayUnion([throttle_entry(run, limit, by, note)])},
+                               lambda _: run)
+
+        return store.compare_and_set(self._db, store.run_ref(self._db, migration_id), decide,
+                                     attempts=_RUN_MOVE_ATTEMPTS, what=f"run {migration_id}")
+
     def recent(self, limit: int, backfill_type: str | None = None,
                status: RunStatus | None = None) -> list[RunRecord]:
         query: Any = self._db.collection(store.RUNS)
@@ -237,6 +257,19 @@ def claimed(chunk: ChunkRecord, owner: str, lease_until: dt.datetime,
     return chunk.model_copy(update={
         "state": ChunkState.RUNNING, "lease_owner": owner, "lease_until": lease_until,
         "taken_at_claim": chunk.counters.taken, "update_time": update_time})
+
+
+def refuse_throttle(run: RunRecord) -> None:
+    """``Conflict`` unless the run is still to apply events (pending, running or paused)."""
+    if run.status not in ACTIVE_RUN_STATUSES:
+        raise Conflict(f"run {run.migration_id} is {run.status.value}; only an active run "
+                       "can be throttled", [run.migration_id])
+
+
+def throttle_entry(run: RunRecord, limit: int | None, by: str, note: str) -> dict[str, Any]:
+    """One line of a run's ``throttleHistory``: from, to, who, the operator's note, when."""
+    return {"from": run.max_events_per_second, "to": limit, "by": by, "note": note,
+            "at": clock.now()}
 
 
 def history_entry(move: lifecycle.RunMove, by: str, note: str) -> dict[str, Any]:

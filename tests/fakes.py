@@ -15,7 +15,7 @@ from shared.errors import NotFound, Unavailable
 from shared.models import ACTIVE_RUN_STATUSES, BackfillType, ChunkState, RunStatus
 from shared.planning import PlannedChunk, Window
 from shared.records import ChunkRecord, ErrorRecord, RunRecord
-from shared.stores import Stores, claimed, history_entry
+from shared.stores import Stores, claimed, history_entry, refuse_throttle, throttle_entry
 
 NOW = dt.datetime(2025, 1, 10, tzinfo=dt.UTC)
 
@@ -24,6 +24,7 @@ class MemoryRuns:
     def __init__(self) -> None:
         self.records: dict[str, RunRecord] = {}
         self.summaries: dict[str, dict[str, Any]] = {}
+        self.throttles: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     def add(self, migration_id: str, status: RunStatus = RunStatus.RUNNING,
@@ -38,6 +39,18 @@ class MemoryRuns:
 
     def get(self, migration_id: str) -> RunRecord | None:
         return self.records.get(migration_id)
+
+    def throttle(self, migration_id: str, limit: int | None, by: str,
+                 note: str = "") -> RunRecord:
+        with self._lock:
+            run = self.records.get(migration_id)
+            if run is None:
+                raise NotFound(f"no run {migration_id}")
+            refuse_throttle(run)
+            self.records[migration_id] = run.model_copy(
+                update={"max_events_per_second": limit})
+            self.throttles.append(throttle_entry(run, limit, by, note))
+            return run
 
     def admit(self, run: RunRecord, ids: list[str],
               decide: Callable[[list[RunRecord]], RunRecord],

@@ -265,7 +265,7 @@ def test_the_sweep_recovers_a_run_whose_watchdog_was_lost(harness: Harness) -> N
     migration_id = started_mid_run(harness)
     lost = lose_everything(harness, migration_id)
     # A look that changes nothing:
-    stuck = progress.describe_run(Stores.firestore(harness.db), migration_id, 5)
+    stuck = progress.describe_run(harness.settings, Stores.firestore(harness.db), migration_id)
 
     swept = sweep(harness)
     requeued = harness.dispatcher.queued[:]

@@ -12,6 +12,7 @@ from shared import progress
 from shared.errors import InvalidRequest
 from shared.models import ChunkState, RunStatus
 from tests.fakes import NOW, MemoryErrors, memory_stores
+from tests.unit.test_run_control import settings
 
 EARLIER = NOW - dt.timedelta(minutes=10)
 
@@ -31,7 +32,7 @@ def test_a_run_sums_its_chunks_and_names_the_chunk_whose_lease_ran_out() -> None
     errors.add("run_1", "evt_1", "product_not_found")
     errors.add("run_1", "evt_2", "product_not_found")
 
-    status = progress.describe_run(stores, "run_1", first_errors=1, now=NOW)
+    status = progress.describe_run(settings(first_errors_shown=1), stores, "run_1", now=NOW)
 
     assert (status["taken"], status["applied"], status["errors"], status["pointsMoved"]) == (
         15, 13, 2, 800)
@@ -55,7 +56,7 @@ def test_an_ended_run_is_never_stalled_and_the_list_is_newest_first() -> None:
     runs.add("new_1", RunStatus.CANCELLED, created_at=NOW, total=0)
     chunks.add("new_1", "2025-01-01", ChunkState.CANCELLED, lease_until=EARLIER)
 
-    status = progress.describe_run(stores, "new_1", first_errors=5, now=NOW)
+    status = progress.describe_run(settings(), stores, "new_1", now=NOW)
     listed = progress.list_runs(stores, limit=5)
     cancelled = progress.list_runs(stores, limit=5, status="cancelled")
 

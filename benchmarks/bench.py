@@ -1,0 +1,421 @@
+"""The bundle's benchmark: every figure the README's table shows, measured in one run on one
+local stack, so that the ratios between them mean something on a noisy shared machine.
+
+Run from the repository root (``make bench``)::
+
+    .venv/bin/python -m benchmarks.bench [--events 6000] [--latency-ms 10] [--quick]
+
+With zero added latency, and again with ``--latency-ms`` added each way in front of Firestore
+by a TCP proxy of this package (``benchmarks.latency``; production's round trip from a function
+to Firestore in its region is about that), it measures:
+
+1. ``raw``: 500-op batch commits of event-sized documents, one after another;
+2. ``baseline``: the simplest correct alternative, one transaction per event on 8 threads
+   (``benchmarks.baseline``), over N purchases spread over 10 days;
+3. ``uniform``: a live ``webhook_replay`` of the same N purchases through the real path (the
+   trigger over HTTP, the Cloud Tasks emulator calling the gateway's chunk handler);
+4. ``skewed``: the same N purchases with 90% on one day (an incident day).
+
+Once, at zero latency: Firestore reads and writes per applied purchase (counted at the client
+by ``benchmarks.meter`` on an in-process replay, and on the baseline), the chunk handler's RSS
+through a replay of ``--rss-events`` purchases (sampled every half second), and the trigger's
+and the status function's answer times for a 366-day run.
+
+``--quick`` is the correctness-only version CI runs: small numbers, every figure still
+measured, and a non-zero exit unless every run applied each event exactly once. Results: a
+table on stdout and ``.local/bench-results.json`` (``--out`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from google.cloud import firestore
+
+from benchmarks import baseline
+from benchmarks.latency import LatencyProxy
+from benchmarks.meter import Meter
+from benchmarks.replay import (
+    RESULTS,
+    TASKS_VENV,
+    Api,
+    Bench,
+    CpuMeter,
+    purchases_only,
+)
+from emulators.sample import SampleShape, seed
+from emulators.stack import Stack
+from shared import launcher, store, wiring
+from shared.auth import Caller
+from shared.bodies import BackfillRequest
+from shared.chunks import Delivery
+from shared.config import Settings
+from shared.dispatch import WATCH_CHUNK, InProcessDispatcher
+from shared.models import BackfillType
+from shared.planning import span
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = ROOT / ".local" / "bench-suite"
+START = dt.date(2025, 1, 1)
+DAYS = 10
+BUSY_SHARE = 0.9
+# Each applied purchase writes its entry, its flag and a share of its wallet's increment.
+WRITES_PER_EVENT = 3
+
+logger = logging.getLogger("benchmarks.bench")
+
+
+def uniform(events: int) -> SampleShape:
+    return purchases_only(events, START, DAYS, seed_value=21)
+
+
+def skewed(events: int) -> SampleShape:
+    return purchases_only(events, START, DAYS, seed_value=21, busy_share=BUSY_SHARE)
+
+
+def credited_once(db: firestore.Client, events: int) -> bool:
+    """Every seeded purchase has exactly one ledger entry, and no other entry exists."""
+    orders = Counter(str((snap.to_dict() or {}).get("orderId"))
+                     for snap in db.collection(store.LEDGER).select(["orderId"]).stream())
+    return len(orders) == events and set(orders.values()) == {1}
+
+
+class Suite:
+    def __init__(self, bench: Bench, direct: firestore.Client, env: dict[str, str],
+                 overrides: dict[str, str]) -> None:
+        self.bench = bench
+        self.db = direct  # seeding and checks go straight to the emulator, untimed
+        self.env = env
+        self.overrides = overrides
+        self.failures: list[str] = []
+
+    def check(self, name: str, ok: bool) -> None:
+        if not ok:
+            self.failures.append(name)
+            logger.error("correctness check failed: %s", name)
+
+    # --- one latency ----------------------------------------------------------------------
+
+    def at_latency(self, events: int, latency_ms: float,
+                   firestore_host: str) -> dict[str, Any]:
+        """Raw writes, the baseline and both replays, with the gateway and this process's
+        clients reaching Firestore at ``firestore_host``."""
+        stack = self.bench.stack
+        stack.restart_gateway({**self.overrides, "FIRESTORE_EMULATOR_HOST": firestore_host})
+        self.bench.api.refresh_token()
+        client = _client(self.env["BACKFILL_PROJECT_ID"], firestore_host)
+        result: dict[str, Any] = {"latency_ms_each_way": latency_ms}
+        result["raw"] = _timed_batches(client, stack, min(events, 6000))
+        result["baseline"] = self.baseline(client, events)
+        for name, shape in (("uniform", uniform(events)), ("skewed", skewed(events))):
+            run = self.bench.replay(events, dry_run=False, shape=shape)
+            self.check(f"{name} replay at {latency_ms} ms applied every event once",
+                       run["status"] == "completed" and run["applied"] == events
+                       and credited_once(self.db, events))
+            result[name] = run
+        return result
+
+    def baseline(self, client: firestore.Client, events: int) -> dict[str, Any]:
+        stack = self.bench.stack
+        stack.reset_firestore()
+        seed(self.db, uniform(events))
+        window = span(START, START + dt.timedelta(days=DAYS - 1))
+        ids = baseline.unprocessed(self.db, window.start, window.end)
+        done = baseline.replay(client, ids)
+        self.check("baseline applied every event once",
+                   done.applied == events and credited_once(self.db, events))
+        return {"events": done.events, "applied": done.applied,
+                "seconds": round(done.seconds, 3), "events_per_s": round(done.events_per_s),
+                "workers": baseline.WORKERS}
+
+    # --- once -----------------------------------------------------------------------------
+
+    def costs(self, events: int) -> dict[str, Any]:
+        """Reads and writes per applied purchase: the bundle's executor in this process (its
+        real code, tasks delivered in turn), and the baseline."""
+        stack = self.bench.stack
+        stack.reset_firestore()
+        seed(self.db, uniform(events))
+        settings = Settings.model_validate({
+            "env": "local", "project_id": self.env["BACKFILL_PROJECT_ID"],
+            "chunk_url": "http://127.0.0.1:1/tasks/chunk",
+            "operator_audiences": "http://127.0.0.1:1", "tasks_identity": "tasks@bench"})
+        dispatcher = InProcessDispatcher()
+        services = wiring.Services(settings, self.db, dispatcher)
+        wiring.use(services)
+        meter = Meter(self.db)
+        try:
+            request = BackfillRequest(type=BackfillType.WEBHOOK_REPLAY, start_date=START,
+                                      end_date=START + dt.timedelta(days=DAYS - 1))
+            launcher.start_run(request, Caller("bench@example.com", "bench"), settings,
+                               services.stores, dispatcher)
+            router = services.tasks
+            meter.reset()
+            while tasks := [task for task in dispatcher.take() if task.chunk_id != WATCH_CHUNK]:
+                for task in tasks:
+                    router.route(Delivery(task))
+            bundle = meter.reset()
+            self.check("in-process replay applied every event once",
+                       credited_once(self.db, events))
+            stack.reset_firestore()
+            seed(self.db, uniform(events))
+            window = span(START, START + dt.timedelta(days=DAYS - 1))
+            ids = baseline.unprocessed(self.db, window.start, window.end)
+            meter.reset()
+            baseline.replay(self.db, ids)
+            alone = meter.reset()
+        finally:
+            meter.close()
+            wiring.use(None)
+        return {"events": events,
+                "replay": {"reads_per_event": round(bundle.reads / events, 3),
+                           "writes_per_event": round(bundle.writes / events, 3),
+                           "commits": bundle.commits},
+                "baseline": {"reads_per_event": round(alone.reads / events, 3),
+                             "writes_per_event": round(alone.writes / events, 3),
+                             "commits": alone.commits}}
+
+    def memory(self, events: int) -> dict[str, Any]:
+        """The chunk handler's (the gateway process's) resident memory through a replay."""
+        stack = self.bench.stack
+        stack.restart_gateway(self.overrides)
+        self.bench.api.refresh_token()
+        pid = next(int(row["pid"]) for row in stack.status() if row["name"] == "gateway")
+        samples: list[tuple[float, int]] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            began = time.perf_counter()
+            while not stop.is_set():
+                samples.append((time.perf_counter() - began, _rss_kib(pid)))
+                stop.wait(0.5)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            run = self.bench.replay(events, dry_run=False, shape=uniform(events))
+        finally:
+            stop.set()
+            thread.join()
+        self.check("memory replay applied every event once", run["applied"] == events)
+        sizes = [size for _, size in samples if size]
+        tenth = sizes[: max(1, len(sizes) // 10)]
+        return {"events": events, "run_seconds": run["run_seconds"],
+                "rss_mib_start": round(sizes[0] / 1024, 1) if sizes else None,
+                "rss_mib_first_tenth_max": round(max(tenth) / 1024, 1) if sizes else None,
+                "rss_mib_max": round(max(sizes) / 1024, 1) if sizes else None,
+                "rss_mib_end": round(sizes[-1] / 1024, 1) if sizes else None,
+                "samples": len(sizes)}
+
+    def latency_of_a_year(self, events: int, repetitions: int) -> dict[str, Any]:
+        """The trigger's answer and the status function's, for a 366-day run."""
+        result = self.bench.trigger_latency(events, repetitions)
+        api = self.bench.api
+        body = {"type": "webhook_replay", "startDate": "2024-01-01", "endDate": "2024-12-31",
+                "dryRun": True}
+        answer = api.start(body)
+        self.bench.until_planned(answer["migrationId"])
+        times = []
+        for _ in range(max(repetitions, 3)):
+            started = time.perf_counter()
+            status = api.run(answer["migrationId"])
+            times.append(time.perf_counter() - started)
+        api.wait_for_end(answer["migrationId"])
+        self.bench.stack.wait_idle(60)
+        result["status"] = {"seconds": [round(s, 3) for s in times],
+                            "median_seconds": round(statistics.median(times), 3),
+                            "chunks": status["chunkCount"]}
+        return result
+
+
+def _client(project: str, host: str) -> firestore.Client:
+    previous = os.environ.get("FIRESTORE_EMULATOR_HOST")
+    os.environ["FIRESTORE_EMULATOR_HOST"] = host
+    try:
+        return firestore.Client(project=project)
+    finally:
+        if previous is not None:
+            os.environ["FIRESTORE_EMULATOR_HOST"] = previous
+
+
+def _timed_batches(client: firestore.Client, stack: Stack, documents: int) -> dict[str, Any]:
+    from benchmarks.replay import BATCH_OPS, event_like
+
+    stack.reset_firestore()
+    raw = client.collection("benchRaw")
+    started = time.perf_counter()
+    for first in range(0, documents, BATCH_OPS):
+        batch = client.batch()
+        for n in range(first, min(first + BATCH_OPS, documents)):
+            batch.set(raw.document(f"raw-{n:06}"), event_like(n))
+        batch.commit()
+    seconds = time.perf_counter() - started
+    stack.reset_firestore()
+    return {"documents": documents, "seconds": round(seconds, 3),
+            "docs_per_s": round(documents / seconds)}
+
+
+def _rss_kib(pid: int) -> int:
+    """The resident memory of ``pid`` (the gateway serves every function in one process)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("direct", "latency"):
+        if key not in results:
+            continue
+        part = results[key]
+        base = part["baseline"]["events_per_s"]
+        out[key] = {
+            "baseline_over_raw": _ratio(base * WRITES_PER_EVENT, part["raw"]["docs_per_s"]),
+            "uniform_over_baseline": _ratio(part["uniform"]["events_per_s"], base),
+            "skewed_over_baseline": _ratio(part["skewed"]["events_per_s"], base),
+            "skewed_over_uniform": _ratio(part["skewed"]["events_per_s"],
+                                          part["uniform"]["events_per_s"]),
+            "uniform_writes_over_raw": _ratio(
+                part["uniform"]["events_per_s"] * WRITES_PER_EVENT, part["raw"]["docs_per_s"]),
+        }
+    return out
+
+
+def print_table(results: dict[str, Any]) -> None:
+    rows: list[tuple[str, str]] = []
+    for key, title in (("direct", "no added latency"), ("latency", "added latency")):
+        if key not in results:
+            continue
+        part, ratio = results[key], results["ratios"][key]
+        rows += [
+            (f"[{title}: {part['latency_ms_each_way']} ms each way]", ""),
+            ("  raw writes, 500-op batches", f"{part['raw']['docs_per_s']:>7} docs/s"),
+            ("  baseline: 1 transaction/event, 8 threads",
+             f"{part['baseline']['events_per_s']:>7} events/s"),
+            ("  replay, 10 days uniform", f"{part['uniform']['events_per_s']:>7} events/s  "
+             f"({part['uniform']['chunks']} chunks; x{ratio['uniform_over_baseline']} "
+             "the baseline)"),
+            ("  replay, 90% on one day", f"{part['skewed']['events_per_s']:>7} events/s  "
+             f"({part['skewed']['chunks']} chunks; x{ratio['skewed_over_baseline']} the "
+             f"baseline, x{ratio['skewed_over_uniform']} uniform)"),
+        ]
+    costs = results["costs"]
+    rows += [
+        ("reads / writes per applied purchase",
+         f"replay {costs['replay']['reads_per_event']} / {costs['replay']['writes_per_event']}"
+         f", baseline {costs['baseline']['reads_per_event']} / "
+         f"{costs['baseline']['writes_per_event']}"),
+        ("chunk handler RSS through the run",
+         f"{results['memory']['rss_mib_start']} MiB at start, "
+         f"{results['memory']['rss_mib_first_tenth_max']} in the first tenth, "
+         f"{results['memory']['rss_mib_max']} max ({results['memory']['events']} events)"),
+        ("trigger answer, 366-day run",
+         f"{results['year']['seeded_year']['median_seconds']} s median; planned after "
+         f"{results['year']['seeded_year']['planned_median_seconds']} s"),
+        ("status answer, 366-chunk run", f"{results['year']['status']['median_seconds']} s "
+         "median"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print()
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench",
+                                     description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=6000,
+                        help="purchases per measured set (default 6000)")
+    parser.add_argument("--latency-ms", type=float, default=10.0,
+                        help="added each way in front of Firestore (default 10; 0: skip)")
+    parser.add_argument("--rss-events", type=int, default=100_000,
+                        help="purchases replayed while the handler's memory is sampled")
+    parser.add_argument("--year-events", type=int, default=3000)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--port-base", type=int, default=9550)
+    parser.add_argument("--quick", action="store_true",
+                        help="correctness only: small numbers (CI)")
+    parser.add_argument("--out", type=Path, default=RESULTS.with_name("bench-suite.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.rss_events, args.year_events, args.repetitions = 300, 1000, 200, 1
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    # Quick: split small windows too, so the skewed set still fans out at 300 events.
+    overrides: dict[str, str] = {"BACKFILL_SPLIT_EVENTS": "50"} if args.quick else {}
+    stack = Stack(STATE_DIR.with_name(f"bench-suite-{args.port_base}"), args.port_base,
+                  overrides, tasks_venv=TASKS_VENV, sweep_seconds=0)
+    began = time.perf_counter()
+    results: dict[str, Any] = {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "parameters": {key: str(value) for key, value in vars(args).items()},
+    }
+    failures: list[str] = []
+    try:
+        stack.up()
+        env = stack.env()
+        direct_host = env["FIRESTORE_EMULATOR_HOST"]
+        os.environ["FIRESTORE_EMULATOR_HOST"] = direct_host
+        db = firestore.Client(project=env["BACKFILL_PROJECT_ID"])
+        api = Api(env)
+        suite = Suite(Bench(stack, db, api, CpuMeter(stack)), db, env, overrides)
+        try:
+            # Untimed first: warms the gateway's imports and the emulator's JIT.
+            suite.bench.replay(min(args.events, 1000), False, shape=uniform(min(args.events,
+                                                                                1000)))
+            results["direct"] = suite.at_latency(args.events, 0.0, direct_host)
+            if args.latency_ms:
+                host, port = direct_host.rsplit(":", 1)
+                with LatencyProxy(host, int(port), args.latency_ms / 1000) as proxy:
+                    results["latency"] = suite.at_latency(
+                        args.events, args.latency_ms, f"127.0.0.1:{proxy.port}")
+            stack.restart_gateway(overrides)
+            api.refresh_token()
+            results["costs"] = suite.costs(min(args.events, 2000))
+            results["memory"] = suite.memory(args.rss_events)
+            results["year"] = suite.latency_of_a_year(args.year_events, args.repetitions)
+        finally:
+            api.close()
+            failures = suite.failures
+    finally:
+        stack.down()
+    results["ratios"] = ratios(results)
+    results["failures"] = failures
+    results["total_seconds"] = round(time.perf_counter() - began, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print_table(results)
+    print(f"results: {args.out}; total {results['total_seconds']} s")
+    if failures:
+        print("FAILED: " + "; ".join(failures))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

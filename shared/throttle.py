@@ -1,0 +1,120 @@
+"""The throttle: how fast a run may apply events, and how one delivery keeps to its share.
+
+A run's ceiling in events per second is the lower of two:
+
+- the operator's ``maxEventsPerSecond`` (the request's field, ``BACKFILL_MAX_EVENTS_PER_SECOND``
+  by default, changed while the run is active with ``POST .../{migrationId}/throttle``);
+- the ramp, Firestore's 500/50/5 guidance for traffic to a collection: start at
+  ``BACKFILL_RAMP_START_WRITES`` (500) writes a second and grow by half every
+  ``BACKFILL_RAMP_STEP_MINUTES`` (5) from the run's start, at three writes an applied event.
+
+Each delivery takes the ceiling's share of the chunks running (``Pacer``) and, after each page,
+sleeps as long as its share asks. It reads the ceiling and the running chunks again every few
+seconds, so a change through the control API takes hold within that. On contention (Firestore
+answering ABORTED or RESOURCE_EXHAUSTED) it halves its own pace and backs off, with jitter,
+instead of failing; each clean page wins a tenth back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+from collections.abc import Callable
+
+from shared.config import Settings
+from shared.records import RunRecord
+
+# An applied purchase writes its entry, its flag and its share of the wallet's increment.
+WRITES_PER_EVENT = 3
+# Past this many steps the ramp no longer binds (500 x 1.5^24 writes/s is beyond any database).
+_RAMP_STEPS = 24
+_REFRESH_SECONDS = 5.0
+_SLOWEST = 1 / 16  # the most contention slows a delivery down to
+_BACKOFF_SECONDS, _BACKOFF_CAP = 0.25, 8.0
+
+
+def ramp(settings: Settings, started_at: dt.datetime | None,
+         now: dt.datetime) -> float | None:
+    """The ramp's events per second at ``now`` for a run started at ``started_at`` (not yet
+    started: its first step); None when the ramp is off or no longer binds."""
+    if not settings.ramp_start_writes:
+        return None
+    elapsed = (now - started_at).total_seconds() if started_at is not None else 0.0
+    steps = max(0, math.floor(elapsed / (settings.ramp_step_minutes * 60)))
+    if steps >= _RAMP_STEPS:
+        return None
+    return settings.ramp_start_writes * 1.5 ** steps / WRITES_PER_EVENT
+
+
+def ceiling(settings: Settings, run: RunRecord, now: dt.datetime) -> float | None:
+    """The run's ceiling in events per second now (None: none)."""
+    bounds = [bound for bound in (run.max_events_per_second,
+                                  ramp(settings, run.started_at, now)) if bound]
+    return float(min(bounds)) if bounds else None
+
+
+class Pacer:
+    """Keeps one delivery to its share of its run's ceiling.
+
+    ``share()`` answers the delivery's events per second now (None: unbounded); it is asked
+    again every few seconds. ``monotonic`` and ``sleep`` are the clock's, so tests run it
+    without waiting.
+    """
+
+    def __init__(self, share: Callable[[], float | None], monotonic: Callable[[], float],
+                 sleep: Callable[[float], None]) -> None:
+        self._share = share
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._pace = 1.0  # what contention left of the share
+        self._rate: float | None = None
+        self._asked_at: float | None = None
+        self._contended = 0
+        self._since = 0.0
+        self._events = 0
+        self.slept = 0.0
+
+    @property
+    def rate(self) -> float | None:
+        """The events per second this delivery keeps to now."""
+        return None if self._rate is None else self._rate * self._pace
+
+    def start(self) -> None:
+        self._refresh()
+        self._since, self._events = self._monotonic(), 0
+
+    def after(self, events: int, budget_left: float) -> None:
+        """``events`` were just applied: wait until the share allows the next page (at most
+        ``budget_left`` seconds). A clean page wins a tenth of the pace back."""
+        self._pace = min(1.0, self._pace * 1.1)
+        self._contended = 0
+        if self._asked_at is None or self._monotonic() - self._asked_at >= _REFRESH_SECONDS:
+            self._refresh()
+        self._events += events
+        rate = self.rate
+        if rate is None or rate <= 0:
+            return
+        wait = self._events / rate - (self._monotonic() - self._since)
+        self._nap(min(wait, budget_left))
+
+    def contended(self, budget_left: float) -> None:
+        """Firestore pushed back: halve the pace and back off before the page is tried again."""
+        self._pace = max(_SLOWEST, self._pace / 2)
+        self._contended += 1
+        backoff = min(_BACKOFF_CAP, _BACKOFF_SECONDS * 2 ** (self._contended - 1))
+        self._nap(min(backoff * random.uniform(0.5, 1.0), budget_left))  # noqa: S311 (jitter)
+        # The pace counts from here on: the events before the pushback were at the old one.
+        self._since, self._events = self._monotonic(), 0
+
+    def _refresh(self) -> None:
+        rate = self._share()
+        self._asked_at = self._monotonic()
+        if rate != self._rate:
+            # A new share counts from now: no burst to catch up with a raised ceiling.
+            self._rate, self._since, self._events = rate, self._asked_at, 0
+
+    def _nap(self, seconds: float) -> None:
+        if seconds > 0:
+            self._sleep(seconds)
+            self.slept += seconds
