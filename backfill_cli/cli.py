@@ -98,6 +98,9 @@ def start(
         min=1, help="the N UTC days ending today (instead of --start and --end)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run/--apply")] = True,
     max_events: Annotated[int | None, typer.Option(help="bound on events taken")] = None,
+    max_events_per_second: Annotated[int | None, typer.Option(
+        min=1, help="the run's ceiling in events per second (change it later with "
+                    "`backfill throttle`)")] = None,
     force: ForceOption = False,
     include_processed: Annotated[bool, typer.Option(
         help="webhook_replay: also take events flagged processed, to repair those whose "
@@ -112,6 +115,8 @@ def start(
     body.update(_range(start_date, end_date, lookback_days))
     if max_events is not None:
         body["maxEvents"] = max_events
+    if max_events_per_second is not None:
+        body["maxEventsPerSecond"] = max_events_per_second
     if force:
         body["force"] = True
     if include_processed:
@@ -199,6 +204,26 @@ def cancel(
     _steer("cancel", migration_id, reason, token, as_email)
 
 
+@app.command()
+def throttle(
+    migration_id: RunArgument,
+    max_events_per_second: Annotated[int | None, typer.Argument(
+        min=1, metavar="[EVENTS_PER_SECOND]",
+        help="the run's new ceiling; none: lift it (the ramp still holds)")] = None,
+    reason: ReasonOption = None,
+    token: TokenOption = None,
+    as_email: AsOption = "ops@example.com",
+) -> None:
+    """Change an active run's ceiling in events per second; its chunks take it within a few
+    seconds."""
+    body: dict[str, Any] = {"maxEventsPerSecond": max_events_per_second}
+    if reason:
+        body["reason"] = reason
+    with _client(token, as_email) as client:
+        answer = client.control(migration_id, "throttle", body)
+    console.print_json(json.dumps(answer))
+
+
 def _steer(action: str, migration_id: str, reason: str | None, token: str | None,
            as_email: str) -> None:
     with _client(token, as_email) as client:
@@ -281,6 +306,8 @@ def _progress(run: dict[str, Any]) -> None:
         line += f"  {run['averageRate']} events/s on average"
     if run.get("etaSeconds") is not None:
         line += f"  ETA {_duration(run['etaSeconds'])}"
+    if run.get("ceiling"):
+        line += f"  ceiling {run['ceiling']:.0f}/s"
     if run.get("waitingFor") and not run.get("planned"):
         line += f"  waiting for {', '.join(run['waitingFor'])}"
     console.print(line, soft_wrap=True, markup=False)
@@ -299,7 +326,7 @@ def _duration(seconds: float) -> str:
 def _show(run: dict[str, Any]) -> None:
     keys = ("status", "statusReason", "total", "processed", "applied", "duplicates", "skipped",
             "errors", "percent", "pointsMoved", "leftForLaterRun", "rate", "averageRate",
-            "etaSeconds", "stalled", "startedAt", "finishedAt")
+            "etaSeconds", "ceiling", "maxEventsPerSecond", "stalled", "startedAt", "finishedAt")
     summary = Table("field", "value",
                     title=f"{run['migrationId']} ({'dry run' if run['dryRun'] else 'live'})")
     for key in keys:

@@ -59,6 +59,11 @@ locals {
     BACKFILL_POISON_ATTEMPTS           = tostring(var.poison_attempts)
     BACKFILL_SETTLE_MINUTES            = tostring(var.settle_minutes)
     BACKFILL_CHAIN_POLL_SECONDS        = tostring(var.chain_poll_seconds)
+    BACKFILL_SPLIT_EVENTS              = tostring(var.split_events)
+    BACKFILL_RAMP_START_WRITES         = tostring(var.ramp_start_writes)
+    BACKFILL_RAMP_STEP_MINUTES         = tostring(var.ramp_step_minutes)
+    }, var.max_events_per_second == null ? {} : {
+    BACKFILL_MAX_EVENTS_PER_SECOND = tostring(var.max_events_per_second)
   })
 
   chunk_max_instances = coalesce(var.chunk_max_instances, var.queue_max_concurrent_dispatches)

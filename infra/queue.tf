@@ -3,6 +3,9 @@
 # picks up chunks whose lease (var.lease_seconds) ran out. See README "Run control".
 # retry_config.max_attempts is passed to the code as BACKFILL_TASK_MAX_ATTEMPTS (locals.tf), so a
 # handler knows when it is running a task's last attempt; both come from var.task_max_attempts.
+#
+# The throttle (README "Throttle") shares a run's ceiling among its chunks running at once, which
+# rate_limits.max_concurrent_dispatches bounds; the ramp bounds the writes of all of them.
 resource "google_cloud_tasks_queue" "chunks" {
   name     = "${var.name_prefix}-chunks"
   location = var.region
@@ -24,4 +27,13 @@ resource "google_cloud_tasks_queue" "chunks" {
   }
 
   depends_on = [google_project_service.required]
+}
+
+# A default ceiling below one event a second per chunk the queue may run at once would leave
+# chunks idling in their tasks: say so at plan time.
+check "ceiling_covers_the_queue" {
+  assert {
+    condition     = var.max_events_per_second == null ? true : var.max_events_per_second >= var.queue_max_concurrent_dispatches
+    error_message = "max_events_per_second is below queue_max_concurrent_dispatches: each running chunk would get less than one event a second."
+  }
 }

@@ -181,6 +181,50 @@ variable "chain_poll_seconds" {
   }
 }
 
+variable "split_events" {
+  description = "BACKFILL_SPLIT_EVENTS: planning splits a chunk window holding more eligible events than this into smaller windows (an incident day runs as many chunks)."
+  type        = number
+  default     = 1000
+
+  validation {
+    condition     = var.split_events >= 10
+    error_message = "split_events must be at least 10."
+  }
+}
+
+variable "max_events_per_second" {
+  description = "BACKFILL_MAX_EVENTS_PER_SECOND: the ceiling of runs that name no maxEventsPerSecond (null: the ramp alone). Operators change a run's ceiling with POST .../{migrationId}/throttle."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.max_events_per_second == null ? true : (var.max_events_per_second >= 1 && var.max_events_per_second <= 1000000)
+    error_message = "max_events_per_second must be null or between 1 and 1000000."
+  }
+}
+
+variable "ramp_start_writes" {
+  description = "BACKFILL_RAMP_START_WRITES: Firestore's 500/50/5 ramp, the writes per second a run starts at (0 turns the ramp off)."
+  type        = number
+  default     = 500
+
+  validation {
+    condition     = var.ramp_start_writes >= 0 && var.ramp_start_writes <= 1000000
+    error_message = "ramp_start_writes must be between 0 and 1000000."
+  }
+}
+
+variable "ramp_step_minutes" {
+  description = "BACKFILL_RAMP_STEP_MINUTES: the ramp grows by half every this many minutes."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.ramp_step_minutes > 0 && var.ramp_step_minutes <= 1440
+    error_message = "ramp_step_minutes must be more than 0 and at most 1440."
+  }
+}
+
 # --- Queue -------------------------------------------------------------------------------------
 
 variable "task_max_attempts" {
@@ -195,9 +239,14 @@ variable "task_max_attempts" {
 }
 
 variable "queue_max_concurrent_dispatches" {
-  description = "Chunk tasks running at once (rate_limits.max_concurrent_dispatches); bounds the write load on Firestore."
+  description = "Chunk tasks running at once (rate_limits.max_concurrent_dispatches); bounds the write load on Firestore. Each running chunk of a run takes an equal share of the run's ceiling."
   type        = number
   default     = 20
+
+  validation {
+    condition     = var.queue_max_concurrent_dispatches >= 1 && var.queue_max_concurrent_dispatches <= 1000
+    error_message = "queue_max_concurrent_dispatches must be between 1 and 1000."
+  }
 }
 
 variable "queue_max_dispatches_per_second" {

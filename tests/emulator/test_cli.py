@@ -347,3 +347,25 @@ def test_retry_of_a_run_without_failures_and_errors_of_no_run_exit_1(cli: Cli,
     assert retry.exit_code == 1 and plain(retry.output).startswith("409")
     assert "has no failed events" in plain(retry.output)
     assert missing.exit_code == 1 and plain(missing.output).startswith("404")
+
+
+def test_throttle_changes_an_active_runs_ceiling_and_status_shows_it(
+        cli: Cli, db: firestore.Client) -> None:
+    seed_purchases(db, 300)
+    migration_id = cli.start(*RANGE, "--apply", "--max-events-per-second", "20")
+    until(lambda: cli.run_status(migration_id)["taken"] > 0)
+    slow = cli.run_status(migration_id)
+    shown = cli.ok("status", migration_id)
+
+    raised = cli.json("throttle", migration_id, "5000", "--reason", "off-peak")
+    cli.stack.wait_idle(timeout=120)
+    done = cli.run_status(migration_id)
+    late = cli.run("throttle", migration_id, "10")
+
+    assert (slow["status"], slow["maxEventsPerSecond"], slow["ceiling"]) == ("running", 20, 20)
+    assert "ceiling" in shown
+    assert (raised["previousMaxEventsPerSecond"], raised["ceiling"]) == (20, 5000)
+    assert (done["status"], done["applied"], done["maxEventsPerSecond"]) == (
+        "completed", 300, 5000)
+    assert late.exit_code == 1 and "only an active run" in plain(late.output)
+    assert set(data.credited_orders(db).values()) == {1}
