@@ -23,6 +23,8 @@ class Counts:
     writes: int = 0
     commits: int = 0
     queries: int = 0
+    # Queries the executor issued from its read-ahead thread (the next page, during a commit).
+    queries_ahead: int = 0
     batch_gets: int = 0
     aggregations: int = 0
 
@@ -71,6 +73,8 @@ class Meter:
                   counts: Callable[[Any], int]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Iterator[Any]:
             self._add(**{counter: 1})
+            if counter == "queries" and threading.current_thread().name.startswith("read-ahead"):
+                self._add(queries_ahead=1)
             found = 0
             for response in original(*args, **kwargs):
                 found += counts(response)

@@ -24,6 +24,8 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
@@ -38,7 +40,7 @@ from shared.lease import Lease, Lost
 from shared.models import FINAL_RUN_STATUSES, ChunkState, RunStatus
 from shared.poison import PageFailed, Poison
 from shared.records import RunRecord
-from shared.sources import PageSource, page_size, source_of
+from shared.sources import Page, PageSource, page_size, source_of
 from shared.stores import Stores
 from shared.throttle import Pacer
 
@@ -192,11 +194,22 @@ class _PageLoop:
         self._commit = commit
         self._poison = poison
         self._page_size = page_size(ports.settings, BACKFILLS.of(run))
+        # The next page, read while the current one commits: (its cursor, limit, the read).
+        self._ahead: tuple[dict[str, Any] | None, int, Future[Page]] | None = None
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
+        self._deadline = 0.0  # of the time budget, on the monotonic clock
 
     def run(self) -> ChunkReport:
+        try:
+            return self._loop()
+        finally:
+            self._reader.shutdown(wait=False, cancel_futures=True)
+
+    def _loop(self) -> ChunkReport:
         lease, task, ports = self._lease, self._delivery.task, self._ports
         started = ports.monotonic()
         budget = ports.settings.time_budget_seconds
+        self._deadline = started + budget
 
         def budget_left() -> float:
             return budget - (ports.monotonic() - started)
@@ -252,9 +265,14 @@ class _PageLoop:
         """Read and commit one page; return how many entries it took, whether it was the
         chunk's last, and how many of its events failed."""
         for _ in range(_PAGE_ATTEMPTS):
-            selection = self._source.page(self._lease.chunk.cursor, limit)
+            selection = self._read(self._lease.chunk.cursor, limit)
+
+            def committing(final: bool, page: Page = selection) -> None:
+                if not final and page.cursor is not None:
+                    self._prefetch(page)
+
             try:
-                committed = self._commit.commit(self._lease, selection, limit)
+                committed = self._commit.commit(self._lease, selection, limit, committing)
             except (Lost, Unavailable):
                 raise
             except TRANSIENT:
@@ -267,6 +285,33 @@ class _PageLoop:
                 continue
             return committed.read, committed.final, committed.errors
         raise Unavailable("a page kept conflicting with concurrent writes; retry")
+
+    def _read(self, cursor: dict[str, Any] | None, limit: int) -> Page:
+        """The page after ``cursor``: the one read ahead, if it was read from there with the
+        same limit, else read now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == cursor and ahead[1] == limit:
+            try:
+                return ahead[2].result()
+            except Exception as error:  # read it again: that read raises if it must
+                logs.log(logger, "read ahead failed; reading again", logging.WARNING,
+                         code=type(error).__name__)
+        return self._source.page(cursor, limit)
+
+    def _prefetch(self, page: Page) -> None:
+        """Read the page after ``page`` while ``page`` commits (what the commit writes is before
+        its cursor); taken by the next ``_read`` only if that page is asked for as read (not
+        after a conflict, nor while the loop takes events one at a time)."""
+        if self._ports.monotonic() >= self._deadline:
+            return  # out of time: the chunk is handed on after this commit
+        left = self._lease.left
+        if left is not None:
+            left -= page.read
+        following = self._page_size if left is None else min(self._page_size, left)
+        if following <= 0:
+            return  # the chunk's quota ends with this page
+        self._ahead = (page.cursor, following,
+                       self._reader.submit(self._source.page, page.cursor, following))
 
     def _continue_later(self) -> None:
         """Out of time: release the chunk at its cursor and enqueue the next segment."""

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from google.cloud import firestore
@@ -59,10 +60,15 @@ class PageCommit:
         # Products are reference data the page only reads: read each once per delivery.
         self._products: dict[str, Stored] = {}
 
-    def commit(self, lease: Lease, selection: Page, limit: int) -> Committed | None:
+    def commit(self, lease: Lease, selection: Page, limit: int,
+               committing: Callable[[bool], None] = lambda final: None) -> Committed | None:
         """Plan and commit ``selection`` (read with ``limit``); None when it must be read again
         (a conflict, or more writes than one commit takes). ``Lost`` when the chunk is no
-        longer this delivery's."""
+        longer this delivery's.
+
+        ``committing(final)`` is called just before a commit that writes only the page's own
+        events (none pulled in from elsewhere), so the next page may be read meanwhile: the
+        commit cannot change any event after this page's cursor."""
         migration_id = self._run.migration_id
         events = selection.events
         plan, pulled, stored = self._plan(events)
@@ -95,6 +101,8 @@ class PageCommit:
                                             clears))
         if len(batch) > MAX_WRITES_PER_COMMIT and len(events) > 1:
             return None  # purchases pulled in by refunds made the page too large for one commit
+        if not pulled:
+            committing(final)
         try:
             results = batch.commit()
         except CONFLICTS:

@@ -38,7 +38,9 @@ def test_the_quick_benchmark_measures_every_figure_and_applies_each_event_once(
     # The incident day fans out: more chunks than days (split at BACKFILL_SPLIT_EVENTS).
     assert results["direct"]["skewed"]["chunks"] > results["direct"]["uniform"]["chunks"]
     assert results["latency"]["latency_ms_each_way"] == 10.0
-    assert results["costs"]["replay"]["reads_per_event"] <= 2.2
-    assert results["costs"]["replay"]["writes_per_event"] <= 3.1
+    # At 30 events a chunk a delivery's own reads (its run, its claim, the products) weigh;
+    # tests/functions/test_costs.py holds a page of purchases to 2 reads and 3 writes each.
+    assert 2 <= results["costs"]["replay"]["reads_per_event"] <= 3.5
+    assert 2 <= results["costs"]["replay"]["writes_per_event"] <= 3.5
     assert results["memory"]["rss_mib_max"] > 0
     assert results["year"]["status"]["chunks"] == 366

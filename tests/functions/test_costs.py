@@ -33,7 +33,7 @@ def test_an_applied_purchase_costs_two_reads_and_at_most_three_writes(
                  *data.purchases(EVENTS // 2, days=1, customers=25, prefix="f",
                                  product_id="p2")]
     data.put(harness.db, *purchases)
-    harness.configure(page_size=PAGE)
+    harness.configure(page_size=PAGE, time_budget_seconds=60)  # one delivery does it all
     migration_id = harness.start(type="webhook_replay", startDate="2025-01-01",
                                  endDate="2025-01-01").get_json()["migrationId"]
     harness.plan()
@@ -47,6 +47,8 @@ def test_an_applied_purchase_costs_two_reads_and_at_most_three_writes(
     pages = -(-EVENTS // PAGE) + 1  # and the empty page that ends the chunk
     # Per page: its query and one batch get of its entries and of any product not yet read.
     assert counts.queries <= pages + 1
+    # Each page after the first was read while the one before it committed.
+    assert counts.queries_ahead >= pages - 2
     assert counts.batch_gets <= pages + 8  # and single gets: the run, the claim, moves
     assert counts.reads <= 2 * EVENTS + 2 + 10  # two products, a delivery's own reads
     assert counts.writes <= 3 * EVENTS + pages + 2
