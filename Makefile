@@ -39,8 +39,8 @@ unit: setup                          ## the fast tests: no emulator
 test: lint                           ## lint, types, unit, function and end-to-end tests
 	$(VENV)/bin/pytest
 
-bench: setup                         ## throughput against the emulator's raw write rate
-	$(PY) -m benchmarks.replay
+bench: setup                         ## every figure of the README's "Performance", in one run
+	$(PY) -m benchmarks.bench
 
 clean: down
 	rm -rf $(STATE) $(VENV)

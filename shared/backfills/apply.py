@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from google.cloud import firestore
-
 from shared import ledger, store
 from shared.backfills.base import Event, ItemResult, PagePlan, Stored
 from shared.errors import ItemError, MalformedPayload, PurchaseNotFound
@@ -98,7 +96,6 @@ def apply_purchase(event: Event, book: Book, plan: PagePlan, migration_id: str) 
         "points": points,
         "orderId": order.id,
         "sourceEventId": event.event_id,
-        "createdAt": firestore.SERVER_TIMESTAMP,
         "source": "backfill",
         "migrationId": migration_id,
         "orderTotal": order.total_amount,
@@ -145,7 +142,6 @@ def apply_reversal(event: Event, book: Book, plan: PagePlan, migration_id: str) 
         "points": share.points,
         "orderId": reversal.order_id,
         "sourceEventId": event.event_id,
-        "createdAt": firestore.SERVER_TIMESTAMP,
         "source": "backfill",
         "migrationId": migration_id,
         "reversesEntryId": purchase_id,
