@@ -172,8 +172,9 @@ class Api(BackfillClient):
         answer = self.start(body)
         return answer, time.perf_counter() - started
 
-    def wait_for_end(self, migration_id: str) -> dict[str, Any]:
-        return self.wait(migration_id, timeout=RUN_TIMEOUT_SECONDS, every=POLL_SECONDS)
+    def wait_for_end(self, migration_id: str,
+                     timeout: float = RUN_TIMEOUT_SECONDS) -> dict[str, Any]:
+        return self.wait(migration_id, timeout=timeout, every=POLL_SECONDS)
 
 
 def _ts(value: str | None) -> dt.datetime | None:
@@ -221,14 +222,16 @@ class Bench:
                 batch.set(collection.document(f"{prefix}-{n:06}"), event_like(n))
             batch.commit()
 
-    def replay(self, events: int, dry_run: bool,
-               shape: SampleShape | None = None) -> dict[str, Any]:
+    def replay(self, events: int, dry_run: bool, shape: SampleShape | None = None,
+               timeout: float = RUN_TIMEOUT_SECONDS,
+               seeded: Callable[[], None] = lambda: None) -> dict[str, Any]:
         """Seed N purchases (over 5 days, or as ``shape`` has them), run one webhook replay of
-        their days over HTTP, time it."""
+        their days over HTTP, time it. ``seeded`` is called once the data is in."""
         self.stack.reset_firestore()
         self.stack.wait_idle(30)
         shape = shape or purchases_only(events, REPLAY_START, REPLAY_DAYS)
         seed(self.db, shape)
+        seeded()
         end = shape.start + dt.timedelta(days=shape.days - 1)
         body = {"type": "webhook_replay", "startDate": shape.start.isoformat(),
                 "endDate": end.isoformat(), "dryRun": dry_run}
@@ -237,7 +240,7 @@ class Bench:
         with self.cpu.measure(result):
             started = time.perf_counter()
             answer, trigger_seconds = self.api.start_timed(body)
-            run = self.api.wait_for_end(answer["migrationId"])
+            run = self.api.wait_for_end(answer["migrationId"], timeout)
             wall = time.perf_counter() - started
             self.stack.wait_idle(30)
         tasks_after = self.stack.tasks_stats()

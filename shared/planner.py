@@ -75,8 +75,12 @@ def plan_run(settings: Settings, stores: Stores, dispatcher: Dispatcher,
     if run is None or run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
         return (f"planned; the run is {run.status.value if run else 'gone'}, so no chunk task "
                 "was enqueued")
-    tasks = [ChunkTask(migration_id, chunk.chunk_id, chunk.segment)
-             for chunk in stores.chunks.chunks(migration_id, [ChunkState.PENDING])]
+    # Largest first: the queue runs a bounded number at once, so the small chunks fill the
+    # slots the large ones leave at the end instead of a large one starting last.
+    pending = sorted(stores.chunks.chunks(migration_id, [ChunkState.PENDING]),
+                     key=lambda chunk: (-(chunk.quota if chunk.quota is not None
+                                          else chunk.eligible), chunk.index))
+    tasks = [ChunkTask(migration_id, chunk.chunk_id, chunk.segment) for chunk in pending]
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
     return f"planned; {len(tasks)} chunk task(s) enqueued"
 

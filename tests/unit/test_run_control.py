@@ -314,6 +314,16 @@ def test_planning_records_every_chunk_and_enqueues_those_with_work_once() -> Non
     assert sorted(t.chunk_id for t in dispatcher.queued) == ["2025-01-01", "2025-01-03"]
 
 
+def test_planning_enqueues_the_largest_chunks_first() -> None:
+    stores, _, _, _ = planned_stores()
+    dispatcher = InProcessDispatcher()
+
+    planner.plan_run(settings(enqueue_workers=1), stores, dispatcher, "run_1")
+
+    # 7 events on the 3rd, 5 on the 1st: the queue's slots take the long one first.
+    assert [task.chunk_id for task in dispatcher.queued] == ["2025-01-03", "2025-01-01"]
+
+
 def test_max_events_is_shared_out_oldest_first() -> None:
     stores, run_store, chunks, _ = planned_stores(max_events=8)
 
