@@ -55,6 +55,7 @@ from benchmarks.replay import (
     Bench,
     CpuMeter,
     purchases_only,
+    write_batches,
 )
 from emulators.sample import SampleShape, seed
 from emulators.stack import Stack
@@ -270,16 +271,9 @@ def _client(project: str, host: str) -> firestore.Client:
 
 
 def _timed_batches(client: firestore.Client, stack: Stack, documents: int) -> dict[str, Any]:
-    from benchmarks.replay import BATCH_OPS, event_like
-
     stack.reset_firestore()
-    raw = client.collection("benchRaw")
     started = time.perf_counter()
-    for first in range(0, documents, BATCH_OPS):
-        batch = client.batch()
-        for n in range(first, min(first + BATCH_OPS, documents)):
-            batch.set(raw.document(f"raw-{n:06}"), event_like(n))
-        batch.commit()
+    write_batches(client, client.collection("benchRaw"), "raw", documents)
     seconds = time.perf_counter() - started
     stack.reset_firestore()
     return {"documents": documents, "seconds": round(seconds, 3),

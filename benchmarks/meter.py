@@ -61,10 +61,9 @@ class Meter:
 
     def _commit(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def commit(*args: Any, **kwargs: Any) -> Any:
-            request = kwargs.get("request")
+            # Batches and transactions both pass their writes as ``request["writes"]``.
+            writes = len(kwargs["request"]["writes"])
             response = original(*args, **kwargs)
-            writes = len(request.writes) if request is not None and hasattr(
-                request, "writes") else len(request["writes"]) if request else 0
             self._add(writes=writes, commits=1)
             return response
         return commit

@@ -102,6 +102,16 @@ def event_like(n: int) -> dict[str, Any]:
             "processed": False, "processedAt": None, "processingError": "ledger write timed out"}
 
 
+def write_batches(db: firestore.Client, collection: firestore.CollectionReference, prefix: str,
+                  documents: int) -> None:
+    """``documents`` event-like documents, in 500-op batch commits one after another."""
+    for first in range(0, documents, BATCH_OPS):
+        batch = db.batch()
+        for n in range(first, min(first + BATCH_OPS, documents)):
+            batch.set(collection.document(f"{prefix}-{n:06}"), event_like(n))
+        batch.commit()
+
+
 def _proc_cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -198,10 +208,10 @@ class Bench:
         result: dict[str, Any] = {"documents": documents, "doc_bytes": len(
             json.dumps(event_like(0), default=str))}
         # One untimed round first: the emulator's JVM writes ~30% slower until its JIT warms up.
-        self._write_batches(raw, "warm", min(documents, 2000))
+        write_batches(self.db, raw, "warm", min(documents, 2000))
         with self.cpu.measure(result):
             started = time.perf_counter()
-            self._write_batches(raw, "raw", documents)
+            write_batches(self.db, raw, "raw", documents)
             batch_seconds = time.perf_counter() - started
         started = time.perf_counter()
         for n in range(singles):
@@ -213,14 +223,6 @@ class Bench:
                       single_docs_per_s=round(singles / single_seconds))
         self.stack.reset_firestore()
         return result
-
-    def _write_batches(self, collection: firestore.CollectionReference, prefix: str,
-                       documents: int) -> None:
-        for first in range(0, documents, BATCH_OPS):
-            batch = self.db.batch()
-            for n in range(first, min(first + BATCH_OPS, documents)):
-                batch.set(collection.document(f"{prefix}-{n:06}"), event_like(n))
-            batch.commit()
 
     def replay(self, events: int, dry_run: bool, shape: SampleShape | None = None,
                timeout: float = RUN_TIMEOUT_SECONDS,

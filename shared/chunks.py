@@ -142,7 +142,7 @@ class ChunkRunner:
         return _PageLoop(self._ports, delivery, run, lease, source_of(db, backfill, lease.chunk),
                          PageCommit(self._settings, db, run, backfill, task.chunk_id),
                          Poison(self._settings, db, task.migration_id, task.chunk_id),
-                         pacer).run()
+                         pacer, page_size(self._settings, backfill)).run()
 
     def _share(self, migration_id: str) -> float | None:
         """This delivery's events per second: the run's ceiling over the chunks running."""
@@ -183,8 +183,8 @@ class _PageLoop:
     lost lease or the breaker."""
 
     def __init__(self, ports: _Ports, delivery: Delivery, run: RunRecord, lease: Lease,
-                 source: PageSource, commit: PageCommit, poison: Poison,
-                 pacer: Pacer) -> None:
+                 source: PageSource, commit: PageCommit, poison: Poison, pacer: Pacer,
+                 size: int) -> None:
         self._ports = ports
         self._pacer = pacer
         self._delivery = delivery
@@ -193,7 +193,7 @@ class _PageLoop:
         self._source = source
         self._commit = commit
         self._poison = poison
-        self._page_size = page_size(ports.settings, BACKFILLS.of(run))
+        self._page_size = size
         # The next page, read while the current one commits: (its cursor, limit, the read).
         self._ahead: tuple[dict[str, Any] | None, int, Future[Page]] | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
