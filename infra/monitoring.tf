@@ -14,11 +14,19 @@
 # yet (the sweep runs more often than a run's watchdog, so it is usually first). The runs are in
 # the per-run lines of the same request, "watchdog picked up lost work" with `migration_id`.
 
+# The seed runbook's metrics: events processed (per page), each run's error rate and the
+# duration of pages and runs (from the run-summary line, message var.summary_log_message), and
+# failed events by code (one ERROR line each, message var.failure_log_message).
+# tests/unit/test_monitoring.py pins every jsonPayload field these filters and extractors read
+# to the lines the code writes.
+
 locals {
   backfill_logs = "jsonPayload.component=\"backfill\""
   page_logs     = "${local.backfill_logs} AND jsonPayload.message=\"${var.page_log_message}\""
   status_logs   = "${local.backfill_logs} AND jsonPayload.message=\"${var.status_log_message}\""
   sweep_logs    = "${local.backfill_logs} AND jsonPayload.message=\"${var.sweep_log_message}\""
+  summary_logs  = "${local.backfill_logs} AND jsonPayload.message=\"${var.summary_log_message}\""
+  failure_logs  = "${local.backfill_logs} AND jsonPayload.message=\"${var.failure_log_message}\""
 
   page_count_metrics = {
     events_processed = {
@@ -68,6 +76,157 @@ resource "google_logging_metric" "page_counts" {
       num_finite_buckets = 16
       growth_factor      = 2
       scale              = 1
+    }
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_logging_metric" "processed_events" {
+  name        = "backfill_processed_events"
+  description = "Events a committed page settled (applied or already there), per page: the sum over a period is the events processed in it."
+  filter      = "${local.page_logs} AND jsonPayload.processed>0"
+
+  value_extractor = "EXTRACT(jsonPayload.processed)"
+  label_extractors = {
+    type    = "EXTRACT(jsonPayload.type)"
+    dry_run = "EXTRACT(jsonPayload.dry_run)"
+  }
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "DISTRIBUTION"
+    unit         = "1"
+    display_name = "Backfill processed events"
+    labels {
+      key         = "type"
+      value_type  = "STRING"
+      description = "The backfill type of the run."
+    }
+    labels {
+      key         = "dry_run"
+      value_type  = "STRING"
+      description = "true for dry runs."
+    }
+  }
+
+  bucket_options {
+    exponential_buckets {
+      num_finite_buckets = 16
+      growth_factor      = 2
+      scale              = 1
+    }
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_logging_metric" "error_rate" {
+  name        = "backfill_error_rate"
+  description = "Each ended run's share of failed events (errors / events taken), from its run-summary line."
+  filter      = local.summary_logs
+
+  value_extractor = "EXTRACT(jsonPayload.error_rate)"
+  label_extractors = {
+    type    = "EXTRACT(jsonPayload.type)"
+    dry_run = "EXTRACT(jsonPayload.dry_run)"
+    status  = "EXTRACT(jsonPayload.status)"
+  }
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "DISTRIBUTION"
+    unit         = "1"
+    display_name = "Backfill run error rate"
+    labels {
+      key         = "type"
+      value_type  = "STRING"
+      description = "The backfill type of the run."
+    }
+    labels {
+      key         = "dry_run"
+      value_type  = "STRING"
+      description = "true for dry runs."
+    }
+    labels {
+      key         = "status"
+      value_type  = "STRING"
+      description = "How the run ended: completed, failed or cancelled."
+    }
+  }
+
+  bucket_options {
+    explicit_buckets {
+      bounds = [0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1]
+    }
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_logging_metric" "operation_duration" {
+  name        = "backfill_operation_duration"
+  description = "How long pages (page lines) and whole runs (run-summary lines) took, in milliseconds."
+  filter      = "(${local.page_logs}) OR (${local.summary_logs})"
+
+  value_extractor = "EXTRACT(jsonPayload.duration_ms)"
+  label_extractors = {
+    operation = "EXTRACT(jsonPayload.message)"
+    type      = "EXTRACT(jsonPayload.type)"
+  }
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "DISTRIBUTION"
+    unit         = "ms"
+    display_name = "Backfill operation duration"
+    labels {
+      key         = "operation"
+      value_type  = "STRING"
+      description = "The log line's message: var.page_log_message (a page) or var.summary_log_message (a run)."
+    }
+    labels {
+      key         = "type"
+      value_type  = "STRING"
+      description = "The backfill type of the run."
+    }
+  }
+
+  bucket_options {
+    exponential_buckets {
+      num_finite_buckets = 24
+      growth_factor      = 2
+      scale              = 1
+    }
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_logging_metric" "failed_events" {
+  name        = "backfill_failed_events"
+  description = "Events that failed, one ERROR line each, by error code."
+  filter      = local.failure_logs
+
+  label_extractors = {
+    code    = "EXTRACT(jsonPayload.code)"
+    dry_run = "EXTRACT(jsonPayload.dry_run)"
+  }
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "INT64"
+    unit         = "1"
+    display_name = "Backfill failed events"
+    labels {
+      key         = "code"
+      value_type  = "STRING"
+      description = "The per-event error code (malformed_payload, product_not_found, ...)."
+    }
+    labels {
+      key         = "dry_run"
+      value_type  = "STRING"
+      description = "true for dry runs."
     }
   }
 
@@ -201,6 +360,45 @@ resource "google_monitoring_alert_policy" "backfill_errors" {
   documentation {
     mime_type = "text/markdown"
     content   = "A backfill run reported failed events or errors. Check the run with the status function (`GET ${local.function_urls.status}`) and the logs: `jsonPayload.component=\"backfill\" severity>=WARNING`. Item errors are stored per run under `dataMigrations/{migrationId}/errors`."
+  }
+
+  alert_strategy {
+    auto_close = "86400s"
+  }
+}
+
+# The seed runbook's alert: a live run ended with more than var.alert_error_rate of its events
+# failed. (A run failing faster than that is stopped by the circuit breaker, alerted below.)
+resource "google_monitoring_alert_policy" "backfill_error_rate" {
+  count = var.alerting_enabled ? 1 : 0
+
+  display_name          = "Backfill: run error rate above ${var.alert_error_rate * 100}%"
+  combiner              = "OR"
+  notification_channels = var.alert_notification_channels
+
+  conditions {
+    display_name = "A live run's error rate"
+    condition_threshold {
+      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.error_rate.name}\" AND metric.label.dry_run=\"false\" AND resource.type=\"cloud_run_revision\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = var.alert_error_rate
+      duration        = "0s"
+
+      aggregations {
+        alignment_period     = "600s"
+        per_series_aligner   = "ALIGN_PERCENTILE_99"
+        cross_series_reducer = "REDUCE_MAX"
+      }
+
+      trigger {
+        count = 1
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "A live backfill run ended with more than ${var.alert_error_rate * 100}% of its events failed. Find it: `jsonPayload.component=\"backfill\" jsonPayload.message=\"${var.summary_log_message}\" jsonPayload.error_rate>${var.alert_error_rate}`; its failures by code: `jsonPayload.message=\"${var.failure_log_message}\" jsonPayload.migration_id=\"{migrationId}\"`. Download the error CSV (`GET ${local.function_urls.status}/{migrationId}/errors`), fix the cause, retry the failed events (`POST ${local.function_urls.control}/api/admin/dataMigrations/{migrationId}/retry`), then run ledger_verify over the range."
   }
 
   alert_strategy {

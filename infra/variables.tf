@@ -352,6 +352,29 @@ variable "sweep_log_message" {
   default     = "sweep picked up lost work"
 }
 
+variable "summary_log_message" {
+  description = "Message of the one structured log line a run writes as it ends (fields migration_id, type, status, event_count, start_date, end_date, dry_run, processed, errors, error_rate, total, duration_ms); the error-rate and duration metrics read these lines."
+  type        = string
+  default     = "run summary"
+}
+
+variable "failure_log_message" {
+  description = "Message of the ERROR line written for each failed event (fields migration_id, chunk_id, event_id, event_type, code, dry_run; never the payload); the failed_events metric reads these lines."
+  type        = string
+  default     = "event failed"
+}
+
+variable "alert_error_rate" {
+  description = "Alert when a live run ends with more than this share of its events failed (0.01: 1%)."
+  type        = number
+  default     = 0.01
+
+  validation {
+    condition     = var.alert_error_rate >= 0 && var.alert_error_rate < 1
+    error_message = "alert_error_rate is a share of events: at least 0, below 1."
+  }
+}
+
 variable "alerting_enabled" {
   description = "Create the alert policies: event errors and error logs, runs stopped by the circuit breaker, runs paused by the kill switch."
   type        = bool

@@ -141,7 +141,7 @@ class ChunkRunner:
         pacer = Pacer(lambda: self._share(task.migration_id), self._ports.monotonic, time.sleep)
         return _PageLoop(self._ports, delivery, run, lease, source_of(db, backfill, lease.chunk),
                          PageCommit(self._settings, db, run, backfill, task.chunk_id),
-                         Poison(self._settings, db, task.migration_id, task.chunk_id),
+                         Poison(self._settings, db, task.migration_id, task.chunk_id, run.dry_run),
                          pacer, page_size(self._settings, backfill)).run()
 
     def _share(self, migration_id: str) -> float | None:

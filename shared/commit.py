@@ -31,6 +31,11 @@ from shared.sources import Page
 
 logger = logging.getLogger(__name__)
 
+# The messages of the page line and of a failed event's line (Terraform's
+# var.page_log_message and var.failure_log_message: the metrics read these lines).
+PAGE_MESSAGE = "page applied"
+FAILURE_MESSAGE = "event failed"
+
 _COUNTER_OF = {Outcome.APPLIED: "applied", Outcome.DUPLICATE: "duplicates",
                Outcome.SKIPPED: "skipped", Outcome.ERROR: "errors"}
 
@@ -70,6 +75,7 @@ class PageCommit:
         events (none pulled in from elsewhere), so the next page may be read meanwhile: the
         commit cannot change any event after this page's cursor."""
         migration_id = self._run.migration_id
+        began = time.monotonic()
         events = selection.events
         plan, pulled, stored = self._plan(events)
         already = {event.event_id for event in [*pulled, *events]
@@ -112,8 +118,14 @@ class PageCommit:
             return None
         lease.committed(results[-1].update_time, selection.cursor, selection.read, clears)
         counts = counts_of(plan)
-        logs.log(logger, "page applied", migration_id=migration_id, chunk_id=self._chunk_id,
-                 event_count=selection.read, dry_run=self._run.dry_run, **counts)
+        for result in plan.results:
+            if result.outcome is Outcome.ERROR:
+                log_failure(migration_id, self._chunk_id, result.event_id, result.event_type,
+                            result.code, self._run.dry_run)
+        logs.log(logger, PAGE_MESSAGE, migration_id=migration_id, chunk_id=self._chunk_id,
+                 type=self._run.type, event_count=selection.read, dry_run=self._run.dry_run,
+                 processed=counts["applied"] + counts["duplicates"],
+                 duration_ms=int((time.monotonic() - began) * 1000), **counts)
         return Committed(selection.read, final, counts["errors"])
 
     def _plan(self, events: list[Event]) -> tuple[PagePlan, list[Event], dict[str, Stored]]:
@@ -197,6 +209,15 @@ class PageCommit:
             update.update(state=ChunkState.COMPLETED.value, leaseOwner=None,
                           finishedAt=firestore.SERVER_TIMESTAMP)
         return update
+
+
+def log_failure(migration_id: str, chunk_id: str, event_id: str, event_type: str, code: str,
+                dry_run: bool) -> None:
+    """One failed event's ERROR line: its ids and error code, never its payload nor the
+    message (which may quote payload values)."""
+    logs.log(logger, FAILURE_MESSAGE, logging.ERROR, migration_id=migration_id,
+             chunk_id=chunk_id, event_id=event_id, event_type=event_type, code=code,
+             dry_run=dry_run)
 
 
 def progressed(settings: Settings, read: int, cursor: dict[str, Any] | None) -> dict[str, Any]:

@@ -8,13 +8,15 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from shared import logs
+from shared import clock, logs
 from shared.models import FINAL_CHUNK_STATES, ChunkState, RunStatus
-from shared.records import COUNTERS, ChunkRecord
+from shared.records import COUNTERS, ChunkRecord, RunRecord
 from shared.stores import Stores
 
 logger = logging.getLogger(__name__)
 
+# The message of the run-summary line (Terraform's var.summary_log_message).
+SUMMARY_MESSAGE = "run summary"
 # Chunks that have not ended: open ones, and paused ones that resume will reopen.
 NOT_ENDED = [state for state in ChunkState if state not in FINAL_CHUNK_STATES]
 
@@ -33,11 +35,30 @@ def finish_run(stores: Stores, migration_id: str, status: RunStatus, reason: str
     """Move a run to a final status once; False if it already had one."""
     moved = stores.runs.move(migration_id, status, detail=reason, failure_reason=reason,
                              summary=summary, strict=False)
-    if moved is not None and summary is not None:
-        logs.log(logger, "run finished", migration_id=migration_id, status=status.value,
-                 reason=reason, **{key: value for key, value in summary.items()
-                                   if key in ("processed", "errors", "total", "skipped")})
+    if moved is not None:
+        log_summary(stores, moved, status, reason, summary)
     return moved is not None
+
+
+def log_summary(stores: Stores, run: RunRecord, status: RunStatus, reason: str,
+                summary: dict[str, Any] | None = None) -> None:
+    """The run's one summary line, written once as it ends (whatever ends it): what the
+    log-based metrics ``backfill_processed_events``, ``backfill_error_rate`` and
+    ``backfill_operation_duration`` read (``infra/monitoring.tf``). ``run`` is the run as it was
+    before it ended; ``summary`` its counts, if the caller summed them already."""
+    counts = summary if summary is not None else summarize(
+        stores.chunks.chunks(run.migration_id))
+    taken, errors = int(counts["taken"]), int(counts["errors"])
+    began = run.started_at or run.created_at
+    logs.log(logger, SUMMARY_MESSAGE, logging.ERROR if status is RunStatus.FAILED
+             else logging.INFO, migration_id=run.migration_id, type=run.type,
+             status=status.value, reason=reason, start_date=run.start_date.isoformat(),
+             end_date=run.end_date.isoformat(), dry_run=run.dry_run, event_count=taken,
+             total=run.total if run.total is not None else taken,
+             processed=int(counts["processed"]), applied=int(counts["applied"]),
+             duplicates=int(counts["duplicates"]), skipped=int(counts["skipped"]),
+             errors=errors, error_rate=round(errors / taken, 6) if taken else 0.0,
+             duration_ms=max(0, int((clock.now() - began).total_seconds() * 1000)))
 
 
 def finish_if_done(stores: Stores, migration_id: str) -> None:

@@ -65,6 +65,8 @@ def cancel(settings: Settings, stores: Stores, migration_id: str, by: str,
     moved = stores.runs.move(migration_id, RunStatus.CANCELLED, by=by, note=note)
     chunks = stop_chunks(settings, stores, migration_id, ChunkState.CANCELLED,
                          "its run was cancelled")
+    if moved is not None:
+        completion.log_summary(stores, moved, RunStatus.CANCELLED, note or "cancelled")
     return _steered(stores, migration_id, moved, chunks)
 
 
@@ -76,6 +78,7 @@ def halt(settings: Settings, stores: Stores, migration_id: str, reason: str) -> 
         return False
     stop_chunks(settings, stores, migration_id, ChunkState.CANCELLED,
                 f"its run stopped: {reason}")
+    completion.log_summary(stores, moved, RunStatus.FAILED, reason)
     return True
 
 

@@ -19,7 +19,7 @@ FIELDS = frozenset({
     "applied", "duplicates", "skipped", "errors", "total", "eligible", "chunk_id", "chunks",
     "segment", "status", "caller", "reason", "task_name", "duration_ms", "event_id", "code",
     "attempt", "below_zero", "previous", "action", "rate", "runs", "field", "limit",
-    "throttled_seconds",
+    "throttled_seconds", "error_rate", "event_type",
 })
 
 _configured = threading.Lock()

@@ -16,7 +16,7 @@ from google.cloud import firestore
 
 from shared import ledgers, logs
 from shared.backfills.base import Event, ItemResult
-from shared.commit import progressed
+from shared.commit import log_failure, progressed
 from shared.config import Settings
 from shared.errors import UNEXPECTED_ERROR, Unavailable
 from shared.lease import CONFLICTS, Lease
@@ -39,8 +39,9 @@ class Poison:
     """Counts a lone failing event's attempts on its chunk, and passes over it at the last."""
 
     def __init__(self, settings: Settings, db: firestore.Client, migration_id: str,
-                 chunk_id: str) -> None:
+                 chunk_id: str, dry_run: bool = False) -> None:
         self._settings = settings
+        self._dry_run = dry_run
         self._db = db
         self._migration_id = migration_id
         self._chunk_id = chunk_id
@@ -61,7 +62,8 @@ class Poison:
             raise Unavailable(f"event {event.event_id} failed with {cause} (attempt {attempts} "
                               f"of {self._settings.poison_attempts}); the task is retried")
         self._pass_over(lease, source, event, cause, attempts)
-        self._log("event passed over", event, attempts, UNEXPECTED_ERROR)
+        log_failure(self._migration_id, self._chunk_id, event.event_id, event.event_type,
+                    UNEXPECTED_ERROR, self._dry_run)
 
     def _pass_over(self, lease: Lease, source: PageSource, event: Event, cause: str,
                    attempts: int) -> None:
