@@ -105,12 +105,21 @@ def start(
     include_processed: Annotated[bool, typer.Option(
         help="webhook_replay: also take events flagged processed, to repair those whose "
              "ledger entry is missing")] = False,
+    event_types: Annotated[list[str] | None, typer.Option(
+        "--event-type", help="only events of this type (repeat it for more)")] = None,
+    customer_ids: Annotated[list[str] | None, typer.Option(
+        "--customer", help="only this customer's events: a canary (repeat it, or @FILE "
+                           "with one id per line)")] = None,
+    order_ids: Annotated[list[str] | None, typer.Option(
+        "--order", help="only this order's events (repeat it, or @FILE)")] = None,
+    event_ids: Annotated[list[str] | None, typer.Option(
+        "--event", help="only this event (repeat it, or @FILE)")] = None,
     wait: WaitOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
 ) -> None:
     """Start a run over --start..--end or the last --lookback-days days (a dry run unless
-    --apply)."""
+    --apply); --event-type, --customer, --order and --event narrow it to a target."""
     body: dict[str, Any] = {"type": backfill_type, "dryRun": dry_run}
     body.update(_range(start_date, end_date, lookback_days))
     if max_events is not None:
@@ -121,11 +130,30 @@ def start(
         body["force"] = True
     if include_processed:
         body["includeProcessed"] = True
+    for field, values in (("eventTypes", event_types), ("customerIds", customer_ids),
+                          ("orderIds", order_ids), ("eventIds", event_ids)):
+        if values:
+            body[field] = _listed(values)
     with _client(token, as_email) as client:
         started = client.start(body)
         console.print_json(json.dumps(started))
         if wait:
             _watch(client, started["migrationId"])
+
+
+def _listed(values: list[str]) -> list[str]:
+    """Values as given, with ``@FILE`` read as one value per line (blank lines ignored)."""
+    listed: list[str] = []
+    for value in values:
+        if value.startswith("@"):
+            try:
+                lines = Path(value[1:]).read_text().splitlines()
+            except OSError as error:
+                raise typer.BadParameter(f"cannot read {value[1:]}: {error.strerror}") from None
+            listed += [line.strip() for line in lines if line.strip()]
+        else:
+            listed.append(value)
+    return listed
 
 
 def _range(start_date: str | None, end_date: str | None,

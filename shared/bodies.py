@@ -11,12 +11,18 @@ import calendar
 import datetime as dt
 import json
 import re
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.backfills.registry import BACKFILLS
 from shared.errors import InvalidRequest
+from shared.models import DocumentId
+
+# A customer, order or event id a targeted run names; at most this many of each, so a run
+# document stays far below Firestore's 1 MiB.
+TargetId = Annotated[DocumentId, Field(max_length=256)]
+MAX_TARGET_IDS = 500
 
 
 class _TriggerBody(BaseModel):
@@ -34,6 +40,21 @@ class _TriggerBody(BaseModel):
                                               le=1_000_000)
     force: bool = False
     include_processed: bool = Field(False, alias="includeProcessed")
+    event_types: list[str] | None = Field(None, alias="eventTypes", min_length=1, max_length=8)
+    customer_ids: list[TargetId] | None = Field(None, alias="customerIds", min_length=1,
+                                                max_length=MAX_TARGET_IDS)
+    order_ids: list[TargetId] | None = Field(None, alias="orderIds", min_length=1,
+                                             max_length=MAX_TARGET_IDS)
+    event_ids: list[TargetId] | None = Field(None, alias="eventIds", min_length=1,
+                                             max_length=MAX_TARGET_IDS)
+
+    @property
+    def target(self) -> dict[str, list[str]] | None:
+        """The run's target as runs record it (sorted, without repeats), or None."""
+        target = {name: sorted(set(values)) for name, values in (
+            ("eventTypes", self.event_types), ("customerIds", self.customer_ids),
+            ("orderIds", self.order_ids), ("eventIds", self.event_ids)) if values}
+        return target or None
 
     @model_validator(mode="after")
     def _one_kind_of_range(self) -> _TriggerBody:
@@ -52,11 +73,18 @@ class _TriggerBody(BaseModel):
                 raise ValueError("endDate: must be on or after startDate")
         if self.type not in BACKFILLS.names():
             raise ValueError(f"type: Input should be one of: {', '.join(BACKFILLS.names())}")
-        if self.include_processed and "includeProcessed" not in BACKFILLS.get(self.type).options:
-            takers = [name for name in BACKFILLS.names()
-                      if "includeProcessed" in BACKFILLS.get(name).options]
-            raise ValueError(f"includeProcessed: only {', '.join(takers)} takes it "
-                             f"({self.type} does not)")
+        backfill = BACKFILLS.get(self.type)
+        given = {"includeProcessed": self.include_processed, **(self.target or {})}
+        for option, wanted in given.items():
+            if wanted and option not in backfill.options:
+                takers = [name for name in BACKFILLS.names()
+                          if option in BACKFILLS.get(name).options]
+                raise ValueError(f"{option}: only {', '.join(takers) or 'no type'} takes it "
+                                 f"({self.type} does not)")
+        for event_type in self.event_types or ():
+            if event_type not in backfill.event_types:
+                raise ValueError(f"eventTypes: {self.type} applies only "
+                                 f"{', '.join(backfill.event_types)}, not {event_type!r}")
         return self
 
 
@@ -81,6 +109,8 @@ class BackfillRequest(BaseModel):
     lookback_days: int | None = None
     force: bool = False
     include_processed: bool = False
+    # A targeted run's eventTypes, customerIds, orderIds and eventIds (``shared.target``).
+    target: dict[str, list[str]] | None = None
     # The endDate as sent, when it named a day past its month's end (e.g. 2024-11-31), which
     # the request takes as the month's last day (``end_date``).
     requested_end_date: str | None = None
@@ -112,7 +142,7 @@ def parse_request(raw: bytes, max_range_days: int, today: dt.date) -> BackfillRe
                               max_events_per_second=body.max_events_per_second,
                               lookback_days=body.lookback_days, force=body.force,
                               include_processed=body.include_processed,
-                              requested_end_date=requested_end)
+                              target=body.target, requested_end_date=requested_end)
     if request.days > max_range_days:
         raise InvalidRequest(
             "endDate", f"the range spans {request.days} days; at most {max_range_days} per run"

@@ -23,7 +23,7 @@ from google.cloud import firestore
 from shared import ledgers, lifecycle, logs, planning, store
 from shared.backfills.base import Backfill, Event, ItemResult, PagePlan, Stored
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
-from shared.errors import EventMissing, PurchaseNotFound
+from shared.errors import EventMissing
 from shared.lease import CONFLICTS, Lease
 from shared.models import ChunkState, Outcome
 from shared.records import RunRecord
@@ -169,7 +169,7 @@ class PageCommit:
         """Purchases to apply ahead of the page's refunds that lack them; None: none lack one
         (or the backfill type does not pull)."""
         pull = getattr(self._backfill, "pull", None)
-        if pull is None or not any(r.code == PurchaseNotFound.code for r in plan.results):
+        if pull is None or not any(r.wants_purchase for r in plan.results):
             return None
         pulled: list[Event] = pull(self._db.collection(store.EVENTS), events, plan,
                                    self._window)
@@ -236,8 +236,8 @@ def progressed(settings: Settings, read: int, cursor: dict[str, Any] | None) -> 
 
 def counts_of(plan: PagePlan) -> dict[str, int]:
     """The page's events by outcome, as the chunk counters name them (repeats not again)."""
-    counts = dict.fromkeys(_COUNTER_OF.values(), 0)
+    counts = dict.fromkeys([*_COUNTER_OF.values(), "outside"], 0)
     for result in plan.results:
         if not result.repeat:
-            counts[_COUNTER_OF[result.outcome]] += 1
+            counts["outside" if result.outside else _COUNTER_OF[result.outcome]] += 1
     return counts

@@ -87,7 +87,7 @@ def start_run(
                    max_events_per_second=(request.max_events_per_second
                                           or settings.max_events_per_second),
                    lookback_days=request.lookback_days, forced=request.force,
-                   include_processed=request.include_processed,
+                   include_processed=request.include_processed, target=request.target,
                    requested_end_date=request.requested_end_date)
     return _launch(settings, stores, dispatcher, run, request.force, scheduled_for)
 
@@ -118,6 +118,7 @@ def start_retry(source_id: str, caller: Caller, settings: Settings, stores: Stor
     run = _new_run(source.type, dry, source.start_date, source.end_date, settings, caller,
                    now(), 1, retry_of={"migrationId": source_id, "code": code, "events": failed},
                    forced=force, include_processed=source.include_processed,
+                   target=source.target,
                    max_events_per_second=(source.max_events_per_second
                                           or settings.max_events_per_second))
     return _launch(settings, stores, dispatcher, run, force, None)

@@ -125,6 +125,8 @@ class ShadowLedger:
              already: set[str]) -> None:
         events = self._db.collection(store.EVENTS)
         for result in results:
+            if result.outside:
+                continue  # a dry run leaves the events outside its target alone too
             batch.update(events.document(result.event_id), {
                 "dryRunProcessed": True, "dryRunOutcome": result.outcome.value,
                 "dryRunMigrationId": self._migration_id})

@@ -47,6 +47,8 @@ class Counters(_Shape):
     duplicates: int = 0
     skipped: int = 0
     errors: int = 0
+    # Events a targeted run read but left alone (outside its target).
+    outside: int = 0
     points: int = 0
 
 
@@ -68,6 +70,8 @@ class RunRecord(_Record):
     lookback_days: int | None = None
     forced: bool = False
     include_processed: bool = False
+    # A targeted run's eventTypes, customerIds, orderIds, eventIds (``shared.target``).
+    target: dict[str, list[str]] | None = None
     requested_end_date: str | None = None
     waiting_for: list[str] = Field(default_factory=list)
     retry_of: dict[str, Any] | None = None
@@ -184,6 +188,7 @@ class RunFields(_Shape):
     failure_reason: str
     received_before: dt.datetime | None
     include_processed: bool
+    target: dict[str, list[str]] | None
     requested_end_date: str | None
     waiting_for: list[str]
 
@@ -241,6 +246,7 @@ class RunStatusView(RunFields):
     duplicates: int
     skipped: int
     errors: int
+    outside: int
     taken: int
     points_moved: int
     percent: float

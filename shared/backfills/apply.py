@@ -50,6 +50,12 @@ class Book:
         found = self._stored.get(product_path(product_id))
         return found.data if found is not None else None
 
+    def customer_of(self, order_id: str) -> str | None:
+        """The customer of an order, from its purchase entry (None: no entry)."""
+        entry = self.entry(ledger.purchase_id(order_id))
+        customer_id = entry.get("customerId") if entry is not None else None
+        return customer_id if isinstance(customer_id, str) else None
+
     def change(self, entry_id: str, fields: Mapping[str, Any]) -> None:
         """Change an entry: in place if this page creates it, else under a precondition."""
         if entry_id in self._plan.creates:

@@ -67,6 +67,11 @@ class ItemResult:
     # This run applied this very event already (a refund pulled its purchase forward): the
     # event is not counted again.
     repeat: bool = False
+    # Outside the run's target (``shared.target``): left as it was, counted as ``outside``.
+    outside: bool = False
+    # A reversal that needs its order's purchase entry (missing, or needed to know the
+    # customer): a replay pulls the purchase ahead of it.
+    wants_purchase: bool = False
 
     def __post_init__(self) -> None:
         if self.settled is None:
@@ -119,6 +124,10 @@ class Backfill(Protocol):
     @property
     def options(self) -> frozenset[str]:
         """The request fields beyond the common ones that this type takes."""
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        """The event types it applies (those a targeted run's ``eventTypes`` may name)."""
 
     def variant(self, run: Mapping[str, Any]) -> Backfill:
         """The definition a run's options select (itself, without options)."""

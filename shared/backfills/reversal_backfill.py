@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from shared import target
 from shared.backfills.apply import apply_reversal, reversal_lookups
 from shared.backfills.base import Event
 from shared.backfills.registry import BACKFILLS
@@ -31,10 +32,11 @@ class ReversalBackfill(RuleBook):
     name = BackfillType.REVERSAL_BACKFILL.value
     error_codes = (MalformedPayload.code, PurchaseNotFound.code)
     waits_for = (BackfillType.WEBHOOK_REPLAY.value,)
+    options = frozenset(target.FIELDS)
 
     def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
-        return in_window(events.where(filter=FieldFilter("eventType", "in",
-                                                          list(REVERSAL_TYPES))), window)
+        return in_window(events.where(filter=FieldFilter("eventType", "in", self.types())),
+                         window)
 
 
 BACKFILLS.register(ReversalBackfill())

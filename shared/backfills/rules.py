@@ -4,6 +4,7 @@ its event type (events of other types are skipped), and the window every selecti
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
@@ -11,12 +12,15 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared.backfills.apply import Book
 from shared.backfills.base import Event, ItemResult, PagePlan, Stored
-from shared.errors import ItemError
+from shared.errors import ItemError, PurchaseNotFound
 from shared.models import EventType, Outcome
 from shared.planning import Window
+from shared.target import NO_CUSTOMER_YET, Target
 
 Rule = Callable[[Event, Book, PagePlan, str], ItemResult]
 REVERSAL_TYPES = (EventType.REFUND.value, EventType.CHARGEBACK.value)
+# The code of an event outside a targeted run's target (not counted as skipped: ``outside``).
+OUTSIDE_TARGET = "outside_target"
 
 
 def in_window(query: Any, window: Window) -> Any:
@@ -26,16 +30,36 @@ def in_window(query: Any, window: Window) -> Any:
 
 class RuleBook:
     """Applies each event by the rule of its type; events of other types are skipped. A type
-    built on it has no options and waits for nobody unless it says so."""
+    built on it has no options and waits for nobody unless it says so. A run's ``target``
+    (``shared.target``) narrows the events it applies; the rest are ``outside``."""
 
     rules: ClassVar[Mapping[str, Rule]]
     lookups_by_type: ClassVar[Mapping[str, Callable[[Event], list[str]]]]
     page_size: int | None = None
     waits_for: tuple[str, ...] = ()
     options: frozenset[str] = frozenset()
+    target: Target | None = None
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        """The event types it applies (a target's ``eventTypes`` must be among them)."""
+        return tuple(self.rules)
 
     def variant(self, run: Mapping[str, Any]) -> Self:
-        return self
+        return self.aimed(Target.of(run.get("target")))
+
+    def aimed(self, target: Target | None) -> Self:
+        """This definition for a run of ``target`` (itself, without one)."""
+        if target is None:
+            return self
+        aimed = copy.copy(self)
+        aimed.target = target
+        return aimed
+
+    def types(self) -> list[str]:
+        """The event types its selection takes: its own, narrowed by the target."""
+        taken = tuple(self.rules)
+        return self.target.types(taken) if self.target is not None else list(taken)
 
     def lookups(self, events: Sequence[Event]) -> list[str]:
         paths: dict[str, None] = {}
@@ -54,6 +78,12 @@ class RuleBook:
         return plan
 
     def _apply(self, event: Event, book: Book, plan: PagePlan, migration_id: str) -> ItemResult:
+        if self.target is not None and (why := self.target.excludes(
+                event.event_id, event.event_type, event.data, book.customer_of)) is not None:
+            return ItemResult(event.event_id, event.event_type, Outcome.SKIPPED,
+                              code=OUTSIDE_TARGET, message=f"outside the run's target: {why}",
+                              settled=False, outside=True,
+                              wants_purchase=why == NO_CUSTOMER_YET)
         rule = self.rules.get(event.event_type)
         if rule is None:
             return ItemResult(event.event_id, event.event_type, Outcome.SKIPPED,
@@ -65,6 +95,7 @@ class RuleBook:
             return rule(event, book, plan, migration_id)
         except ItemError as error:
             return ItemResult(event.event_id, event.event_type, Outcome.ERROR, code=error.code,
-                              message=error.message, hint=error.hint)
+                              message=error.message, hint=error.hint,
+                              wants_purchase=error.code == PurchaseNotFound.code)
 
 

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from shared import target
 from shared.backfills.apply import (
     apply_purchase,
     apply_reversal,
@@ -47,19 +48,23 @@ class WebhookReplay(RuleBook):
     }
     name = BackfillType.WEBHOOK_REPLAY.value
     error_codes = (MalformedPayload.code, ProductNotFound.code, PurchaseNotFound.code)
-    options = frozenset({"includeProcessed"})
+    options = frozenset({"includeProcessed", *target.FIELDS})
 
     def __init__(self, include_processed: bool = False) -> None:
         self.include_processed = include_processed
 
     def variant(self, run: Mapping[str, Any]) -> WebhookReplay:
-        return _REPAIRING if run.get("includeProcessed") else self
+        chosen = _REPAIRING if run.get("includeProcessed") else self
+        return chosen.aimed(target.Target.of(run.get("target")))
 
     def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
         if self.include_processed:
             return in_window(events.where(filter=FieldFilter("eventType", "in",
-                                                              list(self.rules))), window)
-        return in_window(events.where(filter=FieldFilter("processed", "==", False)), window)
+                                                              self.types())), window)
+        query = events.where(filter=FieldFilter("processed", "==", False))
+        if self.target is not None and self.target.event_types is not None:
+            query = query.where(filter=FieldFilter("eventType", "in", self.types()))
+        return in_window(query, window)
 
     def pull(self, events: firestore.CollectionReference, page: Sequence[Event], plan: PagePlan,
              run_window: Window) -> list[Event]:
@@ -67,8 +72,7 @@ class WebhookReplay(RuleBook):
         refund in ``page`` lacks its purchase entry, oldest first. It may lie in ``page`` itself
         (after its refund) or outside it; a redelivery of it stays a duplicate in its own chunk.
         """
-        missing = {result.event_id for result in plan.results
-                   if result.code == PurchaseNotFound.code}
+        missing = {result.event_id for result in plan.results if result.wants_purchase}
         order_ids = {parse_body(Reversal, event.data).order_id
                      for event in page if event.event_id in missing}
         pulled: dict[str, Event] = {}
@@ -82,10 +86,16 @@ class WebhookReplay(RuleBook):
                             query.limit(10).stream()),
                            key=lambda event: (event.received_at, event.event_id))
             oldest = next((event for event in found
-                           if run_window.start <= event.received_at < run_window.end), None)
+                           if run_window.start <= event.received_at < run_window.end
+                           and not self._outside(event)), None)
             if oldest is not None:
                 pulled[oldest.event_id] = oldest
         return sorted(pulled.values(), key=lambda event: (event.received_at, event.event_id))
+
+    def _outside(self, purchase: Event) -> bool:
+        """A purchase outside the run's target is never pulled in (its customer is its own)."""
+        return self.target is not None and self.target.excludes(
+            purchase.event_id, purchase.event_type, purchase.data, lambda _: None) is not None
 
 
 _REPAIRING = WebhookReplay(include_processed=True)

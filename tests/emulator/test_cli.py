@@ -170,6 +170,22 @@ def test_start_with_include_processed_repairs_processed_purchases_without_entrie
     data.assert_ledger_consistent(db)
 
 
+def test_start_of_a_canary_reads_its_customers_from_a_file(
+        cli: Cli, db: firestore.Client, tmp_path: Path) -> None:
+    seed_purchases(db, 30)
+    customers = tmp_path / "canary.txt"
+    customers.write_text("c1\n\nc2\n")
+
+    migration_id = cli.start(*RANGE, "--apply", "--customer", f"@{customers}",
+                             "--event-type", "ON_ORDER_COMPLETED")
+    cli.stack.wait_idle(timeout=120)
+
+    run = cli.run_status(migration_id)
+    assert run["target"] == {"customerIds": ["c1", "c2"], "eventTypes": ["ON_ORDER_COMPLETED"]}
+    assert (run["status"], run["applied"], run["outside"]) == ("completed", 9, 21)
+    assert set(data.assert_ledger_consistent(db)) == {"c1", "c2"}
+
+
 def test_start_by_lookback_days_covers_the_days_ending_today(cli: Cli) -> None:
     today = dt.datetime.now(dt.UTC).date()
 
