@@ -288,6 +288,31 @@ def retry(
 
 
 @app.command()
+def rollback(
+    migration_id: RunArgument,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run/--apply", help="a dry run first: a live rollback needs one completed")]
+    = True,
+    force: Annotated[bool, typer.Option(
+        help="roll back without a dry run first, or again after an earlier rollback")] = False,
+    wait: WaitOption = False,
+    token: TokenOption = None,
+    as_email: AsOption = "ops@example.com",
+) -> None:
+    """Start a run that undoes what an ended run wrote: a compensating entry for each of its
+    ledger entries (wallets moved with them) and its events unflagged, so a later replay can
+    apply them again. A dry run unless --apply."""
+    body: dict[str, Any] = {"dryRun": dry_run}
+    if force:
+        body["force"] = True
+    with _client(token, as_email) as client:
+        started = client.control(migration_id, "rollback", body)
+        console.print_json(json.dumps(started))
+        if wait:
+            _watch(client, started["migrationId"])
+
+
+@app.command()
 def errors(
     migration_id: RunArgument,
     code: Annotated[str | None, typer.Option(help="only this error code")] = None,

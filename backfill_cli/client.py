@@ -20,7 +20,7 @@ import httpx
 
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 PAUSED = "paused"
-ACTIONS = ("pause", "resume", "cancel", "retry", "throttle")
+ACTIONS = ("pause", "resume", "cancel", "retry", "throttle", "rollback")
 
 
 class ApiError(Exception):
@@ -116,8 +116,8 @@ class BackfillClient:
 
     def control(self, migration_id: str, action: str,
                 body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """``pause``, ``resume``, ``cancel``, ``throttle`` (their answer) or ``retry`` (the new
-        run)."""
+        """``pause``, ``resume``, ``cancel``, ``throttle`` (their answer), ``retry`` or
+        ``rollback`` (the new run)."""
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
         url = f"{self.endpoints.require('control')}/{migration_id}/{action}"

@@ -3,7 +3,8 @@
 - ``backfill_trigger``  POST  /api/jobs/backfill                        operators, Cloud Scheduler
 - ``backfill_status``   GET   /api/admin/dataMigrations[/{id}[/errors]] operators
 - ``backfill_control``  POST  /api/admin/dataMigrations/{id}/{action}   operators
-                              (action: pause, resume, cancel, retry)
+                              (action: pause, resume, cancel, retry,
+                               throttle, rollback)
 - ``backfill_sweep``    POST  /api/jobs/sweep                           Cloud Scheduler, operators
 - ``backfill_chunk``    POST  (the Cloud Tasks target)                  the tasks service account
 
@@ -29,6 +30,7 @@ from shared.auth import Caller, authenticate
 from shared.bodies import (
     ControlRequest,
     RetryRequest,
+    RollbackRequest,
     ThrottleRequest,
     parse_json,
     parse_request,
@@ -58,7 +60,7 @@ _RUN_PATH = re.compile(rf"^(?:/api/admin/dataMigrations)?/{_ID}/?$")
 _ERRORS_PATH = re.compile(rf"^(?:/api/admin/dataMigrations)?/{_ID}/errors/?$")
 _LIST_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/?$")
 _ACTION_PATH = re.compile(
-    rf"^(?:/api/admin/dataMigrations)?/{_ID}/(pause|resume|cancel|retry|throttle)/?$")
+    rf"^(?:/api/admin/dataMigrations)?/{_ID}/(pause|resume|cancel|retry|throttle|rollback)/?$")
 # Run and chunk ids are the bundle's own: {type}_{epoch ms}, a UTC day, plan, watch, retry.
 _BUNDLE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _LIMIT = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() also takes "²"
@@ -215,7 +217,8 @@ def _errors(svc: Services, migration_id: str, request: flask.Request) -> Answer:
 
 @functions_framework.http
 def backfill_control(request: flask.Request) -> flask.Response:
-    """Steer a run: pause, resume, cancel, or retry its failed events in a new run."""
+    """Steer a run: pause, resume, cancel, throttle, retry its failed events in a new run, or
+    roll back what it wrote in a new run."""
     return _answer(_control, request)
 
 
@@ -224,7 +227,7 @@ def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
     match = _ACTION_PATH.match(request.path)
     if match is None:
         raise NotFound("no such action: POST .../dataMigrations/{migrationId}/"
-                       "{pause|resume|cancel|retry|throttle}")
+                       "{pause|resume|cancel|retry|throttle|rollback}")
     migration_id, action = _run_id(match.group(1)), match.group(2)
     raw = request.get_data(cache=False)
     settings = svc.settings
@@ -237,6 +240,15 @@ def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
                                        svc.dispatcher, retry.code, retry.dry_run, retry.force)
         body, status = _started(settings, started)
         return {**body, "retryOf": started.retry_of}, status
+    if action == "rollback":
+        undo = parse_json(raw, RollbackRequest)
+        if not settings.enabled:
+            raise BackfillDisabled("backfills are switched off (BACKFILL_ENABLED=false); "
+                                   "nothing was started")
+        started = launcher.start_rollback(migration_id, caller, settings, svc.stores,
+                                          svc.dispatcher, undo.dry_run, undo.force)
+        body, status = _started(settings, started)
+        return {**body, "rollbackOf": started.rollback_of, "dryRun": undo.dry_run}, status
     if action == "throttle":
         limit = parse_json(raw, ThrottleRequest)
         return control.throttle(settings, svc.stores, migration_id, caller.email,

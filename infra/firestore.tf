@@ -54,6 +54,25 @@ locals {
         ["__name__", "ASCENDING"],
       ]
     }
+    # A rollback's items: the ledger entries one run wrote, and the events it settled without
+    # one, newest id first (an order's reversals before its purchase).
+    ledger_entries_by_run = {
+      collection  = "ledgerEntries"
+      query_scope = "COLLECTION"
+      fields = [
+        ["migrationId", "ASCENDING"],
+        ["__name__", "DESCENDING"],
+      ]
+    }
+    webhook_events_settled_by_run = {
+      collection  = "webhookEvents"
+      query_scope = "COLLECTION"
+      fields = [
+        ["backfillMigrationId", "ASCENDING"],
+        ["backfillOutcome", "ASCENDING"],
+        ["__name__", "DESCENDING"],
+      ]
+    }
     runs_by_type = {
       collection  = "dataMigrations"
       query_scope = "COLLECTION"

@@ -71,13 +71,15 @@ class _TriggerBody(BaseModel):
             assert self.end_date is not None
             if self.start_date > self.end_date:
                 raise ValueError("endDate: must be on or after startDate")
-        if self.type not in BACKFILLS.names():
-            raise ValueError(f"type: Input should be one of: {', '.join(BACKFILLS.names())}")
+        if self.type not in BACKFILLS.triggered():
+            raise ValueError(f"type: Input should be one of: {', '.join(BACKFILLS.triggered())}"
+                             + (" (rollback runs start through POST .../{migrationId}/rollback)"
+                                if BACKFILLS.internal(self.type) else ""))
         backfill = BACKFILLS.get(self.type)
         given = {"includeProcessed": self.include_processed, **(self.target or {})}
         for option, wanted in given.items():
             if wanted and option not in backfill.options:
-                takers = [name for name in BACKFILLS.names()
+                takers = [name for name in BACKFILLS.triggered()
                           if option in BACKFILLS.get(name).options]
                 raise ValueError(f"{option}: only {', '.join(takers) or 'no type'} takes it "
                                  f"({self.type} does not)")
@@ -206,6 +208,14 @@ class RetryRequest(ControlRequest):
 
     code: str | None = Field(None, pattern=r"^[a-z_]{1,64}$")
     dry_run: bool | None = Field(None, alias="dryRun")
+    force: bool = False
+
+
+class RollbackRequest(ControlRequest):
+    """The body of rollback (optional): ``dryRun`` (default true: a live rollback needs a
+    completed dry run of it first, unless ``force``)."""
+
+    dry_run: bool = Field(True, alias="dryRun")
     force: bool = False
 
 

@@ -89,14 +89,14 @@ class PageCommit:
             lease.left is not None and selection.read >= lease.left)
         batch = self._db.batch()
         self._ledger.write(batch, plan, stored)
-        self._ledger.flag(batch, plan.results, already)
+        if self._backfill.flags_events:
+            self._ledger.flag(batch, plan.results, already)
         for result in plan.results:
             if result.outcome is Outcome.ERROR:
                 ledgers.record_error(self._db, batch, migration_id, self._chunk_id, result)
-        retried = lease.chunk.source
+        retried = (lease.chunk.source or {}).get("errorsOf")
         if retried and not self._run.dry_run:
-            ledgers.mark_resolved(self._db, batch, retried["errorsOf"], migration_id,
-                                  plan.results)
+            ledgers.mark_resolved(self._db, batch, retried, migration_id, plan.results)
         if final:
             # The lease guarantees the chunk is still as read: running, ours.
             lifecycle.chunk_move(lease.chunk.state, ChunkState.COMPLETED)

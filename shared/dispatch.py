@@ -31,6 +31,9 @@ from shared.errors import Unavailable
 PLAN_CHUNK = "plan"  # the run's planning task
 WATCH_CHUNK = "watch"  # the run's watchdog task
 RETRY_CHUNK = "retry"  # the one chunk of a run that retries another run's failed events
+# A rollback's chunks: the entries the rolled-back run wrote, the events it settled without one.
+ENTRIES_CHUNK = "entries"
+FLAGS_CHUNK = "flags"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 from shared import clock, logs, planning
 from shared.auth import Caller
 from shared.backfills.registry import BACKFILLS
+from shared.backfills.rollback import ROLLBACK
 from shared.bodies import BackfillRequest
 from shared.completion import fail_run
 from shared.config import Settings
@@ -28,7 +29,7 @@ from shared.dispatch import (
     arm_watchdog,
 )
 from shared.errors import Conflict, NotFound, TooManyRuns, Unavailable
-from shared.models import FINAL_RUN_STATUSES, RunStatus
+from shared.models import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, RunStatus
 from shared.records import RunRecord
 from shared.stores import Stores
 
@@ -55,13 +56,16 @@ class StartedRun:
     requested_end_date: str | None = None
     # For a retry run: the run it retries, the error code it is limited to, how many events.
     retry_of: dict[str, Any] | None = None
+    # For a rollback run: the run it rolls back, and how many entries that run wrote.
+    rollback_of: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, run: RunRecord, duplicate: bool = False) -> StartedRun:
         return cls(run.migration_id, run.status, run.chunk_count, duplicate=duplicate,
                    waiting_for=tuple(run.waiting_for), start_date=run.start_date.isoformat(),
                    end_date=run.end_date.isoformat(),
-                   requested_end_date=run.requested_end_date, retry_of=run.retry_of)
+                   requested_end_date=run.requested_end_date, retry_of=run.retry_of,
+                   rollback_of=run.rollback_of)
 
 
 def start_run(
@@ -104,6 +108,10 @@ def start_retry(source_id: str, caller: Caller, settings: Settings, stores: Stor
     source = stores.runs.get(source_id)
     if source is None:
         raise NotFound(f"no run {source_id}")
+    if source.type == ROLLBACK:
+        raise Conflict(f"run {source_id} is a rollback: its failures are not retried; fix "
+                       "their cause, then roll back again with force: true (it passes over "
+                       "what it rolled back)", [source_id])
     if source.status not in FINAL_RUN_STATUSES:
         raise Conflict(f"run {source_id} is {source.status.value}; retry its failed events "
                        "once it has ended (let it finish, or cancel it)", [source_id])
@@ -124,6 +132,47 @@ def start_retry(source_id: str, caller: Caller, settings: Settings, stores: Stor
     return _launch(settings, stores, dispatcher, run, force, None)
 
 
+def start_rollback(source_id: str, caller: Caller, settings: Settings, stores: Stores,
+                   dispatcher: Dispatcher, dry_run: bool = True, force: bool = False,
+                   now: Clock = clock.now) -> StartedRun:
+    """Start a run that undoes the ledger entries run ``source_id`` wrote
+    (``shared.backfills.rollback``).
+
+    The run must have ended and have been live; a live rollback needs a completed dry run of
+    it first and none live before it (``force`` passes both checks: rolling back again takes
+    what an earlier rollback left).
+    """
+    source = stores.runs.get(source_id)
+    if source is None:
+        raise NotFound(f"no run {source_id}")
+    if source.type == ROLLBACK:
+        raise Conflict(f"run {source_id} is a rollback; to undo it, replay its range: the "
+                       "replay reinstates what it rolled back", [source_id])
+    if source.status not in FINAL_RUN_STATUSES:
+        raise Conflict(f"run {source_id} is {source.status.value}; roll it back once it has "
+                       "ended (let it finish, or cancel it)", [source_id])
+    if source.dry_run:
+        raise Conflict(f"run {source_id} was a dry run and wrote no ledger entry", [source_id])
+    earlier = stores.runs.rollbacks(source_id)
+    if not dry_run and not force:
+        live = [run.migration_id for run in earlier if not run.dry_run
+                and run.status in (RunStatus.COMPLETED, *ACTIVE_RUN_STATUSES)]
+        if live:
+            raise Conflict(f"run {source_id} is rolled back already by {', '.join(live)}; pass "
+                           "force: true to roll back what is left", live)
+        if not any(run.dry_run and run.status is RunStatus.COMPLETED for run in earlier):
+            raise Conflict(f"dry-run the rollback of {source_id} first (dryRun: true), read "
+                           "its report, then roll back with dryRun: false", [source_id])
+    written = stores.plans.written(source_id)
+    if written == 0:
+        raise Conflict(f"run {source_id} wrote no ledger entry: nothing to roll back",
+                       [source_id])
+    run = _new_run(ROLLBACK, dry_run, source.start_date, source.end_date, settings, caller,
+                   now(), 1, rollback_of={"migrationId": source_id, "entries": written},
+                   forced=force)
+    return _launch(settings, stores, dispatcher, run, force, None)
+
+
 def _new_run(backfill_type: str, dry_run: bool, start_date: dt.date, end_date: dt.date,
              settings: Settings, caller: Caller, created: dt.datetime, chunk_count: int,
              **more: Any) -> RunRecord:
@@ -135,6 +184,7 @@ def _new_run(backfill_type: str, dry_run: bool, start_date: dt.date, end_date: d
         # Events received from here on are left to the live path, which may be applying them.
         "received_before": created - dt.timedelta(minutes=settings.settle_minutes),
         "requested_by": caller.email, "created_at": created,
+        "pitr_timestamp": created.replace(second=0, microsecond=0),
         "status_reason": "created; planning is queued", **more})
 
 

@@ -25,6 +25,17 @@ def reversal_id(source_event_id: str) -> str:
     return f"reversal_{source_event_id}"
 
 
+def rollback_id(rollback_migration_id: str, entry_id: str) -> str:
+    """The entry a rollback run writes to compensate ``entry_id``: one per rollback and entry."""
+    return f"rollback_{rollback_migration_id}_{entry_id}"
+
+
+def reinstatement_id(rolled_back_by: str, entry_id: str) -> str:
+    """The entry that re-applies ``entry_id`` after the rollback ``rolled_back_by`` undid it:
+    one per rollback and entry, so a re-application after each rollback happens once."""
+    return f"reinstate_{rolled_back_by}_{entry_id}"
+
+
 def purchase_points(order: OrderCompleted, products: Mapping[str, Mapping[str, Any] | None]) -> int:
     """Points an order credits: ``sum(product.points * quantity)`` over its lines.
 

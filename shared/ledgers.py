@@ -73,6 +73,9 @@ class LiveLedger:
                 batch.set(wallets.document(customer_id),
                           {"balance": firestore.Increment(delta), "updatedAt": now},
                           merge=True)
+        events = self._db.collection(store.EVENTS)
+        for event_id, fields in plan.event_updates.items():
+            batch.update(events.document(event_id), fields)
 
     def flag(self, batch: firestore.WriteBatch, results: Iterable[ItemResult],
              already: set[str]) -> None:

@@ -26,6 +26,8 @@ class BackfillType(enum.StrEnum):
 
     WEBHOOK_REPLAY = "webhook_replay"
     REVERSAL_BACKFILL = "reversal_backfill"
+    # Started through run control only: undoes what one run wrote (shared.backfills.rollback).
+    ROLLBACK = "rollback"
 
 
 class EventType(enum.StrEnum):

@@ -15,6 +15,8 @@ from shared import lifecycle, logs, planning
 from shared.backfills.registry import BACKFILLS
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
 from shared.dispatch import (
+    ENTRIES_CHUNK,
+    FLAGS_CHUNK,
     PLAN_CHUNK,
     RETRY_CHUNK,
     ChunkTask,
@@ -88,12 +90,20 @@ def plan_run(settings: Settings, stores: Stores, dispatcher: Dispatcher,
 def plan_chunks(settings: Settings, plans: PlanStore, errors: ErrorStore,
                 run: RunRecord) -> list[PlannedChunk]:
     """The run's chunks: one a window of ``chunkDays`` (cut at ``receivedBefore``), with the
-    events it may take (``maxEvents`` shared out oldest first); a retry run's one chunk."""
+    events it may take (``maxEvents`` shared out oldest first); a retry run's one chunk (the
+    failed events), a rollback's two (the entries the
+    rolled-back run wrote, and the events it settled without one)."""
     if run.retry_of:
         source = run.retry_of
         return [PlannedChunk(RETRY_CHUNK, None, None,
                              errors.count(source["migrationId"], source.get("code")), None,
                              {"errorsOf": source["migrationId"], "code": source.get("code")})]
+    if run.rollback_of:
+        undone = run.rollback_of["migrationId"]
+        return [PlannedChunk(ENTRIES_CHUNK, None, None, plans.written(undone), None,
+                             {"entriesOf": undone}),
+                PlannedChunk(FLAGS_CHUNK, None, None, plans.settled(undone), None,
+                             {"flagsOf": undone})]
     backfill = BACKFILLS.of(run)
     cutoff = run.received_before
     windows = [planning.before(window, cutoff) if cutoff is not None else window

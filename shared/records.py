@@ -75,6 +75,11 @@ class RunRecord(_Record):
     requested_end_date: str | None = None
     waiting_for: list[str] = Field(default_factory=list)
     retry_of: dict[str, Any] | None = None
+    # For a rollback run: the run it rolls back, and how many entries that run wrote.
+    rollback_of: dict[str, Any] | None = None
+    # A whole minute just before the run began (Firestore point-in-time recovery reads at
+    # whole minutes): the database as of then holds none of its writes.
+    pitr_timestamp: dt.datetime | None = None
     chunk_days: int = 1
     chunk_count: int = 0
     received_before: dt.datetime | None = None
@@ -176,6 +181,8 @@ class RunFields(_Shape):
     max_events: int | None
     max_events_per_second: int | None
     retry_of: dict[str, Any] | None
+    rollback_of: dict[str, Any] | None
+    pitr_timestamp: dt.datetime | None
     forced: bool
     planned: bool
     eligible: int | None

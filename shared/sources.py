@@ -5,6 +5,9 @@
 - ``RetrySource``: the events that failed in the run a retry run retries (its error records,
   of one code if asked), in event id order; the cursor is the last error record's id. An event
   whose document is gone is reported as ``missing``.
+- ``WrittenSource``: what a run wrote, as a rollback takes it: the ledger entries it wrote, or
+  the events it settled without an entry, in descending id order (an order's reversals before
+  its purchase); the cursor is the last document's id.
 
 A cursor moves only with the page commit that applied the page, so a source never skips an
 event and never yields one twice to the same chunk.
@@ -98,9 +101,39 @@ class RetrySource:
         return {"eventId": event.event_id}
 
 
+class WrittenSource:
+    def __init__(self, db: firestore.Client, collection: str, query: Any) -> None:
+        self._db = db
+        self._collection = collection
+        self._query = query
+
+    @classmethod
+    def of(cls, db: firestore.Client, source: Mapping[str, Any]) -> WrittenSource:
+        if "entriesOf" in source:
+            return cls(db, store.LEDGER, store.written_by(db, source["entriesOf"]))
+        return cls(db, store.EVENTS, store.settled_by(db, source["flagsOf"]))
+
+    def page(self, cursor: Mapping[str, Any] | None, limit: int) -> Page:
+        if limit <= 0:
+            return Page.empty()
+        documents = self._db.collection(self._collection)
+        query = self._query.order_by("__name__", direction=firestore.Query.DESCENDING) \
+            .limit(limit)
+        if cursor:
+            query = query.start_after({"__name__": documents.document(cursor["eventId"])})
+        items = [Event(snap.id, snap.to_dict() or {}) for snap in query.stream()]
+        return Page(items, self.cursor_after(items[-1]) if items else None, len(items))
+
+    def cursor_after(self, event: Event) -> dict[str, Any]:
+        return {"eventId": event.event_id}
+
+
 def source_of(db: firestore.Client, backfill: Backfill,
               chunk: ChunkRecord) -> PageSource:
-    """The source a chunk describes: a retry's failed events, or its window."""
+    """The source a chunk describes: a retry's failed events, a rollback's entries, or its
+    window."""
+    if chunk.source and ("entriesOf" in chunk.source or "flagsOf" in chunk.source):
+        return WrittenSource.of(db, chunk.source)
     if chunk.source:
         return RetrySource(db, chunk.source["errorsOf"], chunk.source.get("code"))
     assert chunk.window_start is not None

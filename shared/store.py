@@ -71,6 +71,19 @@ def errors_query(db: firestore.Client, migration_id: str, code: str | None = Non
     return query
 
 
+def written_by(db: firestore.Client, migration_id: str) -> Any:
+    """The ledger entries a run wrote (``migrationId``)."""
+    return db.collection(LEDGER).where(filter=FieldFilter("migrationId", "==", migration_id))
+
+
+def settled_by(db: firestore.Client, migration_id: str) -> Any:
+    """The events a run flagged processed without writing them an entry (skipped as settled:
+    a refund of an order already fully reversed)."""
+    return db.collection(EVENTS).where(
+        filter=FieldFilter("backfillMigrationId", "==", migration_id)).where(
+        filter=FieldFilter("backfillOutcome", "==", "skipped"))
+
+
 def sums(query: Any, fields: tuple[str, ...]) -> dict[str, int]:
     """The sums of ``fields`` over the documents ``query`` matches, in one aggregation."""
     aggregation = query.sum(fields[0], alias="f0")

@@ -43,6 +43,9 @@ class RunStore(Protocol):
     def active(self) -> list[RunRecord]:
         """Every run that is pending or running."""
 
+    def rollbacks(self, migration_id: str) -> list[RunRecord]:
+        """The rollback runs of run ``migration_id``, of any status."""
+
     def recent(self, limit: int, backfill_type: str | None = None,
                status: RunStatus | None = None) -> list[RunRecord]:
         """The ``limit`` most recently created runs, newest first (of one type or status)."""
@@ -120,6 +123,12 @@ class ErrorStore(Protocol):
 class PlanStore(Protocol):
     def eligible(self, backfill: Backfill, window: Window) -> int:
         """How many events ``backfill`` would take in ``window`` (an aggregation)."""
+
+    def written(self, migration_id: str) -> int:
+        """How many ledger entries run ``migration_id`` wrote (an aggregation)."""
+
+    def settled(self, migration_id: str) -> int:
+        """How many events run ``migration_id`` flagged processed without an entry."""
 
     def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
              completes: str | None) -> bool:
@@ -202,6 +211,10 @@ class FirestoreRuns:
 
         return store.compare_and_set(self._db, store.run_ref(self._db, migration_id), decide,
                                      attempts=_RUN_MOVE_ATTEMPTS, what=f"run {migration_id}")
+
+    def rollbacks(self, migration_id: str) -> list[RunRecord]:
+        return [RunRecord.from_snapshot(snap) for snap in self._db.collection(store.RUNS).where(
+            filter=FieldFilter("rollbackOf.migrationId", "==", migration_id)).stream()]
 
     def recent(self, limit: int, backfill_type: str | None = None,
                status: RunStatus | None = None) -> list[RunRecord]:
@@ -377,6 +390,12 @@ class FirestorePlans:
         if window.end <= window.start:
             return 0
         return store.count(backfill.selection(self._db.collection(store.EVENTS), window))
+
+    def written(self, migration_id: str) -> int:
+        return store.count(store.written_by(self._db, migration_id))
+
+    def settled(self, migration_id: str) -> int:
+        return store.count(store.settled_by(self._db, migration_id))
 
     def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
              completes: str | None) -> bool:

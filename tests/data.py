@@ -85,11 +85,25 @@ def assert_ledger_consistent(db: firestore.Client) -> dict[str, int]:
             total = entry["orderTotal"]
             refunded = min(entry["refundedAmount"], total)
             assert entry["reversedPoints"] == entry["points"] * refunded // total, entry_id
-        else:
+        elif entry["type"] == "reversal":
             assert entry_id == f"reversal_{entry['sourceEventId']}"
+        elif entry["type"] == "rollback":
+            assert entry_id == f"rollback_{entry['migrationId']}_{entry['compensates']}"
+        else:
+            assert entry["type"] == "reinstatement", entry_id
+            assert entry_id.startswith("reinstate_") and entry_id.endswith(entry["reinstates"])
     wallets = {cid: w["balance"] for cid, w in documents(db, store.WALLETS).items()}
     assert {c: b for c, b in wallets.items() if b} == {c: s for c, s in sums.items() if s}
     return wallets
+
+
+def net_points(db: firestore.Client) -> dict[str, int]:
+    """Each order's points over all its entries (purchases, reversals, rollbacks and
+    reinstatements): what the order is worth to its customer now."""
+    net: dict[str, int] = defaultdict(int)
+    for entry in documents(db, store.LEDGER).values():
+        net[entry["orderId"]] += entry["points"]
+    return dict(net)
 
 
 def credited_orders(db: firestore.Client) -> Counter[str]:

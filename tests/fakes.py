@@ -71,6 +71,10 @@ class MemoryRuns:
         return [run for run in self.records.values()
                 if run.status in (RunStatus.PENDING, RunStatus.RUNNING)]
 
+    def rollbacks(self, migration_id: str) -> list[RunRecord]:
+        return [run for run in self.records.values()
+                if (run.rollback_of or {}).get("migrationId") == migration_id]
+
     def recent(self, limit: int, backfill_type: str | None = None,
                status: RunStatus | None = None) -> list[RunRecord]:
         runs = [run for run in self.records.values()
@@ -170,11 +174,18 @@ class MemoryPlans:
 
     def __init__(self, runs: MemoryRuns, chunks: MemoryChunks) -> None:
         self.eligible_by_day: dict[str, int] = {}
+        self.written_by_run: dict[str, int] = {}
         self.saves = 0
         self._runs, self._chunks = runs, chunks
 
     def eligible(self, backfill: Backfill, window: Window) -> int:
         return self.eligible_by_day.get(window.chunk_id, 0) if window.end > window.start else 0
+
+    def written(self, migration_id: str) -> int:
+        return self.written_by_run.get(migration_id, 0)
+
+    def settled(self, migration_id: str) -> int:
+        return 0
 
     def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
              completes: str | None) -> bool:

@@ -1,3 +1,7 @@
 """The backfill types. Importing this package registers the built-in ones."""
 
-from shared.backfills import reversal_backfill, webhook_replay  # noqa: F401 (they register)
+from shared.backfills import (  # noqa: F401 (they register)
+    reversal_backfill,
+    rollback,
+    webhook_replay,
+)

@@ -9,6 +9,12 @@ duplicate; a refund after its purchase reverses the new entry). Why a repeat is 
   the page is planned again, now seeing the entry and calling the event a duplicate;
 - a reversal changes its purchase entry under an update-time precondition, so two refunds of
   one order applied at the same moment cannot both start from the same ``refundedAmount``.
+
+After a rollback (``shared.backfills.rollback``) an entry it undid carries ``rolledBackBy``: the
+event's effect is gone (compensated) and its event unflagged. Applying the event again writes a
+reinstatement entry, ``reinstate_{rollbackId}_{entryId}``, once per rollback, and clears the
+mark: the ledger ends exactly as before the rollback. A refund whose purchase entry is rolled
+back fails as a missing purchase (a replay pulls the purchase in, reinstating it first).
 """
 
 from __future__ import annotations
@@ -90,6 +96,9 @@ def apply_purchase(event: Event, book: Book, plan: PagePlan, migration_id: str) 
     order = parse_body(OrderCompleted, event.data)
     entry_id = ledger.purchase_id(order.id)
     if (existing := book.entry(entry_id)) is not None:
+        if rolled_back_by := existing.get("rolledBackBy"):
+            return _reinstate_purchase(event, book, plan, migration_id, entry_id, existing,
+                                       str(rolled_back_by))
         return _duplicate(event, entry_id, existing, migration_id)
     points = ledger.purchase_points(
         order, {line.product_id: book.product(line.product_id) for line in order.lines})
@@ -122,11 +131,13 @@ def apply_reversal(event: Event, book: Book, plan: PagePlan, migration_id: str) 
     """
     reversal = parse_body(Reversal, event.data)
     entry_id = ledger.reversal_id(event.event_id)
-    if (existing := book.entry(entry_id)) is not None:
+    existing = book.entry(entry_id)
+    rolled_back_by = existing.get("rolledBackBy") if existing is not None else None
+    if existing is not None and not rolled_back_by:
         return _duplicate(event, entry_id, existing, migration_id)
     purchase_id = ledger.purchase_id(reversal.order_id)
     purchase = book.entry(purchase_id)
-    if purchase is None:
+    if purchase is None or purchase.get("rolledBackBy"):
         raise PurchaseNotFound(reversal.order_id)
     points = _int(purchase, "points", purchase_id)
     total = _int(purchase, "orderTotal", purchase_id)
@@ -142,7 +153,7 @@ def apply_reversal(event: Event, book: Book, plan: PagePlan, migration_id: str) 
                           message=f"order {reversal.order_id} is already fully reversed")
     book.change(purchase_id, {"refundedAmount": share.refunded_amount,
                               "reversedPoints": share.reversed_points})
-    plan.creates[entry_id] = {
+    written = {
         "customerId": customer_id,
         "type": "reversal",
         "points": share.points,
@@ -152,9 +163,42 @@ def apply_reversal(event: Event, book: Book, plan: PagePlan, migration_id: str) 
         "migrationId": migration_id,
         "reversesEntryId": purchase_id,
         "amount": reversal.amount,
+        # What this reversal added to refundedAmount (amounts past orderTotal add nothing):
+        # what a rollback takes off again.
+        "refundedDelta": share.refunded_amount - refunded,
     }
+    if rolled_back_by:
+        book.change(entry_id, {"rolledBackBy": None, "reinstatedBy": migration_id})
+        plan.creates[ledger.reinstatement_id(str(rolled_back_by), entry_id)] = {
+            **written, "type": "reinstatement", "reinstates": entry_id}
+    else:
+        plan.creates[entry_id] = written
     plan.credit(customer_id, share.points)
     return ItemResult(event.event_id, event.event_type, Outcome.APPLIED, points=share.points,
+                      customer_id=customer_id)
+
+
+def _reinstate_purchase(event: Event, book: Book, plan: PagePlan, migration_id: str,
+                        entry_id: str, existing: Mapping[str, Any],
+                        rolled_back_by: str) -> ItemResult:
+    """Apply a purchase again after a rollback undid its entry: its points as they were."""
+    points = _int(existing, "points", entry_id)
+    customer_id = existing.get("customerId")
+    if not isinstance(customer_id, str):
+        raise MalformedPayload(f"Malformed purchase entry: {entry_id}: customerId")
+    plan.creates[ledger.reinstatement_id(rolled_back_by, entry_id)] = {
+        "customerId": customer_id,
+        "type": "reinstatement",
+        "points": points,
+        "orderId": existing.get("orderId"),
+        "sourceEventId": event.event_id,
+        "source": "backfill",
+        "migrationId": migration_id,
+        "reinstates": entry_id,
+    }
+    book.change(entry_id, {"rolledBackBy": None, "reinstatedBy": migration_id})
+    plan.credit(customer_id, points)
+    return ItemResult(event.event_id, event.event_type, Outcome.APPLIED, points=points,
                       customer_id=customer_id)
 
 

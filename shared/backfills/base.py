@@ -92,6 +92,9 @@ class PagePlan:
     updates: dict[str, tuple[dict[str, Any], dt.datetime]] = dataclasses.field(
         default_factory=dict)
     wallet_deltas: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Changed fields of webhook events (a rollback clears the flags of what it undid); live
+    # runs write them, dry runs do not.
+    event_updates: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def credit(self, customer_id: str, points: int) -> None:
         self.wallet_deltas[customer_id] = self.wallet_deltas.get(customer_id, 0) + points
@@ -128,6 +131,11 @@ class Backfill(Protocol):
     @property
     def event_types(self) -> tuple[str, ...]:
         """The event types it applies (those a targeted run's ``eventTypes`` may name)."""
+
+    @property
+    def flags_events(self) -> bool:
+        """Whether its items are webhook events, flagged with their outcome as they are
+        applied (a rollback's items are ledger entries)."""
 
     def variant(self, run: Mapping[str, Any]) -> Backfill:
         """The definition a run's options select (itself, without options)."""

@@ -14,17 +14,29 @@ from shared.records import RunRecord
 class Registry:
     def __init__(self) -> None:
         self._types: dict[str, Backfill] = {}
+        self._internal: set[str] = set()
 
-    def register(self, backfill: Backfill) -> Backfill:
-        """Add a type; its name must be new."""
+    def register(self, backfill: Backfill, internal: bool = False) -> Backfill:
+        """Add a type; its name must be new. An ``internal`` type's runs are started by the
+        bundle itself (a rollback, through run control), never by the trigger."""
         if backfill.name in self._types:
             raise ValueError(f"a backfill type {backfill.name!r} is registered already")
         self._types[backfill.name] = backfill
+        if internal:
+            self._internal.add(backfill.name)
         return backfill
+
+    def triggered(self) -> tuple[str, ...]:
+        """The types the trigger starts."""
+        return tuple(name for name in self._types if name not in self._internal)
+
+    def internal(self, name: str) -> bool:
+        return name in self._internal
 
     def unregister(self, name: str) -> None:
         """Remove a type (tests that register one of their own)."""
         del self._types[name]
+        self._internal.discard(name)
 
     def get(self, name: str) -> Backfill:
         """The type called ``name``; ``KeyError`` if there is none."""

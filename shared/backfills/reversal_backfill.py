@@ -31,7 +31,7 @@ class ReversalBackfill(RuleBook):
 
     name = BackfillType.REVERSAL_BACKFILL.value
     error_codes = (MalformedPayload.code, PurchaseNotFound.code)
-    waits_for = (BackfillType.WEBHOOK_REPLAY.value,)
+    waits_for = (BackfillType.WEBHOOK_REPLAY.value, BackfillType.ROLLBACK.value)
     options = frozenset(target.FIELDS)
 
     def selection(self, events: firestore.CollectionReference, window: Window) -> Any:

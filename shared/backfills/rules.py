@@ -39,6 +39,7 @@ class RuleBook:
     waits_for: tuple[str, ...] = ()
     options: frozenset[str] = frozenset()
     target: Target | None = None
+    flags_events = True
 
     @property
     def event_types(self) -> tuple[str, ...]:

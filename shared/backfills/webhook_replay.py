@@ -49,6 +49,8 @@ class WebhookReplay(RuleBook):
     name = BackfillType.WEBHOOK_REPLAY.value
     error_codes = (MalformedPayload.code, ProductNotFound.code, PurchaseNotFound.code)
     options = frozenset({"includeProcessed", *target.FIELDS})
+    # A rollback over the same dates unflags events as it goes: replay them once it is done.
+    waits_for = (BackfillType.ROLLBACK.value,)
 
     def __init__(self, include_processed: bool = False) -> None:
         self.include_processed = include_processed

@@ -186,6 +186,27 @@ def test_start_of_a_canary_reads_its_customers_from_a_file(
     assert set(data.assert_ledger_consistent(db)) == {"c1", "c2"}
 
 
+def test_rollback_dry_run_first_then_applied_undoes_a_run(
+        cli: Cli, db: firestore.Client) -> None:
+    seed_purchases(db, 12)
+    migration_id = cli.start(*RANGE, "--apply")
+    cli.stack.wait_idle(timeout=120)
+
+    refused = cli.run("rollback", migration_id, "--apply")
+    dry = cli.json("rollback", migration_id)
+    cli.stack.wait_idle(timeout=120)
+    live = cli.json("rollback", migration_id, "--apply")
+    cli.stack.wait_idle(timeout=120)
+
+    assert refused.exit_code == 1 and "dry-run the rollback" in plain(refused.output)
+    assert (dry["dryRun"], live["dryRun"]) == (True, False)
+    assert dry["rollbackOf"] == {"migrationId": migration_id, "entries": 12}
+    run = cli.run_status(live["migrationId"])
+    assert (run["type"], run["status"], run["applied"]) == ("rollback", "completed", 12)
+    assert set(data.assert_ledger_consistent(db).values()) == {0}
+    assert not any(event["processed"] for event in data.documents(db, store.EVENTS).values())
+
+
 def test_start_by_lookback_days_covers_the_days_ending_today(cli: Cli) -> None:
     today = dt.datetime.now(dt.UTC).date()
 

@@ -1,0 +1,202 @@
+"""``rollback``: undoes what one ended run wrote to the ledger, exactly once.
+
+Its items are the ledger entries the rolled-back run wrote (``migrationId`` = that run), read in
+descending id order, so an order's reversals (``reversal_...``) are undone before its purchase
+(``purchase_...``), and, in a second chunk, the events it flagged processed without an entry
+(a refund of an order it found fully reversed), which are unflagged so a later replay looks at
+them again. For each entry, in one commit with its page:
+
+- a compensating entry ``rollback_{rollbackId}_{entryId}`` of the opposite points (create-if-
+  absent: written once), and the wallet moved by as much;
+- the entry marked ``rolledBackBy`` (a reinstatement's original entry too), so a repeat passes
+  over it and a later replay knows to reinstate it (``shared.backfills.apply``);
+- a reversal's share taken off its purchase entry (``refundedAmount``, ``reversedPoints``);
+- the entry's event unflagged (``processed: false``, ``rolledBackBy``), so a later replay
+  re-applies it.
+
+A purchase whose order still carries reversals the run does not undo (a refund applied by
+another run or the live path since) is not rolled back: that needs a person, and is recorded
+as ``reversed_since``. Started only through run control (``POST .../{migrationId}/rollback``);
+its runs are internal (the trigger does not take the type).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from google.cloud import firestore
+
+from shared import ledger, store
+from shared.backfills.apply import Book, entry_path
+from shared.backfills.base import Event, ItemResult, PagePlan, Stored
+from shared.backfills.registry import BACKFILLS
+from shared.errors import ItemError, MalformedPayload
+from shared.models import BackfillType, Outcome, document_id_problem
+from shared.planning import Window
+
+ROLLBACK = BackfillType.ROLLBACK.value
+
+
+class ReversedSince(ItemError):
+    code = "reversed_since"
+
+    def __init__(self, order_id: str, refunded: int) -> None:
+        super().__init__(
+            f"Order {order_id} carries reversals this rollback does not undo "
+            f"(refundedAmount {refunded}); its purchase was left as it is",
+            hint="roll back the run that reversed it first (or settle the order by hand), "
+                 "then roll this run back again with force: true")
+
+
+class Rollback:
+    """The rollback type: see the module's docstring."""
+
+    name = ROLLBACK
+    error_codes = (ReversedSince.code, MalformedPayload.code)
+    page_size: int | None = None
+    # Runs that write the ledger over the same dates go first (their entries must be there).
+    waits_for = (BackfillType.WEBHOOK_REPLAY.value, BackfillType.REVERSAL_BACKFILL.value)
+    options: frozenset[str] = frozenset()
+    event_types: tuple[str, ...] = ()
+    flags_events = False
+
+    def variant(self, run: Mapping[str, Any]) -> Rollback:
+        return self
+
+    def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
+        raise TypeError("a rollback reads ledger entries, not events (shared.sources)")
+
+    def lookups(self, events: Sequence[Event]) -> list[str]:
+        paths: dict[str, None] = {}
+        for item in events:
+            entry = item.data
+            if _is_event(entry):
+                paths[f"{store.EVENTS}/{item.event_id}"] = None
+                continue
+            paths[entry_path(item.event_id)] = None
+            for entry_id in (_order_entry(entry), entry.get("reinstates")):
+                if isinstance(entry_id, str) and not document_id_problem(entry_id):
+                    paths[entry_path(entry_id)] = None
+            event_id = entry.get("sourceEventId")
+            if isinstance(event_id, str) and event_id and not document_id_problem(event_id):
+                paths[f"{store.EVENTS}/{event_id}"] = None
+        return list(paths)
+
+    def plan(self, events: Sequence[Event], stored: Mapping[str, Stored],
+             migration_id: str) -> PagePlan:
+        plan = PagePlan()
+        book = Book(stored, plan)
+        for item in events:
+            if _is_event(item.data):
+                plan.results.append(_unflag(item, plan, stored, migration_id))
+                continue
+            try:
+                plan.results.append(_undo(item.event_id, book, plan, stored, migration_id))
+            except ItemError as error:
+                plan.results.append(ItemResult(item.event_id, _kind(item.data), Outcome.ERROR,
+                                               code=error.code, message=error.message,
+                                               hint=error.hint))
+        return plan
+
+
+def _undo(entry_id: str, book: Book, plan: PagePlan, stored: Mapping[str, Stored],
+          migration_id: str) -> ItemResult:
+    """Compensate one entry (checking everything before it changes the plan)."""
+    entry = book.entry(entry_id)
+    if entry is None:
+        return ItemResult(entry_id, "", Outcome.SKIPPED, code="entry_gone", settled=True,
+                          message="the entry no longer exists")
+    kind = _kind(entry)
+    if rolled_back_by := entry.get("rolledBackBy"):
+        outcome = Outcome.DUPLICATE if rolled_back_by == migration_id else Outcome.SKIPPED
+        return ItemResult(entry_id, kind, outcome, code="" if outcome is Outcome.DUPLICATE
+                          else "already_rolled_back", settled=True,
+                          message=f"rolled back by {rolled_back_by} already")
+    points, customer_id = _int(entry, "points", entry_id), entry.get("customerId")
+    order_entry_id = _order_entry(entry)
+    if not isinstance(customer_id, str) or order_entry_id is None:
+        raise MalformedPayload(f"Malformed ledger entry: {entry_id}: customerId or orderId")
+    original_id = entry.get("reinstates") if kind == "reinstatement" else entry_id
+    original = book.entry(original_id) if isinstance(original_id, str) else None
+    if original is None:
+        raise MalformedPayload(f"Malformed ledger entry: {entry_id}: reinstates")
+    order = book.entry(order_entry_id)
+    if _kind(original) == "reversal":
+        if order is None:
+            raise MalformedPayload(f"Malformed ledger entry: {entry_id}: its purchase entry "
+                                   f"{order_entry_id} does not exist")
+        refunded = _int(order, "refundedAmount", order_entry_id, 0)
+        added = entry.get("refundedDelta", entry.get("amount", 0))
+        added = added if isinstance(added, int) and not isinstance(added, bool) else 0
+        book.change(order_entry_id, {
+            "refundedAmount": max(0, refunded - added),
+            "reversedPoints": max(0, _int(order, "reversedPoints", order_entry_id, 0) + points)})
+    elif _kind(original) == "purchase":
+        refunded = _int(order or {}, "refundedAmount", order_entry_id, 0)
+        if refunded:
+            raise ReversedSince(str(entry.get("orderId")), refunded)
+    else:
+        raise MalformedPayload(f"Malformed ledger entry: {entry_id}: type {kind!r} is not "
+                               "one a run writes")
+    plan.creates[ledger.rollback_id(migration_id, entry_id)] = {
+        "customerId": customer_id,
+        "type": "rollback",
+        "points": -points,
+        "orderId": entry.get("orderId"),
+        "sourceEventId": entry.get("sourceEventId"),
+        "source": "backfill",
+        "migrationId": migration_id,
+        "compensates": entry_id,
+        "rollbackOf": entry.get("migrationId"),
+    }
+    book.change(entry_id, {"rolledBackBy": migration_id})
+    if original_id != entry_id:
+        book.change(str(original_id), {"rolledBackBy": migration_id})
+    plan.credit(customer_id, -points)
+    event_id = entry.get("sourceEventId")
+    event = stored.get(f"{store.EVENTS}/{event_id}") if isinstance(event_id, str) else None
+    if event is not None and event.data is not None:
+        plan.event_updates[str(event_id)] = {"processed": False, "processedAt": None,
+                                             "rolledBackBy": migration_id}
+    return ItemResult(entry_id, kind, Outcome.APPLIED, points=-points, customer_id=customer_id)
+
+
+def _unflag(item: Event, plan: PagePlan, stored: Mapping[str, Stored],
+            migration_id: str) -> ItemResult:
+    """Clear the flag of an event the run settled without an entry."""
+    event = stored.get(f"{store.EVENTS}/{item.event_id}")
+    data = event.data if event is not None else None
+    if data is None or data.get("processed") is not True:
+        return ItemResult(item.event_id, item.event_type, Outcome.SKIPPED, settled=True,
+                          code="already_unflagged", message="the event is not flagged "
+                                                            "processed any more")
+    plan.event_updates[item.event_id] = {"processed": False, "processedAt": None,
+                                         "rolledBackBy": migration_id}
+    return ItemResult(item.event_id, item.event_type, Outcome.APPLIED)
+
+
+def _is_event(document: Mapping[str, Any]) -> bool:
+    """A webhook event (it has an ``eventType``; ledger entries have a ``type``)."""
+    return "eventType" in document
+
+
+def _kind(entry: Mapping[str, Any]) -> str:
+    kind = entry.get("type")
+    return kind if isinstance(kind, str) else ""
+
+
+def _order_entry(entry: Mapping[str, Any]) -> str | None:
+    """The purchase entry of the entry's order (which holds the order's refunds)."""
+    order_id = entry.get("orderId")
+    return ledger.purchase_id(order_id) if isinstance(order_id, str) and order_id else None
+
+
+def _int(entry: Mapping[str, Any], key: str, entry_id: str, default: int | None = None) -> int:
+    value = entry.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MalformedPayload(f"Malformed ledger entry: {entry_id}: {key}")
+    return value
+
+
+BACKFILLS.register(Rollback(), internal=True)
