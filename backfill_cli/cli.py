@@ -201,6 +201,35 @@ def status(
 
 
 @app.command()
+def gaps(
+    start_date: Annotated[str, typer.Option("--start", help="first UTC day, YYYY-MM-DD")],
+    end_date: Annotated[str, typer.Option("--end", help="last UTC day (inclusive)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
+    token: TokenOption = None,
+    as_email: AsOption = "ops@example.com",
+) -> None:
+    """What a backfill of --start..--end would find to do, per day: the scope check before a
+    dry run. Writes nothing."""
+    with _client(token, as_email) as client:
+        found = client.gaps(start_date, end_date)
+    if as_json:
+        console.print_json(json.dumps(found))
+        return
+    table = Table("day", "unprocessed purchases", "unprocessed refunds",
+                  "unprocessed chargebacks", "reversals missing", "purchases without entry",
+                  "complete")
+    for day in found["days"]:
+        unprocessed = day["unprocessed"]
+        table.add_row(day["date"], str(unprocessed["ON_ORDER_COMPLETED"]),
+                      str(unprocessed["ON_REFUND"]), str(unprocessed["ON_CHARGEBACK"]),
+                      str(day["reversalsMissing"]), str(day["purchasesWithoutEntry"]),
+                      "yes" if day["complete"] else "[yellow]no: more than a scan takes[/]")
+    console.print(table)
+    for step in found["next"] or ["no gaps found in this range"]:
+        console.print(f"next: {escape(step)}", soft_wrap=True)
+
+
+@app.command()
 def pause(migration_id: RunArgument, reason: ReasonOption = None, token: TokenOption = None,
           as_email: AsOption = "ops@example.com") -> None:
     """Pause a pending or running run: its chunks stop at their next page and keep their

@@ -110,6 +110,14 @@ class BackfillClient:
             "GET", self.endpoints.require("status"), params=params)["runs"]
         return listed
 
+    def gaps(self, start_date: str, end_date: str) -> dict[str, Any]:
+        """Per day of the range: unprocessed events by type, refunds and chargebacks without
+        their reversal, processed purchases without their entry (the status function's
+        ``/api/admin/gaps``, beside its runs)."""
+        base = self.endpoints.require("status").removesuffix("/api/admin/dataMigrations")
+        return self._json("GET", f"{base}/api/admin/gaps",
+                          params={"startDate": start_date, "endDate": end_date})
+
     def run(self, migration_id: str) -> dict[str, Any]:
         """One run's status: counts, progress, chunks, first errors."""
         return self._json("GET", f"{self.endpoints.require('status')}/{migration_id}")

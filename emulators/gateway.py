@@ -26,6 +26,7 @@ ROUTES = (
     ("/api/jobs/sweep", "", "backfill_sweep"),
     ("/api/admin/dataMigrations", "POST", "backfill_control"),
     ("/api/admin/dataMigrations", "", "backfill_status"),
+    ("/api/admin/gaps", "", "backfill_status"),
     ("/tasks/chunk", "", "backfill_chunk"),
 )
 

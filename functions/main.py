@@ -2,6 +2,7 @@
 
 - ``backfill_trigger``  POST  /api/jobs/backfill                        operators, Cloud Scheduler
 - ``backfill_status``   GET   /api/admin/dataMigrations[/{id}[/errors]] operators
+                        GET   /api/admin/gaps?startDate&endDate       operators
 - ``backfill_control``  POST  /api/admin/dataMigrations/{id}/{action}   operators
                               (action: pause, resume, cancel, retry,
                                throttle, rollback)
@@ -25,7 +26,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from shared import clock, control, launcher, logs, progress, reports, watchdog
+from shared import clock, control, gaps, launcher, logs, progress, reports, watchdog
 from shared.auth import Caller, authenticate
 from shared.bodies import (
     ControlRequest,
@@ -59,6 +60,7 @@ _ID = r"([^/]{1,1500})"
 _RUN_PATH = re.compile(rf"^(?:/api/admin/dataMigrations)?/{_ID}/?$")
 _ERRORS_PATH = re.compile(rf"^(?:/api/admin/dataMigrations)?/{_ID}/errors/?$")
 _LIST_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/?$")
+_GAPS_PATH = re.compile(r"^(?:/api/admin)?/gaps/?$")
 _ACTION_PATH = re.compile(
     rf"^(?:/api/admin/dataMigrations)?/{_ID}/(pause|resume|cancel|retry|throttle|rollback)/?$")
 # Run and chunk ids are the bundle's own: {type}_{epoch ms}, a UTC day, plan, watch, retry.
@@ -178,6 +180,11 @@ def backfill_status(request: flask.Request) -> flask.Response:
 
 def _status(request: flask.Request) -> Answer:
     svc, _ = _admit(request, "GET", _STATUS_CALL)
+    if _GAPS_PATH.match(request.path):
+        first, last = gaps.parse_range(request.args.get("startDate"),
+                                       request.args.get("endDate"), clock.now().date())
+        return gaps.find_gaps(gaps.FirestoreGaps(svc.db), first, last,
+                              svc.settings.enqueue_workers), 200
     if match := _ERRORS_PATH.match(request.path):
         return _errors(svc, _run_id(match.group(1)), request)
     if match := _RUN_PATH.match(request.path):

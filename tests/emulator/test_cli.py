@@ -207,6 +207,18 @@ def test_rollback_dry_run_first_then_applied_undoes_a_run(
     assert not any(event["processed"] for event in data.documents(db, store.EVENTS).values())
 
 
+def test_gaps_show_the_scope_per_day_and_the_runs_to_close_them(
+        cli: Cli, db: firestore.Client) -> None:
+    seed_purchases(db, 9)
+
+    table = plain(cli.ok("gaps", "--start", "2025-01-01", "--end", "2025-01-03"))
+    found = cli.json("gaps", "--start", "2025-01-01", "--end", "2025-01-03", "--json")
+
+    assert [day["unprocessed"]["ON_ORDER_COMPLETED"] for day in found["days"]] == [3, 3, 3]
+    assert "2025-01-02 3 0 0 0 0 yes" in table
+    assert "next: webhook_replay over 2025-01-01..2025-01-03: 9 unprocessed event(s)" in table
+
+
 def test_start_by_lookback_days_covers_the_days_ending_today(cli: Cli) -> None:
     today = dt.datetime.now(dt.UTC).date()
 

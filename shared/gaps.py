@@ -1,0 +1,171 @@
+"""Gaps before running: the operator's scope check before a dry run. Per UTC day of a range:
+
+- ``unprocessed``: events not flagged processed, by event type (counts, no document read);
+- ``reversalsMissing``: refunds and chargebacks without their ``reversal_{eventId}`` entry
+  (except those a backfill settled as skipped: their order was fully reversed already);
+- ``purchasesWithoutEntry``: purchases flagged processed whose ``purchase_{orderId}`` entry
+  does not exist (the live path died between its writes, or the entry was lost).
+
+The last two read the day's refunds and processed purchases (only the fields they need) and
+look their entries up, at most ``SCAN_LIMIT`` of each per day; a day with more says so
+(``complete: false``) rather than guess. Nothing is written. The answer ends with the runs that
+would close the gaps found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from shared import ledger, planning, store
+from shared.backfills.rules import REVERSAL_TYPES, in_window
+from shared.errors import InvalidRequest
+from shared.models import EventType, document_id_problem
+from shared.planning import Window
+
+MAX_DAYS = 31
+SCAN_LIMIT = 20_000
+_TYPES = tuple(kind.value for kind in EventType)
+_LOOKUP_BATCH = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class Scan:
+    """What one day's scan of one kind found."""
+
+    scanned: int
+    missing: int
+    complete: bool
+
+
+class GapSource(Protocol):
+    def unprocessed(self, window: Window, event_type: str) -> int:
+        """Events of ``event_type`` in ``window`` not flagged processed (an aggregation)."""
+
+    def reversals(self, window: Window, limit: int) -> Scan:
+        """Refunds and chargebacks in ``window`` without their reversal entry."""
+
+    def purchases(self, window: Window, limit: int) -> Scan:
+        """Purchases in ``window`` flagged processed without their purchase entry."""
+
+
+class FirestoreGaps:
+    def __init__(self, db: firestore.Client) -> None:
+        self._db = db
+
+    def unprocessed(self, window: Window, event_type: str) -> int:
+        events = self._db.collection(store.EVENTS)
+        return store.count(in_window(events.where(filter=FieldFilter("processed", "==", False))
+                                     .where(filter=FieldFilter("eventType", "==", event_type)),
+                                     window))
+
+    def reversals(self, window: Window, limit: int) -> Scan:
+        query = in_window(self._db.collection(store.EVENTS).where(
+            filter=FieldFilter("eventType", "in", list(REVERSAL_TYPES))), window)
+        wanted: dict[str, str] = {}
+        snaps = list(query.select(["processed", "backfillOutcome"]).limit(limit + 1).stream())
+        for snap in snaps[:limit]:
+            data = snap.to_dict() or {}
+            if data.get("processed") is True and data.get("backfillOutcome") == "skipped":
+                continue  # settled: its order was fully reversed already
+            wanted[ledger.reversal_id(snap.id)] = snap.id
+        return Scan(min(len(snaps), limit), len(wanted) - self._existing(list(wanted)),
+                    len(snaps) <= limit)
+
+    def purchases(self, window: Window, limit: int) -> Scan:
+        query = in_window(self._db.collection(store.EVENTS).where(
+            filter=FieldFilter("eventType", "==", EventType.ORDER_COMPLETED.value)).where(
+            filter=FieldFilter("processed", "==", True)), window)
+        snaps = list(query.select(["payload.body.id"]).limit(limit + 1).stream())
+        entries: set[str] = set()
+        for snap in snaps[:limit]:
+            payload = (snap.to_dict() or {}).get("payload")
+            body = payload.get("body") if isinstance(payload, dict) else None
+            order_id = body.get("id") if isinstance(body, dict) else None
+            if isinstance(order_id, str) and order_id and not document_id_problem(order_id):
+                entries.add(ledger.purchase_id(order_id))
+        return Scan(min(len(snaps), limit), len(entries) - self._existing(sorted(entries)),
+                    len(snaps) <= limit)
+
+    def _existing(self, entry_ids: list[str]) -> int:
+        """How many of the ledger entries ``entry_ids`` exist (read without their fields)."""
+        ledger_ref = self._db.collection(store.LEDGER)
+        found = 0
+        for start in range(0, len(entry_ids), _LOOKUP_BATCH):
+            refs = [ledger_ref.document(entry_id)
+                    for entry_id in entry_ids[start:start + _LOOKUP_BATCH]]
+            found += sum(snap.exists for snap in self._db.get_all(refs, field_paths=["type"]))
+        return found
+
+
+def parse_range(start: str | None, end: str | None, today: dt.date) -> tuple[dt.date, dt.date]:
+    """The range of a gaps request; ``InvalidRequest`` naming the field and why."""
+    days: list[dt.date] = []
+    for field, value in (("startDate", start), ("endDate", end)):
+        if not value:
+            raise InvalidRequest(field, "is required (YYYY-MM-DD, a UTC day)")
+        try:
+            days.append(dt.date.fromisoformat(value))
+        except ValueError:
+            raise InvalidRequest(field, "must be a day as YYYY-MM-DD") from None
+    first, last = days
+    if first > last:
+        raise InvalidRequest("endDate", "must be on or after startDate")
+    if (last - first).days + 1 > MAX_DAYS:
+        raise InvalidRequest("endDate", f"at most {MAX_DAYS} days per gaps request")
+    if first > today:
+        raise InvalidRequest("startDate", f"is in the future (today is {today.isoformat()} UTC)")
+    return first, last
+
+
+def find_gaps(source: GapSource, first: dt.date, last: dt.date,
+              workers: int = 8) -> dict[str, Any]:
+    """The gaps of the UTC days ``first..last``, per day and in total, and the runs that
+    would close them."""
+    windows = planning.windows(first, last, 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        days = list(pool.map(lambda window: _day(source, window), windows))
+    totals = {
+        "unprocessed": {kind: sum(day["unprocessed"][kind] for day in days) for kind in _TYPES},
+        "reversalsMissing": sum(day["reversalsMissing"] for day in days),
+        "purchasesWithoutEntry": sum(day["purchasesWithoutEntry"] for day in days),
+    }
+    return {"startDate": first.isoformat(), "endDate": last.isoformat(), "days": days,
+            "totals": totals, "complete": all(day["complete"] for day in days),
+            "next": list(_next_runs(days, totals))}
+
+
+def _day(source: GapSource, window: Window) -> dict[str, Any]:
+    reversals = source.reversals(window, SCAN_LIMIT)
+    purchases = source.purchases(window, SCAN_LIMIT)
+    return {"date": window.start.date().isoformat(),
+            "unprocessed": {kind: source.unprocessed(window, kind) for kind in _TYPES},
+            "reversalsMissing": reversals.missing,
+            "purchasesWithoutEntry": purchases.missing,
+            "scanned": {"reversals": reversals.scanned, "processedPurchases": purchases.scanned},
+            "complete": reversals.complete and purchases.complete}
+
+
+def _next_runs(days: list[dict[str, Any]], totals: dict[str, Any]) -> Iterator[str]:
+    def span(key: str) -> str:
+        dated = [day["date"] for day in days if (sum(day[key].values()) if isinstance(
+            day[key], dict) else day[key])]
+        return f"{dated[0]}..{dated[-1]}"
+
+    unprocessed = sum(totals["unprocessed"].values())
+    if unprocessed:
+        yield (f"webhook_replay over {span('unprocessed')}: {unprocessed} unprocessed "
+               "event(s); dry run first")
+    if totals["purchasesWithoutEntry"]:
+        yield (f"webhook_replay with includeProcessed over {span('purchasesWithoutEntry')}: "
+               f"{totals['purchasesWithoutEntry']} processed purchase(s) without an entry")
+    if totals["reversalsMissing"]:
+        yield (f"reversal_backfill over {span('reversalsMissing')}: "
+               f"{totals['reversalsMissing']} refund(s) or chargeback(s) without a reversal "
+               "(after the replay: a reversal needs its purchase entry)")
