@@ -89,7 +89,8 @@ def token(
 @app.command()
 def start(
     backfill_type: Annotated[str, typer.Argument(metavar="TYPE",
-                                                 help="webhook_replay or reversal_backfill")],
+                                                 help="webhook_replay, reversal_backfill "
+                                                      "or ledger_verify")],
     start_date: Annotated[str | None, typer.Option("--start", help="first UTC day, YYYY-MM-DD")]
     = None,
     end_date: Annotated[str | None, typer.Option("--end", help="last UTC day (inclusive)")]
@@ -105,6 +106,9 @@ def start(
     include_processed: Annotated[bool, typer.Option(
         help="webhook_replay: also take events flagged processed, to repair those whose "
              "ledger entry is missing")] = False,
+    repair: Annotated[bool, typer.Option(
+        help="ledger_verify: repair what is safe to repair (flags, missing entries, a "
+             "drifted wallet), not only report it")] = False,
     event_types: Annotated[list[str] | None, typer.Option(
         "--event-type", help="only events of this type (repeat it for more)")] = None,
     customer_ids: Annotated[list[str] | None, typer.Option(
@@ -130,6 +134,8 @@ def start(
         body["force"] = True
     if include_processed:
         body["includeProcessed"] = True
+    if repair:
+        body["repair"] = True
     for field, values in (("eventTypes", event_types), ("customerIds", customer_ids),
                           ("orderIds", order_ids), ("eventIds", event_ids)):
         if values:

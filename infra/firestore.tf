@@ -73,6 +73,17 @@ locals {
         ["__name__", "DESCENDING"],
       ]
     }
+    # ledger_verify: a drifted customer's processed purchases (any missing their entry?).
+    webhook_events_processed_purchases_by_customer = {
+      collection  = "webhookEvents"
+      query_scope = "COLLECTION"
+      fields = [
+        ["eventType", "ASCENDING"],
+        ["payload.body.customer.id", "ASCENDING"],
+        ["processed", "ASCENDING"],
+        ["__name__", "ASCENDING"],
+      ]
+    }
     runs_by_type = {
       collection  = "dataMigrations"
       query_scope = "COLLECTION"

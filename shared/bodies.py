@@ -40,6 +40,7 @@ class _TriggerBody(BaseModel):
                                               le=1_000_000)
     force: bool = False
     include_processed: bool = Field(False, alias="includeProcessed")
+    repair: bool = False
     event_types: list[str] | None = Field(None, alias="eventTypes", min_length=1, max_length=8)
     customer_ids: list[TargetId] | None = Field(None, alias="customerIds", min_length=1,
                                                 max_length=MAX_TARGET_IDS)
@@ -76,7 +77,8 @@ class _TriggerBody(BaseModel):
                              + (" (rollback runs start through POST .../{migrationId}/rollback)"
                                 if BACKFILLS.internal(self.type) else ""))
         backfill = BACKFILLS.get(self.type)
-        given = {"includeProcessed": self.include_processed, **(self.target or {})}
+        given = {"includeProcessed": self.include_processed, "repair": self.repair,
+                 **(self.target or {})}
         for option, wanted in given.items():
             if wanted and option not in backfill.options:
                 takers = [name for name in BACKFILLS.triggered()
@@ -111,6 +113,8 @@ class BackfillRequest(BaseModel):
     lookback_days: int | None = None
     force: bool = False
     include_processed: bool = False
+    # ledger_verify: repair what is safe to repair.
+    repair: bool = False
     # A targeted run's eventTypes, customerIds, orderIds and eventIds (``shared.target``).
     target: dict[str, list[str]] | None = None
     # The endDate as sent, when it named a day past its month's end (e.g. 2024-11-31), which
@@ -144,7 +148,8 @@ def parse_request(raw: bytes, max_range_days: int, today: dt.date) -> BackfillRe
                               max_events_per_second=body.max_events_per_second,
                               lookback_days=body.lookback_days, force=body.force,
                               include_processed=body.include_processed,
-                              target=body.target, requested_end_date=requested_end)
+                              repair=body.repair, target=body.target,
+                              requested_end_date=requested_end)
     if request.days > max_range_days:
         raise InvalidRequest(
             "endDate", f"the range spans {request.days} days; at most {max_range_days} per run"

@@ -64,6 +64,8 @@ class PageCommit:
         self._ledger = ledgers.ledger_of(db, run.migration_id, run.dry_run)
         # Products are reference data the page only reads: read each once per delivery.
         self._products: dict[str, Stored] = {}
+        # Customers an audit (ledger_verify) checked whole in this delivery's earlier pages.
+        self._audited: set[str] = set()
 
     def commit(self, lease: Lease, selection: Page, limit: int,
                committing: Callable[[bool], None] = lambda final: None) -> Committed | None:
@@ -94,6 +96,8 @@ class PageCommit:
         for result in plan.results:
             if result.outcome is Outcome.ERROR:
                 ledgers.record_error(self._db, batch, migration_id, self._chunk_id, result)
+        for finding in plan.findings:
+            ledgers.record_finding(self._db, batch, migration_id, self._chunk_id, finding)
         retried = (lease.chunk.source or {}).get("errorsOf")
         if retried and not self._run.dry_run:
             ledgers.mark_resolved(self._db, batch, retried, migration_id, plan.results)
@@ -117,6 +121,7 @@ class PageCommit:
             time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 (jitter)
             return None
         lease.committed(results[-1].update_time, selection.cursor, selection.read, clears)
+        self._audited |= plan.audited
         counts = counts_of(plan)
         for result in plan.results:
             if result.outcome is Outcome.ERROR:
@@ -133,6 +138,10 @@ class PageCommit:
         and the documents the plan was made on."""
         backfill, migration_id = self._backfill, self._run.migration_id
         stored = self._read(backfill.lookups(events))
+        gather = getattr(backfill, "gather", None)
+        if gather is not None:
+            # An audit's wider reads (a customer's whole ledger), made before planning too.
+            stored.update(gather(self._db, events, stored, self._audited))
         plan = backfill.plan(events, stored, migration_id)
         ahead = self._pull(events, plan)
         if ahead is None:

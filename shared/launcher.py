@@ -18,7 +18,6 @@ from typing import Any
 from shared import clock, logs, planning
 from shared.auth import Caller
 from shared.backfills.registry import BACKFILLS
-from shared.backfills.rollback import ROLLBACK
 from shared.bodies import BackfillRequest
 from shared.completion import fail_run
 from shared.config import Settings
@@ -29,11 +28,13 @@ from shared.dispatch import (
     arm_watchdog,
 )
 from shared.errors import Conflict, NotFound, TooManyRuns, Unavailable
-from shared.models import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, RunStatus
+from shared.models import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, BackfillType, RunStatus
 from shared.records import RunRecord
 from shared.stores import Stores
 
 logger = logging.getLogger(__name__)
+
+ROLLBACK, VERIFY = BackfillType.ROLLBACK.value, BackfillType.LEDGER_VERIFY.value
 
 Clock = Callable[[], dt.datetime]
 
@@ -92,6 +93,7 @@ def start_run(
                                           or settings.max_events_per_second),
                    lookback_days=request.lookback_days, forced=request.force,
                    include_processed=request.include_processed, target=request.target,
+                   repair=request.repair,
                    requested_end_date=request.requested_end_date)
     return _launch(settings, stores, dispatcher, run, request.force, scheduled_for)
 
@@ -108,6 +110,9 @@ def start_retry(source_id: str, caller: Caller, settings: Settings, stores: Stor
     source = stores.runs.get(source_id)
     if source is None:
         raise NotFound(f"no run {source_id}")
+    if source.type == VERIFY:
+        raise Conflict(f"run {source_id} is a ledger_verify: its findings are not retried; "
+                       "fix what needs a person, then verify the range again", [source_id])
     if source.type == ROLLBACK:
         raise Conflict(f"run {source_id} is a rollback: its failures are not retried; fix "
                        "their cause, then roll back again with force: true (it passes over "

@@ -36,6 +36,11 @@ def reinstatement_id(rolled_back_by: str, entry_id: str) -> str:
     return f"reinstate_{rolled_back_by}_{entry_id}"
 
 
+def adjustment_id(migration_id: str, customer_id: str) -> str:
+    """The entry an audit run writes to make a drifted wallet's entries add up to it."""
+    return f"adjustment_{migration_id}_{customer_id}"
+
+
 def purchase_points(order: OrderCompleted, products: Mapping[str, Mapping[str, Any] | None]) -> int:
     """Points an order credits: ``sum(product.points * quantity)`` over its lines.
 

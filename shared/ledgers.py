@@ -20,7 +20,7 @@ from typing import Protocol
 from google.cloud import firestore
 
 from shared import clock, store
-from shared.backfills.base import ItemResult, PagePlan, Stored
+from shared.backfills.base import Finding, ItemResult, PagePlan, Stored
 from shared.models import Outcome
 
 
@@ -69,10 +69,17 @@ class LiveLedger:
                          option=self._db.write_option(last_update_time=read_at))
         wallets = self._db.collection(store.WALLETS)
         for customer_id, delta in plan.wallet_deltas.items():
-            if delta:
+            if delta and customer_id not in plan.wallet_guards:
                 batch.set(wallets.document(customer_id),
                           {"balance": firestore.Increment(delta), "updatedAt": now},
                           merge=True)
+        for customer_id, read_at in plan.wallet_guards.items():
+            # A repair decided on this wallet as read: written only if it has not moved.
+            delta = plan.wallet_deltas.get(customer_id, 0)
+            batch.update(wallets.document(customer_id),
+                         {"balance": firestore.Increment(delta), "updatedAt": now} if delta
+                         else {"verifiedAt": now},
+                         option=self._db.write_option(last_update_time=read_at))
         events = self._db.collection(store.EVENTS)
         for event_id, fields in plan.event_updates.items():
             batch.update(events.document(event_id), fields)
@@ -148,6 +155,17 @@ def record_error(db: firestore.Client, batch: firestore.WriteBatch, migration_id
         "code": result.code, "message": result.message, "hint": result.hint,
         "chunkId": chunk_id, "at": firestore.SERVER_TIMESTAMP,
         "attempts": firestore.Increment(attempts)}, merge=True)
+
+
+def record_finding(db: firestore.Client, batch: firestore.WriteBatch, migration_id: str,
+                   chunk_id: str, finding: Finding) -> None:
+    """An audit's finding, as one of the run's records (beside its failed events)."""
+    records = store.run_ref(db, migration_id).collection(store.ERRORS)
+    batch.set(records.document(finding.record_id), {
+        "eventId": finding.event_id, "eventType": finding.event_type, "code": finding.code,
+        "message": finding.message, "hint": finding.hint, "subject": finding.subject,
+        "repaired": finding.repaired, "chunkId": chunk_id, "at": firestore.SERVER_TIMESTAMP,
+        "attempts": 1})
 
 
 def mark_resolved(db: firestore.Client, batch: firestore.WriteBatch, retried_run: str,

@@ -26,6 +26,8 @@ class BackfillType(enum.StrEnum):
 
     WEBHOOK_REPLAY = "webhook_replay"
     REVERSAL_BACKFILL = "reversal_backfill"
+    # Checks the ledger against the data contract (shared.backfills.ledger_verify).
+    LEDGER_VERIFY = "ledger_verify"
     # Started through run control only: undoes what one run wrote (shared.backfills.rollback).
     ROLLBACK = "rollback"
 

@@ -73,8 +73,10 @@ def describe_run(settings: Settings, stores: Stores, migration_id: str,
         ceiling=throttle.ceiling(settings, run, now) if run.status in ACTIVE_RUN_STATUSES
         else None,
         status_history=run.status_history,
+        # An audit's findings are records too, though no event of it failed.
         error_codes={code: count for code in BACKFILLS.error_codes()
-                     if (count := errors.count(migration_id, code))} if sums["errors"] else {},
+                     if (count := errors.count(migration_id, code))}
+        if sums["errors"] or errors.count(migration_id) else {},
         errors_url=f"/api/admin/dataMigrations/{migration_id}/errors",
         chunks=[_chunk_view(chunk) for chunk in chunks],
         first_errors=[ErrorView.model_validate(error.model_dump())

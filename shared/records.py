@@ -70,6 +70,8 @@ class RunRecord(_Record):
     lookback_days: int | None = None
     forced: bool = False
     include_processed: bool = False
+    # ledger_verify: repair what is safe to repair (not only report it).
+    repair: bool = False
     # A targeted run's eventTypes, customerIds, orderIds, eventIds (``shared.target``).
     target: dict[str, list[str]] | None = None
     requested_end_date: str | None = None
@@ -162,6 +164,9 @@ class ErrorRecord(_Record):
     attempts: int = 0
     at: dt.datetime | None = None
     resolved_by: str | None = None
+    # An audit's finding: what it is about, and whether the run repaired it.
+    subject: str = ""
+    repaired: bool | None = None
 
 
 # --- the status answer ---------------------------------------------------------------------
@@ -195,6 +200,7 @@ class RunFields(_Shape):
     failure_reason: str
     received_before: dt.datetime | None
     include_processed: bool
+    repair: bool
     target: dict[str, list[str]] | None
     requested_end_date: str | None
     waiting_for: list[str]

@@ -1,4 +1,5 @@
-"""A run's error report: one row per failed event, as JSON or CSV, optionally of one code.
+"""A run's error report: one row per failed event (for ``ledger_verify``: per finding, with its
+``subject`` and whether it was ``repaired``), as JSON or CSV, optionally of one code.
 
 Rows come from the run's ``errors`` subcollection (one record per failed event, keyed by event
 id), read in pages in event id order, so a report of any size streams in constant memory.
@@ -17,7 +18,7 @@ from shared.errors import InvalidRequest, NotFound
 from shared.stores import Stores
 
 COLUMNS = ("eventId", "eventType", "code", "message", "hint", "attempts", "chunkId", "at",
-           "resolvedBy")
+           "resolvedBy", "subject", "repaired")
 _CODE = re.compile(r"^[a-z_]{1,64}$")
 _PAGE = 500
 # A cell a spreadsheet would run as a formula: messages quote ids taken from payloads.

@@ -44,6 +44,11 @@ class Book:
         self._plan = plan
         self._changed: dict[str, dict[str, Any]] = {}
 
+    @property
+    def stored(self) -> Mapping[str, Stored]:
+        """The documents as read before planning."""
+        return self._stored
+
     def entry(self, entry_id: str) -> dict[str, Any] | None:
         if entry_id in self._plan.creates:
             return self._plan.creates[entry_id]

@@ -78,6 +78,25 @@ class ItemResult:
             self.settled = self.outcome in (Outcome.APPLIED, Outcome.DUPLICATE)
 
 
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """A violation of the data contract an audit found (``ledger_verify``), kept as a record
+    of the run (``record_id``: one per code and subject, so a repeat overwrites it), and
+    whether this run repaired it."""
+
+    code: str
+    subject: str  # what it is about: "webhookEvents/e1", "ledgerEntries/...", "wallets/c1"
+    message: str
+    hint: str = ""
+    event_id: str = ""
+    event_type: str = ""
+    repaired: bool = False
+
+    @property
+    def record_id(self) -> str:
+        return f"{self.code}__{self.subject.replace('/', '__')}"
+
+
 @dataclasses.dataclass
 class PagePlan:
     """A page's outcomes and the writes that make them so.
@@ -95,6 +114,13 @@ class PagePlan:
     # Changed fields of webhook events (a rollback clears the flags of what it undid); live
     # runs write them, dry runs do not.
     event_updates: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # An audit's findings, and the wallets its repairs were decided on: written under the
+    # update time they were read at (``None``: the wallet did not exist), so a wallet that
+    # moved meanwhile makes the page be planned again.
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+    wallet_guards: dict[str, dt.datetime] = dataclasses.field(default_factory=dict)
+    # Customers whose whole ledger this page audited (not audited again by the delivery).
+    audited: set[str] = dataclasses.field(default_factory=set)
 
     def credit(self, customer_id: str, points: int) -> None:
         self.wallet_deltas[customer_id] = self.wallet_deltas.get(customer_id, 0) + points

@@ -48,7 +48,7 @@ class Registry:
     def of(self, run: RunRecord) -> Backfill:
         """The definition a run describes: its type, as its options select it."""
         return self.get(run.type).variant({"includeProcessed": run.include_processed,
-                                           "target": run.target})
+                                           "repair": run.repair, "target": run.target})
 
     def error_codes(self) -> tuple[str, ...]:
         """Every per-event error code a run may record: its types', then the executor's."""
