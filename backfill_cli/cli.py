@@ -413,21 +413,26 @@ def _duration(seconds: float) -> str:
 
 def _show(run: dict[str, Any]) -> None:
     keys = ("status", "statusReason", "total", "processed", "applied", "duplicates", "skipped",
-            "errors", "percent", "pointsMoved", "leftForLaterRun", "rate", "averageRate",
+            "errors", "outside", "percent", "pointsMoved", "leftForLaterRun", "rate", "averageRate",
             "etaSeconds", "ceiling", "maxEventsPerSecond", "stalled", "startedAt", "finishedAt")
     summary = Table("field", "value",
                     title=f"{run['migrationId']} ({'dry run' if run['dryRun'] else 'live'})")
     for key in keys:
         if key in run:
             summary.add_row(key, escape(str(run[key])))
-    if run.get("retryOf"):
-        summary.add_row("retryOf", escape(json.dumps(run["retryOf"])))
+    for key in ("retryOf", "rollbackOf", "target"):
+        if run.get(key):
+            summary.add_row(key, escape(json.dumps(run[key])))
+    if run.get("pitrTimestamp"):
+        summary.add_row("pitrTimestamp", escape(run["pitrTimestamp"]))
     console.print(summary)
     if run.get("stalledChunks"):
         console.print(f"stalled chunks (the watchdog picks them up): "
                       f"{', '.join(run['stalledChunks'])}", markup=False)
     if run.get("errorCodes"):
-        codes = Table("code", "events", title="errors by code")
+        audit = run["type"] == "ledger_verify"
+        codes = Table("code", "findings" if audit else "events",
+                      title="findings by code" if audit else "errors by code")
         for code, count in run["errorCodes"].items():
             codes.add_row(code, str(count))
         console.print(codes)

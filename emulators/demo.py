@@ -119,6 +119,14 @@ def main() -> None:
     client = connect(env)
     window = {"startDate": "2025-01-01", "endDate": "2025-01-05"}
 
+    console.rule("gaps: the scope check")
+    gaps = client.gaps(window["startDate"], window["endDate"])
+    console.print({"unprocessed": gaps["totals"]["unprocessed"],
+                   "reversalsMissing": gaps["totals"]["reversalsMissing"],
+                   "purchasesWithoutEntry": gaps["totals"]["purchasesWithoutEntry"]})
+    for step in gaps["next"]:
+        console.print(f"  next: {step}", highlight=False)
+
     console.rule("dry run: webhook_replay")
     dry = run_to_end(client, {"type": "webhook_replay", **window, "dryRun": True})
     show_run("dry run", dry)
@@ -138,6 +146,11 @@ def main() -> None:
     reversal = wait(client, chained["migrationId"])
     show_run("reversal backfill", reversal)
 
+    console.rule("verify: ledger_verify over the same days")
+    verified = run_to_end(client, {"type": "ledger_verify", **window})
+    console.print(f"  {verified['migrationId']}: {verified['status']}, findings by code: "
+                  f"{verified['errorCodes'] or 'none'}", highlight=False)
+
     console.rule("outcome")
     after = ledger_totals(db)
     table = Table("", "before", "after", title="ledger")
@@ -149,7 +162,8 @@ def main() -> None:
     for problem in problems[:20]:
         console.print(f"  [red]{problem}[/red]")
     if problems or not unchanged or live["status"] != "completed" or \
-            reversal["status"] != "completed" or reversal["errors"]:
+            reversal["status"] != "completed" or reversal["errors"] or \
+            verified["status"] != "completed":
         sys.exit(1)
 
 

@@ -219,6 +219,36 @@ def test_gaps_show_the_scope_per_day_and_the_runs_to_close_them(
     assert "next: webhook_replay over 2025-01-01..2025-01-03: 9 unprocessed event(s)" in table
 
 
+def test_the_runbook_gaps_dry_run_canary_run_verify_rollback(
+        cli: Cli, db: firestore.Client) -> None:
+    """The README's runbook, command by command, on the local stack."""
+    seed_purchases(db, 21)
+    data.put(db, data.refund("r1", "oe00001", data.at(3, 1), 500))
+
+    gaps = cli.json("gaps", "--start", "2025-01-01", "--end", "2025-01-03", "--json")
+    dry = cli.start(*RANGE)
+    cli.stack.wait_idle(timeout=120)
+    canary = cli.start(*RANGE, "--apply", "--customer", "c1")
+    cli.stack.wait_idle(timeout=120)
+    run = cli.start(*RANGE, "--apply")
+    cli.stack.wait_idle(timeout=120)
+    db.collection(store.WALLETS).document("c2").update({"balance": firestore.Increment(1)})
+    verified = cli.json("start", "ledger_verify", *RANGE, "--apply")["migrationId"]
+    cli.stack.wait_idle(timeout=120)
+    shown = plain(cli.ok("status", verified))
+    undo = cli.json("rollback", run)["migrationId"]
+    cli.stack.wait_idle(timeout=120)
+
+    assert sum(gaps["totals"]["unprocessed"].values()) == 22
+    assert cli.run_status(dry)["applied"] == 22
+    assert (cli.run_status(canary)["applied"], cli.run_status(canary)["outside"]) == (4, 18)
+    assert cli.run_status(run)["applied"] == 18
+    assert cli.run_status(verified)["errorCodes"] == {"wallet_drift": 1}
+    assert "findings by code" in shown and "wallet_drift 1" in shown
+    assert (cli.run_status(undo)["dryRun"], cli.run_status(undo)["applied"]) == (True, 18)
+    assert len(data.credited_orders(db)) == 21
+
+
 def test_start_by_lookback_days_covers_the_days_ending_today(cli: Cli) -> None:
     today = dt.datetime.now(dt.UTC).date()
 
