@@ -89,6 +89,8 @@ def assert_ledger_consistent(db: firestore.Client) -> dict[str, int]:
             assert entry_id == f"reversal_{entry['sourceEventId']}"
         elif entry["type"] == "rollback":
             assert entry_id == f"rollback_{entry['migrationId']}_{entry['compensates']}"
+        elif entry["type"] == "adjustment":
+            assert entry_id == f"adjustment_{entry['migrationId']}_{entry['customerId']}"
         else:
             assert entry["type"] == "reinstatement", entry_id
             assert entry_id.startswith("reinstate_") and entry_id.endswith(entry["reinstates"])

@@ -131,6 +131,11 @@ class Backfill(Protocol):
     of events, the error codes it records, its page size, the types it waits for and the request
     options it takes. Declared once, in its own module, and registered by name in
     ``shared.backfills.registry``; nothing else needs to know it.
+
+    Two optional hooks, looked up by the page commit: ``pull(events, page, plan, window)``
+    (events to apply ahead of the page's, as a replay pulls the purchases its refunds lack) and
+    ``gather(db, events, stored, audited)`` (documents beyond ``lookups``, read before planning,
+    as ``ledger_verify`` reads a customer's whole ledger).
     """
 
     @property
