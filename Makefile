@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STATE  := .local
 
-.PHONY: setup up down status demo lint test unit bench clean
+.PHONY: setup up down status demo lint test unit bench openapi clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ unit: setup                          ## the fast tests: no emulator
 
 test: lint                           ## lint, types, unit, function and end-to-end tests
 	$(VENV)/bin/pytest
+
+openapi: setup                       ## write docs/openapi.json from the code (a test compares them)
+	$(PY) -m shared.openapi > docs/openapi.json
 
 bench: setup                         ## every figure of the README's "Performance", in one run
 	$(PY) -m benchmarks.bench

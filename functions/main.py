@@ -3,6 +3,7 @@
 - ``backfill_trigger``  POST  /api/jobs/backfill                        operators, Cloud Scheduler
 - ``backfill_status``   GET   /api/admin/dataMigrations[/{id}[/errors]] operators
                         GET   /api/admin/gaps?startDate&endDate       operators
+                        GET   /api/openapi.json (this API, OpenAPI 3.1)   operators
 - ``backfill_control``  POST  /api/admin/dataMigrations/{id}/{action}   operators
                               (action: pause, resume, cancel, retry,
                                throttle, rollback)
@@ -26,7 +27,17 @@ from typing import Any
 import flask
 import functions_framework
 
-from shared import clock, control, gaps, launcher, logs, progress, reports, watchdog
+from shared import (
+    clock,
+    control,
+    gaps,
+    launcher,
+    logs,
+    openapi,
+    progress,
+    reports,
+    watchdog,
+)
 from shared.auth import Caller, authenticate
 from shared.bodies import (
     ControlRequest,
@@ -180,6 +191,8 @@ def backfill_status(request: flask.Request) -> flask.Response:
 
 def _status(request: flask.Request) -> Answer:
     svc, _ = _admit(request, "GET", _STATUS_CALL)
+    if request.path.rstrip("/") in (openapi.OPENAPI_PATH, "/openapi.json"):
+        return openapi.document(), 200
     if _GAPS_PATH.match(request.path):
         first, last = gaps.parse_range(request.args.get("startDate"),
                                        request.args.get("endDate"), clock.now().date())

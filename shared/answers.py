@@ -1,0 +1,145 @@
+"""The shapes of the functions' JSON answers that are not records (``shared.records`` holds the
+run and status views): started runs, run control, errors, the error report, gaps, the sweep.
+
+They are the response schemas of the OpenAPI document (``shared.openapi``); the schemathesis
+run in ``tests/stack`` checks every answer the functions give against them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from shared.records import RunFields, RunStatusView
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ErrorAnswer(_Answer):
+    """Any refusal: ``error`` is the code (``unauthenticated``, ``not_found``, ...)."""
+
+    error: str
+    message: str
+
+
+class FieldError(_Answer):
+    field: str
+    reason: str
+
+
+class InvalidAnswer(ErrorAnswer):
+    """400: the first wrong field and why, and every wrong field."""
+
+    field: str
+    reason: str
+    errors: list[FieldError]
+
+
+class ConflictAnswer(ErrorAnswer):
+    """409 and 429: the runs in the way."""
+
+    blocking: list[str]
+
+
+class StartedAnswer(_Answer):
+    """A run started (202), or the run a twin schedule firing started already (200)."""
+
+    migration_id: str
+    status: str
+    status_url: str
+    chunks: int
+    start_date: str
+    end_date: str
+    requested_end_date: str | None = None
+    waiting_for: list[str] | None = None
+    note: str | None = None
+    duplicate: bool | None = None
+    message: str | None = None
+    retry_of: dict[str, Any] | None = None
+    rollback_of: dict[str, Any] | None = None
+    dry_run: bool | None = None
+
+
+class RunList(_Answer):
+    runs: list[RunFields]
+
+
+class RunAnswer(RunStatusView):
+    """One run's status, with what reading a stalled run did to rescue it."""
+
+    recovery: str | None = None
+
+
+class ErrorRow(_Answer):
+    """One row of the error report (``shared.reports.COLUMNS``)."""
+
+    event_id: str | None
+    event_type: str | None
+    code: str | None
+    message: str | None
+    hint: str | None
+    attempts: int | None
+    chunk_id: str | None
+    at: dt.datetime | None
+    resolved_by: str | None
+    subject: str | None
+    repaired: bool | None
+
+
+class ErrorReport(_Answer):
+    migration_id: str
+    count: int
+    errors: list[ErrorRow]
+
+
+class SteeredAnswer(_Answer):
+    """pause, resume, cancel: where the run stands now, and whether this call moved it."""
+
+    migration_id: str
+    status: str
+    previous_status: str
+    chunks_moved: int
+    changed: bool
+
+
+class ThrottleAnswer(_Answer):
+    migration_id: str
+    status: str
+    max_events_per_second: int | None
+    previous_max_events_per_second: int | None
+    ceiling: float | None
+
+
+class GapDay(_Answer):
+    date: str
+    unprocessed: dict[str, int]
+    reversals_missing: int
+    purchases_without_entry: int
+    scanned: dict[str, int]
+    complete: bool
+
+
+class GapTotals(_Answer):
+    unprocessed: dict[str, int]
+    reversals_missing: int
+    purchases_without_entry: int
+
+
+class GapsAnswer(_Answer):
+    start_date: str
+    end_date: str
+    days: list[GapDay]
+    totals: GapTotals
+    complete: bool
+    next: list[str] = Field(description="the runs that would close the gaps, in order")
+
+
+class SweepAnswer(_Answer):
+    runs: int
+    picked_up: int
+    rounds: dict[str, str]
