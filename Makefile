@@ -36,8 +36,17 @@ lint: setup
 unit: setup                          ## the fast tests: no emulator
 	$(VENV)/bin/pytest tests/unit
 
-test: lint                           ## lint, types, unit, function and end-to-end tests
-	$(VENV)/bin/pytest
+# The status page test drives Debian's Chromium (no browser download: the machine's network
+# reaches package registries only).
+CHROMIUM ?= /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
+test: lint $(CHROMIUM)               ## lint, types, unit, function, browser and end-to-end tests
+	BACKFILL_CHROMIUM=$(CHROMIUM) $(VENV)/bin/pytest
 
 openapi: setup                       ## write docs/openapi.json from the code (a test compares them)
 	$(PY) -m shared.openapi > docs/openapi.json

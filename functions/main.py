@@ -2,6 +2,7 @@
 
 - ``backfill_trigger``  POST  /api/jobs/backfill                        operators, Cloud Scheduler
 - ``backfill_status``   GET   /api/admin/dataMigrations[/{id}[/errors]] operators
+                              (a page for a browser: Accept text/html)
                         GET   /api/admin/gaps?startDate&endDate       operators
                         GET   /api/openapi.json (this API, OpenAPI 3.1)   operators
 - ``backfill_control``  POST  /api/admin/dataMigrations/{id}/{action}   operators
@@ -34,6 +35,7 @@ from shared import (
     launcher,
     logs,
     openapi,
+    page,
     progress,
     reports,
     watchdog,
@@ -198,18 +200,32 @@ def _status(request: flask.Request) -> Answer:
                                        request.args.get("endDate"), clock.now().date())
         return gaps.find_gaps(gaps.FirestoreGaps(svc.db), first, last,
                               svc.settings.enqueue_workers), 200
+    html = page.wants_html(request.accept_mimetypes)
     if match := _ERRORS_PATH.match(request.path):
         return _errors(svc, _run_id(match.group(1)), request)
     if match := _RUN_PATH.match(request.path):
-        return _describe(svc, _run_id(match.group(1))), 200
+        described = _describe(svc, _run_id(match.group(1)))
+        if html:
+            path = request.path.rstrip("/")
+            return _page(page.run_page(described, path, path.rsplit("/", 1)[0] or "/"))
+        return described, 200
     if _LIST_PATH.match(request.path):
         limit = request.args.get("limit", "20")
         if not _LIMIT.fullmatch(limit):
             raise InvalidRequest("limit", "must be a whole number (ASCII digits)")
-        listed = progress.list_runs(svc.stores, int(limit), request.args.get("type"),
-                                    request.args.get("status"))
-        return {"runs": listed}, 200
+        kind, status = request.args.get("type"), request.args.get("status")
+        if html:
+            return _page(page.runs_page(progress.overview(svc.stores, int(limit), kind,
+                                                          status), request.path.rstrip("/")))
+        return {"runs": progress.list_runs(svc.stores, int(limit), kind, status)}, 200
     raise NotFound("no such resource")
+
+
+def _page(html: str) -> flask.Response:
+    """A status page: no script may run, nothing may be framed, sniffed or cached."""
+    return flask.Response(html, status=200, mimetype="text/html", headers={
+        "Content-Security-Policy": page.CSP, "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 
 def _describe(svc: Services, migration_id: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from shared.models import EventType, RunStatus
 
 OPENAPI_PATH = "/api/openapi.json"
 _JSON = "application/json"
+_HTML = {"text/html": {"schema": {"type": "string"}}}
 
 
 class _Schemas:
@@ -64,12 +65,14 @@ def document() -> dict[str, Any]:
                 _query("type", {"type": "string"}, "only runs of this type"),
                 _query("status", {"type": "string", "enum": [s.value for s in RunStatus]},
                        "only runs of this status")],
-            answers={"200": ("the runs", schemas.ref(answers.RunList))},
+            answers={"200": ("the runs (a page for Accept: text/html)",
+                             schemas.ref(answers.RunList), _HTML)},
             refused=("400", "401", "403", "405"))},
         "/api/admin/dataMigrations/{migrationId}": {"get": _operation(
             "getRun", "One run: counts, progress, chunks, first errors", refusals,
             parameters=[_run_id()],
-            answers={"200": ("the run's status", schemas.ref(answers.RunAnswer))},
+            answers={"200": ("the run's status (a page for Accept: text/html)",
+                             schemas.ref(answers.RunAnswer), _HTML)},
             refused=("400", "401", "403", "404", "405"))},
         "/api/admin/dataMigrations/{migrationId}/errors": {"get": _operation(
             "getRunErrors", "The run's failed events (a verify's findings): CSV or JSON",

@@ -34,6 +34,32 @@ def list_runs(stores: Stores, limit: int = 20, backfill_type: str | None = None,
     return [_jsonable(RunFields.of(run).model_dump(by_alias=True)) for run in runs]
 
 
+def overview(stores: Stores, limit: int = 20, backfill_type: str | None = None,
+             status: str | None = None, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """The recent runs as ``list_runs`` has them, each with its progress: ``taken``,
+    ``errors`` and ``percent`` (one aggregation of its chunks each), ``rate`` (its average
+    since it started) and ``etaSeconds`` (at that rate, while it is active)."""
+    now = now or clock.now()
+    listed = list_runs(stores, limit, backfill_type, status)
+    for run in listed:
+        totals = stores.chunks.totals(run["migrationId"], ("taken", "errors"))
+        taken, total = totals["taken"], run["total"] or 0
+        started = run["startedAt"]
+        began = dt.datetime.fromisoformat(started.replace("Z", "+00:00")) if started else None
+        ended = run["finishedAt"]
+        until = dt.datetime.fromisoformat(ended.replace("Z", "+00:00")) if ended else now
+        elapsed = (until - began).total_seconds() if began else 0.0
+        rate = taken / elapsed if elapsed > 0 else 0.0
+        active = run["status"] in (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+        run.update(taken=taken, errors=totals["errors"],
+                   percent=(round(min(100.0, 100.0 * taken / total), 1) if total
+                            else 100.0 if run["planned"] else 0.0),
+                   rate=round(rate, 1),
+                   etaSeconds=round(max(total - taken, 0) / rate) if active and rate > 0
+                   else None)
+    return listed
+
+
 def describe_run(settings: Settings, stores: Stores, migration_id: str,
                  now: dt.datetime | None = None) -> dict[str, Any]:
     """One run: parameters, status and why, summed counts, percent, rate and ETA, its ceiling

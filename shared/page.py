@@ -1,0 +1,83 @@
+"""The status page: what the status function answers a browser (``Accept: text/html``).
+
+Two views, built from the same answers as the JSON status (``shared.progress``): the recent
+runs (status, a progress bar, rate, ETA, errors), and one run (progress, a grid of its chunks
+coloured by state, error codes with counts and the first errors, its status history, links to
+the error report). Every value is escaped (Jinja's autoescape: event data is untrusted); the
+page has no script at all, and its one style sheet is allowed by its hash in the page's
+Content-Security-Policy, so nothing injected could run or load. A page of an active run
+refreshes itself every ``REFRESH_SECONDS``.
+
+It carries no token: the browser (or the proxy in front of it, such as
+``gcloud run services proxy``) sends the caller's own on every request, refreshes included.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from shared import clock
+
+REFRESH_SECONDS = 10
+ACTIVE = frozenset({"pending", "running", "paused"})
+_TEMPLATES = Path(__file__).parent / "templates"
+_STYLE = (_TEMPLATES / "page.css").read_text()
+
+# The Content-Security-Policy: no script, no remote anything, this style sheet only.
+_STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
+CSP = (f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; img-src 'none'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+_COUNTS = (("total", "total"), ("taken", "taken"), ("processed", "processed"),
+           ("applied", "applied"), ("duplicates", "duplicates"), ("skipped", "skipped"),
+           ("errors", "errors"), ("outside", "outside the target"),
+           ("pointsMoved", "points moved"))
+
+# Autoescape on for every template, whatever its name: every value is escaped.
+_PAGES = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
+                            undefined=jinja2.StrictUndefined)
+
+
+def wants_html(accept: Any) -> bool:
+    """Whether a request's ``Accept`` prefers HTML to JSON (a browser's does)."""
+    return bool(accept.best_match(["application/json", "text/html"]) == "text/html")
+
+
+def runs_page(runs: list[dict[str, Any]], base: str) -> str:
+    """The recent runs, each linked under ``base`` (the list's own path)."""
+    shown = []
+    for run in runs:
+        taken, total = run["taken"], run["total"] or 0
+        shown.append({**run, "href": f"{base}/{run['migrationId']}",
+                      "progressMax": max(total, taken, 1),
+                      "eta": _duration(run.get("etaSeconds"))})
+    refresh = REFRESH_SECONDS if any(run["status"] in ACTIVE for run in runs) else None
+    return _PAGES.get_template("runs.html").render(title="Backfill runs", runs=shown,
+                                              refresh=refresh, style=_STYLE, now=_now())
+
+
+def run_page(run: dict[str, Any], path: str, list_href: str) -> str:
+    """One run, its error report linked under ``path`` (the run's own path)."""
+    refresh = REFRESH_SECONDS if run["status"] in ACTIVE else None
+    return _PAGES.get_template("run.html").render(
+        title=f"{run['migrationId']}: {run['status']}", run=run, counts=_COUNTS,
+        progress_max=max(run["total"], run["taken"], 1), eta=_duration(run.get("etaSeconds")),
+        errors_href=f"{path}/errors", list_href=list_href, refresh=refresh, style=_STYLE,
+        now=_now())
+
+
+def _duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, second = divmod(int(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}h{minute:02}m" if hours else f"{minute}m{second:02}s"
+
+
+def _now() -> str:
+    return clock.now().strftime("%Y-%m-%d %H:%M:%S UTC")
