@@ -314,8 +314,12 @@ class _PageLoop:
                        self._reader.submit(self._source.page, page.cursor, following))
 
     def _continue_later(self) -> None:
-        """Out of time: release the chunk at its cursor and enqueue the next segment."""
-        task = self._delivery.task
-        segment = self._lease.hand_on(lifecycle.lease_until(self._ports.settings))
+        """Out of time: release the chunk at its cursor and enqueue the next segment, due when
+        the run's ceiling allows its first page (within half a lease, so the watchdog does not
+        take a waiting chunk for a lost one)."""
+        task, settings = self._delivery.task, self._ports.settings
+        segment = self._lease.hand_on(lifecycle.lease_until(settings))
+        delay = min(self._pacer.owed(), settings.lease_seconds / 2)
         # If this enqueue fails, the task is retried as a stale segment, which enqueues it.
-        self._ports.dispatcher.enqueue(ChunkTask(task.migration_id, task.chunk_id, segment))
+        self._ports.dispatcher.enqueue(ChunkTask(task.migration_id, task.chunk_id, segment),
+                                       delay_seconds=delay)

@@ -98,6 +98,15 @@ class Pacer:
         wait = self._events / rate - (self._monotonic() - self._since)
         self._nap(min(wait, budget_left))
 
+    def owed(self) -> float:
+        """How long the next page must still wait for this delivery's share: what the time
+        budget did not leave to sleep. The next segment's task is due that much later, so a
+        ceiling below a page per time budget holds across segments too."""
+        rate = self.rate
+        if rate is None or rate <= 0:
+            return 0.0
+        return max(0.0, self._events / rate - (self._monotonic() - self._since))
+
     def contended(self, budget_left: float) -> None:
         """Firestore pushed back: halve the pace and back off before the page is tried again."""
         self._pace = max(_SLOWEST, self._pace / 2)

@@ -85,6 +85,27 @@ def test_a_delivery_keeps_to_its_ceiling(harness: Harness,
     assert all(entry["throttled_seconds"] > 0 for entry in delivery_logs(caplog))
 
 
+def test_a_ceiling_below_a_page_per_budget_holds_across_segments(harness: Harness) -> None:
+    seeded(harness, 60)
+    harness.configure(page_size=20, time_budget_seconds=0.2)
+    migration_id = harness.start(**RANGE, maxEventsPerSecond=4).get_json()["migrationId"]
+    harness.plan()
+    first = harness._due()
+
+    answers = [harness.post_task(task).get_json()["result"] for task in first]
+
+    continued = [task for task in harness.dispatcher.queued if task.segment == 1]
+    assert answers == ["continued"] * 3 and len(continued) == 3
+    # A page of 20 events at a share of 4/s over the chunks running (1, 2, then 3 of them)
+    # takes 5, 10 and 15 s, of which the 0.2 s budget slept but a little: each next segment
+    # is due that much later, not at once.
+    delays = [harness.dispatcher.delays[task] for task in continued]
+    assert all(full - 2 < delay <= full for delay, full in zip(delays, (5, 10, 15), strict=True)), \
+        delays
+    harness.deliver_all()
+    assert harness.run(migration_id)["applied"] == 60
+
+
 def test_a_delivery_that_firestore_pushes_back_on_slows_down_instead_of_failing(
         harness: Harness, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

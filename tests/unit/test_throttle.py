@@ -106,3 +106,18 @@ def test_an_unbounded_delivery_never_waits_and_no_wait_outlasts_the_budget() -> 
 
     assert clock.naps == [2.5]
     assert free.slept == 0 and slow.slept == 2.5
+
+
+def test_what_the_budget_did_not_leave_to_sleep_is_owed_to_the_next_segment() -> None:
+    clock = Sleeper()
+    slow = Pacer(lambda: 2.0, clock.monotonic, clock.sleep)
+    slow.start()
+    slow.after(20, budget_left=1.0)  # 20 events at 2/s: 10 s, of which 1 s slept here
+    free = Pacer(lambda: None, clock.monotonic, clock.sleep)
+    free.start()
+    free.after(20, budget_left=1.0)
+
+    assert slow.owed() == pytest.approx(9.0)
+    assert free.owed() == 0.0
+    clock.now += 9.0
+    assert slow.owed() == 0.0
