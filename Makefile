@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STATE  := .local
 
-.PHONY: setup up down status demo lint test unit bench openapi clean
+.PHONY: setup up down status demo infra lint test unit bench openapi clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,20 @@ status: setup
 demo: up                             ## seed a sample, dry-run and replay it over HTTP
 	set -a && . $(STATE)/stack.env && set +a && $(PY) -m emulators.demo
 
-lint: setup
+# checkov in a venv of its own: its dependencies would fight the bundle's pins.
+CHECKOV := $(STATE)/checkov-venv
+
+$(CHECKOV)/.installed: infra/requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV)
+	$(CHECKOV)/bin/pip install --quiet -r infra/requirements-checkov.txt
+	touch $@
+
+infra: $(CHECKOV)/.installed         ## static checks of infra/ (Terraform cannot init here)
+	$(CHECKOV)/bin/checkov -d infra --framework terraform --quiet --compact \
+	  --config-file infra/.checkov.yaml
+	if command -v terraform >/dev/null; then terraform fmt -check -recursive infra; fi
+
+lint: setup infra
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 

@@ -44,7 +44,6 @@ locals {
     BACKFILL_CHUNK_URL                 = local.function_urls.chunk
     BACKFILL_CHUNK_AUDIENCE            = local.function_urls.chunk
     BACKFILL_STATUS_URL                = local.function_urls.status
-    BACKFILL_CONTROL_URL               = local.function_urls.control
     BACKFILL_OPERATOR_AUDIENCES        = join(",", local.operator_audiences)
     BACKFILL_OPERATORS                 = join(",", var.operators)
     BACKFILL_SCHEDULER_IDENTITY        = google_service_account.scheduler.email

@@ -14,7 +14,7 @@ output "status_url" {
 }
 
 output "control_url" {
-  description = "URL of the run control function (POST <url>/api/admin/dataMigrations/{migrationId}/{pause|resume|cancel|retry}; token audience = this URL)."
+  description = "URL of the run control function (POST <url>/api/admin/dataMigrations/{migrationId}/{pause|resume|cancel|retry|throttle|rollback}; token audience = this URL)."
   value       = local.function_urls.control
 }
 
