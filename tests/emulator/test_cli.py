@@ -3,7 +3,9 @@ gateway's trigger, status and control functions, with tokens minted by the local
 the data is checked in Firestore.
 
 Runs that must stay put while a test steers them are started with the Cloud Tasks queue paused
-(``held_tasks``), so no task can start or finish them under the test's feet.
+(``held_tasks``), so no task can start or finish them under the test's feet. A run watched while
+another command steers it is watched by the installed ``backfill`` script in a process of its
+own (``watching``), as a shell script would.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import csv
 import datetime as dt
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -290,7 +295,7 @@ def test_a_paused_run_applies_nothing_until_it_is_resumed(cli: Cli,
     cli.stack.wait_idle(timeout=60)
     held = cli.run_status(migration_id)
     applied_while_paused = len(data.credited_orders(db))
-    watched = cli.ok("status", migration_id, "--watch")
+    watched = cli.run("status", migration_id, "--watch")
 
     resumed = cli.json("resume", migration_id, "--reason", "products fixed")
     cli.stack.wait_idle(timeout=180)
@@ -303,7 +308,8 @@ def test_a_paused_run_applies_nothing_until_it_is_resumed(cli: Cli,
     assert applied_while_paused == held["applied"]
     assert {"from": "running", "to": "paused", "by": OPERATOR,
             "note": "checking the product table"}.items() <= moved(held, "paused").items()
-    assert f"backfill resume {migration_id}" in plain(watched)
+    assert watched.exit_code == 5  # a watched run that is paused
+    assert f"backfill resume {migration_id}" in plain(watched.stdout)
     assert (resumed["status"], resumed["previousStatus"], resumed["changed"]) == (
         "running", "paused", True)
     assert resumed["chunksMoved"] > 0
@@ -448,3 +454,83 @@ def test_throttle_changes_an_active_runs_ceiling_and_status_shows_it(
         "completed", 300, 5000)
     assert late.exit_code == 1 and "only an active run" in plain(late.output)
     assert set(data.credited_orders(db).values()) == {1}
+
+
+def json_only(result: Result) -> list[Any]:
+    """The stdout of a command given --json: one JSON document a line, and nothing else."""
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@contextlib.contextmanager
+def watching(stack_env: dict[str, str], migration_id: str,
+             tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """``backfill status ID --watch --json`` in a process of its own; its stdout and stderr go
+    to ``tmp_path``/watch.out and watch.err."""
+    env = {name: value for name, value in os.environ.items() if name not in FOREIGN_ENV}
+    env |= {name: stack_env[name] for name in CLIENT_ENV}
+    with (tmp_path / "watch.out").open("w") as out, (tmp_path / "watch.err").open("w") as err:
+        watcher = subprocess.Popen(
+            [str(Path(sys.executable).parent / "backfill"), "status", migration_id, "--watch",
+             "--json"], stdout=out, stderr=err, text=True, env=env)
+        try:
+            yield watcher
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+            watcher.wait(timeout=30)
+
+
+def test_json_on_every_command_leaves_only_json_on_stdout(
+        cli: Cli, db: firestore.Client, stack_env: dict[str, str]) -> None:
+    seed_purchases(db, 30)
+    with held_tasks(stack_env):
+        [started] = json_only(cli.run("start", "webhook_replay", *RANGE, "--apply", "--json"))
+        migration_id = started["migrationId"]
+        steered = [json_only(cli.run(*args, "--json")) for args in (
+            ("pause", migration_id, "--reason", "checking"), ("resume", migration_id),
+            ("throttle", migration_id, "100"), ("status", migration_id), ("status",),
+            ("cancel", migration_id, "--yes"))]
+    [[found]] = [json_only(cli.run("gaps", "--start", "2025-01-01", "--end", "2025-01-03",
+                                   "--json"))]
+    [token] = json_only(cli.run("token", "--email", OPERATOR, "--json"))
+
+    assert started["status"] == "pending"
+    assert [answer[0]["status"] for answer in steered[:2]] == ["paused", "pending"]
+    assert steered[2][0]["maxEventsPerSecond"] == 100
+    assert steered[3][0]["migrationId"] == migration_id
+    assert [run["migrationId"] for run in steered[4][0]] == [migration_id]
+    assert steered[5][0]["status"] == "cancelled"
+    assert sum(day["unprocessed"]["ON_ORDER_COMPLETED"] for day in found["days"]) == 30
+    assert token["email"] == OPERATOR and token["token"].count(".") == 2
+
+
+def test_a_watched_run_that_completes_exits_0_with_its_answers_as_json(
+        cli: Cli, db: firestore.Client) -> None:
+    seed_purchases(db, 30)
+
+    result = cli.run("start", "webhook_replay", *RANGE, "--apply", "--wait", "--json")
+
+    started, last = json_only(result)
+    assert (started["status"], last["status"], last["applied"]) == ("pending", "completed", 30)
+    assert last["migrationId"] == started["migrationId"]
+    assert "completed  100.0%  taken 30/30" in result.stderr  # the progress, off stdout
+
+
+@pytest.mark.parametrize(("action", "code"), [("cancel", 4), ("pause", 5)])
+def test_a_watched_run_that_is_cancelled_or_paused_exits_with_its_code(
+        cli: Cli, db: firestore.Client, stack_env: dict[str, str], tmp_path: Path,
+        action: str, code: int) -> None:
+    seed_purchases(db, 30)
+    with held_tasks(stack_env):
+        migration_id = cli.start(*RANGE, "--apply")
+        with watching(stack_env, migration_id, tmp_path) as watcher:
+            until(lambda: "pending" in (tmp_path / "watch.err").read_text())
+            cli.ok(action, migration_id, "--yes") if action == "cancel" else cli.ok(
+                action, migration_id)
+            returncode = watcher.wait(timeout=30)
+
+    [last] = [json.loads(line) for line in (tmp_path / "watch.out").read_text().splitlines()]
+    assert returncode == code, (tmp_path / "watch.err").read_text()
+    assert last["status"] == {"cancel": "cancelled", "pause": "paused"}[action]
+    assert not data.credited_orders(db)

@@ -1,5 +1,6 @@
-"""The operator's client (``backfill_cli.client``) against httpx's mock transport: what it sends,
-how it reads refusals, and that waiting stops at a paused run. The same client runs against the
+"""The operator's client (``backfill_cli.client``) against httpx's mock transport: what it sends
+(a token per function's audience), how it reads refusals, and that waiting stops at a paused
+run. The same client runs against the
 real stack in tests/emulator."""
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backfill_cli.client import ApiError, BackfillClient, Endpoints, MissingEndpoint
+from backfill_cli.client import (
+    ApiError,
+    BackfillClient,
+    Endpoints,
+    MissingEndpoint,
+    audience_of,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = Endpoints.gateway("http://127.0.0.1:1")
@@ -73,6 +80,57 @@ def test_control_posts_the_action_under_the_control_url() -> None:
     assert seen[0].url.path == "/api/admin/dataMigrations/r/pause"
     with pytest.raises(ValueError, match="unknown action"):
         client.control("r", "explode")
+
+
+def test_each_call_carries_a_token_for_its_functions_own_url() -> None:
+    # In production the trigger, status and control functions are three audiences.
+    seen: list[httpx.Request] = []
+    asked: list[str] = []
+
+    def tokens(audience: str) -> str:
+        asked.append(audience)
+        return f"token-for-{audience}"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"migrationId": "r", "status": "paused", "runs": []})
+
+    endpoints = Endpoints("https://trigger.example",
+                          "https://status.example/api/admin/dataMigrations",
+                          "https://control.example:8443")
+    client = BackfillClient(endpoints, tokens, transport=httpx.MockTransport(handle))
+
+    client.start({"type": "webhook_replay", "lookbackDays": 2})
+    client.runs()
+    client.control("r", "pause")
+
+    assert asked == ["https://trigger.example", "https://status.example",
+                     "https://control.example:8443"]
+    assert [request.headers["Authorization"] for request in seen] == [
+        f"Bearer token-for-{audience}" for audience in asked]
+
+
+def test_use_token_replaces_the_provider_with_one_fixed_token() -> None:
+    seen: list[httpx.Request] = []
+    client = client_of(iter([status("running"), status("running")]), seen)
+
+    client.run("r")
+    client.use_token("fresh")
+    client.run("r")
+
+    assert [request.headers["Authorization"] for request in seen] == ["Bearer tok",
+                                                                     "Bearer fresh"]
+
+
+@pytest.mark.parametrize(("url", "audience"), [
+    ("https://backfill-status-123.us-central1.run.app/api/admin/dataMigrations/r",
+     "https://backfill-status-123.us-central1.run.app"),
+    ("http://127.0.0.1:9105/api/jobs/backfill", "http://127.0.0.1:9105"),
+    ("https://backfill-trigger-123.us-central1.run.app",
+     "https://backfill-trigger-123.us-central1.run.app"),
+])
+def test_the_audience_of_a_call_is_its_urls_origin(url: str, audience: str) -> None:
+    assert audience_of(url) == audience
 
 
 def test_a_missing_endpoint_is_named_before_any_call() -> None:

@@ -2,10 +2,13 @@
 local gateway that serves them all on one host. The ``backfill`` CLI, the demo, the benchmark
 and the end-to-end tests all call the bundle through it.
 
-Every call sends ``Authorization: Bearer <ID token>``. An answer of 400 or above raises
-``ApiError`` with the status and the JSON body the bundle sent (``field``/``reason`` on a 400,
-``blocking`` on a 409 or 429). ``wait`` polls a run until it ends or is paused: a paused run
-needs an operator, so waiting on it any longer would wait forever.
+Every call sends ``Authorization: Bearer <ID token>``: a token for the audience of the function
+it calls (``audience_of``: the URL's origin, which is the function's URL in production and the
+gateway's locally) from the client's ``TokenProvider``, or one fixed token for every call. An
+answer of 400 or above raises ``ApiError`` with the status and the JSON body the bundle sent
+(``field``/``reason`` on a 400, ``blocking`` on a 409 or 429). ``wait`` polls a run until it
+ends or is paused: a paused run needs an operator, so waiting on it any longer would wait
+forever.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 PAUSED = "paused"
 ACTIONS = ("pause", "resume", "cancel", "retry", "throttle", "rollback")
+
+TokenProvider = Callable[[str], str]
+"""An ID token for an audience (see ``backfill_cli.tokens``)."""
 
 
 class ApiError(Exception):
@@ -69,23 +76,34 @@ class Endpoints:
         if not url:
             raise MissingEndpoint(
                 "no endpoint: set BACKFILL_TRIGGER_URL/BACKFILL_STATUS_URL/BACKFILL_CONTROL_URL "
-                "or BACKFILL_GATEWAY_URL (source .local/stack.env locally)")
+                "or BACKFILL_GATEWAY_URL (source .local/stack.env locally), or give "
+                "--terraform-outputs, --terraform-dir or a config file profile")
         return url.rstrip("/")
 
 
-class BackfillClient:
-    """Calls one deployed bundle (or the local gateway) with one operator's token."""
+def audience_of(url: str) -> str:
+    """The audience of a call to ``url``: its origin. A deployed function's URL is its origin
+    (Terraform's ``*_url`` outputs) and the bundle checks tokens against exactly that."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
-    def __init__(self, endpoints: Endpoints, token: str, *, timeout: float = 60.0,
-                 trust_env: bool = True, transport: httpx.BaseTransport | None = None) -> None:
-        """``transport``: httpx's port, for unit tests of this class (default: the network)."""
+
+class BackfillClient:
+    """Calls one deployed bundle (or the local gateway) as one operator."""
+
+    def __init__(self, endpoints: Endpoints, token: str | TokenProvider, *,
+                 timeout: float = 60.0, trust_env: bool = True,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        """``token``: one ID token for every call, or a provider of a token per audience.
+        ``transport``: httpx's port, for unit tests of this class (default: the network)."""
         self.endpoints = endpoints
         self._http = httpx.Client(timeout=timeout, trust_env=trust_env, transport=transport)
         self.use_token(token)
 
-    def use_token(self, token: str) -> None:
-        """Call with ``token`` from now on (ID tokens expire after an hour)."""
-        self._http.headers["Authorization"] = f"Bearer {token}"
+    def use_token(self, token: str | TokenProvider) -> None:
+        """Call with ``token`` from now on: a fixed token (ID tokens expire after an hour), or a
+        provider asked before every call."""
+        self._tokens: TokenProvider = token if callable(token) else (lambda _audience: token)
 
     def __enter__(self) -> BackfillClient:
         return self
@@ -138,7 +156,8 @@ class BackfillClient:
         in constant memory. Raises ``ApiError`` before yielding if the call is refused."""
         params = {"format": "json" if as_json else "csv", **({"code": code} if code else {})}
         url = f"{self.endpoints.require('status')}/{migration_id}/errors"
-        with self._http.stream("GET", url, params=params) as response:
+        with self._http.stream("GET", url, params=params,
+                               headers=self._authorization(url)) as response:
             if response.status_code >= 400:
                 response.read()
                 raise ApiError(response)
@@ -161,11 +180,14 @@ class BackfillClient:
             time.sleep(every)
 
     def _json(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-        response = self._http.request(method, url, **kwargs)
+        response = self._http.request(method, url, headers=self._authorization(url), **kwargs)
         if response.status_code >= 400:
             raise ApiError(response)
         answer: dict[str, Any] = response.json()
         return answer
+
+    def _authorization(self, url: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._tokens(audience_of(url))}"}
 
 
 def mint_local_token(issuer_url: str, email: str, audience: str) -> str:

@@ -1,20 +1,35 @@
 """``backfill``: the operator's command line for starting, watching and steering runs.
 
 It calls the same HTTP API as curl does (trigger, status and control functions, or the local
-gateway), with an ID token from ``--token``/``BACKFILL_TOKEN`` or, on the local stack only, one
-minted by the local issuer for ``--as``. Any answer of 400 or above is printed with its status
-and body, and the command exits 1.
+gateway). Where the bundle is and how to get ID tokens comes from the options before the
+command, the environment (BACKFILL_*), a config file profile or Terraform's outputs, in that
+order (see backfill_cli.settings); tokens come from --token/BACKFILL_TOKEN, google-auth, an
+impersonated service account, gcloud or, on the local stack only, the local issuer (--auth).
+
+With --json a command prints only JSON on stdout, one document a line: its answer (a watched
+start, retry or rollback also its run's last status; a refused call the bundle's JSON body);
+progress and notes go to stderr. Watching shows a progress bar on a terminal, else a line per
+status read.
+
+Exit codes: 0 the command succeeded (and a watched run completed, with or without failed
+events); 1 the bundle refused the call (HTTP 400 or above), could not be reached, no token could
+be had, or a confirmation was declined; 2 usage or configuration error; 3 the watched run failed;
+4 it was cancelled; 5 it was paused; 130 watching was interrupted (the run goes on). `status ID`
+without --watch exits 0 whatever the run's status: read it from --json.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
+import httpx
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -26,68 +41,150 @@ from backfill_cli.client import (
     MissingEndpoint,
     mint_local_token,
 )
-from backfill_cli.settings import ClientSettings
+from backfill_cli.settings import ClientSettings, ConfigError
+from backfill_cli.tokens import AuthMode, TokenError
+from backfill_cli.watch import ExitCode, exit_code, watch
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console()
 notes = Console(stderr=True)
 
 
-def _settings() -> ClientSettings:
-    return ClientSettings()
+@app.callback()
+def main(
+    ctx: typer.Context,
+    profile: Annotated[str | None, typer.Option(
+        help="the config file's profile (default: BACKFILL_PROFILE, else default)")] = None,
+    config: Annotated[Path | None, typer.Option(
+        dir_okay=False, help="the config file (default: BACKFILL_CONFIG, else "
+                             "~/.config/backfill/config.toml)")] = None,
+    terraform_outputs: Annotated[Path | None, typer.Option(
+        dir_okay=False, help="the URLs from `terraform output -json` saved in FILE")] = None,
+    terraform_dir: Annotated[Path | None, typer.Option(
+        file_okay=False, help="the URLs from `terraform output -json` run in DIR")] = None,
+    auth: Annotated[AuthMode | None, typer.Option(
+        help="how to get ID tokens (default: token if BACKFILL_TOKEN is set, else local if "
+             "BACKFILL_ISSUER_URL is, else impersonate if a service account is given, else "
+             "google)")] = None,
+    impersonate_service_account: Annotated[str | None, typer.Option(
+        metavar="SA", help="the service account to get tokens as (impersonate, gcloud)")] = None,
+    trigger_url: Annotated[str | None, typer.Option(help="the trigger function's URL")] = None,
+    status_url: Annotated[str | None, typer.Option(help="the status function's URL")] = None,
+    control_url: Annotated[str | None, typer.Option(help="the control function's URL")] = None,
+) -> None:
+    options = {"profile": profile, "config": config, "terraform_outputs": terraform_outputs,
+               "terraform_dir": terraform_dir, "auth": auth,
+               "impersonate_service_account": impersonate_service_account,
+               "trigger_url": trigger_url, "status_url": status_url, "control_url": control_url}
+    # The commands build ClientSettings from these, above the environment and the files.
+    ctx.obj = {name: value for name, value in options.items() if value is not None}
 
 
-def _local_token(email: str, audience: str | None = None) -> str:
-    """A token from the local stack's issuer; refused when no local issuer is configured."""
-    settings = _settings()
-    if not settings.issuer_url:
-        raise typer.BadParameter("no local issuer (BACKFILL_ISSUER_URL): source "
-                                 ".local/stack.env, or pass --token on a deployed bundle")
-    audience = audience or (settings.operator_audiences[0] if settings.operator_audiences
-                            else settings.gateway_url)
-    return mint_local_token(settings.issuer_url, email, audience)
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """Where a command writes: with ``as_json``, answers as one JSON document a line on stdout
+    and everything else on stderr; without, pretty JSON, tables and progress on stdout."""
+
+    as_json: bool
+
+    @property
+    def human(self) -> Console:
+        return notes if self.as_json else console
+
+    def answer(self, value: Any) -> None:
+        if self.as_json:
+            typer.echo(json.dumps(value))
+        else:
+            console.print_json(json.dumps(value))
+
+
+def _settings(ctx: typer.Context, token: str | None = None) -> ClientSettings:
+    """The settings of the options before the command (and ``--token``), the environment and
+    the files; a bad configuration exits 2, naming what is wrong (never a value)."""
+    overrides: dict[str, Any] = dict(ctx.obj or {})
+    if token:
+        overrides |= {"token": token, "auth": AuthMode.TOKEN}
+    try:
+        return ClientSettings(**overrides)
+    except ConfigError as error:
+        _fail(str(error), ExitCode.USAGE)
+    except ValidationError as error:
+        _fail("; ".join(f"{'.'.join(map(str, problem['loc'])) or 'settings'}: {problem['msg']}"
+                        for problem in error.errors()), ExitCode.USAGE)
+
+
+def _fail(message: str, code: ExitCode) -> NoReturn:
+    notes.print(f"error: {message}", soft_wrap=True, markup=False, highlight=False)
+    raise typer.Exit(code)
 
 
 @contextlib.contextmanager
-def _client(token: str | None, email: str) -> Iterator[BackfillClient]:
-    """A client of the configured bundle; a refused call is printed with its status and body
-    (and the runs in its way, if any), and the command exits 1."""
-    settings = _settings()
-    bearer = token or settings.token or _local_token(email)
+def _client(ctx: typer.Context, token: str | None, email: str,
+            out: Output) -> Iterator[BackfillClient]:
+    """A client of the configured bundle. A refused call is printed with its status and body
+    (and the runs in its way, if any) on stderr, its JSON body on stdout with --json, and the
+    command exits 1, as it does when no token could be had or the bundle could not be
+    reached."""
+    settings = _settings(ctx, token)
     try:
-        with BackfillClient(settings.endpoints, bearer) as client:
+        with BackfillClient(settings.endpoints, settings.token_provider(email)) as client:
             yield client
     except MissingEndpoint as error:
         raise typer.BadParameter(str(error)) from None
     except ApiError as error:
-        console.print(f"[red]{error.status}[/red] {escape(error.text)}", soft_wrap=True)
+        if out.as_json and error.body:
+            typer.echo(json.dumps(error.body))
+        notes.print(f"[red]{error.status}[/red] {escape(error.text)}", soft_wrap=True)
         if error.blocking:
-            console.print(f"runs in the way: {', '.join(error.blocking)} (see `backfill status "
-                          "ID`)", soft_wrap=True)
-        raise typer.Exit(1) from None
+            notes.print(f"runs in the way: {', '.join(error.blocking)} (see `backfill status "
+                        "ID`)", soft_wrap=True, markup=False)
+        raise typer.Exit(ExitCode.REFUSED) from None
+    except TokenError as error:
+        _fail(f"no ID token: {error}", ExitCode.REFUSED)
+    except httpx.TransportError as error:
+        _fail(f"could not reach the bundle: {error}", ExitCode.REFUSED)
 
 
-TokenOption = Annotated[str | None, typer.Option(help="ID token (default: BACKFILL_TOKEN)")]
+TokenOption = Annotated[str | None, typer.Option(
+    help="ID token for every call (default: BACKFILL_TOKEN, else --auth)")]
 AsOption = Annotated[str, typer.Option("--as", help="local stack only: identity to mint for")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print only the JSON answer on stdout")]
 RunArgument = Annotated[str, typer.Argument(metavar="ID", help="the run's migrationId")]
 ReasonOption = Annotated[str | None, typer.Option(
     help="why (kept in the run's status history)")]
 ForceOption = Annotated[bool, typer.Option(
     help="start even over an overlapping active run or past the active run limit")]
-WaitOption = Annotated[bool, typer.Option(help="watch the run until it ends or is paused")]
+WaitOption = Annotated[bool, typer.Option(
+    help="watch the run until it ends or is paused; exit with its code")]
 
 
 @app.command()
 def token(
+    ctx: typer.Context,
     email: Annotated[str, typer.Option(help="identity to mint a local token for")],
     audience: Annotated[str | None, typer.Option(help="default: the operator audience")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Print a local-stack ID token for EMAIL (the local issuer signs it; production refuses it)."""
-    typer.echo(_local_token(email, audience))
+    settings = _settings(ctx)
+    if not settings.issuer_url:
+        raise typer.BadParameter("no local issuer (BACKFILL_ISSUER_URL): source "
+                                 ".local/stack.env; a deployed bundle takes Google's tokens")
+    audience = audience or (settings.operator_audiences[0] if settings.operator_audiences
+                            else settings.gateway_url)
+    try:
+        minted = mint_local_token(settings.issuer_url, email, audience)
+    except httpx.HTTPError as error:
+        _fail(f"the local issuer minted no token: {error}", ExitCode.REFUSED)
+    if as_json:
+        Output(as_json).answer({"token": minted, "email": email, "audience": audience})
+    else:
+        typer.echo(minted)
 
 
 @app.command()
 def start(
+    ctx: typer.Context,
     backfill_type: Annotated[str, typer.Argument(metavar="TYPE",
                                                  help="webhook_replay, reversal_backfill "
                                                       "or ledger_verify")],
@@ -119,6 +216,7 @@ def start(
     event_ids: Annotated[list[str] | None, typer.Option(
         "--event", help="only this event (repeat it, or @FILE)")] = None,
     wait: WaitOption = False,
+    as_json: JsonOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
 ) -> None:
@@ -140,11 +238,12 @@ def start(
                           ("orderIds", order_ids), ("eventIds", event_ids)):
         if values:
             body[field] = _listed(values)
-    with _client(token, as_email) as client:
+    out = Output(as_json)
+    with _client(ctx, token, as_email, out) as client:
         started = client.start(body)
-        console.print_json(json.dumps(started))
+        out.answer(started)
         if wait:
-            _watch(client, started["migrationId"])
+            _watch(client, started["migrationId"], out)
 
 
 def _listed(values: list[str]) -> list[str]:
@@ -179,18 +278,21 @@ def _range(start_date: str | None, end_date: str | None,
 
 @app.command()
 def status(
+    ctx: typer.Context,
     migration_id: Annotated[str | None, typer.Argument(help="a run; none: recent runs")] = None,
-    watch: Annotated[bool, typer.Option(help="refresh until the run ends or is paused")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
+    watch_run: Annotated[bool, typer.Option(
+        "--watch", help="refresh until the run ends or is paused; exit with its code")] = False,
+    as_json: JsonOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
 ) -> None:
     """Show recent runs, or one run's progress."""
-    with _client(token, as_email) as client:
+    out = Output(as_json)
+    with _client(ctx, token, as_email, out) as client:
         if migration_id is None:
             runs = client.runs()
             if as_json:
-                console.print_json(json.dumps(runs))
+                out.answer(runs)
                 return
             table = Table("migrationId", "type", "status", "dryRun", "dates", "total",
                           "createdAt")
@@ -199,27 +301,29 @@ def status(
                               str(run["dryRun"]), f"{run['startDate']}..{run['endDate']}",
                               str(run["total"]), run["createdAt"])
             console.print(table)
-        elif watch:
-            _watch(client, migration_id)
+        elif watch_run:
+            _watch(client, migration_id, out)
         else:
             run = client.run(migration_id)
-            console.print_json(json.dumps(run)) if as_json else _show(run)
+            out.answer(run) if as_json else _show(run)
 
 
 @app.command()
 def gaps(
+    ctx: typer.Context,
     start_date: Annotated[str, typer.Option("--start", help="first UTC day, YYYY-MM-DD")],
     end_date: Annotated[str, typer.Option("--end", help="last UTC day (inclusive)")],
-    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
+    as_json: JsonOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
 ) -> None:
     """What a backfill of --start..--end would find to do, per day: the scope check before a
     dry run. Writes nothing."""
-    with _client(token, as_email) as client:
+    out = Output(as_json)
+    with _client(ctx, token, as_email, out) as client:
         found = client.gaps(start_date, end_date)
     if as_json:
-        console.print_json(json.dumps(found))
+        out.answer(found)
         return
     table = Table("day", "unprocessed purchases", "unprocessed refunds",
                   "unprocessed chargebacks", "reversals missing", "purchases without entry",
@@ -236,44 +340,52 @@ def gaps(
 
 
 @app.command()
-def pause(migration_id: RunArgument, reason: ReasonOption = None, token: TokenOption = None,
+def pause(ctx: typer.Context, migration_id: RunArgument, reason: ReasonOption = None,
+          as_json: JsonOption = False, token: TokenOption = None,
           as_email: AsOption = "ops@example.com") -> None:
     """Pause a pending or running run: its chunks stop at their next page and keep their
     cursors."""
-    _steer("pause", migration_id, reason, token, as_email)
+    _steer(ctx, "pause", migration_id, reason, token, as_email, Output(as_json))
 
 
 @app.command()
-def resume(migration_id: RunArgument, reason: ReasonOption = None, token: TokenOption = None,
+def resume(ctx: typer.Context, migration_id: RunArgument, reason: ReasonOption = None,
+           as_json: JsonOption = False, token: TokenOption = None,
            as_email: AsOption = "ops@example.com") -> None:
     """Resume a paused run from its chunks' cursors (refused while backfills are switched
     off)."""
-    _steer("resume", migration_id, reason, token, as_email)
+    _steer(ctx, "resume", migration_id, reason, token, as_email, Output(as_json))
 
 
 @app.command()
 def cancel(
+    ctx: typer.Context,
     migration_id: RunArgument,
     reason: ReasonOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
     = False,
+    as_json: JsonOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
 ) -> None:
     """Cancel a pending, running or paused run for good: its chunks stop at their next page
     (what they applied stays applied)."""
     if not yes:
-        typer.confirm(f"Cancel run {migration_id}? It cannot be resumed afterwards", abort=True)
-    _steer("cancel", migration_id, reason, token, as_email)
+        # On stderr: stdout carries only the answer.
+        typer.confirm(f"Cancel run {migration_id}? It cannot be resumed afterwards", abort=True,
+                      err=True)
+    _steer(ctx, "cancel", migration_id, reason, token, as_email, Output(as_json))
 
 
 @app.command()
 def throttle(
+    ctx: typer.Context,
     migration_id: RunArgument,
     max_events_per_second: Annotated[int | None, typer.Argument(
         min=1, metavar="[EVENTS_PER_SECOND]",
         help="the run's new ceiling; none: lift it (the ramp still holds)")] = None,
     reason: ReasonOption = None,
+    as_json: JsonOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
 ) -> None:
@@ -282,20 +394,22 @@ def throttle(
     body: dict[str, Any] = {"maxEventsPerSecond": max_events_per_second}
     if reason:
         body["reason"] = reason
-    with _client(token, as_email) as client:
+    out = Output(as_json)
+    with _client(ctx, token, as_email, out) as client:
         answer = client.control(migration_id, "throttle", body)
-    console.print_json(json.dumps(answer))
+    out.answer(answer)
 
 
-def _steer(action: str, migration_id: str, reason: str | None, token: str | None,
-           as_email: str) -> None:
-    with _client(token, as_email) as client:
+def _steer(ctx: typer.Context, action: str, migration_id: str, reason: str | None,
+           token: str | None, as_email: str, out: Output) -> None:
+    with _client(ctx, token, as_email, out) as client:
         answer = client.control(migration_id, action, {"reason": reason} if reason else None)
-    console.print_json(json.dumps(answer))
+    out.answer(answer)
 
 
 @app.command()
 def retry(
+    ctx: typer.Context,
     migration_id: RunArgument,
     code: Annotated[str | None, typer.Option(
         help="only the failures of this error code, e.g. product_not_found")] = None,
@@ -303,6 +417,7 @@ def retry(
         "--dry-run/--apply", help="default: as the run retried", show_default=False)] = None,
     force: ForceOption = False,
     wait: WaitOption = False,
+    as_json: JsonOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
 ) -> None:
@@ -315,15 +430,13 @@ def retry(
         body["dryRun"] = dry_run
     if force:
         body["force"] = True
-    with _client(token, as_email) as client:
-        started = client.control(migration_id, "retry", body or None)
-        console.print_json(json.dumps(started))
-        if wait:
-            _watch(client, started["migrationId"])
+    _start_by_control(ctx, migration_id, "retry", body or None, wait, Output(as_json), token,
+                      as_email)
 
 
 @app.command()
 def rollback(
+    ctx: typer.Context,
     migration_id: RunArgument,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run/--apply", help="a dry run first: a live rollback needs one completed")]
@@ -331,6 +444,7 @@ def rollback(
     force: Annotated[bool, typer.Option(
         help="roll back without a dry run first, or again after an earlier rollback")] = False,
     wait: WaitOption = False,
+    as_json: JsonOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
 ) -> None:
@@ -340,15 +454,24 @@ def rollback(
     body: dict[str, Any] = {"dryRun": dry_run}
     if force:
         body["force"] = True
-    with _client(token, as_email) as client:
-        started = client.control(migration_id, "rollback", body)
-        console.print_json(json.dumps(started))
+    _start_by_control(ctx, migration_id, "rollback", body, wait, Output(as_json), token,
+                      as_email)
+
+
+def _start_by_control(ctx: typer.Context, migration_id: str, action: str,
+                      body: dict[str, Any] | None, wait: bool, out: Output, token: str | None,
+                      as_email: str) -> None:
+    """Start a run through run control (retry, rollback): print it, and watch it if asked."""
+    with _client(ctx, token, as_email, out) as client:
+        started = client.control(migration_id, action, body)
+        out.answer(started)
         if wait:
-            _watch(client, started["migrationId"])
+            _watch(client, started["migrationId"], out)
 
 
 @app.command()
 def errors(
+    ctx: typer.Context,
     migration_id: RunArgument,
     code: Annotated[str | None, typer.Option(help="only this error code")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of CSV")] = False,
@@ -359,8 +482,8 @@ def errors(
     as_email: AsOption = "ops@example.com",
 ) -> None:
     """A run's failed events, one row each: event, code, message, hint, attempts, chunk."""
-    with _client(token, as_email) as client, client.errors(migration_id, code,
-                                                           as_json) as report:
+    with (_client(ctx, token, as_email, Output(as_json)) as client,
+          client.errors(migration_id, code, as_json) as report):
         if output is None:
             for text in report:
                 typer.echo(text, nl=False)
@@ -373,42 +496,21 @@ def errors(
     notes.print(f"wrote {output}")
 
 
-def _watch(client: BackfillClient, migration_id: str, every: float = 1.0) -> dict[str, Any]:
-    """Print the run's progress every ``every`` seconds until it ends or is paused."""
-    run = client.wait(migration_id, timeout=float("inf"), every=every, progress=_progress)
-    _show(run)
+def _watch(client: BackfillClient, migration_id: str, out: Output) -> None:
+    """Show the run's progress until it ends or is paused (a bar on a terminal, else a line per
+    status read), then its last status; exit with the run's code unless it completed."""
+    try:
+        run = watch(client, migration_id, out.human, bar=not out.as_json and console.is_terminal)
+    except KeyboardInterrupt:
+        _fail(f"stopped watching; {migration_id} goes on (`backfill status {migration_id} "
+              "--watch`)", ExitCode.INTERRUPTED)
+    out.answer(run) if out.as_json else _show(run)
     if run["status"] == PAUSED:
-        console.print(f"{migration_id} is paused; continue it with `backfill resume "
-                      f"{migration_id}`, or end it with `backfill cancel {migration_id}`",
-                      soft_wrap=True, markup=False)
-    return run
-
-
-def _progress(run: dict[str, Any]) -> None:
-    line = (f"{run['status']:>9}  {run['percent']:5.1f}%  taken {run['taken']}/"
-            f"{run['total']}  processed {run['processed']}  skipped {run['skipped']}"
-            f"  errors {run['errors']}")
-    if run.get("rate"):
-        line += f"  {run['rate']} events/s"
-    elif run.get("averageRate"):
-        line += f"  {run['averageRate']} events/s on average"
-    if run.get("etaSeconds") is not None:
-        line += f"  ETA {_duration(run['etaSeconds'])}"
-    if run.get("ceiling"):
-        line += f"  ceiling {run['ceiling']:.0f}/s"
-    if run.get("waitingFor") and not run.get("planned"):
-        line += f"  waiting for {', '.join(run['waitingFor'])}"
-    console.print(line, soft_wrap=True, markup=False)
-    if run.get("stalledChunks"):
-        console.print(f"  stalled chunks (no checkpoint within their lease): "
-                      f"{', '.join(run['stalledChunks'])}", soft_wrap=True, markup=False)
-
-
-def _duration(seconds: float) -> str:
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02}m{secs:02}s" if hours else f"{minutes}m{secs:02}s"
+        out.human.print(f"{migration_id} is paused; continue it with `backfill resume "
+                        f"{migration_id}`, or end it with `backfill cancel {migration_id}`",
+                        soft_wrap=True, markup=False)
+    if (code := exit_code(run)) is not ExitCode.OK:
+        raise typer.Exit(code)
 
 
 def _show(run: dict[str, Any]) -> None:
