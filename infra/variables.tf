@@ -80,9 +80,18 @@ variable "extra_operator_audiences" {
 }
 
 variable "extra_environment" {
-  description = "More BACKFILL_* tuning variables (e.g. BACKFILL_PAGE_SIZE, BACKFILL_CHUNK_DAYS). The variables Terraform derives always win."
+  description = "The tuning variables Terraform leaves at the code's defaults, to set them anyway: BACKFILL_PAGE_SIZE, BACKFILL_CHUNK_DAYS, BACKFILL_MAX_RANGE_DAYS, BACKFILL_ENQUEUE_WORKERS, BACKFILL_FIRST_ERRORS_SHOWN (every other setting has a variable of its own)."
   type        = map(string)
   default     = {}
+
+  # A misspelt name would be ignored by the functions without a word: refuse it here.
+  validation {
+    condition = alltrue([for name in keys(var.extra_environment) : contains([
+      "BACKFILL_PAGE_SIZE", "BACKFILL_CHUNK_DAYS", "BACKFILL_MAX_RANGE_DAYS",
+      "BACKFILL_ENQUEUE_WORKERS", "BACKFILL_FIRST_ERRORS_SHOWN",
+    ], name)])
+    error_message = "extra_environment takes only BACKFILL_PAGE_SIZE, BACKFILL_CHUNK_DAYS, BACKFILL_MAX_RANGE_DAYS, BACKFILL_ENQUEUE_WORKERS and BACKFILL_FIRST_ERRORS_SHOWN; every other setting has a variable of its own."
+  }
 }
 
 variable "time_budget_seconds" {

@@ -160,3 +160,16 @@ def test_only_cloud_tasks_can_reach_the_chunk_function() -> None:
     assert ingress == {"trigger": "ALLOW_ALL", "chunk": "ALLOW_INTERNAL_ONLY",
                        "status": "ALLOW_ALL", "control": "ALLOW_ALL", "sweep": "ALLOW_ALL"}
     assert "ingress_settings               = each.value.ingress" in text
+
+
+def test_extra_environment_takes_exactly_the_tuning_terraform_does_not_pass() -> None:
+    text = (INFRA / "variables.tf").read_text()
+    block = text[text.index('variable "extra_environment"'):]
+    block = block[:block.index("\n}\n")]
+    allowed = set(re.findall(r'"(BACKFILL_[A-Z_]+)"', block.split("condition", 1)[1]
+                             .split("error_message", 1)[0]))
+
+    assert allowed == {"BACKFILL_PAGE_SIZE", "BACKFILL_CHUNK_DAYS", "BACKFILL_MAX_RANGE_DAYS",
+                       "BACKFILL_ENQUEUE_WORKERS", "BACKFILL_FIRST_ERRORS_SHOWN"}
+    # Each is a setting the code reads that Terraform leaves alone.
+    assert allowed <= NOT_PASSED
