@@ -23,15 +23,21 @@ from shared.stores import Stores, still_active
 def list_runs(stores: Stores, limit: int = 20, backfill_type: str | None = None,
               status: str | None = None) -> list[dict[str, Any]]:
     """The most recent runs, newest first, optionally of one type or status."""
+    return [_jsonable(RunFields.of(run).model_dump(by_alias=True))
+            for run in _recent(stores, limit, backfill_type, status)]
+
+
+def _recent(stores: Stores, limit: int, backfill_type: str | None,
+            status: str | None) -> list[RunRecord]:
+    """The most recent runs, the request's filters checked (``InvalidRequest``)."""
     if not 1 <= limit <= 200:
         raise InvalidRequest("limit", "must be between 1 and 200")
     if backfill_type is not None and backfill_type not in BACKFILLS.names():
         raise InvalidRequest("type", f"unknown backfill type {backfill_type!r}")
     if status is not None and status not in set(RunStatus):
         raise InvalidRequest("status", f"unknown status {status!r}")
-    runs = stores.runs.recent(limit, backfill_type,
+    return stores.runs.recent(limit, backfill_type,
                               RunStatus(status) if status is not None else None)
-    return [_jsonable(RunFields.of(run).model_dump(by_alias=True)) for run in runs]
 
 
 def overview(stores: Stores, limit: int = 20, backfill_type: str | None = None,
@@ -40,23 +46,20 @@ def overview(stores: Stores, limit: int = 20, backfill_type: str | None = None,
     ``errors`` and ``percent`` (one aggregation of its chunks each), ``rate`` (its average
     since it started) and ``etaSeconds`` (at that rate, while it is active)."""
     now = now or clock.now()
-    listed = list_runs(stores, limit, backfill_type, status)
-    for run in listed:
-        totals = stores.chunks.totals(run["migrationId"], ("taken", "errors"))
-        taken, total = totals["taken"], run["total"] or 0
-        started = run["startedAt"]
-        began = dt.datetime.fromisoformat(started.replace("Z", "+00:00")) if started else None
-        ended = run["finishedAt"]
-        until = dt.datetime.fromisoformat(ended.replace("Z", "+00:00")) if ended else now
-        elapsed = (until - began).total_seconds() if began else 0.0
+    listed = []
+    for run in _recent(stores, limit, backfill_type, status):
+        totals = stores.chunks.totals(run.migration_id, ("taken", "errors"))
+        taken, total = totals["taken"], run.total or 0
+        started = run.started_at
+        elapsed = ((run.finished_at or now) - started).total_seconds() if started else 0.0
         rate = taken / elapsed if elapsed > 0 else 0.0
-        active = run["status"] in (RunStatus.PENDING.value, RunStatus.RUNNING.value)
-        run.update(taken=taken, errors=totals["errors"],
-                   percent=(round(min(100.0, 100.0 * taken / total), 1) if total
-                            else 100.0 if run["planned"] else 0.0),
-                   rate=round(rate, 1),
-                   etaSeconds=round(max(total - taken, 0) / rate) if active and rate > 0
-                   else None)
+        active = run.status in (RunStatus.PENDING, RunStatus.RUNNING)
+        listed.append(_jsonable({
+            **RunFields.of(run).model_dump(by_alias=True), "taken": taken,
+            "errors": totals["errors"], "percent": _percent(run, taken, total),
+            "rate": round(rate, 1),
+            "etaSeconds": round(max(total - taken, 0) / rate) if active and rate > 0
+            else None}))
     return listed
 
 

@@ -144,10 +144,10 @@ def apply_reversal(event: Event, book: Book, plan: PagePlan, migration_id: str) 
     purchase = book.entry(purchase_id)
     if purchase is None or purchase.get("rolledBackBy"):
         raise PurchaseNotFound(reversal.order_id)
-    points = _int(purchase, "points", purchase_id)
-    total = _int(purchase, "orderTotal", purchase_id)
-    refunded = _int(purchase, "refundedAmount", purchase_id, 0)
-    reversed_ = _int(purchase, "reversedPoints", purchase_id, 0)
+    points = entry_int(purchase, "points", purchase_id)
+    total = entry_int(purchase, "orderTotal", purchase_id)
+    refunded = entry_int(purchase, "refundedAmount", purchase_id, 0)
+    reversed_ = entry_int(purchase, "reversedPoints", purchase_id, 0)
     customer_id = purchase.get("customerId")
     if not isinstance(customer_id, str):
         raise MalformedPayload(f"Malformed purchase entry: {purchase_id}: customerId")
@@ -187,7 +187,7 @@ def _reinstate_purchase(event: Event, book: Book, plan: PagePlan, migration_id: 
                         entry_id: str, existing: Mapping[str, Any],
                         rolled_back_by: str) -> ItemResult:
     """Apply a purchase again after a rollback undid its entry: its points as they were."""
-    points = _int(existing, "points", entry_id)
+    points = entry_int(existing, "points", entry_id)
     customer_id = existing.get("customerId")
     if not isinstance(customer_id, str):
         raise MalformedPayload(f"Malformed purchase entry: {entry_id}: customerId")
@@ -215,8 +215,10 @@ def _duplicate(event: Event, entry_id: str, existing: Mapping[str, Any],
                       message=f"{entry_id} exists already")
 
 
-def _int(entry: Mapping[str, Any], key: str, entry_id: str, default: int | None = None) -> int:
+def entry_int(entry: Mapping[str, Any], key: str, entry_id: str, default: int | None = None,
+              what: str = "purchase entry") -> int:
+    """An integer field of a ledger entry; ``MalformedPayload`` naming it if it is not one."""
     value = entry.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise MalformedPayload(f"Malformed purchase entry: {entry_id}: {key}")
+        raise MalformedPayload(f"Malformed {what}: {entry_id}: {key}")
     return value

@@ -135,6 +135,8 @@ class LedgerVerify:
             if customer not in audited or _lacks_entry(event, book):
                 wanted.add(customer)
         customers = sorted(wanted)
+        if not customers:
+            return {}
         page = {event.event_id for event in events}
         with ThreadPoolExecutor(max_workers=8) as pool:
             audits = list(pool.map(lambda customer: _audit(db, customer, page), customers))
@@ -186,10 +188,8 @@ class LedgerVerify:
             result.outcome, result.code = Outcome.SKIPPED, "no_ledger_effect"
             return result
         is_purchase = event.event_type == _PURCHASE
-        try:
-            entry_id = (ledger.purchase_id(parse_body(OrderCompleted, event.data).id)
-                        if is_purchase else ledger.reversal_id(event.event_id))
-        except ItemError:
+        entry_id = _own_entry(event)
+        if entry_id is None:
             result.outcome, result.code = Outcome.SKIPPED, "unreadable"
             return result
         entry = book.entry(entry_id)
@@ -374,15 +374,20 @@ class _Overlay(Book):
 
 def _lacks_entry(event: Event, book: Book) -> bool:
     """A processed event whose entry does not exist (a repair candidate)."""
-    if event.data.get("processed") is not True:
-        return False
-    try:
-        entry_id = (ledger.purchase_id(parse_body(OrderCompleted, event.data).id)
-                    if event.event_type == _PURCHASE else ledger.reversal_id(event.event_id))
-    except ItemError:
+    entry_id = _own_entry(event)
+    if event.data.get("processed") is not True or entry_id is None:
         return False
     entry = book.entry(entry_id)
     return entry is None or bool(entry.get("rolledBackBy"))
+
+
+def _own_entry(event: Event) -> str | None:
+    """The id of the entry a purchase, refund or chargeback makes (None: unreadable)."""
+    try:
+        return (ledger.purchase_id(parse_body(OrderCompleted, event.data).id)
+                if event.event_type == _PURCHASE else ledger.reversal_id(event.event_id))
+    except ItemError:
+        return None
 
 
 def _customer(event: Event, book: Book) -> str | None:

@@ -28,7 +28,7 @@ from typing import Any
 from google.cloud import firestore
 
 from shared import ledger, store
-from shared.backfills.apply import Book, entry_path
+from shared.backfills.apply import Book, entry_int, entry_path
 from shared.backfills.base import Event, ItemResult, PagePlan, Stored
 from shared.backfills.registry import BACKFILLS
 from shared.errors import ItemError, MalformedPayload
@@ -193,10 +193,7 @@ def _order_entry(entry: Mapping[str, Any]) -> str | None:
 
 
 def _int(entry: Mapping[str, Any], key: str, entry_id: str, default: int | None = None) -> int:
-    value = entry.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise MalformedPayload(f"Malformed ledger entry: {entry_id}: {key}")
-    return value
+    return entry_int(entry, key, entry_id, default, what="ledger entry")
 
 
 BACKFILLS.register(Rollback(), internal=True)
