@@ -3,10 +3,11 @@
 Two views, built from the same answers as the JSON status (``shared.progress``): the recent
 runs (status, a progress bar, rate, ETA, errors), and one run (progress, a grid of its chunks
 coloured by state, error codes with counts and the first errors, its status history, links to
-the error report). Every value is escaped (Jinja's autoescape: event data is untrusted); the
-page has no script at all, and its one style sheet is allowed by its hash in the page's
-Content-Security-Policy, so nothing injected could run or load. A page of an active run
-refreshes itself every ``REFRESH_SECONDS``.
+the error report). Rate and ETA are the status answer's, already bounded by the run's
+ceiling (``shared.progress``): the page computes none of its own. Every value is escaped
+(Jinja's autoescape: event data is untrusted); the page has no script at all, and its one
+style sheet is allowed by its hash in the page's Content-Security-Policy, so nothing injected
+could run or load. A page of an active run refreshes itself every ``REFRESH_SECONDS``.
 
 It carries no token: the browser (or the proxy in front of it, such as
 ``gcloud run services proxy``) sends the caller's own on every request, refreshes included.

@@ -3,12 +3,20 @@
 Counts are the sums of the chunk documents' counters (the run document is never written per
 event). ``processed`` is the events whose ledger effect now exists (applied + duplicates); in a
 dry run every count says what the run would have done.
+
+Rate and ETA are bounded by what the run may do: a delivery takes its first page at once and
+only then sleeps its share of the ceiling (``shared.throttle.Pacer``), so a short sample measures
+that burst, not the pace. The rate is measured over windows of at least
+``MIN_SAMPLE_SECONDS`` (the run's average while no delivery has worked that long), never shown
+above the run's ceiling, and the ETA is the events left at that rate, rounded up.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
+import math
+from collections.abc import Iterable
 from typing import Any
 
 from shared import clock, completion, throttle
@@ -18,6 +26,43 @@ from shared.errors import InvalidRequest, NotFound
 from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
 from shared.records import ChunkRecord, ChunkView, ErrorView, RunFields, RunRecord, RunStatusView
 from shared.stores import Stores, still_active
+
+# Shorter than this, a delivery's events since its claim are mostly its first page, taken at
+# once before the throttle made it wait; a minute spans several of the pacer's waits at the
+# ceilings operators set, and the run's average stands in until a delivery has worked that long.
+MIN_SAMPLE_SECONDS = 60.0
+
+
+def recent_rate(samples: Iterable[tuple[int, float]]) -> float | None:
+    """The events per second of the deliveries working now, from one ``(events since its
+    claim, seconds since its claim)`` per running chunk; None when there is no sample or all
+    are too short to tell (none reaches ``MIN_SAMPLE_SECONDS``).
+
+    Each window counts as at least ``MIN_SAMPLE_SECONDS``, so a chunk claimed a moment ago adds
+    its first page spread over that much time, not the speed of its burst.
+    """
+    listed = list(samples)
+    if not listed or max(seconds for _, seconds in listed) < MIN_SAMPLE_SECONDS:
+        return None
+    return sum(max(events, 0) / max(seconds, MIN_SAMPLE_SECONDS) for events, seconds in listed)
+
+
+def bounded(rate: float, ceiling: float | None) -> float:
+    """``rate`` to one decimal, never above ``ceiling`` (None: no ceiling). The run's
+    deliveries keep to the ceiling, so a rate above it measured a burst or a time before the
+    ceiling was lowered: no pace to count on. Rounding never lifts it over the ceiling."""
+    if ceiling is None:
+        return round(rate, 1)
+    shown = round(min(rate, ceiling), 1)
+    return shown if shown <= ceiling else math.floor(ceiling * 10) / 10
+
+
+def eta_seconds(left: int, rate: float) -> int | None:
+    """Whole seconds to take ``left`` events at ``rate``, rounded up (never sooner than the
+    rate allows); None when there is no rate to tell by."""
+    if rate <= 0:
+        return None
+    return math.ceil(max(left, 0) / rate)
 
 
 def list_runs(stores: Stores, limit: int = 20, backfill_type: str | None = None,
@@ -41,10 +86,13 @@ def _recent(stores: Stores, limit: int, backfill_type: str | None,
 
 
 def overview(stores: Stores, limit: int = 20, backfill_type: str | None = None,
-             status: str | None = None, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+             status: str | None = None, now: dt.datetime | None = None,
+             settings: Settings | None = None) -> list[dict[str, Any]]:
     """The recent runs as ``list_runs`` has them, each with its progress: ``taken``,
     ``errors`` and ``percent`` (one aggregation of its chunks each), ``rate`` (its average
-    since it started) and ``etaSeconds`` (at that rate, while it is active)."""
+    since it started, no higher than its ceiling while it is active) and ``etaSeconds`` (at
+    that rate, while it is active). The ceiling is ``shared.throttle.ceiling`` with
+    ``settings`` (the ramp too), else the run's own ``maxEventsPerSecond``."""
     now = now or clock.now()
     listed = []
     for run in _recent(stores, limit, backfill_type, status):
@@ -52,15 +100,25 @@ def overview(stores: Stores, limit: int = 20, backfill_type: str | None = None,
         taken, total = totals["taken"], run.total or 0
         started = run.started_at
         elapsed = ((run.finished_at or now) - started).total_seconds() if started else 0.0
-        rate = taken / elapsed if elapsed > 0 else 0.0
+        rate = bounded(taken / elapsed if elapsed > 0 else 0.0, _ceiling(settings, run, now))
         active = run.status in (RunStatus.PENDING, RunStatus.RUNNING)
         listed.append(_jsonable({
             **RunFields.of(run).model_dump(by_alias=True), "taken": taken,
             "errors": totals["errors"], "percent": _percent(run, taken, total),
-            "rate": round(rate, 1),
-            "etaSeconds": round(max(total - taken, 0) / rate) if active and rate > 0
-            else None}))
+            "rate": rate,
+            "etaSeconds": eta_seconds(total - taken, rate) if active else None}))
     return listed
+
+
+def _ceiling(settings: Settings | None, run: RunRecord, now: dt.datetime) -> float | None:
+    """The run's ceiling while it is active (an ended run has none); without ``settings``,
+    the operator's ``maxEventsPerSecond`` alone."""
+    if run.status not in ACTIVE_RUN_STATUSES:
+        return None
+    if settings is None:
+        limit = run.max_events_per_second
+        return float(limit) if limit else None
+    return throttle.ceiling(settings, run, now)
 
 
 def describe_run(settings: Settings, stores: Stores, migration_id: str,
@@ -82,6 +140,7 @@ def describe_run(settings: Settings, stores: Stores, migration_id: str,
     for chunk in chunks:
         states[chunk.state.value] = states.get(chunk.state.value, 0) + 1
     errors = stores.errors
+    ceiling = _ceiling(settings, run, now)
     view = RunStatusView.of(
         run,
         total=total,
@@ -98,9 +157,8 @@ def describe_run(settings: Settings, stores: Stores, migration_id: str,
         wallets_below_zero={"count": len(sums["belowZero"]),
                             "customer_ids": sums["belowZero"]},
         chunk_states=states,
-        **_pace(run, chunks, taken, total, now),
-        ceiling=throttle.ceiling(settings, run, now) if run.status in ACTIVE_RUN_STATUSES
-        else None,
+        **_pace(run, chunks, taken, total, ceiling, now),
+        ceiling=ceiling,
         status_history=run.status_history,
         # An audit's findings are records too, though no event of it failed.
         error_codes={code: count for code in BACKFILLS.error_codes()
@@ -133,25 +191,27 @@ def _note(stores: Stores, run: RunRecord, left_over: int) -> str | None:
 
 
 def _pace(run: RunRecord, chunks: list[ChunkRecord], taken: int, total: int,
-          now: dt.datetime) -> dict[str, Any]:
+          ceiling: float | None, now: dt.datetime) -> dict[str, Any]:
     """Rate, ETA, checkpoint age and stall of a run, from its chunk documents.
 
-    ``rate`` is the events per second of the deliveries now working (each running chunk's
-    events since its claim over the time since its claim); ``averageRate`` is since the run
-    started. A run is stalled when it is active but a running chunk's lease expired (no
+    ``rate`` is the events per second of the deliveries now working (``recent_rate``: each
+    running chunk's events since its claim over the time from its claim until now, sleeps for
+    the throttle included), the run's average while those samples are too short, 0 while no
+    chunk runs, and never above ``ceiling``; ``averageRate`` is since the run started, as
+    measured. ``etaSeconds`` is the events left at ``rate`` (else at the average, bounded the
+    same way). A run is stalled when it is active but a running chunk's lease expired (no
     checkpoint for ``BACKFILL_LEASE_SECONDS``), or no chunk is running and the pending ones
     waited past their lease; the watchdog picks such chunks up, this says which they are.
     """
     running = [chunk for chunk in chunks if chunk.state is ChunkState.RUNNING]
-    rate = 0.0
-    for chunk in running:
-        claimed, checkpoint = chunk.claimed_at, chunk.updated_at
-        if claimed is not None and checkpoint is not None and checkpoint > claimed:
-            done = chunk.counters.taken - chunk.taken_at_claim
-            rate += max(done, 0) / (checkpoint - claimed).total_seconds()
+    samples = [(chunk.counters.taken - chunk.taken_at_claim,
+                (now - chunk.claimed_at).total_seconds())
+               for chunk in running if chunk.claimed_at is not None]
     started, finished = run.started_at, run.finished_at
     elapsed = ((finished or now) - started).total_seconds() if started is not None else 0.0
     average = taken / elapsed if elapsed > 0 else 0.0
+    recent = recent_rate(samples)
+    rate = bounded(average if recent is None else recent, ceiling) if samples else 0.0
     checkpoints = [chunk.updated_at for chunk in chunks if chunk.updated_at is not None]
     last = max(checkpoints) if checkpoints else None
     active = run.status in (RunStatus.PENDING, RunStatus.RUNNING)
@@ -161,12 +221,11 @@ def _pace(run: RunRecord, chunks: list[ChunkRecord], taken: int, total: int,
     stalled = [chunk.chunk_id for chunk in expired if chunk.state is ChunkState.RUNNING]
     if not running and expired:
         stalled = [chunk.chunk_id for chunk in expired]
-    pace = rate or average
-    left = max(total - taken, 0)
+    pace = rate or bounded(average, ceiling)
     return {
-        "rate": round(rate, 1),
+        "rate": rate,
         "average_rate": round(average, 1),
-        "eta_seconds": round(left / pace) if active and pace > 0 and run.planned else None,
+        "eta_seconds": eta_seconds(total - taken, pace) if active and run.planned else None,
         "last_checkpoint_at": last,
         "last_checkpoint_age_seconds": round((now - last).total_seconds(), 1) if last
         else None,

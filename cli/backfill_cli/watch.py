@@ -4,7 +4,9 @@ status read elsewhere, and the exit code a watched run ends with.
 Both show the run as its status answer has it, computing nothing of their own: the status text
 (the run's status, the runs it waits for, stalled chunks, errors so far), ``taken``/``total``
 events, ``percent``, the rate in events/s (``rate``, that of the deliveries working now, else
-``averageRate``, since the start) and the ETA (``etaSeconds``).
+``averageRate``, since the start) and the ETA (``etaSeconds``). The server bounds ``rate`` and
+``etaSeconds`` by the run's ceiling over a window long enough to mean something; a rate of the
+watch's own, from the change between two polls, would show a delivery's burst instead.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The throttle through the functions: a run's ceiling set at the start and changed while it
-runs, what the status shows, bad values refused without a change, a delivery that keeps to its
+runs, what the status shows (a rate and an ETA bounded by the ceiling, whatever burst the
+deliveries began with), bad values refused without a change, a delivery that keeps to its
 ceiling, and a delivery that Firestore pushes back on, which slows down instead of failing."""
 
 from __future__ import annotations
@@ -104,6 +105,25 @@ def test_a_ceiling_below_a_page_per_budget_holds_across_segments(harness: Harnes
         delays
     harness.deliver_all()
     assert harness.run(migration_id)["applied"] == 60
+
+
+def test_a_throttled_runs_status_keeps_its_rate_and_eta_to_its_ceiling(
+        harness: Harness) -> None:
+    seeded(harness, 120)
+    harness.configure(page_size=20, time_budget_seconds=0.2)
+    migration_id = harness.start(**RANGE, maxEventsPerSecond=4).get_json()["migrationId"]
+    harness.plan()
+    # Each chunk's first delivery takes its first page of 20 at once, then hands on to a
+    # segment due later: 60 events in about a second, far above 4 events/s.
+    answers = [harness.post_task(task).get_json()["result"] for task in harness._due()]
+
+    run = harness.run(migration_id)
+
+    assert answers == ["continued"] * 3
+    assert (run["status"], run["taken"], run["ceiling"]) == ("running", 60, 4)
+    assert run["averageRate"] > 4  # the burst, as measured
+    assert 0 < run["rate"] <= run["ceiling"]
+    assert run["etaSeconds"] >= (run["total"] - run["taken"]) / run["ceiling"] == 15
 
 
 def test_a_delivery_that_firestore_pushes_back_on_slows_down_instead_of_failing(

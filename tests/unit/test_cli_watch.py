@@ -110,3 +110,21 @@ def test_watch_shows_every_status_read_and_answers_the_last(bar: bool) -> None:
     text = screen.export_text()
     assert last["status"] == "completed"
     assert "3000/3000" in text if bar else "completed  100.0%  taken 3000/3000" in text
+
+
+def test_watch_shows_the_servers_bounded_rate_and_eta_not_one_of_its_own() -> None:
+    # Two reads a poll apart, 1,000 events apart: a rate from the deltas would read 1,000/s.
+    # The status answer's rate and ETA are bounded by the run's ceiling: those are shown.
+    screen = Console(file=io.StringIO(), force_terminal=False, width=200, record=True)
+    throttled = {"ceiling": 8.0, "rate": 8.0, "averageRate": 16.2}
+    reads = iter([status(taken=613, percent=20.4, etaSeconds=299, **throttled),
+                  status(taken=1613, percent=53.8, etaSeconds=174, **throttled),
+                  status(status="paused", taken=1613, percent=53.8, etaSeconds=None,
+                         **throttled)])
+
+    watch(client_answering(reads), "webhook_replay_1", screen, bar=False, every=0)
+
+    lines = screen.export_text().splitlines()
+    assert [line.split("  errors 0  ")[1] for line in lines] == [
+        "8.0 events/s  ETA 4m59s  ceiling 8/s", "8.0 events/s  ETA 2m54s  ceiling 8/s",
+        "8.0 events/s  ceiling 8/s"]

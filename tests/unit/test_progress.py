@@ -11,6 +11,7 @@ import pytest
 from shared import progress
 from shared.errors import InvalidRequest
 from shared.models import ChunkState, RunStatus
+from shared.stores import Stores
 from tests.fakes import NOW, MemoryErrors, memory_stores
 from tests.unit.test_run_control import settings
 
@@ -68,3 +69,95 @@ def test_an_ended_run_is_never_stalled_and_the_list_is_newest_first() -> None:
         progress.list_runs(stores, limit=0)
     with pytest.raises(InvalidRequest, match="status"):
         progress.list_runs(stores, status="lost")
+
+
+def test_a_recent_sample_too_short_to_tell_gives_no_rate() -> None:
+    # A delivery claimed 10 s ago took its first page of 100 at once: that burst is no pace.
+    assert progress.recent_rate([(100, 10.0)]) is None
+    assert progress.recent_rate([]) is None
+
+
+def test_a_recent_rate_spreads_a_just_claimed_chunks_burst_over_the_minimum_window() -> None:
+    recent = progress.recent_rate([(1200, 120.0), (100, 0.2)])
+
+    assert recent == pytest.approx(1200 / 120 + 100 / progress.MIN_SAMPLE_SECONDS)
+
+
+def test_a_rate_is_never_shown_above_the_ceiling_even_by_rounding() -> None:
+    assert progress.bounded(575.6, 8.0) == 8.0
+    assert progress.bounded(7.44, 8.0) == 7.4
+    assert progress.bounded(575.6, None) == 575.6
+    ramp = 500 / 3  # the ramp's first step: 166.66... events/s
+    assert progress.bounded(500.0, ramp) == 166.6 <= ramp
+
+
+def test_an_eta_is_rounded_up_and_unknown_without_a_rate() -> None:
+    assert progress.eta_seconds(1887, 8.0) == 236  # 235.875 s: never sooner than allowed
+    assert progress.eta_seconds(-3, 8.0) == 0
+    assert progress.eta_seconds(1887, 0.0) is None
+
+
+def throttled_run_mid_burst(limit: int | None = 8) -> tuple[Stores, str]:
+    """The issue's run: 8 events/s allowed, 16.2 on average over its 100 s, 1,887 to go, and
+    one chunk claimed 10 s ago whose first page of 100 took 0.17 s (575.6 events/s)."""
+    stores, runs, chunks = memory_stores()
+    runs.add("run_1", RunStatus.RUNNING, total=1620 + 1887,
+             started_at=NOW - dt.timedelta(seconds=100), max_events_per_second=limit)
+    claimed = NOW - dt.timedelta(seconds=10)
+    chunks.add("run_1", "2025-01-01", ChunkState.COMPLETED, counters={"taken": 1000})
+    chunks.add("run_1", "2025-01-02", ChunkState.RUNNING, counters={"taken": 620},
+               taken_at_claim=520, claimed_at=claimed,
+               updated_at=claimed + dt.timedelta(seconds=100 / 575.6),
+               lease_until=NOW + dt.timedelta(minutes=10))
+    return stores, "run_1"
+
+
+def test_a_throttled_runs_rate_and_eta_keep_to_its_ceiling_through_a_burst() -> None:
+    stores, migration_id = throttled_run_mid_burst()
+
+    status = progress.describe_run(settings(), stores, migration_id, now=NOW)
+
+    assert status["ceiling"] == 8.0
+    assert status["averageRate"] == 16.2  # as measured: the first pages came at once
+    assert status["rate"] == 8.0
+    assert status["etaSeconds"] == 236 >= 1887 / 8
+
+
+def test_an_unthrottled_run_shows_its_average_while_the_sample_is_short() -> None:
+    stores, migration_id = throttled_run_mid_burst(limit=None)
+
+    status = progress.describe_run(settings(ramp_start_writes=0), stores, migration_id,
+                                   now=NOW)
+
+    assert status["ceiling"] is None
+    assert status["rate"] == status["averageRate"] == 16.2
+    assert status["etaSeconds"] == 117  # 1887 / 16.2 = 116.5, rounded up
+
+
+def test_a_long_enough_sample_is_the_rate_of_the_deliveries_working_now() -> None:
+    stores, runs, chunks = memory_stores()
+    runs.add("run_1", RunStatus.RUNNING, total=2000,
+             started_at=NOW - dt.timedelta(minutes=10), max_events_per_second=8)
+    chunks.add("run_1", "2025-01-01", ChunkState.RUNNING, counters={"taken": 1000},
+               taken_at_claim=400, claimed_at=NOW - dt.timedelta(minutes=2),
+               updated_at=NOW - dt.timedelta(seconds=30),
+               lease_until=NOW + dt.timedelta(minutes=10))
+
+    status = progress.describe_run(settings(), stores, "run_1", now=NOW)
+
+    # 600 events over the 120 s since the claim (not the 90 s until its last checkpoint).
+    assert status["rate"] == 5.0 and status["etaSeconds"] == 200
+    runs.records["run_1"] = runs.records["run_1"].model_copy(
+        update={"max_events_per_second": 2})
+    assert progress.describe_run(settings(), stores, "run_1", now=NOW)["rate"] == 2.0
+
+
+def test_the_runs_list_bounds_an_active_runs_rate_and_eta_by_its_ceiling() -> None:
+    stores, migration_id = throttled_run_mid_burst()
+
+    [run] = progress.overview(stores, now=NOW)
+    [ramped] = progress.overview(stores, now=NOW, settings=settings())
+
+    assert run["migrationId"] == migration_id
+    assert (run["rate"], run["etaSeconds"]) == (8.0, 236)
+    assert (ramped["rate"], ramped["etaSeconds"]) == (8.0, 236)
