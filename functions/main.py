@@ -91,15 +91,21 @@ def _answer(handler: Callable[[flask.Request], Answer], request: flask.Request) 
         body, status = answer
     except BackfillError as error:
         body, status = error.body(), error.status
+        if error.retryable:
+            # A 503 the bundle answers for a failure beneath it: name that failure (by type
+            # and code, never its text, which may quote document paths or payload values).
+            logs.log(logger, "a request failed; retry", logging.WARNING, code=error.code,
+                     **logs.error_fields(error))
     except TRANSIENT as error:
         # Firestore or Cloud Tasks did not answer, or pushed back: a retry can cure it (and a
         # chunk task is retried by Cloud Tasks on a 503).
         logs.log(logger, "a Google service did not answer; retry", logging.WARNING,
-                 code=type(error).__name__)
+                 code=type(error).__name__, **logs.error_fields(error))
         body, status = {"error": "unavailable", "message": f"Firestore or Cloud Tasks did not "
                         f"answer ({type(error).__name__}); retry"}, 503
-    except Exception:
-        logger.exception("unexpected failure", extra={"json_fields": {"component": "backfill"}})
+    except Exception as error:
+        logger.exception("unexpected failure", extra={"json_fields": {
+            "component": "backfill", **logs.error_fields(error)}})
         body, status = {"error": "internal", "message": "unexpected failure; see the logs"}, 500
     return flask.Response(json.dumps(body), status=status, mimetype="application/json")
 

@@ -109,7 +109,9 @@ class ChunkRunner:
 
     def run(self, delivery: Delivery) -> ChunkReport:
         """Process a delivery of a chunk's task; raises only when a retry of the task can help
-        (``shared.router`` records a failure on the task's last attempt)."""
+        (``shared.router`` records a failure on the task's last attempt). Whatever it raises
+        is logged first with the chunk's ids, its type and code (never its text), so a
+        defect behind a 503 or a failed chunk names itself."""
         try:
             return self._run(delivery)
         except Lost:
@@ -117,6 +119,15 @@ class ChunkRunner:
                                               "chunk was paused or cancelled")
         except _Stopped as stop:
             return ChunkReport("stopped", detail=str(stop))
+        except Exception as error:
+            # A warning: what it leads to (a 503, a 500, a failed chunk) is logged at its own
+            # severity where it is decided, and counted there.
+            task = delivery.task
+            logs.log(logger, "chunk delivery failed", logging.WARNING,
+                     migration_id=task.migration_id, chunk_id=task.chunk_id,
+                     segment=task.segment, attempt=delivery.retry_count + 1,
+                     **logs.error_fields(error))
+            raise
 
     def _run(self, delivery: Delivery) -> ChunkReport:
         task = delivery.task

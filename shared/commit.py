@@ -24,7 +24,7 @@ from shared import ledgers, lifecycle, logs, planning, store
 from shared.backfills.base import Backfill, Event, ItemResult, PagePlan, Stored
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
 from shared.errors import EventMissing
-from shared.lease import CONFLICTS, Lease
+from shared.lease import UNSURE, Lease
 from shared.models import ChunkState, Outcome
 from shared.records import RunRecord
 from shared.sources import Page
@@ -115,12 +115,17 @@ class PageCommit:
             committing(final)
         try:
             results = batch.commit()
-        except CONFLICTS:
-            # Something moved since the page was read: find out whether it is still ours.
-            lease.refresh()
-            time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 (jitter)
-            return None
-        lease.committed(results[-1].update_time, selection.cursor, selection.read, clears)
+        except UNSURE as error:
+            # Something moved since the page was read, or the commit landed and its answer
+            # was lost (the client's retry of it is refused by its precondition): the chunk
+            # says which. Landed: go on from its cursor; not landed, still ours: read again.
+            landed = lease.landed(error)
+            if landed is None:
+                time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 (jitter)
+                return None
+        else:
+            landed = results[-1].update_time
+        lease.committed(landed, selection.cursor, selection.read, clears)
         self._audited |= plan.audited
         counts = counts_of(plan)
         for result in plan.results:

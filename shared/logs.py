@@ -2,7 +2,8 @@
 
 Every record the bundle writes carries ``component: "backfill"``. ``log`` accepts only the field
 names listed in ``FIELDS`` and drops any other, so a token or a payload cannot reach the logs by
-a careless keyword argument; messages are fixed strings, never formatted with data.
+a careless keyword argument; messages are fixed strings, never formatted with data. An
+exception is logged by ``error_fields``: its type and code, never its text.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ FIELDS = frozenset({
     "applied", "duplicates", "skipped", "errors", "total", "eligible", "chunk_id", "chunks",
     "segment", "status", "caller", "reason", "task_name", "duration_ms", "event_id", "code",
     "attempt", "below_zero", "previous", "action", "rate", "runs", "field", "limit",
-    "throttled_seconds", "error_rate", "event_type",
+    "throttled_seconds", "error_rate", "event_type", "error_type", "cause_type", "grpc_code",
 })
 
 _configured = threading.Lock()
@@ -43,3 +44,25 @@ def log(logger: logging.Logger, message: str, level: int = logging.INFO, **field
     data = {key: value for key, value in fields.items() if key in FIELDS}
     data["component"] = COMPONENT
     logger.log(level, message, extra={"json_fields": data})
+
+
+def error_fields(error: BaseException) -> dict[str, str]:
+    """What a line may say of an unexpected exception: its type's full name, its cause's (an
+    error raised from another), and the gRPC status code of a Google API error (or of its
+    cause, or of the last attempt a ``RetryError`` gave up after). Never its text: Firestore's
+    quote document paths, and an exception of the bundle's may quote payload values."""
+    fields = {"error_type": _qualified(error)}
+    cause = error.__cause__ or getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        fields["cause_type"] = _qualified(cause)
+    for source in (error, cause):
+        code = getattr(getattr(source, "grpc_status_code", None), "name", None)
+        if isinstance(code, str):
+            fields["grpc_code"] = code
+            break
+    return fields
+
+
+def _qualified(error: BaseException) -> str:
+    kind = type(error)
+    return f"{kind.__module__}.{kind.__qualname__}"

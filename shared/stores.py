@@ -23,6 +23,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from shared import clock, lifecycle, logs, store
 from shared.backfills.base import Backfill
 from shared.errors import Conflict, NotFound, Unavailable
+from shared.lease import CLAIM_WRITE, STAMP, UNSURE, token_of, write_token
 from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
 from shared.planning import PlannedChunk, Window
 from shared.records import COUNTERS, ChunkRecord, ErrorRecord, RunRecord
@@ -96,7 +97,8 @@ class ChunkStore(Protocol):
               lease_until: dt.datetime) -> ChunkRecord | lifecycle.Refusal:
         """Claim the chunk for the delivery ``owner`` of its task ``segment`` (running, leased
         until ``lease_until``), if ``lifecycle.plan_claim`` allows; answer the chunk as
-        claimed, with its new update time, or why not."""
+        claimed, with its new update time, or why not. A claim that landed although its
+        write failed (its answer lost) answers the chunk as claimed too."""
 
     def move(self, migration_id: str, chunk_id: str, target: ChunkState, note: str, *,
              new_segment: bool = False, lease_until: dt.datetime | None = None,
@@ -332,6 +334,10 @@ class FirestoreChunks:
               lease_until: dt.datetime) -> ChunkRecord | lifecycle.Refusal:
         ref = store.chunk_ref(self._db, migration_id, chunk_id)
         Claimed = ChunkRecord | lifecycle.Refusal
+        # Every attempt stamps the same token: each claims the chunk for this delivery, so
+        # whichever landed, the chunk is claimed (a refused retry of an attempt that landed
+        # reads the chunk, and claims it again: harmless).
+        token = write_token(owner, CLAIM_WRITE)
 
         def decide(snap: Any) -> store.Write[Claimed] | store.Done[Claimed]:
             chunk = ChunkRecord.from_snapshot(snap) if snap.exists else None
@@ -341,14 +347,25 @@ class FirestoreChunks:
             claim: dict[str, Any] = {
                 "state": ChunkState.RUNNING.value, "leaseOwner": owner,
                 "claimedAt": firestore.SERVER_TIMESTAMP, "leaseUntil": lease_until,
-                "takenAtClaim": chunk.counters.taken}
+                "takenAtClaim": chunk.counters.taken, STAMP: token}
             if chunk.started_at is None:
                 claim["startedAt"] = firestore.SERVER_TIMESTAMP
             return store.Write(claim, lambda update_time: claimed(chunk, owner, lease_until,
                                                                   update_time))
 
-        return store.compare_and_set(self._db, ref, decide, attempts=_CLAIM_ATTEMPTS,
-                                     what="the chunk being claimed")
+        try:
+            return store.compare_and_set(self._db, ref, decide, attempts=_CLAIM_ATTEMPTS,
+                                         what="the chunk being claimed")
+        except UNSURE:
+            # The claim may have landed with its answer lost: if the chunk bears its token
+            # and is still ours, it is claimed (as read: nothing wrote it since, as whoever
+            # moves a chunk releases it). Else the error stands: the task is retried.
+            snap = ref.get()
+            chunk = ChunkRecord.from_snapshot(snap) if snap.exists else None
+            if (chunk is None or token_of(snap) != token or chunk.lease_owner != owner
+                    or chunk.state is not ChunkState.RUNNING):
+                raise
+            return chunk
 
     def move(self, migration_id: str, chunk_id: str, target: ChunkState, note: str, *,
              new_segment: bool = False, lease_until: dt.datetime | None = None,
