@@ -89,6 +89,7 @@ class ErrorRow(_Answer):
     resolved_by: str | None
     subject: str | None
     repaired: bool | None
+    would_repair: bool | None
 
 
 class ErrorReport(_Answer):

@@ -64,8 +64,6 @@ class PageCommit:
         self._ledger = ledgers.ledger_of(db, run.migration_id, run.dry_run)
         # Products are reference data the page only reads: read each once per delivery.
         self._products: dict[str, Stored] = {}
-        # Customers an audit (ledger_verify) checked whole in this delivery's earlier pages.
-        self._audited: set[str] = set()
 
     def commit(self, lease: Lease, selection: Page, limit: int,
                committing: Callable[[bool], None] = lambda final: None) -> Committed | None:
@@ -98,9 +96,15 @@ class PageCommit:
                 ledgers.record_error(self._db, batch, migration_id, self._chunk_id, result)
         for finding in plan.findings:
             ledgers.record_finding(self._db, batch, migration_id, self._chunk_id, finding)
+        for customer_id, audit in plan.audits.items():
+            ledgers.record_audit(self._db, batch, migration_id, customer_id, audit)
         retried = (lease.chunk.source or {}).get("errorsOf")
         if retried and not self._run.dry_run:
-            ledgers.mark_resolved(self._db, batch, retried, migration_id, plan.results)
+            # Only the page's own events have error records in the retried run: a purchase a
+            # refund pulled in may have none.
+            own = {event.event_id for event in events}
+            ledgers.mark_resolved(self._db, batch, retried, migration_id,
+                                  [result for result in plan.results if result.event_id in own])
         if final:
             # The lease guarantees the chunk is still as read: running, ours.
             lifecycle.chunk_move(lease.chunk.state, ChunkState.COMPLETED)
@@ -126,7 +130,6 @@ class PageCommit:
         else:
             landed = results[-1].update_time
         lease.committed(landed, selection.cursor, selection.read, clears)
-        self._audited |= plan.audited
         counts = counts_of(plan)
         for result in plan.results:
             if result.outcome is Outcome.ERROR:
@@ -146,7 +149,8 @@ class PageCommit:
         gather = getattr(backfill, "gather", None)
         if gather is not None:
             # An audit's wider reads (a customer's whole ledger), made before planning too.
-            stored.update(gather(self._db, events, stored, self._audited))
+            stored.update(gather(self._db, self._ledger, events, stored, migration_id,
+                                 self._window))
         plan = backfill.plan(events, stored, migration_id)
         ahead = self._pull(events, plan)
         if ahead is None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared import clock, store
 from shared.backfills.base import Finding, ItemResult, PagePlan, Stored
@@ -37,6 +38,11 @@ class LedgerSink(Protocol):
         """Mark each event with its outcome; events ``already`` processed whose entry exists
         (duplicates) are left as the live path flagged them."""
 
+    def customer_ledger(self, customer_id: str) -> tuple[dict[str, Stored], Stored]:
+        """One customer's every ledger entry (by path) and their wallet, as this ledger sees
+        them, read so they agree: the wallet is read again after the entries, and all of it
+        again if it moved in between."""
+
 
 def read_documents(db: firestore.Client, paths: list[str]) -> dict[str, Stored]:
     """The documents at ``paths`` (``Stored.data`` None for those that do not exist)."""
@@ -47,6 +53,11 @@ def read_documents(db: firestore.Client, paths: list[str]) -> dict[str, Stored]:
             for snap in db.get_all([db.document(path) for path in paths])}
 
 
+def _entries(query: Any) -> dict[str, Stored]:
+    return {f"{store.LEDGER}/{snap.id}": Stored(snap.to_dict() or {}, snap.update_time)
+            for snap in query.stream()}
+
+
 class LiveLedger:
     def __init__(self, db: firestore.Client, migration_id: str) -> None:
         self._db = db
@@ -54,6 +65,18 @@ class LiveLedger:
 
     def read(self, paths: list[str]) -> dict[str, Stored]:
         return read_documents(self._db, paths)
+
+    def customer_ledger(self, customer_id: str) -> tuple[dict[str, Stored], Stored]:
+        wallet_ref = self._db.collection(store.WALLETS).document(customer_id)
+        query = self._db.collection(store.LEDGER).where(
+            filter=FieldFilter("customerId", "==", customer_id))
+        for _ in range(5):
+            wallet = wallet_ref.get()
+            entries = _entries(query)
+            if wallet_ref.get().update_time == wallet.update_time:
+                break
+        return entries, Stored(wallet.to_dict() if wallet.exists else None,
+                               wallet.update_time if wallet.exists else None)
 
     def write(self, batch: firestore.WriteBatch, plan: PagePlan,
               stored: dict[str, Stored]) -> None:
@@ -116,6 +139,23 @@ class ShadowLedger:
                 found[path] = dataclasses.replace(entry, shadowed=True)
         return found
 
+    def customer_ledger(self, customer_id: str) -> tuple[dict[str, Stored], Stored]:
+        """The customer's entries with the run's shadow entries in their place, and their
+        wallet as the run's effects would have moved it: a dry run writes no wallet, so its
+        balance is the real one plus the points of the entries only its shadow holds."""
+        entries, wallet = LiveLedger(self._db, self._migration_id).customer_ledger(customer_id)
+        shadowed = _entries(self._shadow.where(
+            filter=FieldFilter("customerId", "==", customer_id)))
+        moved = sum(int((entry.data or {}).get("points", 0))
+                    for path, entry in shadowed.items() if path not in entries)
+        entries.update((path, dataclasses.replace(entry, shadowed=True))
+                       for path, entry in shadowed.items())
+        if moved:
+            data = dict(wallet.data or {})
+            data["balance"] = int(data.get("balance", 0)) + moved
+            wallet = dataclasses.replace(wallet, data=data)
+        return entries, wallet
+
     def write(self, batch: firestore.WriteBatch, plan: PagePlan,
               stored: dict[str, Stored]) -> None:
         now = clock.now()  # the page's time (see ``LiveLedger.write``)
@@ -164,8 +204,17 @@ def record_finding(db: firestore.Client, batch: firestore.WriteBatch, migration_
     batch.set(records.document(finding.record_id), {
         "eventId": finding.event_id, "eventType": finding.event_type, "code": finding.code,
         "message": finding.message, "hint": finding.hint, "subject": finding.subject,
-        "repaired": finding.repaired, "chunkId": chunk_id, "at": firestore.SERVER_TIMESTAMP,
-        "attempts": 1})
+        "repaired": finding.repaired, "wouldRepair": finding.would_repair,
+        "chunkId": chunk_id, "at": firestore.SERVER_TIMESTAMP, "attempts": 1})
+
+
+def record_audit(db: firestore.Client, batch: firestore.WriteBatch, migration_id: str,
+                 customer_id: str, audit: dict[str, Any]) -> None:
+    """A run's audit of one customer, created if absent: the page that commits it first is
+    the one that audited the customer; any other page's commit fails on it whole and is
+    planned again, reading it (``ledger_verify``)."""
+    audits = store.run_ref(db, migration_id).collection(store.AUDITS)
+    batch.create(audits.document(customer_id), {**audit, "at": firestore.SERVER_TIMESTAMP})
 
 
 def mark_resolved(db: firestore.Client, batch: firestore.WriteBatch, retried_run: str,
@@ -173,7 +222,8 @@ def mark_resolved(db: firestore.Client, batch: firestore.WriteBatch, retried_run
     """A live retry run settled these events: mark their error records in the run it retries."""
     errors = store.run_ref(db, retried_run).collection(store.ERRORS)
     for result in results:
-        if result.settled and not result.repeat and result.outcome is not Outcome.ERROR:
+        # A repeat too: this run settled it already, on an earlier page (a refund pulled it).
+        if result.settled and result.outcome is not Outcome.ERROR:
             batch.update(errors.document(result.event_id), {
                 "resolvedBy": migration_id, "resolvedAt": firestore.SERVER_TIMESTAMP})
 

@@ -164,9 +164,11 @@ class ErrorRecord(_Record):
     attempts: int = 0
     at: dt.datetime | None = None
     resolved_by: str | None = None
-    # An audit's finding: what it is about, and whether the run repaired it.
+    # An audit's finding: what it is about, whether the run repaired it, and (a dry run) whether
+    # a live run would.
     subject: str = ""
     repaired: bool | None = None
+    would_repair: bool | None = None
 
 
 # --- the status answer ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ from shared.errors import InvalidRequest, NotFound
 from shared.stores import Stores
 
 COLUMNS = ("eventId", "eventType", "code", "message", "hint", "attempts", "chunkId", "at",
-           "resolvedBy", "subject", "repaired")
+           "resolvedBy", "subject", "repaired", "wouldRepair")
 _CODE = re.compile(r"^[a-z_]{1,64}$")
 _PAGE = 500
 # A cell a spreadsheet would run as a formula: messages quote ids taken from payloads.

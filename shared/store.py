@@ -34,6 +34,8 @@ RUNS = "dataMigrations"
 CHUNKS = "chunks"
 ERRORS = "errors"
 SHADOW_LEDGER = "dryRunLedger"
+# dataMigrations/{id}/audits/{customerId}: a ledger_verify run's audit of one customer.
+AUDITS = "audits"
 
 
 @functools.cache

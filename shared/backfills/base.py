@@ -91,6 +91,9 @@ class Finding:
     event_id: str = ""
     event_type: str = ""
     repaired: bool = False
+    # A dry run with ``repair``: what a live run would repair (``repaired`` stays False: the
+    # dry run wrote nothing but its shadow).
+    would_repair: bool = False
 
     @property
     def record_id(self) -> str:
@@ -119,8 +122,10 @@ class PagePlan:
     # moved meanwhile makes the page be planned again.
     findings: list[Finding] = dataclasses.field(default_factory=list)
     wallet_guards: dict[str, dt.datetime] = dataclasses.field(default_factory=dict)
-    # Customers whose whole ledger this page audited (not audited again by the delivery).
-    audited: set[str] = dataclasses.field(default_factory=set)
+    # The run's records of the customers whose whole ledger this page audited (created if
+    # absent, like ledger entries: a customer is audited once per run, by the page that
+    # commits its record first; a page that loses the race is planned again and reads it).
+    audits: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def credit(self, customer_id: str, points: int) -> None:
         self.wallet_deltas[customer_id] = self.wallet_deltas.get(customer_id, 0) + points
@@ -134,8 +139,9 @@ class Backfill(Protocol):
 
     Two optional hooks, looked up by the page commit: ``pull(events, page, plan, window)``
     (events to apply ahead of the page's, as a replay pulls the purchases its refunds lack) and
-    ``gather(db, events, stored, audited)`` (documents beyond ``lookups``, read before planning,
-    as ``ledger_verify`` reads a customer's whole ledger).
+    ``gather(db, ledger, events, stored, migration_id, window)`` (documents beyond ``lookups``, read
+    before planning through the run's ledger sink, as ``ledger_verify`` reads a customer's
+    whole ledger).
     """
 
     @property

@@ -19,6 +19,16 @@ Per customer of those events, their whole ledger (every entry, their wallet):
 - ``reversal_mismatch``: an order's ``reversedPoints`` is not
   ``floor(points * min(refunded, total) / total)``, or not what its reversal entries add up to.
 
+Each customer is audited once per run, from the whole picture: their every entry, their
+wallet, and every purchase, refund and chargeback of theirs (those of the range, and the rest,
+which are "elsewhere"). The page that first meets a customer audits them and records the audit
+in the run (``dataMigrations/{id}/audits/{customerId}``, created if absent, in the page's
+commit), with its decision on each of the customer's events; any later page (of any chunk, or
+a redelivery) that meets the customer takes its events' outcomes from that record instead of
+auditing again. Two pages that audit one customer at once cannot both commit: the record is
+created by one of them, the other is planned again and reads it. So a repair is decided once,
+on everything, however the customer's events fall into pages and chunks.
+
 Repairs (``repair: true``), each in the page's one commit:
 
 - flags: the event of an existing entry is flagged processed;
@@ -31,9 +41,12 @@ Repairs (``repair: true``), each in the page's one commit:
   balance the customer sees does not move).
 
 A wallet a repair was decided on is written under the update time it was read at, so a wallet
-that moved meanwhile makes the page be planned again. The rest needs a person: its finding
-says so (``repaired: false``) and what to do. Findings are the run's records beside its
-errors: ``GET .../{id}/errors`` is the CSV, status sums them by code (``errorCodes``).
+that moved meanwhile makes the page be planned again. A dry run reads its shadow ledger over
+the real one, the audit's reads included (the wallet as its shadow entries would move it),
+and says of what a live run would repair ``wouldRepair`` (never ``repaired``). The rest needs
+a person: its finding says so (``repaired: false``) and what to do. Findings are the run's
+records beside its errors: ``GET .../{id}/errors`` is the CSV, status sums them by code
+(``errorCodes``).
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
@@ -54,6 +67,7 @@ from shared.backfills.apply import (
     apply_purchase,
     apply_reversal,
     entry_path,
+    product_path,
     purchase_lookups,
     reversal_lookups,
 )
@@ -62,25 +76,30 @@ from shared.backfills.registry import BACKFILLS
 from shared.backfills.rules import OUTSIDE_TARGET, REVERSAL_TYPES, in_window
 from shared.errors import ItemError
 from shared.models import BackfillType, EventType, OrderCompleted, Outcome, parse_body
+from shared.planning import Window
+
+if TYPE_CHECKING:  # the sinks import the backfill records: a cycle at run time
+    from shared.ledgers import LedgerSink
 
 VERIFY = BackfillType.LEDGER_VERIFY.value
 CODES = ("missing_entry", "missing_reversal", "wrong_points", "unflagged_event", "wallet_drift",
          "orphan_entry", "duplicate_entries", "reversal_over_purchase", "reversal_mismatch")
 _PURCHASE = EventType.ORDER_COMPLETED.value
-_AUDIT = "audit"  # the key prefix of a customer's audit among a page's stored documents
+# Keys of what ``gather`` adds to a page's stored documents, beside the documents themselves.
+_PICTURE = "picture"  # a customer to audit: their whole picture
+_AUDITED = "audited"  # a customer audited already by this run: the run's record of it
+_OWNERS = "owners"  # the customers of orders known only from their purchase events
 _BATCH = 300  # documents per get_all
 _IN = 30  # values per "in" filter
 
 
 @dataclasses.dataclass
 class _Missing:
-    """One customer's missing entries found in the page, as the replay's rules would write
-    them (on the page's view of the ledger, each seeing the ones before): candidates for a
-    repair."""
+    """One customer's missing entries, as the replay's rules would write them (on the
+    customer's ledger, each seeing the ones before): candidates for a repair."""
 
     findings: list[Finding] = dataclasses.field(default_factory=list)
     plan: PagePlan = dataclasses.field(default_factory=PagePlan)
-    book: Book | None = None
 
 
 class LedgerVerify:
@@ -96,15 +115,17 @@ class LedgerVerify:
     event_types = tuple(kind.value for kind in EventType)
     flags_events = False
 
-    def __init__(self, repair: bool = False, aim: target.Target | None = None) -> None:
+    def __init__(self, repair: bool = False, aim: target.Target | None = None,
+                 dry_run: bool = False) -> None:
         self.repair = repair
         self.target = aim
+        self.dry_run = dry_run
 
     def variant(self, run: Mapping[str, Any]) -> LedgerVerify:
         aim = target.Target.of(run.get("target"))
         if not run.get("repair") and aim is None:
             return self
-        return LedgerVerify(bool(run.get("repair")), aim)
+        return LedgerVerify(bool(run.get("repair")), aim, bool(run.get("dryRun")))
 
     def selection(self, events: firestore.CollectionReference, window: Any) -> Any:
         if self.target is not None and self.target.event_types is not None:
@@ -121,73 +142,80 @@ class LedgerVerify:
                 paths.update(dict.fromkeys(reversal_lookups(event)))
         return list(paths)
 
-    def gather(self, db: firestore.Client, events: Sequence[Event],
-               stored: Mapping[str, Stored], audited: set[str]) -> dict[str, Stored]:
-        """The whole ledger of each customer of the page not yet audited by this delivery:
-        their entries, their wallet (the audit's update time is the wallet's), the events of
-        their entries, and, for a drifted wallet, their missing entries outside the page."""
+    def gather(self, db: firestore.Client, sink: LedgerSink, events: Sequence[Event],
+               stored: Mapping[str, Stored], migration_id: str,
+               window: Window) -> dict[str, Stored]:
+        """For each customer of the page: the run's record of their audit if there is one,
+        else their whole picture (entries and wallet through ``sink``, their events, the
+        products of their purchases), to audit them in this page."""
         book = Book(stored, PagePlan())
-        wanted: set[str] = set()
-        for event in events:
-            if self._outside(event, book) or not (customer := _customer(event, book)):
-                continue
-            # A customer audited earlier is audited again when this page may repair them.
-            if customer not in audited or _lacks_entry(event, book):
-                wanted.add(customer)
-        customers = sorted(wanted)
+        owners = _owners(db, events, book)
+        found: dict[str, Stored] = {_OWNERS: Stored(owners)}
+        customer_of = _customer_of(book, owners)
+        customers = sorted({customer for event in events
+                            if not self._outside(event, customer_of)
+                            and (customer := _customer(event, customer_of))})
         if not customers:
-            return {}
-        page = {event.event_id for event in events}
+            return found
+        records = store.run_ref(db, migration_id).collection(store.AUDITS)
+        claims = sink.read([records.document(customer).path for customer in customers])
+        fresh = []
+        for customer in customers:
+            claim = claims.get(records.document(customer).path)
+            if claim is not None and claim.data is not None:
+                found[f"{_AUDITED}/{customer}"] = claim
+            else:
+                fresh.append(customer)
         with ThreadPoolExecutor(max_workers=8) as pool:
-            audits = list(pool.map(lambda customer: _audit(db, customer, page), customers))
-        return {f"{_AUDIT}/{customer}": audit for customer, audit in zip(customers, audits,
-                                                                           strict=True)}
+            pictures = list(pool.map(lambda customer: _picture(db, sink, customer, window),
+                                     fresh))
+        for customer, (documents, picture) in zip(fresh, pictures, strict=True):
+            found.update(documents)
+            found[f"{_PICTURE}/{customer}"] = picture
+        return found
 
     def plan(self, events: Sequence[Event], stored: Mapping[str, Stored],
              migration_id: str) -> PagePlan:
         plan = PagePlan()
         book = Book(stored, plan)
-        missing: dict[str, _Missing] = defaultdict(_Missing)
-        outcomes: dict[str, ItemResult] = {}
+        owners = stored[_OWNERS].data or {} if _OWNERS in stored else {}
+        customer_of = _customer_of(book, owners)
+        decided: dict[str, Mapping[str, Any]] = {}
+        for path, document in sorted(stored.items()):
+            if path.startswith(f"{_AUDITED}/"):
+                decided.update((document.data or {}).get("decisions", {}))
+            elif path.startswith(f"{_PICTURE}/"):
+                customer = path.removeprefix(f"{_PICTURE}/")
+                decisions = self._audit(customer, document, book, plan, migration_id)
+                plan.audits[customer] = {"customerId": customer, "decisions": decisions}
+                decided.update(decisions)
         for event in events:
-            outcomes[event.event_id] = self._check(event, book, plan, missing, migration_id)
-        for path, audit in stored.items():
-            if path.startswith(f"{_AUDIT}/"):
-                customer = path.removeprefix(f"{_AUDIT}/")
-                self._check_customer(customer, audit, missing.pop(customer, _Missing()),
-                                     plan, migration_id)
-                plan.audited.add(customer)
-        for candidates in missing.values():  # no customer to audit (no purchase entry)
-            self._settle(candidates, plan, repair=False)
-        repaired = {finding.event_id for finding in plan.findings if finding.repaired}
-        unrepaired = {finding.event_id: finding.code for finding in plan.findings
-                      if not finding.repaired}
-        for event_id, result in outcomes.items():
-            if event_id in repaired:
-                result.outcome, result.code = Outcome.APPLIED, "repaired"
-            elif event_id in unrepaired:
-                result.outcome, result.code = Outcome.SKIPPED, unrepaired[event_id]
+            result = self._check(event, book, plan, customer_of, migration_id)
+            decision = decided.get(event.event_id)
+            if decision is not None and not result.outside:
+                result.outcome = Outcome(decision["outcome"])
+                result.code = str(decision["code"])
             plan.results.append(result)
         return plan
 
     # --- per event ----------------------------------------------------------------------
 
-    def _outside(self, event: Event, book: Book) -> bool:
+    def _outside(self, event: Event, customer_of: Callable[[str], str | None]) -> bool:
         return self.target is not None and self.target.excludes(
-            event.event_id, event.event_type, event.data, book.customer_of) is not None
+            event.event_id, event.event_type, event.data, customer_of) is not None
 
     def _check(self, event: Event, book: Book, plan: PagePlan,
-               missing: dict[str, _Missing], migration_id: str) -> ItemResult:
+               customer_of: Callable[[str], str | None], migration_id: str) -> ItemResult:
         """The event's own checks; answers it as consistent (a duplicate: its effect is
-        there) unless a finding says otherwise."""
+        there) unless a finding says otherwise. A processed event without its entry is its
+        customer's audit's to decide; one whose customer cannot be told is reported here."""
         result = ItemResult(event.event_id, event.event_type, Outcome.DUPLICATE, settled=False)
-        if self._outside(event, book):
+        if self._outside(event, customer_of):
             return ItemResult(event.event_id, event.event_type, Outcome.SKIPPED,
                               code=OUTSIDE_TARGET, settled=False, outside=True)
         if event.event_type not in (_PURCHASE, *REVERSAL_TYPES):
             result.outcome, result.code = Outcome.SKIPPED, "no_ledger_effect"
             return result
-        is_purchase = event.event_type == _PURCHASE
         entry_id = _own_entry(event)
         if entry_id is None:
             result.outcome, result.code = Outcome.SKIPPED, "unreadable"
@@ -197,43 +225,22 @@ class LedgerVerify:
         if entry is None or entry.get("rolledBackBy"):
             if not processed:
                 result.outcome, result.code = Outcome.SKIPPED, "unprocessed"
-            elif not is_purchase and event.data.get("backfillOutcome") == "skipped":
-                pass  # settled by a run: its order was fully reversed then
-            else:
-                self._candidate(event, book, plan, missing, migration_id, is_purchase)
+            elif _lacks_entry(event, book) and _customer(event, customer_of) is None:
+                code = "missing_entry" if event.event_type == _PURCHASE else "missing_reversal"
+                plan.findings.append(Finding(
+                    code, f"{store.EVENTS}/{event.event_id}",
+                    "flagged processed without its entry; its customer cannot be told (its "
+                    "order has no purchase entry nor purchase event)",
+                    "find the order's purchase; settle it by hand", event.event_id,
+                    event.event_type))
+                result.outcome, result.code = Outcome.SKIPPED, code
             return result
-        if is_purchase:
+        if event.event_type == _PURCHASE:
             self._check_points(event, entry, entry_id, book, plan)
         if not processed and entry.get("sourceEventId") == event.event_id:
             self._flag(event.event_id, event.event_type, plan, migration_id,
                        f"its entry {entry_id} exists, but the event is not flagged processed")
         return result
-
-    def _candidate(self, event: Event, book: Book, plan: PagePlan,
-                   missing: dict[str, _Missing], migration_id: str, is_purchase: bool) -> None:
-        """A processed event without its entry: what the replay's rule would write for it."""
-        rule = apply_purchase if is_purchase else apply_reversal
-        code = "missing_entry" if is_purchase else "missing_reversal"
-        found = missing[_customer(event, book) or ""]
-        if found.book is None:
-            found.book = _Overlay(book, found.plan)
-        try:
-            outcome = rule(event, found.book, found.plan, migration_id)
-        except ItemError as error:
-            plan.findings.append(Finding(
-                code, f"{store.EVENTS}/{event.event_id}",
-                f"flagged processed without its entry; it cannot be applied: {error.message}",
-                error.hint or "fix the cause, then replay it with includeProcessed",
-                event.event_id, event.event_type))
-            return
-        if outcome.outcome is not Outcome.APPLIED:
-            return  # nothing to write: a refund of an order fully reversed already
-        found.findings.append(Finding(
-            code, f"{store.EVENTS}/{event.event_id}",
-            f"flagged processed without its {'entry' if is_purchase else 'reversal entry'} "
-            f"({outcome.points:+} points)",
-            "ledger_verify with repair writes it when the wallet shows whether it was credited",
-            event.event_id, event.event_type))
 
     def _check_points(self, event: Event, entry: Mapping[str, Any], entry_id: str,
                       book: Book, plan: PagePlan) -> None:
@@ -259,18 +266,85 @@ class LedgerVerify:
                 "backfillMigrationId": migration_id, "backfillOutcome": "repaired"}
         if not any(f.code == "unflagged_event" and f.event_id == event_id
                    for f in plan.findings):
-            plan.findings.append(Finding("unflagged_event", f"{store.EVENTS}/{event_id}",
-                                         message, "" if self.repair else
-                                         "ledger_verify with repair flags it", event_id,
-                                         event_type, repaired=self.repair))
+            finding = Finding("unflagged_event", f"{store.EVENTS}/{event_id}", message,
+                              "ledger_verify with repair flags it", event_id, event_type)
+            plan.findings.append(self._repaired(finding) if self.repair else finding)
+
+    def _repaired(self, finding: Finding) -> Finding:
+        """The finding as this run's repair leaves it: repaired, or in a dry run, what a live
+        run would repair (nothing was written but the run's shadow)."""
+        if self.dry_run:
+            return dataclasses.replace(
+                finding, repaired=False, would_repair=True,
+                hint="dry run: nothing was written; a live ledger_verify with repair "
+                     "would repair it")
+        return dataclasses.replace(finding, repaired=True, hint="")
 
     # --- per customer -------------------------------------------------------------------
 
+    def _audit(self, customer: str, picture: Stored, book: Book, plan: PagePlan,
+               migration_id: str) -> dict[str, dict[str, str]]:
+        """Audit one customer on their whole picture, once for the run; answers its decision
+        on each of their events that has a finding (the outcome their pages record)."""
+        data = picture.data or {}
+        window = Window(data["windowStart"], data["windowEnd"])
+        events = [Event(event_id, fields) for event_id, fields in data["events"]]
+        owners = {**data.get("owners", {})}
+        customer_of = _customer_of(book, owners)
+        found = _Missing()
+        overlay = _Overlay(book, found.plan)
+        elsewhere = 0
+        for event in events:
+            if not _lacks_entry(event, overlay):
+                continue
+            inside = window.start <= event.received_at < window.end and not self._outside(
+                event, customer_of)
+            if inside:
+                self._candidate(event, overlay, plan, found, migration_id)
+            elif _would_write(event, _Overlay(overlay, PagePlan()), migration_id):
+                elsewhere += 1
+        first = len(plan.findings)
+        self._check_customer(customer, picture, found, plan, migration_id, elsewhere)
+        mine = {event.event_id for event in events}
+        decisions: dict[str, dict[str, str]] = {}
+        for finding in plan.findings[first:]:
+            if finding.event_id in mine and finding.code in ("missing_entry",
+                                                             "missing_reversal"):
+                done = finding.repaired or finding.would_repair
+                decisions[finding.event_id] = {
+                    "outcome": (Outcome.APPLIED if done else Outcome.SKIPPED).value,
+                    "code": "repaired" if done else finding.code}
+        return decisions
+
+    def _candidate(self, event: Event, overlay: Book, plan: PagePlan, found: _Missing,
+                   migration_id: str) -> None:
+        """A processed event without its entry: what the replay's rule would write for it."""
+        is_purchase = event.event_type == _PURCHASE
+        rule = apply_purchase if is_purchase else apply_reversal
+        code = "missing_entry" if is_purchase else "missing_reversal"
+        try:
+            outcome = rule(event, overlay, found.plan, migration_id)
+        except ItemError as error:
+            plan.findings.append(Finding(
+                code, f"{store.EVENTS}/{event.event_id}",
+                f"flagged processed without its entry; it cannot be applied: {error.message}",
+                error.hint or "fix the cause, then replay it with includeProcessed",
+                event.event_id, event.event_type))
+            return
+        if outcome.outcome is not Outcome.APPLIED:
+            return  # nothing to write: a refund of an order fully reversed already
+        found.findings.append(Finding(
+            code, f"{store.EVENTS}/{event.event_id}",
+            f"flagged processed without its {'entry' if is_purchase else 'reversal entry'} "
+            f"({outcome.points:+} points)",
+            "ledger_verify with repair writes it when the wallet shows whether it was credited",
+            event.event_id, event.event_type))
+
     def _check_customer(self, customer: str, audit: Stored, found: _Missing,
-                        plan: PagePlan, migration_id: str) -> None:
+                        plan: PagePlan, migration_id: str, elsewhere: int) -> None:
         data = audit.data or {}
         entries: dict[str, dict[str, Any]] = data.get("entries", {})
-        events: dict[str, bool | None] = data.get("events", {})
+        events: dict[str, bool | None] = data.get("processed", {})
         for entry_id, entry in sorted(entries.items()):
             event_id = entry.get("sourceEventId")
             if entry.get("type") == "adjustment" or not isinstance(event_id, str):
@@ -292,16 +366,17 @@ class LedgerVerify:
         drift = int(balance or 0) - sum(int(entry.get("points", 0)) for entry in
                                         entries.values())
         candidates = found.plan.wallet_deltas.get(customer, 0)
-        elsewhere = int(data.get("missingElsewhere", 0))
         subject = f"{store.WALLETS}/{customer}"
         if drift == 0 and found.findings:
             self._settle(found, plan, self.repair, audit.update_time, credit=True)
         elif found.findings and drift == candidates and elsewhere == 0:
             # The credits happened; the entries were lost: write them without moving it.
             self._settle(found, plan, self.repair, audit.update_time, credit=False)
-            plan.findings.append(Finding(
+            finding = Finding(
                 "wallet_drift", subject, f"the wallet is {drift:+} points off its entries: "
-                "the credits of the missing entries found", "", repaired=self.repair))
+                "the credits of the missing entries found", "ledger_verify with repair "
+                "writes the missing entries without moving the wallet")
+            plan.findings.append(self._repaired(finding) if self.repair else finding)
         elif drift:
             self._settle(found, plan, repair=False)
             adjustable = exists and not found.findings and elsewhere == 0
@@ -313,17 +388,17 @@ class LedgerVerify:
                     "reason": f"wallet {balance} was {drift:+} points off its entries"}
                 if audit.update_time is not None:
                     plan.wallet_guards[customer] = audit.update_time
-            plan.findings.append(Finding(
+            finding = Finding(
                 "wallet_drift", subject,
                 f"the wallet is {balance if exists else '(missing)'}, its entries add up to "
                 f"{int(balance or 0) - drift} ({drift:+})"
-                + (f"; {elsewhere} processed event(s) of the customer lack their entry"
-                   if elsewhere else ""),
-                "" if self.repair and adjustable else
+                + (f"; {elsewhere} processed event(s) of the customer outside the range lack "
+                   "their entry" if elsewhere else ""),
                 "ledger_verify with repair writes an adjustment entry once nothing is "
                 "missing" if adjustable else
-                "find the missing entries' credits first; settle the wallet by hand",
-                repaired=self.repair and adjustable))
+                "find the missing entries' credits first; settle the wallet by hand")
+            plan.findings.append(self._repaired(finding) if self.repair and adjustable
+                                 else finding)
         else:
             self._settle(found, plan, repair=False)
 
@@ -333,7 +408,7 @@ class LedgerVerify:
         credit) when ``repair``."""
         for finding in found.findings:
             if repair:
-                plan.findings.append(dataclasses.replace(finding, repaired=True, hint=""))
+                plan.findings.append(self._repaired(finding))
             elif self.repair:
                 plan.findings.append(dataclasses.replace(
                     finding, hint="the customer's wallet does not show whether it was "
@@ -371,36 +446,144 @@ class _Overlay(Book):
         under = self._under.entry(entry_id)
         return None if under is None else {**under, **self._changed.get(entry_id, {})}
 
+    def change(self, entry_id: str, fields: Mapping[str, Any]) -> None:
+        if entry_id in self._plan.creates or entry_path(entry_id) in self.stored:
+            super().change(entry_id, fields)
+        else:  # created by the plan underneath (an overlay on an overlay): seen, not written
+            self._changed.setdefault(entry_id, {}).update(fields)
+
 
 def _lacks_entry(event: Event, book: Book) -> bool:
-    """A processed event whose entry does not exist (a repair candidate)."""
+    """A processed event whose entry does not exist (a repair candidate), unless a run
+    settled it without one (a refund of an order it found fully reversed)."""
     entry_id = _own_entry(event)
     if event.data.get("processed") is not True or entry_id is None:
+        return False
+    if event.event_type != _PURCHASE and event.data.get("backfillOutcome") == "skipped":
         return False
     entry = book.entry(entry_id)
     return entry is None or bool(entry.get("rolledBackBy"))
 
 
+def _would_write(event: Event, overlay: Book, migration_id: str) -> bool:
+    """Whether the replay's rule would write an entry for the event (on a throwaway plan)."""
+    rule = apply_purchase if event.event_type == _PURCHASE else apply_reversal
+    try:
+        return rule(event, overlay, PagePlan(), migration_id).outcome is Outcome.APPLIED
+    except ItemError:
+        return True  # it cannot be applied: its entry is missing all the same
+
+
 def _own_entry(event: Event) -> str | None:
     """The id of the entry a purchase, refund or chargeback makes (None: unreadable)."""
     try:
-        return (ledger.purchase_id(parse_body(OrderCompleted, event.data).id)
-                if event.event_type == _PURCHASE else ledger.reversal_id(event.event_id))
+        if event.event_type == _PURCHASE:
+            return ledger.purchase_id(parse_body(OrderCompleted, event.data).id)
+        if event.event_type in REVERSAL_TYPES:
+            return ledger.reversal_id(event.event_id)
     except ItemError:
         return None
+    return None
 
 
-def _customer(event: Event, book: Book) -> str | None:
-    body = (event.data.get("payload") or {}).get("body") if isinstance(
-        event.data.get("payload"), dict) else None
-    if not isinstance(body, dict):
-        return None
+def _body(event: Event) -> Mapping[str, Any]:
+    payload = event.data.get("payload")
+    body = payload.get("body") if isinstance(payload, dict) else None
+    return body if isinstance(body, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _customer_of(book: Book, owners: Mapping[str, str]) -> Callable[[str], str | None]:
+    """The customer of an order: its purchase entry's, else its purchase event's."""
+    return lambda order_id: book.customer_of(order_id) or owners.get(order_id)
+
+
+def _customer(event: Event, customer_of: Callable[[str], str | None]) -> str | None:
+    body = _body(event)
     if event.event_type == _PURCHASE:
         customer = body.get("customer")
-        value = customer.get("id") if isinstance(customer, dict) else None
-        return value if isinstance(value, str) and value else None
-    order_id = body.get("order_id")
-    return book.customer_of(order_id) if isinstance(order_id, str) and order_id else None
+        return _text(customer.get("id")) if isinstance(customer, dict) else None
+    order_id = _text(body.get("order_id"))
+    return customer_of(order_id) if order_id else None
+
+
+def _owners(db: firestore.Client, events: Sequence[Event], book: Book) -> dict[str, str]:
+    """The customers of the orders of the page's refunds and chargebacks that have no
+    purchase entry, from their orders' purchase events."""
+    orders = sorted({order_id for event in events if event.event_type in REVERSAL_TYPES
+                     and (order_id := _text(_body(event).get("order_id")))
+                     and book.customer_of(order_id) is None})
+    owners: dict[str, str] = {}
+    for start in range(0, len(orders), _IN):
+        query = db.collection(store.EVENTS).where(
+            filter=FieldFilter("eventType", "==", _PURCHASE)).where(
+            filter=FieldFilter("payload.body.id", "in", orders[start:start + _IN]))
+        for snap in query.select(["payload.body.id", "payload.body.customer.id"]).stream():
+            purchase = Event(snap.id, snap.to_dict() or {})
+            order_id, customer = _text(_body(purchase).get("id")), _customer(
+                purchase, lambda _: None)
+            if order_id and customer:
+                owners.setdefault(order_id, customer)
+    return owners
+
+
+def _picture(db: firestore.Client, sink: LedgerSink, customer: str,
+             window: Window) -> tuple[dict[str, Stored], Stored]:
+    """One customer's whole picture: their entries (by path, as ``sink`` sees them) and the
+    products of their purchases, to put among the page's documents; and what the audit
+    reads: the entries, the wallet (the picture's update time is the wallet's), every
+    purchase, refund and chargeback of theirs in (receivedAt, id) order, and whether each
+    entry's event exists and is flagged."""
+    entries, wallet = sink.customer_ledger(customer)
+    events_ref = db.collection(store.EVENTS)
+    found: dict[str, Event] = {}
+    purchases = events_ref.where(filter=FieldFilter("eventType", "==", _PURCHASE)).where(
+        filter=FieldFilter("payload.body.customer.id", "==", customer))
+    for snap in purchases.stream():
+        found[snap.id] = Event(snap.id, snap.to_dict() or {})
+    owners = {order_id: customer for event in found.values()
+              if (order_id := _text(_body(event).get("id")))}
+    orders = sorted({*owners, *(order_id for entry in entries.values()
+                                if (order_id := _text((entry.data or {}).get("orderId"))))})
+    for start in range(0, len(orders), _IN):
+        query = events_ref.where(filter=FieldFilter("payload.body.order_id", "in",
+                                                    orders[start:start + _IN]))
+        for snap in query.stream():
+            event = Event(snap.id, snap.to_dict() or {})
+            if event.event_type in REVERSAL_TYPES:
+                found[snap.id] = event
+    ordered = sorted((event for event in found.values()
+                      if isinstance(event.data.get("receivedAt"), dt.datetime)),
+                     key=lambda event: (event.received_at, event.event_id))
+    products = sorted({line.product_id for event in ordered if event.event_type == _PURCHASE
+                       for line in _lines(event)})
+    documents = {**entries, **sink.read([product_path(product) for product in products])}
+    data = {path.removeprefix(f"{store.LEDGER}/"): entry.data or {}
+            for path, entry in entries.items()}
+    processed: dict[str, bool | None] = {event.event_id: event.data.get("processed") is True
+                                         for event in ordered}
+    unread = sorted({event_id for entry in data.values()
+                     if (event_id := _text(entry.get("sourceEventId")))} - set(processed))
+    for start in range(0, len(unread), _BATCH):
+        refs = [events_ref.document(event_id) for event_id in unread[start:start + _BATCH]]
+        for snap in db.get_all(refs, field_paths=["processed"]):
+            processed[snap.id] = (snap.get("processed") is True) if snap.exists else None
+    return documents, Stored({
+        "entries": data, "processed": processed,
+        "events": [(event.event_id, event.data) for event in ordered], "owners": owners,
+        "balance": (wallet.data or {}).get("balance") if wallet.data is not None else None,
+        "walletExists": wallet.data is not None,
+        "windowStart": window.start, "windowEnd": window.end}, wallet.update_time)
+
+
+def _lines(event: Event) -> list[Any]:
+    try:
+        return list(parse_body(OrderCompleted, event.data).lines)
+    except ItemError:
+        return []
 
 
 def _order_findings(entries: Mapping[str, Mapping[str, Any]]) -> Iterator[Finding]:
@@ -458,56 +641,6 @@ def _effects(entries: Mapping[str, Mapping[str, Any]]) -> Callable[[str], str]:
         return kind if isinstance(kind, str) else ""
 
     return effect
-
-
-def _audit(db: firestore.Client, customer: str, page: set[str]) -> Stored:
-    """One customer's whole ledger, read so the wallet and the entries agree (the wallet read
-    again after the entries: a write between the two is read again)."""
-    wallet_ref = db.collection(store.WALLETS).document(customer)
-    for _ in range(5):
-        wallet = wallet_ref.get()
-        entries = {snap.id: snap.to_dict() or {} for snap in db.collection(store.LEDGER).where(
-            filter=FieldFilter("customerId", "==", customer)).stream()}
-        again = wallet_ref.get()
-        if again.update_time == wallet.update_time:
-            break
-    event_ids = sorted({entry["sourceEventId"] for entry in entries.values()
-                        if isinstance(entry.get("sourceEventId"), str)
-                        and entry["sourceEventId"]})
-    events: dict[str, bool | None] = {}
-    for start in range(0, len(event_ids), _BATCH):
-        refs = [db.collection(store.EVENTS).document(event_id)
-                for event_id in event_ids[start:start + _BATCH]]
-        for snap in db.get_all(refs, field_paths=["processed"]):
-            events[snap.id] = (snap.get("processed") is True) if snap.exists else None
-    balance = (wallet.to_dict() or {}).get("balance") if wallet.exists else None
-    drift = int(balance or 0) - sum(int(e.get("points", 0)) for e in entries.values())
-    elsewhere = _missing_elsewhere(db, customer, entries, page) if drift else 0
-    return Stored({"entries": entries, "events": events, "balance": balance,
-                   "walletExists": wallet.exists, "missingElsewhere": elsewhere},
-                  wallet.update_time if wallet.exists else None)
-
-
-def _missing_elsewhere(db: firestore.Client, customer: str,
-                       entries: Mapping[str, Any], page: set[str]) -> int:
-    """The customer's processed purchases outside the page without their entry: while there
-    are any, a drifted wallet cannot be told apart from their lost credits."""
-    purchases = db.collection(store.EVENTS).where(
-        filter=FieldFilter("eventType", "==", _PURCHASE)).where(
-        filter=FieldFilter("payload.body.customer.id", "==", customer)).where(
-        filter=FieldFilter("processed", "==", True))
-    missing = 0
-    for snap in purchases.select(["payload.body.id"]).stream():
-        if snap.id in page:
-            continue
-        try:
-            order = (snap.get("payload.body.id"))
-        except KeyError:
-            continue
-        entry = entries.get(ledger.purchase_id(order)) if isinstance(order, str) else None
-        if entry is None or entry.get("rolledBackBy"):
-            missing += 1
-    return missing
 
 
 BACKFILLS.register(LedgerVerify())

@@ -48,7 +48,8 @@ class Registry:
     def of(self, run: RunRecord) -> Backfill:
         """The definition a run describes: its type, as its options select it."""
         return self.get(run.type).variant({"includeProcessed": run.include_processed,
-                                           "repair": run.repair, "target": run.target})
+                                           "repair": run.repair, "target": run.target,
+                                           "dryRun": run.dry_run})
 
     def error_codes(self) -> tuple[str, ...]:
         """Every per-event error code a run may record: its types', then the executor's."""

@@ -20,7 +20,7 @@ from tests.functions.conftest import SOURCE, Harness
 RANGE: dict[str, Any] = {"type": "webhook_replay", "startDate": "2025-01-01",
                          "endDate": "2025-01-03"}
 COLUMNS = ["eventId", "eventType", "code", "message", "hint", "attempts", "chunkId", "at",
-           "resolvedBy", "subject", "repaired"]
+           "resolvedBy", "subject", "repaired", "wouldRepair"]
 
 
 @pytest.fixture
@@ -90,9 +90,9 @@ def test_a_formula_in_a_cell_is_quoted() -> None:
     lines = list(as_csv(iter([{"eventId": "e1", "eventType": "T", "code": "c",
                                "message": "=HYPERLINK(1)", "hint": "+1", "attempts": 1,
                                "chunkId": "-x", "at": None, "resolvedBy": None,
-                               "subject": "@x", "repaired": None}])))
+                               "subject": "@x", "repaired": None, "wouldRepair": None}])))
 
-    assert lines[1] == "e1,T,c,'=HYPERLINK(1),'+1,1,'-x,,,'@x,\r\n"
+    assert lines[1] == "e1,T,c,'=HYPERLINK(1),'+1,1,'-x,,,'@x,,\r\n"
 
 
 def test_the_error_report_refuses_bad_filters_and_unknown_runs(harness: Harness) -> None:
