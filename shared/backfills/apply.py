@@ -104,7 +104,7 @@ def apply_purchase(event: Event, book: Book, plan: PagePlan, migration_id: str) 
         if rolled_back_by := existing.get("rolledBackBy"):
             return _reinstate_purchase(event, book, plan, migration_id, entry_id, existing,
                                        str(rolled_back_by))
-        return _duplicate(event, entry_id, existing, migration_id)
+        return _duplicate(event, entry_id, existing, migration_id, book)
     points = ledger.purchase_points(
         order, {line.product_id: book.product(line.product_id) for line in order.lines})
     if points <= 0:
@@ -207,12 +207,31 @@ def _reinstate_purchase(event: Event, book: Book, plan: PagePlan, migration_id: 
                       customer_id=customer_id)
 
 
-def _duplicate(event: Event, entry_id: str, existing: Mapping[str, Any],
-               migration_id: str) -> ItemResult:
-    repeat = existing.get("sourceEventId") == event.event_id and \
-        existing.get("migrationId") == migration_id
+def _duplicate(event: Event, entry_id: str, existing: Mapping[str, Any], migration_id: str,
+               book: Book | None = None) -> ItemResult:
+    """The event's effect exists already. Another event of the same order (PayNow delivered
+    its webhook twice) settled against an entry whose effect is this run's is recorded on the
+    entry (``duplicateEvents``), under the entry's update time: the run settled it, so a
+    rollback of the run unflags it with the entry (``shared.backfills.rollback``). Recorded
+    once: a repeat finds it there and is not counted again."""
+    if existing.get("sourceEventId") == event.event_id:
+        repeat = existing.get("migrationId") == migration_id
+    else:
+        settled = existing.get("duplicateEvents") or []
+        repeat = event.event_id in settled
+        if book is not None and not repeat and effect_of(existing) == migration_id:
+            book.change(entry_id, {"duplicateEvents": [*settled, event.event_id]})
     return ItemResult(event.event_id, event.event_type, Outcome.DUPLICATE, repeat=repeat,
                       message=f"{entry_id} exists already")
+
+
+def effect_of(entry: Mapping[str, Any]) -> str | None:
+    """The run whose effect a live entry is: the one that reinstated it after a rollback,
+    else the one that wrote it (None: the live path's, or rolled back)."""
+    if entry.get("rolledBackBy"):
+        return None
+    owner = entry.get("reinstatedBy") or entry.get("migrationId")
+    return owner if isinstance(owner, str) else None
 
 
 def entry_int(entry: Mapping[str, Any], key: str, entry_id: str, default: int | None = None,

@@ -12,7 +12,10 @@ them again. For each entry, in one commit with its page:
   over it and a later replay knows to reinstate it (``shared.backfills.apply``);
 - a reversal's share taken off its purchase entry (``refundedAmount``, ``reversedPoints``);
 - the entry's event unflagged (``processed: false``, ``rolledBackBy``), so a later replay
-  re-applies it.
+  re-applies it, and so is every other delivery of its order the run settled against it as a
+  duplicate (recorded on the entry as ``duplicateEvents``): after a rollback no event the run
+  settled claims an effect the rollback removed. A duplicate of an entry the run did not write
+  (the live path's, another run's) stays as it was: its effect is still there.
 
 A purchase whose order still carries reversals the run does not undo (a refund applied by
 another run or the live path since) is not rolled back: that needs a person, and is recorded
@@ -23,7 +26,7 @@ its runs are internal (the trigger does not take the type).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.cloud import firestore
 
@@ -34,6 +37,9 @@ from shared.backfills.registry import BACKFILLS
 from shared.errors import ItemError, MalformedPayload
 from shared.models import BackfillType, Outcome, document_id_problem
 from shared.planning import Window
+
+if TYPE_CHECKING:  # the sinks import the backfill records: a cycle at run time
+    from shared.ledgers import LedgerSink
 
 ROLLBACK = BackfillType.ROLLBACK.value
 
@@ -82,6 +88,19 @@ class Rollback:
             if isinstance(event_id, str) and event_id and not document_id_problem(event_id):
                 paths[f"{store.EVENTS}/{event_id}"] = None
         return list(paths)
+
+    def gather(self, db: firestore.Client, sink: LedgerSink, events: Sequence[Event],
+               stored: Mapping[str, Stored], migration_id: str,
+               window: Window) -> dict[str, Stored]:
+        """The events the run settled as duplicates of the page's entries (and of the
+        entries its reinstatements reinstate), which ``lookups`` cannot name: they are
+        recorded on the entries it reads."""
+        prefix = f"{store.LEDGER}/"
+        paths = {f"{store.EVENTS}/{event_id}": None
+                 for path, document in stored.items() if path.startswith(prefix)
+                 for event_id in (document.data or {}).get("duplicateEvents") or []
+                 if isinstance(event_id, str) and not document_id_problem(event_id)}
+        return sink.read([path for path in paths if path not in stored])
 
     def plan(self, events: Sequence[Event], stored: Mapping[str, Stored],
              migration_id: str) -> PagePlan:
@@ -150,15 +169,23 @@ def _undo(entry_id: str, book: Book, plan: PagePlan, stored: Mapping[str, Stored
         "compensates": entry_id,
         "rollbackOf": entry.get("migrationId"),
     }
-    book.change(entry_id, {"rolledBackBy": migration_id})
+    # Every event the run settled against the entry goes with it: its own, and the other
+    # deliveries of its order it took for duplicates (``duplicateEvents``, emptied here so a
+    # later run records its own).
+    duplicates = [event_id for event_id in original.get("duplicateEvents") or []
+                  if isinstance(event_id, str)]
+    undone: dict[str, Any] = {"rolledBackBy": migration_id}
+    if duplicates:
+        undone["duplicateEvents"] = []
+    book.change(str(original_id), undone)
     if original_id != entry_id:
-        book.change(str(original_id), {"rolledBackBy": migration_id})
+        book.change(entry_id, {"rolledBackBy": migration_id})
     plan.credit(customer_id, -points)
-    event_id = entry.get("sourceEventId")
-    event = stored.get(f"{store.EVENTS}/{event_id}") if isinstance(event_id, str) else None
-    if event is not None and event.data is not None:
-        plan.event_updates[str(event_id)] = {"processed": False, "processedAt": None,
-                                             "rolledBackBy": migration_id}
+    for event_id in [entry.get("sourceEventId"), *duplicates]:
+        event = stored.get(f"{store.EVENTS}/{event_id}") if isinstance(event_id, str) else None
+        if event is not None and event.data is not None:
+            plan.event_updates[str(event_id)] = {"processed": False, "processedAt": None,
+                                                 "rolledBackBy": migration_id}
     return ItemResult(entry_id, kind, Outcome.APPLIED, points=-points, customer_id=customer_id)
 
 
