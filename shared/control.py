@@ -94,7 +94,9 @@ def check_breaker(settings: Settings, stores: Stores, migration_id: str) -> str 
               f"({100 * errors / taken:.0f}%), above BACKFILL_BREAKER_ERROR_RATE="
               f"{settings.breaker_error_rate:g} after at least "
               f"BACKFILL_BREAKER_MIN_EVENTS={settings.breaker_min_events}; fix the cause "
-              "(see the error report), then retry the run's failed events")
+              "(see the error report), then retry the run's failed events, and start a new "
+              "replay of its range for the events it never reached (a retry takes only the "
+              "failed ones)")
     return reason if halt(settings, stores, migration_id, reason) else None
 
 
