@@ -221,8 +221,9 @@ def _status(request: flask.Request) -> Answer:
             raise InvalidRequest("limit", "must be a whole number (ASCII digits)")
         kind, status = request.args.get("type"), request.args.get("status")
         if html:
-            return _page(page.runs_page(progress.overview(svc.stores, int(limit), kind,
-                                                          status), request.path.rstrip("/")))
+            return _page(page.runs_page(progress.overview(svc.stores, int(limit), kind, status,
+                                                          settings=svc.settings),
+                                        request.path.rstrip("/")))
         return {"runs": progress.list_runs(svc.stores, int(limit), kind, status)}, 200
     raise NotFound("no such resource")
 
