@@ -167,11 +167,21 @@ def test_a_rollback_unflags_the_redeliveries_it_settled_and_verify_recredits_non
     assert verify["errorCodes"] == {}
     assert data.ledger_state(db) == undone  # nothing re-credited
 
-    finished(harness, harness.start(type="webhook_replay", **RANGE))
+    again = finished(harness, harness.start(type="webhook_replay", **RANGE))
     assert wallets(db) == first["wallets"]
     assert {eid for eid, e in data.documents(db, store.EVENTS).items()
             if e["processed"]} == flagged
     assert set(data.credited_orders(db).values()) == {1}
+    data.assert_ledger_consistent(db)
+
+    # The replay that reinstated the entries is rolled back just as exactly.
+    rollback = f"/api/admin/dataMigrations/{again['migrationId']}/rollback"
+    finished(harness, control.post(rollback, json={}, headers=harness.headers()))
+    finished(harness, control.post(rollback, json={"dryRun": False},
+                                   headers=harness.headers()))
+    assert {eid for eid, e in data.documents(db, store.EVENTS).items()
+            if e["processed"]} == {"live", "liveagain"}
+    assert wallets(db) == {**{f"c{n}": 0 for n in range(5)}, "c0": 11}
     data.assert_ledger_consistent(db)
 
 
