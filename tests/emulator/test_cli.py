@@ -40,7 +40,7 @@ pytestmark = pytest.mark.emulator
 
 RANGE = ("--start", "2025-01-01", "--end", "2025-01-03")
 COLUMNS = ["eventId", "eventType", "code", "message", "hint", "attempts", "chunkId", "at",
-           "resolvedBy", "subject", "repaired"]
+           "resolvedBy", "subject", "repaired", "wouldRepair"]
 CLIENT_ENV = ("BACKFILL_GATEWAY_URL", "BACKFILL_ISSUER_URL", "BACKFILL_OPERATOR_AUDIENCES")
 # Would point the CLI elsewhere if the developer's shell had them set.
 FOREIGN_ENV = ("BACKFILL_TOKEN", "BACKFILL_TRIGGER_URL", "BACKFILL_STATUS_URL",
