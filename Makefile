@@ -62,7 +62,7 @@ test: lint $(CHROMIUM)               ## lint, types, unit, function, browser and
 	BACKFILL_CHROMIUM=$(CHROMIUM) $(VENV)/bin/pytest
 
 openapi: setup                       ## write docs/openapi.json from the code (a test compares them)
-	$(PY) -m shared.openapi > docs/openapi.json
+	$(PY) -m shared.api.openapi > docs/openapi.json
 
 bench: setup                         ## every figure of the README's "Performance", in one run
 	$(PY) -m benchmarks.bench

@@ -19,9 +19,10 @@ from typing import Any, cast
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from shared import ledgers, store
+from shared.adapters import schema
 from shared.backfills.base import Event, Stored
 from shared.backfills.registry import BACKFILLS
+from shared.executor import sinks
 from shared.models import BackfillType, Outcome
 
 WORKERS = 8
@@ -40,7 +41,7 @@ class BaselineResult:
 
 def unprocessed(db: firestore.Client, start: dt.datetime, end: dt.datetime) -> list[str]:
     """The ids of the unprocessed events received in ``[start, end)``."""
-    query = db.collection(store.EVENTS).where(filter=FieldFilter("processed", "==", False)) \
+    query = db.collection(schema.EVENTS).where(filter=FieldFilter("processed", "==", False)) \
         .where(filter=FieldFilter("receivedAt", ">=", start)) \
         .where(filter=FieldFilter("receivedAt", "<", end))
     return [snap.id for snap in query.select([]).stream()]
@@ -49,8 +50,8 @@ def unprocessed(db: firestore.Client, start: dt.datetime, end: dt.datetime) -> l
 def replay(db: firestore.Client, event_ids: list[str], workers: int = WORKERS) -> BaselineResult:
     """Apply each event in its own transaction, ``workers`` at a time."""
     backfill = BACKFILLS.get(BackfillType.WEBHOOK_REPLAY)
-    ledger = ledgers.LiveLedger(db, "baseline")
-    events = db.collection(store.EVENTS)
+    ledger = sinks.LiveLedger(db, "baseline")
+    events = db.collection(schema.EVENTS)
 
     def apply(event_id: str) -> bool:
         @firestore.transactional

@@ -59,14 +59,16 @@ from benchmarks.replay import (
 )
 from emulators.sample import SampleShape, seed
 from emulators.stack import Stack
-from shared import launcher, store, wiring
-from shared.auth import Caller
-from shared.bodies import BackfillRequest
-from shared.chunks import Delivery
+from shared import wiring
+from shared.adapters import schema
+from shared.adapters.cloud_tasks import WATCH_CHUNK, InProcessDispatcher
+from shared.adapters.oidc import Caller
 from shared.config import Settings
-from shared.dispatch import WATCH_CHUNK, InProcessDispatcher
+from shared.domain.chunking import span
+from shared.domain.run_request import BackfillRequest
+from shared.executor.runner import Delivery
 from shared.models import BackfillType
-from shared.planning import span
+from shared.runs import launcher
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = ROOT / ".local" / "bench-suite"
@@ -90,7 +92,7 @@ def skewed(events: int) -> SampleShape:
 def credited_once(db: firestore.Client, events: int) -> bool:
     """Every seeded purchase has exactly one ledger entry, and no other entry exists."""
     orders = Counter(str((snap.to_dict() or {}).get("orderId"))
-                     for snap in db.collection(store.LEDGER).select(["orderId"]).stream())
+                     for snap in db.collection(schema.LEDGER).select(["orderId"]).stream())
     return len(orders) == events and set(orders.values()) == {1}
 
 

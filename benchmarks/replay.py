@@ -50,8 +50,9 @@ from backfill_cli.client import BackfillClient, Endpoints
 from emulators.issuer import mint_token
 from emulators.sample import SampleShape, seed
 from emulators.stack import Stack
-from shared import planning, store
+from shared.adapters import schema
 from shared.backfills.registry import BACKFILLS
+from shared.domain import chunking
 from shared.models import BackfillType
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,14 +262,14 @@ class Bench:
             events_per_s=round(done / run_seconds) if run_seconds else None)
         result["chunk_timeline"] = self._chunk_timeline(answer["migrationId"], created)
         if dry_run:
-            result["ledger_entries_after"] = store.count(self.db.collection(store.LEDGER))
+            result["ledger_entries_after"] = schema.count(self.db.collection(schema.LEDGER))
         return result
 
     def _chunk_timeline(self, migration_id: str,
                         created: dt.datetime | None) -> list[dict[str, Any]]:
         """Each chunk's start and end, in seconds after the run was created."""
         rows = []
-        for snap in store.run_ref(self.db, migration_id).collection(store.CHUNKS).stream():
+        for snap in schema.run_ref(self.db, migration_id).collection(schema.CHUNKS).stream():
             data = snap.to_dict() or {}
             began, ended = data.get("startedAt"), data.get("finishedAt")
             rows.append({
@@ -281,13 +282,13 @@ class Bench:
 
     def count_only(self, start: dt.date, end: dt.date, workers: int) -> float:
         """Seconds for the trigger's own counting step alone: one count per 1-day window, on
-        ``workers`` threads, exactly as ``shared.planner.plan_run`` does it."""
+        ``workers`` threads, exactly as ``shared.runs.planner.plan_run`` does it."""
         backfill = BACKFILLS.get(BackfillType.WEBHOOK_REPLAY)
-        events = self.db.collection(store.EVENTS)
+        events = self.db.collection(schema.EVENTS)
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(lambda window: store.count(backfill.selection(events, window)),
-                          planning.windows(start, end, 1)))
+            list(pool.map(lambda window: schema.count(backfill.selection(events, window)),
+                          chunking.windows(start, end, 1)))
         return time.perf_counter() - started
 
     def trigger_latency(self, events: int, repetitions: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from rich.table import Table
 from backfill_cli.client import FINAL_STATUSES, ApiError, BackfillClient, Endpoints
 from emulators.issuer import mint_token
 from emulators.sample import seed
-from shared import store
+from shared.adapters import schema
 
 console = Console()
 OPERATOR = "ops@example.com"
@@ -61,8 +61,8 @@ def _progress(run: dict[str, Any]) -> None:
 
 
 def ledger_totals(db: firestore.Client) -> dict[str, int]:
-    wallets = sum(int(doc.get("balance")) for doc in db.collection(store.WALLETS).stream())
-    entries = list(db.collection(store.LEDGER).stream())
+    wallets = sum(int(doc.get("balance")) for doc in db.collection(schema.WALLETS).stream())
+    entries = list(db.collection(schema.LEDGER).stream())
     return {"wallet points": wallets, "ledger entries": len(entries),
             "purchase entries": sum(doc.get("type") == "purchase" for doc in entries),
             "reversal entries": sum(doc.get("type") == "reversal" for doc in entries)}
@@ -72,7 +72,7 @@ def check_invariants(db: firestore.Client) -> list[str]:
     """Every wallet equals the sum of its entries; no order is reversed beyond its credit."""
     problems: list[str] = []
     sums: dict[str, int] = defaultdict(int)
-    for entry in db.collection(store.LEDGER).stream():
+    for entry in db.collection(schema.LEDGER).stream():
         data = entry.to_dict() or {}
         sums[data["customerId"]] += int(data["points"])
         if data["type"] == "purchase":
@@ -81,7 +81,7 @@ def check_invariants(db: firestore.Client) -> list[str]:
             if data["reversedPoints"] != expected:
                 problems.append(f"{entry.id}: reversedPoints {data['reversedPoints']} != "
                                 f"{expected}")
-    wallets = {doc.id: int(doc.get("balance")) for doc in db.collection(store.WALLETS).stream()}
+    wallets = {doc.id: int(doc.get("balance")) for doc in db.collection(schema.WALLETS).stream()}
     for customer in set(sums) | set(wallets):
         if wallets.get(customer, 0) != sums.get(customer, 0):
             problems.append(f"wallet {customer}: {wallets.get(customer, 0)} != ledger "
@@ -101,7 +101,7 @@ def show_run(title: str, run: dict[str, Any]) -> None:
 
 
 def errors_by_code(db: firestore.Client, migration_id: str) -> Counter[str]:
-    errors = store.run_ref(db, migration_id).collection(store.ERRORS).stream()
+    errors = schema.run_ref(db, migration_id).collection(schema.ERRORS).stream()
     return Counter(f"{doc.get('code')}: {doc.get('message').split(':')[0]}" for doc in errors)
 
 

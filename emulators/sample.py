@@ -17,7 +17,7 @@ from typing import Any
 
 from google.cloud import firestore
 
-from shared import store
+from shared.adapters import schema
 
 OTHER_TYPES = ("ON_SUBSCRIPTION_RENEWED", "ON_CUSTOMER_UPDATED", "ON_CHECKOUT_ABANDONED")
 
@@ -50,7 +50,7 @@ def seed(db: firestore.Client, shape: SampleShape = SampleShape()) -> Counter[st
     kinds: Counter[str] = Counter()
     points = {f"prod-{i:02}": rng.randint(1, 40) for i in range(shape.products)}
     for product_id, value in points.items():
-        writer.set(f"{store.PRODUCTS}/{product_id}", {"name": product_id.title(), "points": value})
+        writer.set(f"{schema.PRODUCTS}/{product_id}", {"name": product_id.title(), "points": value})
     start = dt.datetime.combine(shape.start, dt.time(), tzinfo=dt.UTC)
     seconds = shape.days * 86_400
     wallets: Counter[str] = Counter()
@@ -82,7 +82,7 @@ def seed(db: firestore.Client, shape: SampleShape = SampleShape()) -> Counter[st
             credit = sum(points[line["product_id"]] * line["quantity"] for line in lines)
             live = rng.random()
             if live < shape.live_applied + shape.live_credited_unflagged:
-                writer.set(f"{store.LEDGER}/purchase_{order_id}", {
+                writer.set(f"{schema.LEDGER}/purchase_{order_id}", {
                     "customerId": customer, "type": "purchase", "points": credit,
                     "orderId": order_id, "sourceEventId": f"evt-p-{n:05}", "createdAt": received,
                     "source": "webhook", "migrationId": None, "orderTotal": total,
@@ -94,11 +94,11 @@ def seed(db: firestore.Client, shape: SampleShape = SampleShape()) -> Counter[st
                 kind = "purchase_missing"
             orders.append((order_id, total, customer, received))
         kinds[kind] += 1
-        writer.set(f"{store.EVENTS}/evt-p-{n:05}",
+        writer.set(f"{schema.EVENTS}/evt-p-{n:05}",
                    _event(f"evt-p-{n:05}", "ON_ORDER_COMPLETED", received, body, processed))
         if kind == "purchase_missing" and rng.random() < shape.redelivered:
             again = received + dt.timedelta(minutes=rng.randint(1, 90))
-            writer.set(f"{store.EVENTS}/evt-p-{n:05}-again",
+            writer.set(f"{schema.EVENTS}/evt-p-{n:05}-again",
                        _event(f"evt-p-{n:05}-again", "ON_ORDER_COMPLETED", again, body, False))
             kinds["purchase_redelivered"] += 1
 
@@ -109,7 +109,7 @@ def seed(db: firestore.Client, shape: SampleShape = SampleShape()) -> Counter[st
         received = min(bought + dt.timedelta(hours=rng.randint(1, 48)),
                        start + dt.timedelta(seconds=seconds - 1))
         event_id = f"evt-{'r' if kind == 'ON_REFUND' else 'c'}-{n:05}"
-        writer.set(f"{store.EVENTS}/{event_id}", _event(event_id, kind, received, {
+        writer.set(f"{schema.EVENTS}/{event_id}", _event(event_id, kind, received, {
             "id": f"{kind[3:].lower()}-{n:05}", "order_id": order_id, "amount": amount,
             "currency": "EUR", "created_at": received.isoformat()}, False))
         kinds[kind.lower()] += 1
@@ -117,12 +117,12 @@ def seed(db: firestore.Client, shape: SampleShape = SampleShape()) -> Counter[st
     for n in range(shape.other):
         received = start + dt.timedelta(seconds=rng.randrange(seconds))
         kind = OTHER_TYPES[n % len(OTHER_TYPES)]
-        writer.set(f"{store.EVENTS}/evt-o-{n:05}",
+        writer.set(f"{schema.EVENTS}/evt-o-{n:05}",
                    _event(f"evt-o-{n:05}", kind, received, {"id": f"o-{n}"}, False))
         kinds["other_type"] += 1
 
     for customer, balance in wallets.items():
-        writer.set(f"{store.WALLETS}/{customer}", {"balance": balance, "updatedAt": start})
+        writer.set(f"{schema.WALLETS}/{customer}", {"balance": balance, "updatedAt": start})
     writer.flush()
     return kinds
 

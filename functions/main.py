@@ -28,20 +28,12 @@ from typing import Any
 import flask
 import functions_framework
 
-from shared import (
-    clock,
-    control,
-    gaps,
-    launcher,
-    logs,
-    openapi,
-    page,
-    progress,
-    reports,
-    watchdog,
-)
-from shared.auth import Caller, authenticate
-from shared.bodies import (
+from shared import clock, logs
+from shared.adapters.cloud_tasks import ChunkTask
+from shared.adapters.gap_scans import FirestoreGaps
+from shared.adapters.oidc import Caller, authenticate
+from shared.api import openapi, status_page
+from shared.api.bodies import (
     ControlRequest,
     RetryRequest,
     RollbackRequest,
@@ -49,9 +41,7 @@ from shared.bodies import (
     parse_json,
     parse_request,
 )
-from shared.chunks import Delivery
 from shared.config import Settings
-from shared.dispatch import ChunkTask
 from shared.errors import (
     TRANSIENT,
     BackfillDisabled,
@@ -60,7 +50,9 @@ from shared.errors import (
     MethodNotAllowed,
     NotFound,
 )
+from shared.executor.runner import Delivery
 from shared.models import document_id_problem
+from shared.runs import control, gaps, launcher, progress, reports, watchdog
 from shared.wiring import Services, check_configuration, services
 
 logger = logging.getLogger("backfill.functions")
@@ -204,16 +196,16 @@ def _status(request: flask.Request) -> Answer:
     if _GAPS_PATH.match(request.path):
         first, last = gaps.parse_range(request.args.get("startDate"),
                                        request.args.get("endDate"), clock.now().date())
-        return gaps.find_gaps(gaps.FirestoreGaps(svc.db), first, last,
+        return gaps.find_gaps(FirestoreGaps(svc.db), first, last,
                               svc.settings.enqueue_workers), 200
-    html = page.wants_html(request.accept_mimetypes)
+    html = status_page.wants_html(request.accept_mimetypes)
     if match := _ERRORS_PATH.match(request.path):
         return _errors(svc, _run_id(match.group(1)), request)
     if match := _RUN_PATH.match(request.path):
         described = _describe(svc, _run_id(match.group(1)))
         if html:
             path = request.path.rstrip("/")
-            return _page(page.run_page(described, path, path.rsplit("/", 1)[0] or "/"))
+            return _page(status_page.run_page(described, path, path.rsplit("/", 1)[0] or "/"))
         return described, 200
     if _LIST_PATH.match(request.path):
         limit = request.args.get("limit", "20")
@@ -221,9 +213,9 @@ def _status(request: flask.Request) -> Answer:
             raise InvalidRequest("limit", "must be a whole number (ASCII digits)")
         kind, status = request.args.get("type"), request.args.get("status")
         if html:
-            return _page(page.runs_page(progress.overview(svc.stores, int(limit), kind, status,
-                                                          settings=svc.settings),
-                                        request.path.rstrip("/")))
+            overview = progress.overview(svc.stores, int(limit), kind, status,
+                                         settings=svc.settings)
+            return _page(status_page.runs_page(overview, request.path.rstrip("/")))
         return {"runs": progress.list_runs(svc.stores, int(limit), kind, status)}, 200
     raise NotFound("no such resource")
 
@@ -231,7 +223,7 @@ def _status(request: flask.Request) -> Answer:
 def _page(html: str) -> flask.Response:
     """A status page: no script may run, nothing may be framed, sniffed or cached."""
     return flask.Response(html, status=200, mimetype="text/html", headers={
-        "Content-Security-Policy": page.CSP, "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": status_page.CSP, "X-Content-Type-Options": "nosniff",
         "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 

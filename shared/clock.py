@@ -3,8 +3,9 @@
 Every use of the time goes through this module, and the composition root (``shared.wiring``)
 installs the clock the process runs with, so tests can set the time instead of waiting for it
 or writing it into documents. Two readings stay outside it on purpose: token validation
-(``shared.auth``, which must judge ``nbf`` against real time, as google-auth judges ``exp``) and
-a task's ``schedule_time`` (``shared.dispatch``, which Cloud Tasks reads against real time).
+(``shared.adapters.oidc``, which must judge ``nbf`` against real time, as google-auth judges
+``exp``) and a task's ``schedule_time`` (``shared.adapters.cloud_tasks``, which Cloud Tasks reads
+against real time).
 """
 
 from __future__ import annotations

@@ -99,7 +99,8 @@ class Settings(BaseSettings):
     enqueue_workers: int = Field(16, ge=1, le=64)
     first_errors_shown: int = Field(20, ge=1, le=500)
 
-    # The throttle (shared.throttle): a default ceiling for runs that name none, and the ramp.
+    # The throttle (shared.domain.throttle): a default ceiling for runs that name none, and the
+    # ramp.
     max_events_per_second: int | None = Field(None, gt=0, le=1_000_000)
     ramp_start_writes: int = Field(500, ge=0, le=1_000_000)
     ramp_step_minutes: float = Field(5.0, gt=0, le=1440)

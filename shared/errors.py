@@ -21,7 +21,8 @@
      └── EventMissing                    event_missing      (a retried event no longer exists)
 
     An unexpected exception while applying one event is retried a bounded number of times,
-    then recorded as ``unexpected_error`` and passed over (see ``shared.chunks``, the executor).
+    then recorded as ``unexpected_error`` and passed over (see ``shared.executor.runner``, the
+    executor).
 
 Functions map a ``BackfillError`` to its status and JSON body; anything else is a bug and answers
 500 without details (the traceback goes to the logs, never to the caller).

@@ -38,8 +38,12 @@ class EventType(enum.StrEnum):
     CHARGEBACK = "ON_CHARGEBACK"
 
 
+# The event types that reverse an order's purchase entry (in part or whole).
+REVERSAL_TYPES = (EventType.REFUND.value, EventType.CHARGEBACK.value)
+
+
 class RunStatus(enum.StrEnum):
-    """A run's status; ``shared.lifecycle`` says which moves are allowed and why."""
+    """A run's status; ``shared.domain.lifecycle`` says which moves are allowed and why."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -50,7 +54,7 @@ class RunStatus(enum.StrEnum):
 
 
 class ChunkState(enum.StrEnum):
-    """A chunk's state; ``shared.lifecycle`` says which moves are allowed and why."""
+    """A chunk's state; ``shared.domain.lifecycle`` says which moves are allowed and why."""
 
     PENDING = "pending"
     RUNNING = "running"

@@ -1,12 +1,12 @@
 """The task router: one delivery of a Cloud Task, sent to the use case its kind names.
 
 Every task carries a run and a chunk id: ``plan`` is the run's planning task
-(``shared.planner``), ``watch`` its watchdog (``shared.watchdog``), and any other id one of its
-chunks (the executor, ``shared.chunks``). With the kill switch off (``BACKFILL_ENABLED=false``)
-every delivery pauses its run instead and answers 2xx, so no task burns its retries meanwhile.
-An unexpected failure is raised (Cloud Tasks retries it) until the task's last attempt, which
-records the failure (a chunk ``failed``, the run ending once no chunk is open; a planning task
-fails the run) and answers, so Cloud Tasks stops retrying.
+(``shared.runs.planner``), ``watch`` its watchdog (``shared.runs.watchdog``), and any other id one
+of its chunks (the executor, ``shared.executor.runner``). With the kill switch off
+(``BACKFILL_ENABLED=false``) every delivery pauses its run instead and answers 2xx, so no task
+burns its retries meanwhile. An unexpected failure is raised (Cloud Tasks retries it) until the
+task's last attempt, which records the failure (a chunk ``failed``, the run ending once no chunk is
+open; a planning task fails the run) and answers, so Cloud Tasks stops retrying.
 
 The router composes the use cases; they do not know each other: the executor learns of the
 circuit breaker only through the callable the router hands it.
@@ -18,12 +18,13 @@ import logging
 
 from google.cloud import firestore
 
-from shared import completion, control, logs, planner, watchdog
-from shared.chunks import ChunkReport, ChunkRunner, Delivery
+from shared import logs
+from shared.adapters.cloud_tasks import PLAN_CHUNK, WATCH_CHUNK, ChunkTask, Dispatcher
+from shared.adapters.stores import Stores
 from shared.config import Settings
-from shared.dispatch import PLAN_CHUNK, WATCH_CHUNK, ChunkTask, Dispatcher
+from shared.executor.runner import ChunkReport, ChunkRunner, Delivery
 from shared.models import ChunkState
-from shared.stores import Stores
+from shared.runs import completion, control, planner, watchdog
 
 logger = logging.getLogger(__name__)
 

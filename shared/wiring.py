@@ -12,12 +12,13 @@ import threading
 from google.cloud import firestore
 from pydantic import ValidationError
 
-from shared import clock, logs, store
+from shared import clock, logs
+from shared.adapters import schema
+from shared.adapters.cloud_tasks import CloudTasksDispatcher, Dispatcher
+from shared.adapters.stores import Stores
 from shared.clock import Clock, SystemClock
 from shared.config import Settings, get_settings
-from shared.dispatch import CloudTasksDispatcher, Dispatcher
 from shared.router import TaskRouter
-from shared.stores import Stores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,7 @@ def services() -> Services:
         if _services is None:
             settings = get_settings()
             logs.setup(settings.project_id)
-            _services = Services(settings, store.client(settings),
+            _services = Services(settings, schema.client(settings),
                                  CloudTasksDispatcher(settings))
             clock.use(_services.clock)
         return _services

@@ -8,7 +8,7 @@ from typing import Any
 
 from google.cloud import firestore
 
-from shared import store
+from shared.adapters import schema
 
 DAY = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
@@ -19,7 +19,7 @@ def at(day: int, minute: int = 0) -> dt.datetime:
 
 
 def product(db: firestore.Client, product_id: str, points: int) -> None:
-    db.collection(store.PRODUCTS).document(product_id).set({"name": product_id, "points": points})
+    db.collection(schema.PRODUCTS).document(product_id).set({"name": product_id, "points": points})
 
 
 def event(event_id: str, event_type: str, received: dt.datetime, body: Any,
@@ -49,7 +49,7 @@ def put(db: firestore.Client, *events: dict[str, Any]) -> None:
     for start in range(0, len(events), 400):
         batch = db.batch()
         for data in events[start:start + 400]:
-            batch.set(db.collection(store.EVENTS).document(data["eventId"]), data)
+            batch.set(db.collection(schema.EVENTS).document(data["eventId"]), data)
         batch.commit()
 
 
@@ -68,8 +68,8 @@ def documents(db: firestore.Client, collection: str) -> dict[str, dict[str, Any]
 
 def ledger_state(db: firestore.Client) -> dict[str, Any]:
     """Everything the ledger consists of, to compare before and after."""
-    return {"ledger": documents(db, store.LEDGER), "wallets": {
-        cid: w["balance"] for cid, w in documents(db, store.WALLETS).items()}}
+    return {"ledger": documents(db, schema.LEDGER), "wallets": {
+        cid: w["balance"] for cid, w in documents(db, schema.WALLETS).items()}}
 
 
 def assert_ledger_consistent(db: firestore.Client) -> dict[str, int]:
@@ -78,7 +78,7 @@ def assert_ledger_consistent(db: firestore.Client) -> dict[str, int]:
     Answers the wallets. (No order can be credited twice: ``purchase_{orderId}`` is unique.)
     """
     sums: dict[str, int] = defaultdict(int)
-    for entry_id, entry in documents(db, store.LEDGER).items():
+    for entry_id, entry in documents(db, schema.LEDGER).items():
         sums[entry["customerId"]] += entry["points"]
         if entry["type"] == "purchase":
             assert entry_id == f"purchase_{entry['orderId']}"
@@ -94,7 +94,7 @@ def assert_ledger_consistent(db: firestore.Client) -> dict[str, int]:
         else:
             assert entry["type"] == "reinstatement", entry_id
             assert entry_id.startswith("reinstate_") and entry_id.endswith(entry["reinstates"])
-    wallets = {cid: w["balance"] for cid, w in documents(db, store.WALLETS).items()}
+    wallets = {cid: w["balance"] for cid, w in documents(db, schema.WALLETS).items()}
     assert {c: b for c, b in wallets.items() if b} == {c: s for c, s in sums.items() if s}
     return wallets
 
@@ -103,11 +103,11 @@ def net_points(db: firestore.Client) -> dict[str, int]:
     """Each order's points over all its entries (purchases, reversals, rollbacks and
     reinstatements): what the order is worth to its customer now."""
     net: dict[str, int] = defaultdict(int)
-    for entry in documents(db, store.LEDGER).values():
+    for entry in documents(db, schema.LEDGER).values():
         net[entry["orderId"]] += entry["points"]
     return dict(net)
 
 
 def credited_orders(db: firestore.Client) -> Counter[str]:
-    return Counter(e["orderId"] for e in documents(db, store.LEDGER).values()
+    return Counter(e["orderId"] for e in documents(db, schema.LEDGER).values()
                    if e["type"] == "purchase")

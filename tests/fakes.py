@@ -1,6 +1,6 @@
 """In-memory stores for fast unit tests of the use cases that move statuses (run control, the
-watchdog, a run's completion). They decide every move with ``shared.lifecycle`` exactly as the
-Firestore stores do; only the storage is a dict. The emulator tests prove the real stores."""
+watchdog, a run's completion). They decide every move with ``shared.domain.lifecycle`` exactly as
+the Firestore stores do; only the storage is a dict. The emulator tests prove the real stores."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import threading
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
-from shared import lifecycle
+from shared.adapters.stores import Stores, claimed, history_entry, refuse_throttle, throttle_entry
 from shared.backfills.base import Backfill
+from shared.domain import lifecycle
+from shared.domain.chunking import PlannedChunk, Window
+from shared.domain.records import ChunkRecord, ErrorRecord, RunRecord
 from shared.errors import NotFound, Unavailable
 from shared.models import ACTIVE_RUN_STATUSES, BackfillType, ChunkState, RunStatus
-from shared.planning import PlannedChunk, Window
-from shared.records import ChunkRecord, ErrorRecord, RunRecord
-from shared.stores import Stores, claimed, history_entry, refuse_throttle, throttle_entry
 
 NOW = dt.datetime(2025, 1, 10, tzinfo=dt.UTC)
 

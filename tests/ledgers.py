@@ -34,13 +34,13 @@ from typing import Any
 from google.cloud import firestore
 from hypothesis import strategies as st
 
-from shared import store
+from shared.adapters import schema
 from tests.data import at, documents, product, purchase, put, refund
 
 PURCHASE, REFUND, CHARGEBACK = "ON_ORDER_COMPLETED", "ON_REFUND", "ON_CHARGEBACK"
 REVERSALS = (REFUND, CHARGEBACK)
 PRODUCTS = ("p1", "p2", "p3")
-LEDGER, WALLETS, EVENTS = store.LEDGER, store.WALLETS, store.EVENTS
+LEDGER, WALLETS, EVENTS = schema.LEDGER, schema.WALLETS, schema.EVENTS
 MINUTES_A_DAY = 24 * 60
 # What a repair fixes; the other kinds it leaves to a person (the README's "Verify").
 # The finding kinds of ``ledger_verify`` (shared/backfills/ledger_verify.py), in its order.

@@ -22,18 +22,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from shared import ledger, store
+from shared.adapters import schema
 from shared.backfills.base import Event, ItemResult, PagePlan, Stored
+from shared.domain import ledger
 from shared.errors import ItemError, MalformedPayload, PurchaseNotFound
 from shared.models import OrderCompleted, Outcome, Reversal, parse_body
 
 
 def entry_path(entry_id: str) -> str:
-    return f"{store.LEDGER}/{entry_id}"
+    return f"{schema.LEDGER}/{entry_id}"
 
 
 def product_path(product_id: str) -> str:
-    return f"{store.PRODUCTS}/{product_id}"
+    return f"{schema.PRODUCTS}/{product_id}"
 
 
 class Book:

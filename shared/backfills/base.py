@@ -1,8 +1,8 @@
 """What a backfill type is: what it reads, and how it applies one page of events.
 
 A backfill definition is kept apart from the run record and from the executor that iterates a
-chunk (``shared.chunks``). It is pure where it matters: ``plan`` turns a page of events and the
-documents they refer to into outcomes and ledger effects without any I/O, so the same code
+chunk (``shared.executor.runner``). It is pure where it matters: ``plan`` turns a page of events
+and the documents they refer to into outcomes and ledger effects without any I/O, so the same code
 serves live runs, dry runs and unit tests. Every effect it plans is guarded by the executor's
 commit (create-if-absent ledger ids, update-time preconditions), which is why a repeat is safe.
 """
@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from google.cloud import firestore
 
+from shared.domain.chunking import Window
 from shared.models import Outcome
-from shared.planning import Window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +67,7 @@ class ItemResult:
     # This run applied this very event already (a refund pulled its purchase forward): the
     # event is not counted again.
     repeat: bool = False
-    # Outside the run's target (``shared.target``): left as it was, counted as ``outside``.
+    # Outside the run's target (``shared.domain.target``): left as it was, counted as ``outside``.
     outside: bool = False
     # A reversal that needs its order's purchase entry (missing, or needed to know the
     # customer): a replay pulls the purchase ahead of it.

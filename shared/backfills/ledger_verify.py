@@ -61,7 +61,9 @@ from typing import TYPE_CHECKING, Any
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from shared import clock, ledger, store, target
+from shared import clock
+from shared.adapters import schema
+from shared.adapters.schema import in_window
 from shared.backfills.apply import (
     Book,
     apply_purchase,
@@ -73,13 +75,21 @@ from shared.backfills.apply import (
 )
 from shared.backfills.base import Event, Finding, ItemResult, PagePlan, Stored
 from shared.backfills.registry import BACKFILLS
-from shared.backfills.rules import OUTSIDE_TARGET, REVERSAL_TYPES, in_window
+from shared.backfills.rules import OUTSIDE_TARGET
+from shared.domain import ledger, target
+from shared.domain.chunking import Window
 from shared.errors import ItemError
-from shared.models import BackfillType, EventType, OrderCompleted, Outcome, parse_body
-from shared.planning import Window
+from shared.models import (
+    REVERSAL_TYPES,
+    BackfillType,
+    EventType,
+    OrderCompleted,
+    Outcome,
+    parse_body,
+)
 
 if TYPE_CHECKING:  # the sinks import the backfill records: a cycle at run time
-    from shared.ledgers import LedgerSink
+    from shared.executor.sinks import LedgerSink
 
 VERIFY = BackfillType.LEDGER_VERIFY.value
 CODES = ("missing_entry", "missing_reversal", "wrong_points", "unflagged_event", "wallet_drift",
@@ -157,7 +167,7 @@ class LedgerVerify:
                             and (customer := _customer(event, customer_of))})
         if not customers:
             return found
-        records = store.run_ref(db, migration_id).collection(store.AUDITS)
+        records = schema.run_ref(db, migration_id).collection(schema.AUDITS)
         claims = sink.read([records.document(customer).path for customer in customers])
         fresh = []
         for customer in customers:
@@ -228,7 +238,7 @@ class LedgerVerify:
             elif _lacks_entry(event, book) and _customer(event, customer_of) is None:
                 code = "missing_entry" if event.event_type == _PURCHASE else "missing_reversal"
                 plan.findings.append(Finding(
-                    code, f"{store.EVENTS}/{event.event_id}",
+                    code, f"{schema.EVENTS}/{event.event_id}",
                     "flagged processed without its entry; its customer cannot be told (its "
                     "order has no purchase entry nor purchase event)",
                     "find the order's purchase; settle it by hand", event.event_id,
@@ -266,7 +276,7 @@ class LedgerVerify:
                 "backfillMigrationId": migration_id, "backfillOutcome": "repaired"}
         if not any(f.code == "unflagged_event" and f.event_id == event_id
                    for f in plan.findings):
-            finding = Finding("unflagged_event", f"{store.EVENTS}/{event_id}", message,
+            finding = Finding("unflagged_event", f"{schema.EVENTS}/{event_id}", message,
                               "ledger_verify with repair flags it", event_id, event_type)
             plan.findings.append(self._repaired(finding) if self.repair else finding)
 
@@ -326,7 +336,7 @@ class LedgerVerify:
             outcome = rule(event, overlay, found.plan, migration_id)
         except ItemError as error:
             plan.findings.append(Finding(
-                code, f"{store.EVENTS}/{event.event_id}",
+                code, f"{schema.EVENTS}/{event.event_id}",
                 f"flagged processed without its entry; it cannot be applied: {error.message}",
                 error.hint or "fix the cause, then replay it with includeProcessed",
                 event.event_id, event.event_type))
@@ -334,7 +344,7 @@ class LedgerVerify:
         if outcome.outcome is not Outcome.APPLIED:
             return  # nothing to write: a refund of an order fully reversed already
         found.findings.append(Finding(
-            code, f"{store.EVENTS}/{event.event_id}",
+            code, f"{schema.EVENTS}/{event.event_id}",
             f"flagged processed without its {'entry' if is_purchase else 'reversal entry'} "
             f"({outcome.points:+} points)",
             "ledger_verify with repair writes it when the wallet shows whether it was credited",
@@ -366,7 +376,7 @@ class LedgerVerify:
         drift = int(balance or 0) - sum(int(entry.get("points", 0)) for entry in
                                         entries.values())
         candidates = found.plan.wallet_deltas.get(customer, 0)
-        subject = f"{store.WALLETS}/{customer}"
+        subject = f"{schema.WALLETS}/{customer}"
         if drift == 0 and found.findings:
             self._settle(found, plan, self.repair, audit.update_time, credit=True)
         elif found.findings and drift == candidates and elsewhere == 0:
@@ -518,7 +528,7 @@ def _owners(db: firestore.Client, events: Sequence[Event], book: Book) -> dict[s
                      and book.customer_of(order_id) is None})
     owners: dict[str, str] = {}
     for start in range(0, len(orders), _IN):
-        query = db.collection(store.EVENTS).where(
+        query = db.collection(schema.EVENTS).where(
             filter=FieldFilter("eventType", "==", _PURCHASE)).where(
             filter=FieldFilter("payload.body.id", "in", orders[start:start + _IN]))
         for snap in query.select(["payload.body.id", "payload.body.customer.id"]).stream():
@@ -538,7 +548,7 @@ def _picture(db: firestore.Client, sink: LedgerSink, customer: str,
     purchase, refund and chargeback of theirs in (receivedAt, id) order, and whether each
     entry's event exists and is flagged."""
     entries, wallet = sink.customer_ledger(customer)
-    events_ref = db.collection(store.EVENTS)
+    events_ref = db.collection(schema.EVENTS)
     found: dict[str, Event] = {}
     purchases = events_ref.where(filter=FieldFilter("eventType", "==", _PURCHASE)).where(
         filter=FieldFilter("payload.body.customer.id", "==", customer))
@@ -561,7 +571,7 @@ def _picture(db: firestore.Client, sink: LedgerSink, customer: str,
     products = sorted({line.product_id for event in ordered if event.event_type == _PURCHASE
                        for line in _lines(event)})
     documents = {**entries, **sink.read([product_path(product) for product in products])}
-    data = {path.removeprefix(f"{store.LEDGER}/"): entry.data or {}
+    data = {path.removeprefix(f"{schema.LEDGER}/"): entry.data or {}
             for path, entry in entries.items()}
     processed: dict[str, bool | None] = {event.event_id: event.data.get("processed") is True
                                          for event in ordered}

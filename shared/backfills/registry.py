@@ -7,8 +7,8 @@ find it here by the ``type`` of a request or a run.
 from __future__ import annotations
 
 from shared.backfills.base import Backfill
+from shared.domain.records import RunRecord
 from shared.errors import UNEXPECTED_ERROR, EventMissing
-from shared.records import RunRecord
 
 
 class Registry:

@@ -10,14 +10,15 @@ from typing import Any, ClassVar
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from shared import target
+from shared.adapters.schema import in_window
 from shared.backfills.apply import apply_reversal, reversal_lookups
 from shared.backfills.base import Event
 from shared.backfills.registry import BACKFILLS
-from shared.backfills.rules import REVERSAL_TYPES, Rule, RuleBook, in_window
+from shared.backfills.rules import Rule, RuleBook
+from shared.domain import target
+from shared.domain.chunking import Window
 from shared.errors import MalformedPayload, PurchaseNotFound
-from shared.models import BackfillType
-from shared.planning import Window
+from shared.models import REVERSAL_TYPES, BackfillType
 
 
 class ReversalBackfill(RuleBook):

@@ -30,16 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 from google.cloud import firestore
 
-from shared import ledger, store
+from shared.adapters import schema
 from shared.backfills.apply import Book, entry_int, entry_path
 from shared.backfills.base import Event, ItemResult, PagePlan, Stored
 from shared.backfills.registry import BACKFILLS
+from shared.domain import ledger
+from shared.domain.chunking import Window
 from shared.errors import ItemError, MalformedPayload
 from shared.models import BackfillType, Outcome, document_id_problem
-from shared.planning import Window
 
 if TYPE_CHECKING:  # the sinks import the backfill records: a cycle at run time
-    from shared.ledgers import LedgerSink
+    from shared.executor.sinks import LedgerSink
 
 ROLLBACK = BackfillType.ROLLBACK.value
 
@@ -71,14 +72,14 @@ class Rollback:
         return self
 
     def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
-        raise TypeError("a rollback reads ledger entries, not events (shared.sources)")
+        raise TypeError("a rollback reads ledger entries, not events (shared.executor.sources)")
 
     def lookups(self, events: Sequence[Event]) -> list[str]:
         paths: dict[str, None] = {}
         for item in events:
             entry = item.data
             if _is_event(entry):
-                paths[f"{store.EVENTS}/{item.event_id}"] = None
+                paths[f"{schema.EVENTS}/{item.event_id}"] = None
                 continue
             paths[entry_path(item.event_id)] = None
             for entry_id in (_order_entry(entry), entry.get("reinstates")):
@@ -86,7 +87,7 @@ class Rollback:
                     paths[entry_path(entry_id)] = None
             event_id = entry.get("sourceEventId")
             if isinstance(event_id, str) and event_id and not document_id_problem(event_id):
-                paths[f"{store.EVENTS}/{event_id}"] = None
+                paths[f"{schema.EVENTS}/{event_id}"] = None
         return list(paths)
 
     def gather(self, db: firestore.Client, sink: LedgerSink, events: Sequence[Event],
@@ -95,8 +96,8 @@ class Rollback:
         """The events the run settled as duplicates of the page's entries (and of the
         entries its reinstatements reinstate), which ``lookups`` cannot name: they are
         recorded on the entries it reads."""
-        prefix = f"{store.LEDGER}/"
-        paths = {f"{store.EVENTS}/{event_id}": None
+        prefix = f"{schema.LEDGER}/"
+        paths = {f"{schema.EVENTS}/{event_id}": None
                  for path, document in stored.items() if path.startswith(prefix)
                  for event_id in (document.data or {}).get("duplicateEvents") or []
                  if isinstance(event_id, str) and not document_id_problem(event_id)}
@@ -182,7 +183,7 @@ def _undo(entry_id: str, book: Book, plan: PagePlan, stored: Mapping[str, Stored
         book.change(entry_id, {"rolledBackBy": migration_id})
     plan.credit(customer_id, -points)
     for event_id in [entry.get("sourceEventId"), *duplicates]:
-        event = stored.get(f"{store.EVENTS}/{event_id}") if isinstance(event_id, str) else None
+        event = stored.get(f"{schema.EVENTS}/{event_id}") if isinstance(event_id, str) else None
         if event is not None and event.data is not None:
             plan.event_updates[str(event_id)] = {"processed": False, "processedAt": None,
                                                  "rolledBackBy": migration_id}
@@ -192,7 +193,7 @@ def _undo(entry_id: str, book: Book, plan: PagePlan, stored: Mapping[str, Stored
 def _unflag(item: Event, plan: PagePlan, stored: Mapping[str, Stored],
             migration_id: str) -> ItemResult:
     """Clear the flag of an event the run settled without an entry."""
-    event = stored.get(f"{store.EVENTS}/{item.event_id}")
+    event = stored.get(f"{schema.EVENTS}/{item.event_id}")
     data = event.data if event is not None else None
     if data is None or data.get("processed") is not True:
         return ItemResult(item.event_id, item.event_type, Outcome.SKIPPED, settled=True,

@@ -8,30 +8,21 @@ import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
-from google.cloud.firestore_v1.base_query import FieldFilter
-
 from shared.backfills.apply import Book
 from shared.backfills.base import Event, ItemResult, PagePlan, Stored
+from shared.domain.target import NO_CUSTOMER_YET, Target
 from shared.errors import ItemError, PurchaseNotFound
-from shared.models import EventType, Outcome
-from shared.planning import Window
-from shared.target import NO_CUSTOMER_YET, Target
+from shared.models import Outcome
 
 Rule = Callable[[Event, Book, PagePlan, str], ItemResult]
-REVERSAL_TYPES = (EventType.REFUND.value, EventType.CHARGEBACK.value)
 # The code of an event outside a targeted run's target (not counted as skipped: ``outside``).
 OUTSIDE_TARGET = "outside_target"
-
-
-def in_window(query: Any, window: Window) -> Any:
-    return query.where(filter=FieldFilter("receivedAt", ">=", window.start)).where(
-        filter=FieldFilter("receivedAt", "<", window.end))
 
 
 class RuleBook:
     """Applies each event by the rule of its type; events of other types are skipped. A type
     built on it has no options and waits for nobody unless it says so. A run's ``target``
-    (``shared.target``) narrows the events it applies; the rest are ``outside``."""
+    (``shared.domain.target``) narrows the events it applies; the rest are ``outside``."""
 
     rules: ClassVar[Mapping[str, Rule]]
     lookups_by_type: ClassVar[Mapping[str, Callable[[Event], list[str]]]]

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from shared import target
+from shared.adapters.schema import in_window
 from shared.backfills.apply import (
     apply_purchase,
     apply_reversal,
@@ -19,10 +19,11 @@ from shared.backfills.apply import (
 )
 from shared.backfills.base import Event, PagePlan
 from shared.backfills.registry import BACKFILLS
-from shared.backfills.rules import Rule, RuleBook, in_window
+from shared.backfills.rules import Rule, RuleBook
+from shared.domain import target
+from shared.domain.chunking import Window
 from shared.errors import MalformedPayload, ProductNotFound, PurchaseNotFound
 from shared.models import BackfillType, EventType, Reversal, parse_body
-from shared.planning import Window
 
 
 class WebhookReplay(RuleBook):

@@ -32,7 +32,7 @@ from typer.testing import CliRunner, Result
 
 from backfill_cli.cli import app
 from emulators.stack import Stack
-from shared import store
+from shared.adapters import schema
 from tests import data
 from tests.conftest import OPERATOR
 
@@ -209,7 +209,7 @@ def test_rollback_dry_run_first_then_applied_undoes_a_run(
     run = cli.run_status(live["migrationId"])
     assert (run["type"], run["status"], run["applied"]) == ("rollback", "completed", 12)
     assert set(data.assert_ledger_consistent(db).values()) == {0}
-    assert not any(event["processed"] for event in data.documents(db, store.EVENTS).values())
+    assert not any(event["processed"] for event in data.documents(db, schema.EVENTS).values())
 
 
 def test_gaps_show_the_scope_per_day_and_the_runs_to_close_them(
@@ -237,7 +237,7 @@ def test_the_runbook_gaps_dry_run_canary_run_verify_rollback(
     cli.stack.wait_idle(timeout=120)
     run = cli.start(*RANGE, "--apply")
     cli.stack.wait_idle(timeout=120)
-    db.collection(store.WALLETS).document("c2").update({"balance": firestore.Increment(1)})
+    db.collection(schema.WALLETS).document("c2").update({"balance": firestore.Increment(1)})
     verified = cli.json("start", "ledger_verify", *RANGE, "--apply")["migrationId"]
     cli.stack.wait_idle(timeout=120)
     shown = plain(cli.ok("status", verified))
@@ -281,7 +281,7 @@ def test_start_refuses_a_missing_or_doubly_given_range_before_calling(
 
     assert result.exit_code == 2
     assert message in plain(result.output)
-    assert not list(db.collection(store.RUNS).stream())
+    assert not list(db.collection(schema.RUNS).stream())
 
 
 def test_a_paused_run_applies_nothing_until_it_is_resumed(cli: Cli,

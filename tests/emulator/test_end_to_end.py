@@ -14,7 +14,7 @@ from google.cloud import firestore
 from backfill_cli.client import ApiError, BackfillClient, Endpoints
 from emulators.sample import SampleShape, seed
 from emulators.stack import Stack
-from shared import store
+from shared.adapters import schema
 from tests import data
 from tests.conftest import GATEWAY_OVERRIDES, Mint
 
@@ -52,8 +52,8 @@ def api(stack: Stack, clean: firestore.Client, mint: Mint) -> Iterator[Api]:
 
 def failures_explained(db: firestore.Client, migration_id: str) -> None:
     """Every purchase still unprocessed after a replay has an error record of that run."""
-    errors = set(data.documents(db, f"{store.RUNS}/{migration_id}/{store.ERRORS}"))
-    left = {eid for eid, e in data.documents(db, store.EVENTS).items()
+    errors = set(data.documents(db, f"{schema.RUNS}/{migration_id}/{schema.ERRORS}"))
+    left = {eid for eid, e in data.documents(db, schema.EVENTS).items()
             if not e["processed"] and e["eventType"] == "ON_ORDER_COMPLETED"}
     assert left and left == errors
 
@@ -109,7 +109,7 @@ def test_every_purchase_is_credited_once_when_the_handler_dies_mid_chunk(
         while time.monotonic() < deadline and _alive(gateway):
             time.sleep(0.05)
         assert not _alive(gateway), "the handler did not die"
-        died_with = store.count(db.collection(store.LEDGER))
+        died_with = schema.count(db.collection(schema.LEDGER))
     finally:
         stack.restart_gateway(GATEWAY_OVERRIDES)
     stack.wait_idle(timeout=180)
@@ -135,7 +135,7 @@ def test_max_events_is_honoured_oldest_first(api: Api, db: firestore.Client) -> 
     run = api.finish(type="webhook_replay", maxEvents=50, **RANGE)
 
     assert (run["total"], run["applied"], run["leftForLaterRun"]) == (50, 50, 70)
-    events = data.documents(db, store.EVENTS).values()
+    events = data.documents(db, schema.EVENTS).values()
     newest_done = max(e["receivedAt"] for e in events if e["processed"])
     assert newest_done < min(e["receivedAt"] for e in events if not e["processed"])
 
@@ -151,7 +151,7 @@ def test_a_refund_and_its_purchase_in_parallel_chunks_are_both_applied(
     run = api.finish(type="webhook_replay", **RANGE)
 
     assert (run["status"], run["errors"]) == ("completed", 0)
-    ledger = data.documents(db, store.LEDGER)
+    ledger = data.documents(db, schema.LEDGER)
     assert all(f"reversal_r{n}" in ledger for n in range(0, 60, 3))
     data.assert_ledger_consistent(db)
 
@@ -194,7 +194,7 @@ def test_bad_requests_and_tokens_are_refused_with_nothing_written(
 
     assert answered == status
     assert answer["error"]
-    assert not list(db.collection(store.RUNS).stream())
+    assert not list(db.collection(schema.RUNS).stream())
     assert stack.tasks_stats()["dispatched"] == before
 
 

@@ -15,8 +15,9 @@ from google.cloud import firestore
 
 from backfill_cli.client import BackfillClient, Endpoints
 from emulators.stack import Stack
-from shared import completion, store
-from shared.records import ChunkRecord
+from shared.adapters import schema
+from shared.domain.records import ChunkRecord
+from shared.runs import completion
 from tests import data
 from tests.conftest import GATEWAY_OVERRIDES, Mint
 
@@ -51,9 +52,9 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def progress(db: firestore.Client, migration_id: str) -> dict[str, Any]:
     """The run's status and summed chunk counters, read straight from Firestore."""
-    run = store.run_ref(db, migration_id).get().to_dict() or {}
-    chunks = [ChunkRecord.from_snapshot(c) for c in store.run_ref(db, migration_id)
-              .collection(store.CHUNKS).stream()]
+    run = schema.run_ref(db, migration_id).get().to_dict() or {}
+    chunks = [ChunkRecord.from_snapshot(c) for c in schema.run_ref(db, migration_id)
+              .collection(schema.CHUNKS).stream()]
     return {**completion.summarize(chunks), "status": run.get("status"),
             "pickups": sum(chunk.pickups for chunk in chunks)}
 
@@ -75,7 +76,7 @@ def completed_exactly_once(stack: Stack, db: firestore.Client, migration_id: str
     assert done["pickups"] >= 1  # the sweep picked up the chunks whose tasks were lost
     credited = data.credited_orders(db)
     assert len(credited) == EVENTS and set(credited.values()) == {1}
-    assert all(e["processed"] for e in data.documents(db, store.EVENTS).values())
+    assert all(e["processed"] for e in data.documents(db, schema.EVENTS).values())
     data.assert_ledger_consistent(db)
     assert stack.sweep_stats()["statuses"].get("200", 0) >= 1
 

@@ -11,7 +11,7 @@ from google.cloud import firestore
 
 from backfill_cli.client import ApiError
 from emulators.stack import Stack
-from shared import store
+from shared.adapters import schema
 from tests import data
 from tests.conftest import Mint
 from tests.emulator.test_end_to_end import Api
@@ -53,7 +53,7 @@ def seed(db: firestore.Client) -> None:
 
 
 def credited(db: firestore.Client) -> int:
-    return store.count(db.collection(store.LEDGER))
+    return schema.count(db.collection(schema.LEDGER))
 
 
 def test_pause_mid_run_holds_still_and_resume_completes_it_with_each_event_once(
@@ -97,7 +97,7 @@ def test_cancel_mid_run_stops_every_chunk_and_leaves_whole_pages_only(
     cancelled = act(api, migration_id, "cancel")
     api.stack.wait_idle(timeout=60)
     run = run_of(api, migration_id)
-    events = data.documents(db, store.EVENTS).values()
+    events = data.documents(db, schema.EVENTS).values()
 
     assert cancelled["status"] == "cancelled"
     assert run["status"] == "cancelled"

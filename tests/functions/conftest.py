@@ -11,8 +11,8 @@ import pytest
 from functions_framework import create_app
 from google.cloud import firestore
 
+from shared.adapters.cloud_tasks import PLAN_CHUNK, WATCH_CHUNK, ChunkTask, InProcessDispatcher
 from shared.config import Settings
-from shared.dispatch import PLAN_CHUNK, WATCH_CHUNK, ChunkTask, InProcessDispatcher
 from shared.wiring import Services, use
 from tests.conftest import ROOT, Mint
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from shared import store
+from shared.adapters import schema
 from tests.functions.conftest import Harness
 
 DAY_1: dict[str, Any] = {"type": "webhook_replay", "startDate": "2025-01-01",
@@ -17,7 +17,7 @@ DAY_1: dict[str, Any] = {"type": "webhook_replay", "startDate": "2025-01-01",
 
 
 def runs(harness: Harness) -> list[str]:
-    return sorted(snap.id for snap in harness.db.collection(store.RUNS).stream())
+    return sorted(snap.id for snap in harness.db.collection(schema.RUNS).stream())
 
 
 def test_an_overlapping_active_run_of_the_same_type_is_refused_naming_it(
@@ -34,7 +34,7 @@ def test_an_overlapping_active_run_of_the_same_type_is_refused_naming_it(
     assert f"{first} (pending, 2025-01-01..2025-01-03)" in overlapping.get_json()["message"]
     assert "force: true" in overlapping.get_json()["message"]
     assert (other_type.status_code, later.status_code, forced.status_code) == (202, 202, 202)
-    forced_run = store.run_ref(harness.db, forced.get_json()["migrationId"]).get()
+    forced_run = schema.run_ref(harness.db, forced.get_json()["migrationId"]).get()
     assert forced_run.get("forced") is True
     assert len(runs(harness)) == 4
 
@@ -71,7 +71,7 @@ def test_racing_triggers_cannot_both_take_the_last_slot(harness: Harness) -> Non
         thread.join()
 
     assert sorted(answers) == [202, 429, 429, 429]
-    active = harness.db.collection(store.RUNS).where(
+    active = harness.db.collection(schema.RUNS).where(
         filter=FieldFilter("status", "==", "pending")).stream()
     assert len(list(active)) == 1
 
@@ -81,7 +81,7 @@ def test_a_nightly_lookback_covers_yesterday_and_today(harness: Harness) -> None
                              maxEvents=50000)
 
     today = dt.datetime.now(dt.UTC).date()
-    run = store.run_ref(harness.db, response.get_json()["migrationId"]).get().to_dict() or {}
+    run = schema.run_ref(harness.db, response.get_json()["migrationId"]).get().to_dict() or {}
     assert response.status_code == 202
     assert (run["startDate"], run["endDate"]) == ((today - dt.timedelta(days=1)).isoformat(),
                                                   today.isoformat())

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from functions_framework import create_app
 
-from shared import progress, store
-from shared.commit import PageCommit
-from shared.dispatch import WATCH_CHUNK, ChunkTask, InProcessDispatcher, arm_watchdog
-from shared.stores import Stores
+from shared.adapters import schema
+from shared.adapters.cloud_tasks import WATCH_CHUNK, ChunkTask, InProcessDispatcher, arm_watchdog
+from shared.adapters.stores import Stores
+from shared.executor.commit import PageCommit
+from shared.runs import progress
 from tests import data
 from tests.functions.conftest import SOURCE, Harness
 
@@ -43,7 +44,7 @@ def started_mid_run(harness: Harness, events: int = 120) -> str:
 
 
 def unprocessed(harness: Harness) -> int:
-    return sum(not e["processed"] for e in data.documents(harness.db, store.EVENTS).values())
+    return sum(not e["processed"] for e in data.documents(harness.db, schema.EVENTS).values())
 
 
 def test_pause_keeps_the_cursors_and_resume_finishes_with_every_event_applied_once(
@@ -172,7 +173,7 @@ def test_the_watchdog_picks_up_a_chunk_whose_task_was_lost_from_its_cursor(
         harness: Harness) -> None:
     migration_id = started_mid_run(harness)
     lost = harness._due()  # the three continuations vanish, as after a dead handler's last try
-    ref = store.chunk_ref(harness.db, migration_id, "2025-01-01")
+    ref = schema.chunk_ref(harness.db, migration_id, "2025-01-01")
     past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
     ref.update({"state": "running", "leaseUntil": past, "leaseOwner": "dead-handler"})
 
@@ -207,7 +208,7 @@ def test_the_watchdog_leaves_chunks_whose_task_is_still_queued(harness: Harness)
     migration_id = started_mid_run(harness)
     queued = harness.dispatcher.queued[:]
     for chunk_id in ("2025-01-01", "2025-01-02", "2025-01-03"):
-        store.chunk_ref(harness.db, migration_id, chunk_id).update(
+        schema.chunk_ref(harness.db, migration_id, chunk_id).update(
             {"leaseUntil": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)})
 
     harness.watch()
@@ -251,7 +252,7 @@ def lose_everything(harness: Harness, migration_id: str) -> list[ChunkTask]:
     lost = [*harness.dispatcher.take(), *harness.watchdogs]
     harness.watchdogs.clear()
     past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-    for chunk in store.run_ref(harness.db, migration_id).collection(store.CHUNKS).stream():
+    for chunk in schema.run_ref(harness.db, migration_id).collection(schema.CHUNKS).stream():
         chunk.reference.update({"leaseUntil": past})
     return lost
 

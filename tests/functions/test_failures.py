@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from functions_framework import create_app
 
-from shared import store
+from shared.adapters import schema
 from shared.backfills import webhook_replay
 from shared.backfills.apply import apply_purchase
 from shared.backfills.base import Event, ItemResult
@@ -66,7 +66,7 @@ def test_the_error_report_lists_exactly_the_failed_events(harness: Harness) -> N
     assert f'filename="{migration_id}-errors.csv"' in as_csv.headers["Content-Disposition"]
     assert as_csv.get_data(as_text=True).splitlines()[0] == ",".join(COLUMNS)
     listed = rows(as_csv)
-    unprocessed = {eid for eid, e in data.documents(harness.db, store.EVENTS).items()
+    unprocessed = {eid for eid, e in data.documents(harness.db, schema.EVENTS).items()
                    if not e["processed"]}
     assert {row["eventId"] for row in listed} == unprocessed == {
         "bad1", "bad2", *(f"r{n:05}" for n in range(6))}
@@ -85,7 +85,7 @@ def test_the_error_report_lists_exactly_the_failed_events(harness: Harness) -> N
 
 
 def test_a_formula_in_a_cell_is_quoted() -> None:
-    from shared.reports import as_csv
+    from shared.runs.reports import as_csv
 
     lines = list(as_csv(iter([{"eventId": "e1", "eventType": "T", "code": "c",
                                "message": "=HYPERLINK(1)", "hint": "+1", "attempts": 1,

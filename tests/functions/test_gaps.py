@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared import store
+from shared.adapters import schema
 from tests import data
 from tests.functions.conftest import Harness
 
@@ -31,11 +31,11 @@ def seed(harness: Harness) -> None:
              data.purchase("lost2", "olost2", data.at(2, 2), processed=True),
              data.purchase("kept", "o-kept", data.at(2, 3), processed=True),
              settled, lost_reversal)
-    db.collection(store.LEDGER).document("purchase_o-kept").set({
+    db.collection(schema.LEDGER).document("purchase_o-kept").set({
         "customerId": "c1", "type": "purchase", "points": 10, "orderId": "o-kept",
         "sourceEventId": "kept", "source": "webhook", "migrationId": None,
         "orderTotal": 1000, "refundedAmount": 0, "reversedPoints": 0})
-    db.collection(store.WALLETS).document("c1").set({"balance": 10})
+    db.collection(schema.WALLETS).document("c1").set({"balance": 10})
 
 
 def test_gaps_per_day_then_none_once_the_runs_it_names_have_run(harness: Harness) -> None:
@@ -62,7 +62,7 @@ def test_gaps_per_day_then_none_once_the_runs_it_names_have_run(harness: Harness
         "webhook_replay", "webhook_replay with includeProcessed", "reversal_backfill"]
     assert "2025-01-01..2025-01-02" in body["next"][2]
     assert data.ledger_state(harness.db) == before
-    assert data.documents(harness.db, store.RUNS) == {}
+    assert data.documents(harness.db, schema.RUNS) == {}
 
     for run in ({"type": "webhook_replay"}, {"type": "webhook_replay", "includeProcessed": True},
                 {"type": "reversal_backfill"}):

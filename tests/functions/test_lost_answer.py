@@ -18,8 +18,8 @@ import pytest
 from google.api_core import exceptions as api_exceptions
 from google.cloud.firestore_v1.batch import WriteBatch
 
-from shared import store
-from shared.dispatch import WATCH_CHUNK, ChunkTask
+from shared.adapters import schema
+from shared.adapters.cloud_tasks import WATCH_CHUNK, ChunkTask
 from tests import data
 from tests.functions.conftest import Harness
 
@@ -109,11 +109,11 @@ def assert_applied_once(harness: Harness, migration_id: str) -> None:
     credited = data.credited_orders(harness.db)
     assert len(credited) == EVENTS and set(credited.values()) == {1}
     data.assert_ledger_consistent(harness.db)
-    assert all(e["processed"] for e in data.documents(harness.db, store.EVENTS).values())
+    assert all(e["processed"] for e in data.documents(harness.db, schema.EVENTS).values())
 
 
 def chunk_document(harness: Harness, migration_id: str) -> dict[str, Any]:
-    snap = store.chunk_ref(harness.db, migration_id, DAY).get()
+    snap = schema.chunk_ref(harness.db, migration_id, DAY).get()
     return snap.to_dict() or {}
 
 

@@ -13,7 +13,7 @@ import pytest
 from functions_framework import create_app
 from google.cloud import firestore
 
-from shared import store
+from shared.adapters import schema
 from tests import data
 from tests.functions.conftest import SOURCE, Harness
 
@@ -44,7 +44,7 @@ def findings(harness: Harness, migration_id: str) -> dict[tuple[str, str], dict[
 
 
 def wallets(db: firestore.Client) -> dict[str, int]:
-    return {cid: w["balance"] for cid, w in data.documents(db, store.WALLETS).items()}
+    return {cid: w["balance"] for cid, w in data.documents(db, schema.WALLETS).items()}
 
 
 def busy_customers(harness: Harness) -> None:
@@ -64,7 +64,7 @@ def busy_customers(harness: Harness) -> None:
 
 def lose_reversal_after_its_debit(db: firestore.Client) -> int:
     """c1's reversal entry vanishes, its purchase back to unrefunded; the debit stays."""
-    ledger = db.collection(store.LEDGER)
+    ledger = db.collection(schema.LEDGER)
     points = int((ledger.document("reversal_r1").get().to_dict() or {})["points"])
     ledger.document("reversal_r1").delete()
     ledger.document("purchase_c1o00").update({"refundedAmount": 0, "reversedPoints": 0})
@@ -73,7 +73,7 @@ def lose_reversal_after_its_debit(db: firestore.Client) -> int:
 
 def lose_purchase_after_its_credit(db: firestore.Client) -> None:
     """c2's last order's entry vanishes; the credit stays in the wallet."""
-    db.collection(store.LEDGER).document("purchase_c2o49").delete()
+    db.collection(schema.LEDGER).document("purchase_c2o49").delete()
 
 
 def test_a_repair_of_a_customer_spanning_pages_and_chunks_moves_no_wallet_twice(
@@ -89,7 +89,7 @@ def test_a_repair_of_a_customer_spanning_pages_and_chunks_moves_no_wallet_twice(
     found = findings(harness, run["migrationId"])
     assert debit < 0
     assert wallets(db) == before  # both effects had happened: nothing moves
-    ledger = data.documents(db, store.LEDGER)
+    ledger = data.documents(db, schema.LEDGER)
     assert ledger["reversal_r1"]["points"] == debit
     assert ledger["purchase_c2o49"]["points"] > 0
     assert not [entry for entry in ledger.values() if entry["type"] == "adjustment"]
@@ -109,7 +109,7 @@ def test_a_dry_run_repair_completes_writes_only_its_shadow_and_says_would(
     db = harness.db
     lose_reversal_after_its_debit(db)
     lose_purchase_after_its_credit(db)
-    db.collection(store.WALLETS).document("c5").set({"balance": firestore.Increment(4)},
+    db.collection(schema.WALLETS).document("c5").set({"balance": firestore.Increment(4)},
                                                      merge=True)  # drift, nothing missing
     before = data.ledger_state(db)
 
@@ -126,7 +126,7 @@ def test_a_dry_run_repair_completes_writes_only_its_shadow_and_says_would(
         ("False", "True")}
     assert all(row["hint"].startswith("dry run: nothing was written") for row in
                found.values())
-    shadow = data.documents(db, f"{store.RUNS}/{run['migrationId']}/{store.SHADOW_LEDGER}")
+    shadow = data.documents(db, f"{schema.RUNS}/{run['migrationId']}/{schema.SHADOW_LEDGER}")
     assert {"reversal_r1", "purchase_c2o49",
             f"adjustment_{run['migrationId']}_c5"} <= set(shadow)
 
@@ -144,14 +144,14 @@ def test_a_rollback_unflags_the_redeliveries_it_settled_and_verify_recredits_non
     events.append(data.purchase("live", "olive", data.at(1, 5), "c0", processed=True))
     events.append(data.purchase("liveagain", "olive", data.at(1, 6), "c0"))
     data.put(db, *events)
-    db.collection(store.LEDGER).document("purchase_olive").set({
+    db.collection(schema.LEDGER).document("purchase_olive").set({
         "customerId": "c0", "type": "purchase", "points": 11, "orderId": "olive",
         "sourceEventId": "live", "source": "webhook", "migrationId": None,
         "orderTotal": 1000, "refundedAmount": 0, "reversedPoints": 0})
-    db.collection(store.WALLETS).document("c0").set({"balance": 11})
+    db.collection(schema.WALLETS).document("c0").set({"balance": 11})
     replay = finished(harness, harness.start(type="webhook_replay", **RANGE))
     first = data.ledger_state(db)
-    flagged = {eid for eid, e in data.documents(db, store.EVENTS).items() if e["processed"]}
+    flagged = {eid for eid, e in data.documents(db, schema.EVENTS).items() if e["processed"]}
     assert len(flagged) == len(events)
 
     rollback = f"/api/admin/dataMigrations/{replay['migrationId']}/rollback"
@@ -159,7 +159,7 @@ def test_a_rollback_unflags_the_redeliveries_it_settled_and_verify_recredits_non
     finished(harness, control.post(rollback, json={"dryRun": False},
                                    headers=harness.headers()))
 
-    processed = {eid for eid, e in data.documents(db, store.EVENTS).items() if e["processed"]}
+    processed = {eid for eid, e in data.documents(db, schema.EVENTS).items() if e["processed"]}
     assert processed == {"live", "liveagain"}  # the live path's duplicate stays as it was
     assert wallets(db) == {**{f"c{n}": 0 for n in range(5)}, "c0": 11}
     undone = data.ledger_state(db)
@@ -169,7 +169,7 @@ def test_a_rollback_unflags_the_redeliveries_it_settled_and_verify_recredits_non
 
     again = finished(harness, harness.start(type="webhook_replay", **RANGE))
     assert wallets(db) == first["wallets"]
-    assert {eid for eid, e in data.documents(db, store.EVENTS).items()
+    assert {eid for eid, e in data.documents(db, schema.EVENTS).items()
             if e["processed"]} == flagged
     assert set(data.credited_orders(db).values()) == {1}
     data.assert_ledger_consistent(db)
@@ -179,7 +179,7 @@ def test_a_rollback_unflags_the_redeliveries_it_settled_and_verify_recredits_non
     finished(harness, control.post(rollback, json={}, headers=harness.headers()))
     finished(harness, control.post(rollback, json={"dryRun": False},
                                    headers=harness.headers()))
-    assert {eid for eid, e in data.documents(db, store.EVENTS).items()
+    assert {eid for eid, e in data.documents(db, schema.EVENTS).items()
             if e["processed"]} == {"live", "liveagain"}
     assert wallets(db) == {**{f"c{n}": 0 for n in range(5)}, "c0": 11}
     data.assert_ledger_consistent(db)
@@ -199,7 +199,7 @@ def test_a_live_retry_after_the_breaker_completes_and_says_what_a_replay_must_do
                                               endDate="2025-01-01"), status="failed")
     assert stopped["statusReason"].startswith("circuit breaker: ")
     assert "a new replay of its range" in stopped["statusReason"]
-    assert set(data.documents(db, f"{store.RUNS}/{stopped['migrationId']}/errors")) == {
+    assert set(data.documents(db, f"{schema.RUNS}/{stopped['migrationId']}/errors")) == {
         f"r{n:02}" for n in range(PAGE)}
     data.product(db, "gone", 5)  # the operator fixes the cause
 
@@ -208,7 +208,7 @@ def test_a_live_retry_after_the_breaker_completes_and_says_what_a_replay_must_do
     run = finished(harness, retry)
 
     assert (run["errors"], run["applied"]) == (0, 2 * PAGE)  # refunds, and purchases pulled
-    rows = data.documents(db, f"{store.RUNS}/{stopped['migrationId']}/errors")
+    rows = data.documents(db, f"{schema.RUNS}/{stopped['migrationId']}/errors")
     assert {row.get("resolvedBy") for row in rows.values()} == {run["migrationId"]}
     assert set(data.credited_orders(db).values()) == {1}
     assert len(data.credited_orders(db)) == PAGE

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, assume, example, given, note, settings
 from hypothesis import strategies as st
 
 from emulators.stack import Stack
-from shared.dispatch import WATCH_CHUNK, ChunkTask, InProcessDispatcher
+from shared.adapters.cloud_tasks import WATCH_CHUNK, ChunkTask, InProcessDispatcher
 from tests import ledgers
 from tests.data import assert_ledger_consistent, credited_orders, documents
 from tests.functions.conftest import SOURCE, Harness

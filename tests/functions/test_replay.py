@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from shared import store
+from shared.adapters import schema
 from tests import data
 from tests.functions.conftest import Harness
 
@@ -25,11 +25,11 @@ def seed_mixed(harness: Harness) -> None:
              data.event("other", "ON_CUSTOMER_UPDATED", data.at(3, 1), {"id": "x"}),
              data.purchase("redelivered", "oe00001", data.at(3, 2)))
     # The live path credited this order but died before flagging its event.
-    db.collection(store.LEDGER).document("purchase_oe00002").set({
+    db.collection(schema.LEDGER).document("purchase_oe00002").set({
         "customerId": "c2", "type": "purchase", "points": 30, "orderId": "oe00002",
         "sourceEventId": "e00002", "source": "webhook", "migrationId": None, "orderTotal": 1000,
         "refundedAmount": 0, "reversedPoints": 0})
-    db.collection(store.WALLETS).document("c2").set({"balance": 30})
+    db.collection(schema.WALLETS).document("c2").set({"balance": 30})
 
 
 def test_a_replay_credits_each_order_once_and_explains_every_failure(harness: Harness) -> None:
@@ -50,7 +50,7 @@ def test_a_replay_credits_each_order_once_and_explains_every_failure(harness: Ha
     assert set(data.credited_orders(harness.db).values()) == {1}
     assert len(data.credited_orders(harness.db)) == 90
     data.assert_ledger_consistent(harness.db)
-    events = data.documents(harness.db, store.EVENTS)
+    events = data.documents(harness.db, schema.EVENTS)
     assert not events["unknown"]["processed"] and not events["malformed"]["processed"]
     assert not events["other"]["processed"]
     assert events["redelivered"]["processed"] and events["e00002"]["processed"]
@@ -84,7 +84,7 @@ def test_a_dry_run_reports_without_writing_ledger_or_wallets(harness: Harness) -
     assert run["status"] == "completed"
     assert (run["applied"], run["duplicates"], run["skipped"], run["errors"]) == (89, 2, 1, 2)
     assert data.ledger_state(harness.db) == before
-    events = data.documents(harness.db, store.EVENTS)
+    events = data.documents(harness.db, schema.EVENTS)
     assert all(e["dryRunProcessed"] for e in events.values())
     assert not any(e["processed"] for e in events.values())
 
@@ -99,8 +99,8 @@ def test_max_events_takes_the_oldest_and_says_what_is_left(harness: Harness) -> 
     run = harness.run(started["migrationId"])
     assert (run["total"], run["applied"], run["leftForLaterRun"]) == (25, 25, 35)
     assert "left for a later run" in run["note"]
-    processed = [e for e in data.documents(harness.db, store.EVENTS).values() if e["processed"]]
-    unprocessed = [e for e in data.documents(harness.db, store.EVENTS).values()
+    processed = [e for e in data.documents(harness.db, schema.EVENTS).values() if e["processed"]]
+    unprocessed = [e for e in data.documents(harness.db, schema.EVENTS).values()
                    if not e["processed"]]
     assert len(processed) == 25
     assert max(e["receivedAt"] for e in processed) < min(e["receivedAt"] for e in unprocessed)
@@ -114,7 +114,7 @@ def test_a_chunk_out_of_time_continues_from_its_cursor_in_a_new_task(harness: Ha
     migration_id = harness.start(**{**RANGE, "endDate": "2025-01-01"}).get_json()["migrationId"]
     deliveries = harness.deliver_all(twice=True)
 
-    chunk = store.chunk_ref(harness.db, migration_id, "2025-01-01").get().to_dict()
+    chunk = schema.chunk_ref(harness.db, migration_id, "2025-01-01").get().to_dict()
     assert chunk is not None
     assert chunk["segment"] == 4  # pages of 7, 7, 7, 7, 2: one page per segment
     assert deliveries == 12  # the planning task and five segments, each delivered twice
@@ -158,7 +158,7 @@ def test_a_task_no_retry_can_mend_is_dropped_with_a_2xx_and_changes_nothing(
     assert response.status_code == 200
     assert response.get_json()["result"] == "dropped"
     assert response.get_json()["field"] == field
-    assert not list(harness.db.collection(store.RUNS).limit(1).stream())
+    assert not list(harness.db.collection(schema.RUNS).limit(1).stream())
     assert not harness.dispatcher.queued
 
 
@@ -213,15 +213,15 @@ def test_include_processed_repairs_purchases_flagged_processed_without_their_ent
              data.purchase("new", "o-new", data.at(2)),
              data.event("other", "ON_CUSTOMER_UPDATED", data.at(2, 1), {"id": "x"}, True))
     # The live path applied "kept" fully; for "lost" it flagged the event but the entry is gone.
-    db.collection(store.LEDGER).document("purchase_o-kept").set({
+    db.collection(schema.LEDGER).document("purchase_o-kept").set({
         "customerId": "c1", "type": "purchase", "points": 10, "orderId": "o-kept",
         "sourceEventId": "kept", "source": "webhook", "migrationId": None, "orderTotal": 1000,
         "refundedAmount": 0, "reversedPoints": 0})
-    db.collection(store.WALLETS).document("c1").set({"balance": 10})
+    db.collection(schema.WALLETS).document("c1").set({"balance": 10})
     plain_id = harness.start(**RANGE).get_json()["migrationId"]
     harness.deliver_all()
     plain = harness.run(plain_id)
-    kept_before = data.documents(db, store.EVENTS)["kept"]
+    kept_before = data.documents(db, schema.EVENTS)["kept"]
 
     repair_id = harness.start(**RANGE, includeProcessed=True).get_json()["migrationId"]
     harness.deliver_all()
@@ -233,7 +233,7 @@ def test_include_processed_repairs_purchases_flagged_processed_without_their_ent
         3, 1, 2, 0)
     assert set(data.credited_orders(db)) == {"o-lost", "o-kept", "o-new"}
     assert data.assert_ledger_consistent(db) == {"c1": 30}
-    events = data.documents(db, store.EVENTS)
+    events = data.documents(db, schema.EVENTS)
     assert events["lost"]["backfillMigrationId"] == repair_id
     assert events["kept"] == kept_before  # a duplicate of a processed event is not rewritten
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from shared import store
+from shared.adapters import schema
 from shared.backfills.registry import BACKFILLS
 from shared.models import BackfillType
 from tests import data
@@ -18,7 +18,7 @@ REVERSALS: dict[str, Any] = {**REPLAY, "type": "reversal_backfill"}
 
 
 def entry(harness: Harness, entry_id: str) -> dict[str, Any]:
-    return data.documents(harness.db, store.LEDGER)[entry_id]
+    return data.documents(harness.db, schema.LEDGER)[entry_id]
 
 
 def run_to_end(harness: Harness, twice: bool = False, **body: Any) -> Any:
@@ -55,8 +55,8 @@ def test_a_chargeback_after_a_full_refund_reverses_nothing_more(harness: Harness
     run = run_to_end(harness, **REPLAY)
 
     assert (run["applied"], run["skipped"], run["errors"]) == (2, 1, 0)
-    assert "reversal_cb" not in data.documents(harness.db, store.LEDGER)
-    assert data.documents(harness.db, store.EVENTS)["cb"]["backfillOutcome"] == "skipped"
+    assert "reversal_cb" not in data.documents(harness.db, schema.LEDGER)
+    assert data.documents(harness.db, schema.EVENTS)["cb"]["backfillOutcome"] == "skipped"
     assert data.assert_ledger_consistent(harness.db) == {"c1": 0}
 
 
@@ -87,10 +87,10 @@ def test_reversal_backfill_repairs_processed_refunds_missing_their_reversal(
     data.put(db, {**data.refund("r1", "o1", data.at(2), 500), "processed": True},
              {**data.refund("r2", "o2", data.at(2), 500), "processed": True})
     run_to_end(harness, **{**REVERSALS, "endDate": "2025-01-02"})  # both reversals, once
-    db.collection(store.LEDGER).document("reversal_r1").delete()
-    db.collection(store.LEDGER).document("purchase_o1").update(
+    db.collection(schema.LEDGER).document("reversal_r1").delete()
+    db.collection(schema.LEDGER).document("purchase_o1").update(
         {"refundedAmount": 0, "reversedPoints": 0})
-    db.collection(store.WALLETS).document("c1").update({"balance": 150})  # r2 stays reversed
+    db.collection(schema.WALLETS).document("c1").update({"balance": 150})  # r2 stays reversed
 
     run = run_to_end(harness, **REVERSALS)
 
@@ -140,15 +140,15 @@ def test_wallets_taken_below_zero_are_reported(harness: Harness) -> None:
     data.put(db, data.purchase("buy", "o1", data.at(1), total=100, customer="spender"))
     run_to_end(harness, **REPLAY)
     # The customer spent the points before the refund reached the ledger.
-    db.collection(store.LEDGER).document("spend_1").set(
+    db.collection(schema.LEDGER).document("spend_1").set(
         {"customerId": "spender", "type": "redemption", "points": -10, "orderId": "-"})
-    db.collection(store.WALLETS).document("spender").update({"balance": 0})
+    db.collection(schema.WALLETS).document("spender").update({"balance": 0})
     data.put(db, data.refund("r1", "o1", data.at(2), 100))
 
     run = run_to_end(harness, **REPLAY)
 
     assert run["walletsBelowZero"] == {"count": 1, "customerIds": ["spender"]}
-    assert data.documents(db, store.WALLETS)["spender"]["balance"] == -10
+    assert data.documents(db, schema.WALLETS)["spender"]["balance"] == -10
 
 
 def test_a_dry_run_reports_the_reversals_it_would_create(harness: Harness) -> None:
@@ -176,7 +176,7 @@ def test_a_page_that_pulls_purchases_is_split_to_fit_one_commit(harness: Harness
 
     run = run_to_end(harness, **REPLAY)
 
-    day_one = store.chunk_ref(harness.db, run["migrationId"], "2025-01-01").get().to_dict()
+    day_one = schema.chunk_ref(harness.db, run["migrationId"], "2025-01-01").get().to_dict()
     assert day_one is not None
     assert day_one["pages"] == 2
     assert (run["status"], run["applied"], run["errors"]) == ("completed", 2 * pairs, 0)

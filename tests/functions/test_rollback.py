@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from functions_framework import create_app
 
-from shared import store
+from shared.adapters import schema
 from tests import data
 from tests.functions.conftest import SOURCE, Harness
 
@@ -48,26 +48,26 @@ def seed(harness: Harness) -> None:
              data.refund("r3", "o5", data.at(3, 301), 999),
              data.refund("cb", "o5", data.at(3, 302), 999, kind="ON_CHARGEBACK"),
              data.purchase("live", "olive", data.at(1, 900), "c0", processed=True))
-    ledger = db.collection(store.LEDGER)
+    ledger = db.collection(schema.LEDGER)
     ledger.document("purchase_olive").set({
         "customerId": "c0", "type": "purchase", "points": 7, "orderId": "olive",
         "sourceEventId": "live", "source": "webhook", "migrationId": None, "orderTotal": 1000,
         "refundedAmount": 0, "reversedPoints": 0})
-    db.collection(store.WALLETS).document("c0").set({"balance": 7})
+    db.collection(schema.WALLETS).document("c0").set({"balance": 7})
 
 
 def snapshot(harness: Harness) -> dict[str, Any]:
     """What the ledger is worth: wallets, each order's net points, each purchase entry's
     refund state, and which events are flagged processed."""
     purchases = {entry_id: (entry["points"], entry["refundedAmount"], entry["reversedPoints"])
-                 for entry_id, entry in data.documents(harness.db, store.LEDGER).items()
+                 for entry_id, entry in data.documents(harness.db, schema.LEDGER).items()
                  if entry["type"] == "purchase" and not entry.get("rolledBackBy")}
     wallets = data.assert_ledger_consistent(harness.db)
     return {"wallets": {customer: balance for customer, balance in wallets.items() if balance},
             "net": {order: points for order, points in data.net_points(harness.db).items()
                     if points},
             "purchases": purchases,
-            "processed": {eid for eid, event in data.documents(harness.db, store.EVENTS).items()
+            "processed": {eid for eid, event in data.documents(harness.db, schema.EVENTS).items()
                           if event["processed"]}}
 
 
@@ -77,7 +77,7 @@ def test_a_rollback_then_a_replay_restores_the_ledger_exactly(
     before = snapshot(harness)
     replay = finished(harness, harness.start(type="webhook_replay", **RANGE))
     applied = snapshot(harness)
-    written = {entry_id for entry_id, entry in data.documents(harness.db, store.LEDGER).items()
+    written = {entry_id for entry_id, entry in data.documents(harness.db, schema.LEDGER).items()
                if entry["migrationId"] == replay["migrationId"]}
 
     dry = finished(harness, roll_back(harness, control, replay["migrationId"]))
@@ -85,7 +85,7 @@ def test_a_rollback_then_a_replay_restores_the_ledger_exactly(
     live = finished(harness, roll_back(harness, control, replay["migrationId"], dryRun=False),
                     twice=True)
     undone = snapshot(harness)
-    ledger = data.documents(harness.db, store.LEDGER)
+    ledger = data.documents(harness.db, schema.LEDGER)
 
     assert (replay["applied"], len(written)) == (27, 27)  # 24 purchases, 3 reversals
     # ... and the chargeback after a full refund, settled without an entry: unflagged too.
@@ -102,7 +102,7 @@ def test_a_rollback_then_a_replay_restores_the_ledger_exactly(
 
     assert again["applied"] == 27
     assert snapshot(harness) == applied
-    ledger = data.documents(harness.db, store.LEDGER)
+    ledger = data.documents(harness.db, schema.LEDGER)
     assert not any(ledger[entry_id].get("rolledBackBy") for entry_id in written)
     assert sum(entry["type"] == "reinstatement" for entry in ledger.values()) == 27
 
@@ -132,7 +132,7 @@ def test_rollback_refusals_name_the_reason_and_start_nothing(
     data.put(harness.db, *data.purchases(6, days=1))
     dry_replay = finished(harness, harness.start(type="webhook_replay", dryRun=True, **RANGE))
     replay = finished(harness, harness.start(type="webhook_replay", **RANGE))
-    runs = set(data.documents(harness.db, store.RUNS))
+    runs = set(data.documents(harness.db, schema.RUNS))
 
     refusals = {
         "live before a dry run": roll_back(harness, control, replay["migrationId"],
@@ -157,7 +157,7 @@ def test_rollback_refusals_name_the_reason_and_start_nothing(
     assert answers["bad body"][0] == 400
     assert answers["through the trigger"][0] == 400
     assert "POST .../{migrationId}/rollback" in answers["through the trigger"][1]
-    assert set(data.documents(harness.db, store.RUNS)) == runs
+    assert set(data.documents(harness.db, schema.RUNS)) == runs
 
     finished(harness, roll_back(harness, control, replay["migrationId"]))
     live = finished(harness, roll_back(harness, control, replay["migrationId"], dryRun=False))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared import store
+from shared.adapters import schema
 from tests import data
 from tests.functions.conftest import Harness
 
@@ -38,11 +38,11 @@ def run_of(harness: Harness, **body: Any) -> dict[str, Any]:
 def test_a_canary_on_one_customer_then_the_full_run_applies_every_event_once(
         harness: Harness) -> None:
     seed(harness)
-    before = data.documents(harness.db, store.EVENTS)
+    before = data.documents(harness.db, schema.EVENTS)
 
     canary = run_of(harness, type="webhook_replay", customerIds=["c1"], **RANGE)
 
-    events = data.documents(harness.db, store.EVENTS)
+    events = data.documents(harness.db, schema.EVENTS)
     touched = {eid for eid, event in events.items() if event != before[eid]}
     assert canary["status"] == "completed"
     assert canary["target"] == {"customerIds": ["c1"]}
@@ -61,7 +61,7 @@ def test_a_canary_on_one_customer_then_the_full_run_applies_every_event_once(
 def test_event_types_order_ids_and_event_ids_narrow_a_run(harness: Harness) -> None:
     seed(harness)
     run_of(harness, type="webhook_replay", eventTypes=["ON_ORDER_COMPLETED"], **RANGE)
-    assert not data.documents(harness.db, store.EVENTS)["r1"]["processed"]
+    assert not data.documents(harness.db, schema.EVENTS)["r1"]["processed"]
 
     by_type = run_of(harness, type="reversal_backfill", eventTypes=["ON_REFUND"],
                      orderIds=["o21"], **RANGE)
@@ -70,7 +70,7 @@ def test_event_types_order_ids_and_event_ids_narrow_a_run(harness: Harness) -> N
     # Event types narrow the selection: the first run read refunds only.
     assert (by_type["total"], by_type["applied"], by_type["outside"]) == (2, 1, 1)
     assert (by_id["applied"], by_id["outside"]) == (1, 1)
-    ledger = data.documents(harness.db, store.LEDGER)
+    ledger = data.documents(harness.db, schema.LEDGER)
     assert {entry_id for entry_id in ledger if entry_id.startswith("reversal_")} == {
         "reversal_r1", "reversal_r2"}
     data.assert_ledger_consistent(harness.db)
@@ -81,11 +81,11 @@ def test_a_targeted_dry_run_leaves_the_events_outside_it_unmarked(harness: Harne
 
     dry = run_of(harness, type="webhook_replay", dryRun=True, orderIds=["o30", "o31"], **RANGE)
 
-    marked = {eid for eid, event in data.documents(harness.db, store.EVENTS).items()
+    marked = {eid for eid, event in data.documents(harness.db, schema.EVENTS).items()
               if event.get("dryRunProcessed")}
     assert (dry["applied"], dry["outside"]) == (2, 18)
     assert marked == {"e30", "e31"}
-    assert data.documents(harness.db, store.LEDGER) == {}
+    assert data.documents(harness.db, schema.LEDGER) == {}
 
 
 @pytest.mark.parametrize(("body", "field", "reason"), [
@@ -106,4 +106,4 @@ def test_a_bad_target_gets_a_400_naming_the_field_and_starts_nothing(
     answer = response.get_json()
     assert answer["field"] == field
     assert reason in answer["reason"]
-    assert data.documents(harness.db, store.RUNS) == {}
+    assert data.documents(harness.db, schema.RUNS) == {}

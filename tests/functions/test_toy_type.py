@@ -11,14 +11,15 @@ import pytest
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from shared import store
+from shared.adapters import schema
+from shared.adapters.schema import in_window
 from shared.backfills.apply import Book
 from shared.backfills.base import Event, ItemResult, PagePlan
 from shared.backfills.registry import BACKFILLS
-from shared.backfills.rules import Rule, RuleBook, in_window
+from shared.backfills.rules import Rule, RuleBook
+from shared.domain.chunking import Window
 from shared.errors import ItemError
 from shared.models import Outcome
-from shared.planning import Window
 from tests import data
 from tests.functions.conftest import Harness
 
@@ -76,7 +77,7 @@ def test_a_type_registered_in_one_module_runs_through_the_functions(
     assert run["errorCodes"] == {"audit_missing_customer": 1}
     assert run["chunks"][0]["pages"] == 3  # its own page size: 5, 5, 3
     assert data.ledger_state(harness.db) == before
-    assert not data.documents(harness.db, store.EVENTS)["buy"]["processed"]
+    assert not data.documents(harness.db, schema.EVENTS)["buy"]["processed"]
 
 
 def test_an_unregistered_type_is_refused_naming_the_types_there_are(harness: Harness) -> None:

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from emulators.issuer import Issuer, SigningKey
-from shared import store
+from shared.adapters import schema
 from tests import data
 from tests.conftest import ROOT, TEST_PORT_BASE
 from tests.functions.conftest import Harness
@@ -31,7 +31,7 @@ def stack_key() -> SigningKey:
 
 
 def nothing_written(harness: Harness) -> bool:
-    return not list(harness.db.collection(store.RUNS).limit(1).stream()) and \
+    return not list(harness.db.collection(schema.RUNS).limit(1).stream()) and \
         not harness.dispatcher.queued
 
 
@@ -46,7 +46,7 @@ def test_a_valid_request_records_a_run_and_enqueues_its_planning(harness: Harnes
     assert body["migrationId"].startswith("webhook_replay_")
     assert body["statusUrl"].endswith(f"/api/admin/dataMigrations/{body['migrationId']}")
     assert (body["status"], body["chunks"]) == ("pending", 3)
-    run = store.run_ref(harness.db, body["migrationId"]).get().to_dict()
+    run = schema.run_ref(harness.db, body["migrationId"]).get().to_dict()
     assert run is not None
     assert (run["status"], run["planned"]) == ("pending", False)
     assert run["requestedBy"] == "ops@example.com"
@@ -201,9 +201,9 @@ def test_a_year_long_range_is_planned_as_one_chunk_a_day(harness: Harness) -> No
 
     assert response.status_code == 202
     assert response.get_json()["chunks"] == 366
-    chunks = store.run_ref(harness.db, response.get_json()["migrationId"]).collection(
-        store.CHUNKS)
-    assert store.count(chunks) == 366
+    chunks = schema.run_ref(harness.db, response.get_json()["migrationId"]).collection(
+        schema.CHUNKS)
+    assert schema.count(chunks) == 366
     assert len(harness.dispatcher.queued) == 10
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from google.cloud import firestore
 
-from shared import store
+from shared.adapters import schema
 from tests import data
 from tests.functions.conftest import Harness
 
@@ -21,11 +21,11 @@ FOR_A_PERSON = {"wrong_points": 1, "orphan_entry": 1, "duplicate_entries": 1,
 
 
 def ledger_entry(db: firestore.Client, entry_id: str) -> Any:
-    return db.collection(store.LEDGER).document(entry_id)
+    return db.collection(schema.LEDGER).document(entry_id)
 
 
 def wallet(db: firestore.Client, customer: str, delta: int) -> None:
-    db.collection(store.WALLETS).document(customer).set(
+    db.collection(schema.WALLETS).document(customer).set(
         {"balance": firestore.Increment(delta)}, merge=True)
 
 
@@ -50,7 +50,7 @@ def planted(harness: Harness) -> None:
     ledger_entry(db, "purchase_o4").update({"points": 99})
     wallet(db, "c4", 89)
     # unflagged_event:
-    db.collection(store.EVENTS).document("e5").update({"processed": False})
+    db.collection(schema.EVENTS).document("e5").update({"processed": False})
     # orphan_entry: an entry whose event does not exist
     ledger_entry(db, "purchase_oghost").set({
         "customerId": "c1", "type": "purchase", "points": 10, "orderId": "oghost",
@@ -127,15 +127,15 @@ def test_verify_finds_every_planted_corruption_and_repairs_what_is_safe(
     assert {row["code"] for row in rows if row["repaired"] == "True"} == {
         "missing_entry", "missing_reversal", "unflagged_event", "wallet_drift"}
     assert {row["code"] for row in rows if row["repaired"] == "False"} == set(FOR_A_PERSON)
-    ledger = data.documents(harness.db, store.LEDGER)
+    ledger = data.documents(harness.db, schema.LEDGER)
     wallets = {cid: w["balance"] for cid, w in
-               data.documents(harness.db, store.WALLETS).items()}
+               data.documents(harness.db, schema.WALLETS).items()}
     assert (ledger["purchase_o2"]["points"], wallets["c2"]) == (10, 10)  # credited now
     assert (ledger["purchase_o3"]["points"], wallets["c3"]) == (10, 10)  # credited before
     assert (ledger["reversal_r10"]["points"], wallets["c10"]) == (-5, 5)
     adjustment, = (entry for entry in ledger.values() if entry["type"] == "adjustment")
     assert (adjustment["customerId"], adjustment["points"], wallets["c9"]) == ("c9", 3, 13)
-    assert data.documents(harness.db, store.EVENTS)["e5"]["processed"] is True
+    assert data.documents(harness.db, schema.EVENTS)["e5"]["processed"] is True
 
     again = verify(harness)
 

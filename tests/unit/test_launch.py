@@ -1,5 +1,5 @@
 """Admission and launch on in-memory stores: the concurrency limit, overlapping runs, runs that
-wait for others, twin scheduled firings and retries, decided by ``shared.launcher`` alone. The
+wait for others, twin scheduled firings and retries, decided by ``shared.runs.launcher`` alone. The
 same runs are admitted on the Firestore emulator in tests/functions/test_admission.py."""
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from shared import dispatch, launcher
-from shared.auth import Caller
-from shared.bodies import BackfillRequest
-from shared.dispatch import ChunkTask, InProcessDispatcher
+from shared.adapters import cloud_tasks
+from shared.adapters.cloud_tasks import ChunkTask, InProcessDispatcher
+from shared.adapters.oidc import Caller
+from shared.adapters.stores import Stores
+from shared.domain.run_request import BackfillRequest
 from shared.errors import Conflict, TooManyRuns
 from shared.models import RunStatus
-from shared.stores import Stores
+from shared.runs import launcher
 from tests.fakes import NOW, MemoryErrors, memory_stores
 from tests.unit.test_run_control import settings
 
@@ -47,7 +48,7 @@ def test_a_run_is_recorded_pending_and_its_planning_and_watchdog_tasks_are_queue
         RunStatus.PENDING, 10, 3, "operator@demo")
     assert run.received_before == NOW - dt.timedelta(minutes=settings().settle_minutes)
     kinds = [task.chunk_id for task in dispatcher.queued]
-    assert kinds == [dispatch.PLAN_CHUNK, dispatch.WATCH_CHUNK]
+    assert kinds == [cloud_tasks.PLAN_CHUNK, cloud_tasks.WATCH_CHUNK]
     assert not started.duplicate
 
 
@@ -110,7 +111,7 @@ def test_a_twin_scheduled_firing_answers_the_run_its_twin_started() -> None:
     assert twin.duplicate and not first.duplicate
     assert twin.migration_id == first.migration_id
     assert len(runs.records) == 1
-    assert [task.chunk_id for task in dispatcher.queued].count(dispatch.PLAN_CHUNK) == 1
+    assert [task.chunk_id for task in dispatcher.queued].count(cloud_tasks.PLAN_CHUNK) == 1
 
 
 def test_a_retry_takes_an_ended_runs_failed_events_and_refuses_what_it_cannot_mend() -> None:
@@ -142,4 +143,4 @@ def test_a_retry_takes_an_ended_runs_failed_events_and_refuses_what_it_cannot_me
     assert "was a dry run" in refusals[2]
     assert started.retry_of == {"migrationId": "live_1", "code": None, "events": 1}
     assert started.chunks == 1
-    assert ChunkTask(started.migration_id, dispatch.PLAN_CHUNK) in dispatcher.queued
+    assert ChunkTask(started.migration_id, cloud_tasks.PLAN_CHUNK) in dispatcher.queued

@@ -1,55 +1,173 @@
-"""The library's shape, checked on its import graph: the use cases stand side by side (each
-depends on records, stores and ports, never on another use case), only the composition
-(``shared.router``, ``shared.wiring``, ``functions/main.py``) puts them together, and the deployed
-library carries no client code."""
+"""The library's shape, checked on its import graph: folders are layers, and each folder says
+what it may import.
+
+- the kernel (``config``, ``errors``, ``clock``, ``logs``, ``models``) imports only itself;
+- ``domain/`` (records, statuses, planning and ledger rules, targets, throttle) imports the
+  kernel and itself, and no Google library;
+- ``adapters/`` (Firestore, Cloud Tasks, OIDC) are the only ones that build Google clients;
+- ``backfills/`` (one module per type) sit on the domain and the adapters;
+- ``executor/`` (one delivery of a chunk task) is used from outside only through its runner;
+- ``runs/`` are the use cases side by side: none imports another, but ``completion`` (a run's
+  end, which every path that ends a chunk shares);
+- ``api/`` (bodies, answers, OpenAPI, the page) is imported by nothing below it;
+- ``router`` and ``wiring`` (the composition root) and ``functions/main.py`` put them together.
+
+And no two modules bear near-twin names, the deployed library carries no client code, and no
+module outside ``backfills/`` names a backfill type but the registry.
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-USE_CASES = {"launcher", "planner", "chunks", "control", "watchdog", "progress", "reports"}
+SHARED = ROOT / "shared"
+KERNEL = {"config", "errors", "clock", "logs", "models"}
+COMPOSITION = {"router", "wiring"}
+FOLDERS = {"domain", "adapters", "backfills", "executor", "runs", "api"}
+# What each part may import from the library (besides itself and the kernel).
+ALLOWED = {
+    "kernel": set(),
+    "domain": set(),
+    "adapters": {"domain"},
+    "backfills": {"domain", "adapters"},
+    "executor": {"domain", "adapters", "backfills", "runs.completion"},
+    "runs": {"domain", "adapters", "backfills", "executor.runner", "runs.completion"},
+    "api": {"domain", "adapters", "backfills", "runs"},
+    "composition": {"domain", "adapters", "backfills", "executor.runner", "runs", "api",
+                    "composition"},
+}
+# Google libraries that build clients or speak a service's protocol (an exception class from
+# ``google.api_core`` is not a client).
+CLIENTS = ("google.cloud", "google.auth", "google.oauth2")
 CLIENT_ONLY = {"httpx", "typer", "rich", "backfill_cli"}
 
 
-def imported(module: str) -> set[str]:
-    """The modules ``shared/<module>.py`` imports, as top-level names below ``shared``, plus
-    the other top-level packages it imports."""
-    tree = ast.parse((ROOT / "shared" / f"{module}.py").read_text())
+def modules() -> dict[str, Path]:
+    """Every library module by dotted name below ``shared`` (``executor.runner``, ``config``)."""
+    found = {}
+    for path in SHARED.rglob("*.py"):
+        relative = path.relative_to(SHARED).with_suffix("")
+        if relative.name == "__init__":
+            continue
+        found[".".join(relative.parts)] = path
+    return found
+
+
+def part_of(module: str) -> str:
+    """The layer a module belongs to: its folder, the kernel or the composition root."""
+    head = module.split(".")[0]
+    if head in FOLDERS:
+        return head
+    return "kernel" if head in KERNEL else "composition"
+
+
+def imports(path: Path) -> set[str]:
+    """The dotted names a module imports: library modules below ``shared`` (as
+    ``executor.runner``) and other packages in full (``google.cloud.firestore``)."""
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
-            parts = node.module.split(".")
-            if parts[0] == "shared" and len(parts) == 1:
-                names.update(alias.name for alias in node.names)
-            elif parts[0] == "shared":
-                names.add(parts[1])
+            if node.module == "shared" or node.module.startswith("shared."):
+                base = node.module.removeprefix("shared").lstrip(".")
+                for alias in node.names:
+                    name = f"{base}.{alias.name}" if base else alias.name
+                    names.add(name if _is_module(name) else base)
             else:
-                names.add(parts[0])
+                names.add(node.module)
         elif isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-    return names
+            names.update(alias.name for alias in node.names)
+    return {name for name in names if name}
 
 
-@pytest.mark.parametrize("use_case", sorted(USE_CASES))
-def test_a_use_case_imports_no_other_use_case(use_case: str) -> None:
-    assert imported(use_case) & (USE_CASES - {use_case}) == set()
+def _is_module(name: str) -> bool:
+    return (SHARED / Path(*name.split("."))).with_suffix(".py").exists() or (
+        SHARED / Path(*name.split("."))).is_dir()
+
+
+def library(names: set[str]) -> set[str]:
+    return {name for name in names if name.split(".")[0] in FOLDERS | KERNEL | COMPOSITION}
+
+
+def allowed(module: str, imported: str) -> bool:
+    own, theirs = part_of(module), part_of(imported)
+    if theirs == "kernel":
+        return True
+    if own == theirs == "runs":
+        return imported == "runs.completion"
+    if own == theirs:
+        return True
+    return theirs in ALLOWED[own] or imported in ALLOWED[own]
+
+
+MODULES = modules()
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_a_module_imports_only_what_its_folder_may(module: str) -> None:
+    wrong = {name for name in library(imports(MODULES[module])) if not allowed(module, name)}
+    assert wrong == set(), f"shared.{module} may not import {sorted(wrong)}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if part_of(m) == "runs"))
+def test_a_use_case_imports_no_other_use_case(module: str) -> None:
+    peers = {name for name in library(imports(MODULES[module]))
+             if part_of(name) == "runs" and name not in (module, "runs.completion")}
+    assert peers == set()
+
+
+def test_only_adapters_and_the_executor_speak_to_google() -> None:
+    # The executor's page commit and sources still build Firestore batches and queries; the
+    # domain, the use cases and the api never do.
+    speakers = {module for module, path in MODULES.items()
+                if any(name.startswith(CLIENTS) for name in imports(path))}
+    assert {part_of(module) for module in speakers} <= {
+        "adapters", "executor", "backfills", "composition", "kernel"}
+    assert not {module for module in speakers if part_of(module) in ("domain", "runs", "api")}
 
 
 def test_the_library_imports_no_client_code() -> None:
-    modules = [path.stem for path in (ROOT / "shared").glob("*.py")]
-    assert {module: found for module in modules
-            if (found := imported(module) & CLIENT_ONLY)} == {}
+    assert {module: found for module, path in MODULES.items()
+            if (found := {name.split(".")[0] for name in imports(path)} & CLIENT_ONLY)} == {}
 
 
-def test_below_the_use_cases_nothing_imports_one() -> None:
-    # Only the composition puts use cases together; the executor's roles (sources, commit,
-    # ledgers, poison, lease), the stores and the records serve every use case alike.
-    composition = {"router", "wiring", "__init__"}
-    below = [path.stem for path in (ROOT / "shared").glob("*.py")
-             if path.stem not in USE_CASES | composition]
-    assert "commit" in below
-    assert {module: found for module in below if (found := imported(module) & USE_CASES)} == {}
+def _stem(name: str) -> str:
+    for suffix in ("ing", "ers", "er", "s"):
+        if name.endswith(suffix) and len(name) - len(suffix) >= 4:
+            return name[: -len(suffix)]
+    return name
+
+
+def test_no_two_modules_bear_near_twin_names() -> None:
+    names = sorted({module.split(".")[-1] for module in MODULES} | FOLDERS)
+    stems: dict[str, list[str]] = {}
+    for name in names:
+        stems.setdefault(_stem(name), []).append(name)
+    assert {stem: found for stem, found in stems.items() if len(found) > 1} == {}
+
+
+def test_no_type_is_named_outside_the_backfills_but_in_the_registry() -> None:
+    from shared.backfills.registry import BACKFILLS
+
+    names = re.compile(r"\b(" + "|".join(BACKFILLS.names()) + r")\b")
+    outside = {}
+    for module, path in MODULES.items():
+        if part_of(module) == "backfills":
+            continue
+        if found := set(names.findall(path.read_text())):
+            outside[module] = found
+    main = (ROOT / "functions" / "main.py").read_text()
+    if found := set(names.findall(main)):
+        outside["functions.main"] = found
+    assert outside == {}
+
+
+def test_the_executor_is_used_from_outside_only_through_its_runner() -> None:
+    users = {(module, name) for module, path in MODULES.items() if part_of(module) != "executor"
+             for name in library(imports(path)) if part_of(name) == "executor"}
+    assert {name for _, name in users} <= {"executor.runner"}
+    assert ("router", "executor.runner") in users

@@ -2,8 +2,8 @@ import itertools
 
 import pytest
 
+from shared.domain.ledger import purchase_points, reverse
 from shared.errors import MalformedPayload, ProductNotFound
-from shared.ledger import purchase_points, reverse
 from shared.models import OrderCompleted
 
 

@@ -1,4 +1,4 @@
-"""Properties of the ledger's pure arithmetic (``shared.ledger``) over random orders and
+"""Properties of the ledger's pure arithmetic (``shared.domain.ledger``) over random orders and
 refunds: cumulative reversals add up to the contract's formula however an amount is split or
 ordered, never reverse more than was credited, and nothing more once fully refunded; and the
 model the function-tier properties compare with (``tests.ledgers.expected_ledger``) agrees with
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.domain.ledger import purchase_points, reverse
 from shared.errors import ProductNotFound
-from shared.ledger import purchase_points, reverse
 from shared.models import OrderCompleted
 from tests import ledgers
 
@@ -144,8 +144,8 @@ def test_an_order_of_a_missing_product_credits_nothing_and_names_it(
 @LEDGERS
 @given(ledger=ledgers.ledgers())
 def test_the_model_reverses_each_refund_as_the_code_does(ledger: ledgers.Ledger) -> None:
-    """The function tier's model, refund by refund, against ``shared.ledger.reverse``: the same
-    share for every refund that moves its order, in the order the events arrived."""
+    """The function tier's model, refund by refund, against ``shared.domain.ledger.reverse``: the
+    same share for every refund that moves its order, in the order the events arrived."""
     model = ledger.expected()
     for order, events in ledger.orders().items():
         bought = model.entries.get(f"purchase_{order}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared import lifecycle
+from shared.domain import lifecycle
 from shared.errors import Conflict
 from shared.models import FINAL_CHUNK_STATES, FINAL_RUN_STATUSES, ChunkState, RunStatus
 

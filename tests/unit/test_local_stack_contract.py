@@ -1,12 +1,12 @@
 """The local stack contract's table of paths (``docs/local-stack-contract.md``) against what the
 gateway routes (``emulators.gateway.ROUTES``) and the API the functions document
-(``shared.openapi``): a path added to either and not to the table, or a row sent to another
+(``shared.api.openapi``): a path added to either and not to the table, or a row sent to another
 function than the gateway sends it to, fails here."""
 
 from __future__ import annotations
 
 from emulators.gateway import ROUTES
-from shared import openapi
+from shared.api import openapi
 from tests.conftest import ROOT
 
 HEADER = "| method | path | function | what |"

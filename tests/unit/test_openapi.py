@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from shared import openapi
+from shared.api import openapi
 from tests.conftest import ROOT
 
 

@@ -4,8 +4,8 @@ import itertools
 import random
 import re
 
-from shared.dispatch import ChunkTask, InProcessDispatcher
-from shared.planning import Counted, Window, quotas, split, windows
+from shared.adapters.cloud_tasks import ChunkTask, InProcessDispatcher
+from shared.domain.chunking import Counted, Window, quotas, split, windows
 
 # What the chunk handler accepts as a chunk id (functions/main.py), and Cloud Tasks in names.
 _BUNDLE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")

@@ -8,10 +8,10 @@ import datetime as dt
 
 import pytest
 
-from shared import progress
+from shared.adapters.stores import Stores
 from shared.errors import InvalidRequest
 from shared.models import ChunkState, RunStatus
-from shared.stores import Stores
+from shared.runs import progress
 from tests.fakes import NOW, MemoryErrors, memory_stores
 from tests.unit.test_run_control import settings
 

@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from shared.bodies import parse_request
+from shared.api.bodies import parse_request
 from shared.errors import InvalidRequest
 from shared.models import BackfillType
 

@@ -1,8 +1,8 @@
-"""A run's target, decided per event (``shared.target``): pure rules."""
+"""A run's target, decided per event (``shared.domain.target``): pure rules."""
 
 from __future__ import annotations
 
-from shared.target import NO_CUSTOMER_YET, Target
+from shared.domain.target import NO_CUSTOMER_YET, Target
 from tests import data
 
 PURCHASE = data.purchase("e1", "o1", data.at(1), "c1")

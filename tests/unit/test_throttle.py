@@ -8,9 +8,9 @@ import datetime as dt
 
 import pytest
 
-from shared import throttle
+from shared.domain import throttle
+from shared.domain.throttle import Pacer
 from shared.models import RunStatus
-from shared.throttle import Pacer
 from tests.fakes import NOW, MemoryRuns
 from tests.unit.test_run_control import settings
 

@@ -21,11 +21,13 @@ import datetime as dt
 import logging
 from typing import Any
 
-from shared import clock, dispatch, lifecycle, logs
+from shared import clock, logs
+from shared.adapters import cloud_tasks
+from shared.adapters.cloud_tasks import ChunkTask, Dispatcher, enqueue_all
+from shared.adapters.stores import Stores, still_active
 from shared.config import Settings
-from shared.dispatch import ChunkTask, Dispatcher, enqueue_all
+from shared.domain import lifecycle
 from shared.models import FINAL_RUN_STATUSES, OPEN_CHUNK_STATES, ChunkState, RunStatus
-from shared.stores import Stores, still_active
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +68,15 @@ def _watch(settings: Settings, stores: Stores, dispatcher: Dispatcher,
         waiting = still_active(stores.runs, run.waiting_for)
         if not waiting and lifecycle.lease_until(settings, run.created_at) < now:
             # Planning is idempotent: a second planning task is harmless, a lost one is not.
-            tasks.append(ChunkTask(migration_id, dispatch.PLAN_CHUNK,
+            tasks.append(ChunkTask(migration_id, cloud_tasks.PLAN_CHUNK,
                                    int(clock.now().timestamp())))
     else:
         tasks = _lost_chunks(settings, stores, dispatcher, migration_id, now)
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
     if outside:
-        dispatch.ensure_watchdog(settings, dispatcher, migration_id)
+        cloud_tasks.ensure_watchdog(settings, dispatcher, migration_id)
     else:
-        dispatch.arm_watchdog(settings, dispatcher, migration_id)
+        cloud_tasks.arm_watchdog(settings, dispatcher, migration_id)
     if tasks:
         logs.log(logger, "watchdog picked up lost work", logging.WARNING,
                  migration_id=migration_id, chunks=len(tasks), reason=PICKED_UP)

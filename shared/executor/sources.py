@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 from google.cloud import firestore
 
-from shared import store
+from shared.adapters import schema
 from shared.backfills.base import Backfill, Event
 from shared.config import Settings
-from shared.planning import Window
-from shared.records import ChunkRecord
+from shared.domain.chunking import Window
+from shared.domain.records import ChunkRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +60,7 @@ class WindowSource:
     def page(self, cursor: Mapping[str, Any] | None, limit: int) -> Page:
         if limit <= 0:
             return Page.empty()
-        events_ref = self._db.collection(store.EVENTS)
+        events_ref = self._db.collection(schema.EVENTS)
         query = self._backfill.selection(events_ref, self._window).order_by(
             "receivedAt").order_by("__name__").limit(limit)
         if cursor:
@@ -82,13 +82,13 @@ class RetrySource:
     def page(self, cursor: Mapping[str, Any] | None, limit: int) -> Page:
         if limit <= 0:
             return Page.empty()
-        query = store.errors_query(self._db, self._errors_of, self._code) \
+        query = schema.errors_query(self._db, self._errors_of, self._code) \
             .order_by("__name__").limit(limit)
         if cursor:
-            query = query.start_after({"__name__": store.run_ref(
-                self._db, self._errors_of).collection(store.ERRORS).document(cursor["eventId"])})
+            query = query.start_after({"__name__": schema.run_ref(
+                self._db, self._errors_of).collection(schema.ERRORS).document(cursor["eventId"])})
         ids = [snap.id for snap in query.stream()]
-        events_ref = self._db.collection(store.EVENTS)
+        events_ref = self._db.collection(schema.EVENTS)
         found = {snap.id: snap for snap in self._db.get_all(
             [events_ref.document(event_id) for event_id in ids])}
         events = [Event(event_id, found[event_id].to_dict() or {}) for event_id in ids
@@ -110,8 +110,8 @@ class WrittenSource:
     @classmethod
     def of(cls, db: firestore.Client, source: Mapping[str, Any]) -> WrittenSource:
         if "entriesOf" in source:
-            return cls(db, store.LEDGER, store.written_by(db, source["entriesOf"]))
-        return cls(db, store.EVENTS, store.settled_by(db, source["flagsOf"]))
+            return cls(db, schema.LEDGER, schema.written_by(db, source["entriesOf"]))
+        return cls(db, schema.EVENTS, schema.settled_by(db, source["flagsOf"]))
 
     def page(self, cursor: Mapping[str, Any] | None, limit: int) -> Page:
         if limit <= 0:

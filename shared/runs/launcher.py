@@ -4,7 +4,7 @@ Admission (the concurrency limit, overlapping runs of the same type, and the run
 types this one waits for) is checked and the run created in one Firestore transaction, so
 racing triggers cannot both take the last slot. A retry starts a run over exactly the events
 that failed in an ended run. The trigger answers as soon as the run is recorded: planning runs
-as a task (``shared.planner``).
+as a task (``shared.runs.planner``).
 """
 
 from __future__ import annotations
@@ -15,22 +15,23 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from shared import clock, logs, planning
-from shared.auth import Caller
-from shared.backfills.registry import BACKFILLS
-from shared.bodies import BackfillRequest
-from shared.completion import fail_run
-from shared.config import Settings
-from shared.dispatch import (
+from shared import clock, logs
+from shared.adapters.cloud_tasks import (
     PLAN_CHUNK,
     ChunkTask,
     Dispatcher,
     arm_watchdog,
 )
+from shared.adapters.oidc import Caller
+from shared.adapters.stores import Stores
+from shared.backfills.registry import BACKFILLS
+from shared.config import Settings
+from shared.domain import chunking
+from shared.domain.records import RunRecord
+from shared.domain.run_request import BackfillRequest
 from shared.errors import Conflict, NotFound, TooManyRuns, Unavailable
 from shared.models import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, BackfillType, RunStatus
-from shared.records import RunRecord
-from shared.stores import Stores
+from shared.runs.completion import fail_run
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def start_run(
     nothing. Raises ``Conflict``/``TooManyRuns`` (unless ``request.force``) and, when the task
     cannot be enqueued, ``Unavailable`` after marking the run failed.
     """
-    windows = planning.windows(request.start_date, request.end_date, settings.chunk_days)
+    windows = chunking.windows(request.start_date, request.end_date, settings.chunk_days)
     run = _new_run(request.type, request.dry_run, request.start_date, request.end_date,
                    settings, caller, now(), len(windows), max_events=request.max_events,
                    max_events_per_second=(request.max_events_per_second

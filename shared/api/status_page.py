@@ -1,10 +1,10 @@
 """The status page: what the status function answers a browser (``Accept: text/html``).
 
-Two views, built from the same answers as the JSON status (``shared.progress``): the recent
+Two views, built from the same answers as the JSON status (``shared.runs.progress``): the recent
 runs (status, a progress bar, rate, ETA, errors), and one run (progress, a grid of its chunks
 coloured by state, error codes with counts and the first errors, its status history, links to
 the error report). Rate and ETA are the status answer's, already bounded by the run's
-ceiling (``shared.progress``): the page computes none of its own. Every value is escaped
+ceiling (``shared.runs.progress``): the page computes none of its own. Every value is escaped
 (Jinja's autoescape: event data is untrusted); the page has no script at all, and its one
 style sheet is allowed by its hash in the page's Content-Security-Policy, so nothing injected
 could run or load. A page of an active run refreshes itself every ``REFRESH_SECONDS``.

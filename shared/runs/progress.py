@@ -5,8 +5,8 @@ event). ``processed`` is the events whose ledger effect now exists (applied + du
 dry run every count says what the run would have done.
 
 Rate and ETA are bounded by what the run may do: a delivery takes its first page at once and
-only then sleeps its share of the ceiling (``shared.throttle.Pacer``), so a short sample measures
-that burst, not the pace. The rate is measured over windows of at least
+only then sleeps its share of the ceiling (``shared.domain.throttle.Pacer``), so a short sample
+measures that burst, not the pace. The rate is measured over windows of at least
 ``MIN_SAMPLE_SECONDS`` (the run's average while no delivery has worked that long), never shown
 above the run's ceiling, and the ETA is the events left at that rate, rounded up.
 """
@@ -19,13 +19,22 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from shared import clock, completion, throttle
+from shared import clock
+from shared.adapters.stores import Stores, still_active
 from shared.backfills.registry import BACKFILLS
 from shared.config import Settings
+from shared.domain import throttle
+from shared.domain.records import (
+    ChunkRecord,
+    ChunkView,
+    ErrorView,
+    RunFields,
+    RunRecord,
+    RunStatusView,
+)
 from shared.errors import InvalidRequest, NotFound
 from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
-from shared.records import ChunkRecord, ChunkView, ErrorView, RunFields, RunRecord, RunStatusView
-from shared.stores import Stores, still_active
+from shared.runs import completion
 
 # Shorter than this, a delivery's events since its claim are mostly its first page, taken at
 # once before the throttle made it wait; a minute spans several of the pacer's waits at the
@@ -91,7 +100,7 @@ def overview(stores: Stores, limit: int = 20, backfill_type: str | None = None,
     """The recent runs as ``list_runs`` has them, each with its progress: ``taken``,
     ``errors`` and ``percent`` (one aggregation of its chunks each), ``rate`` (its average
     since it started, no higher than its ceiling while it is active) and ``etaSeconds`` (at
-    that rate, while it is active). The ceiling is ``shared.throttle.ceiling`` with
+    that rate, while it is active). The ceiling is ``shared.domain.throttle.ceiling`` with
     ``settings`` (the ramp too), else the run's own ``maxEventsPerSecond``."""
     now = now or clock.now()
     listed = []

@@ -17,14 +17,17 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from shared import clock, completion, dispatch, lifecycle, logs
-from shared import throttle as throttling
+from shared import clock, logs
+from shared.adapters import cloud_tasks
+from shared.adapters.cloud_tasks import ChunkTask, Dispatcher, enqueue_all
+from shared.adapters.stores import Stores
 from shared.config import Settings
-from shared.dispatch import ChunkTask, Dispatcher, enqueue_all
+from shared.domain import lifecycle
+from shared.domain import throttle as throttling
+from shared.domain.records import ChunkRecord, RunRecord
 from shared.errors import BackfillDisabled, Conflict, NotFound
 from shared.models import ChunkState, RunStatus
-from shared.records import ChunkRecord, RunRecord
-from shared.stores import Stores
+from shared.runs import completion
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +133,9 @@ def resume(settings: Settings, stores: Stores, dispatcher: Dispatcher,
     tasks = _reopen_chunks(settings, stores, migration_id, reopen)
     if not run.planned:
         # The planning task may have run while the run was paused, or not at all yet.
-        tasks.append(ChunkTask(migration_id, dispatch.PLAN_CHUNK, int(clock.now().timestamp())))
+        tasks.append(ChunkTask(migration_id, cloud_tasks.PLAN_CHUNK, int(clock.now().timestamp())))
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
-    dispatch.arm_watchdog(settings, dispatcher, migration_id)
+    cloud_tasks.arm_watchdog(settings, dispatcher, migration_id)
     return _steered(stores, migration_id, moved, len(tasks))
 
 
@@ -170,7 +173,7 @@ def _reopen_chunks(settings: Settings, stores: Stores, migration_id: str,
 def throttle(settings: Settings, stores: Stores, migration_id: str, by: str,
              limit: int | None, note: str = "") -> dict[str, Any]:
     """Set an active run's ceiling in events per second (None lifts it; the ramp still holds).
-    Its deliveries take the new ceiling within a few seconds (``shared.throttle``)."""
+    Its deliveries take the new ceiling within a few seconds (``shared.domain.throttle``)."""
     before = stores.runs.throttle(migration_id, limit, by, note)
     run = stores.runs.get(migration_id) or before
     logs.log(logger, "run throttled", migration_id=migration_id, caller=by,

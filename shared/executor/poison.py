@@ -14,14 +14,16 @@ import logging
 
 from google.cloud import firestore
 
-from shared import ledgers, logs
+from shared import logs
+from shared.adapters.write_token import CONFLICTS
 from shared.backfills.base import Event, ItemResult
-from shared.commit import log_failure, progressed
 from shared.config import Settings
 from shared.errors import UNEXPECTED_ERROR, Unavailable
-from shared.lease import CONFLICTS, Lease
+from shared.executor import sinks
+from shared.executor.commit import log_failure, progressed
+from shared.executor.lease import Lease
+from shared.executor.sources import PageSource
 from shared.models import Outcome
-from shared.sources import PageSource
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class Poison:
     def _pass_over(self, lease: Lease, source: PageSource, event: Event, cause: str,
                    attempts: int) -> None:
         batch = self._db.batch()
-        ledgers.record_error(self._db, batch, self._migration_id, self._chunk_id, ItemResult(
+        sinks.record_error(self._db, batch, self._migration_id, self._chunk_id, ItemResult(
             event.event_id, event.event_type, Outcome.ERROR, code=UNEXPECTED_ERROR,
             message=f"Unexpected {cause} on each of {attempts} attempts; passed over",
             hint="report the event id with the function's logs; retry the run's failed events "

@@ -11,10 +11,8 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from shared import lifecycle, logs, planning
-from shared.backfills.registry import BACKFILLS
-from shared.config import MAX_WRITES_PER_COMMIT, Settings
-from shared.dispatch import (
+from shared import logs
+from shared.adapters.cloud_tasks import (
     ENTRIES_CHUNK,
     FLAGS_CHUNK,
     PLAN_CHUNK,
@@ -23,14 +21,17 @@ from shared.dispatch import (
     Dispatcher,
     enqueue_all,
 )
+from shared.adapters.stores import ErrorStore, PlanStore, Stores, still_active
+from shared.backfills.registry import BACKFILLS
+from shared.config import MAX_WRITES_PER_COMMIT, Settings
+from shared.domain import chunking, lifecycle
+from shared.domain.chunking import Counted, PlannedChunk, Window
+from shared.domain.records import RunRecord
 from shared.models import (
     FINAL_RUN_STATUSES,
     ChunkState,
     RunStatus,
 )
-from shared.planning import Counted, PlannedChunk, Window
-from shared.records import RunRecord
-from shared.stores import ErrorStore, PlanStore, Stores, still_active
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +107,8 @@ def plan_chunks(settings: Settings, plans: PlanStore, errors: ErrorStore,
                              {"flagsOf": undone})]
     backfill = BACKFILLS.of(run)
     cutoff = run.received_before
-    windows = [planning.before(window, cutoff) if cutoff is not None else window
-               for window in planning.windows(run.start_date, run.end_date, run.chunk_days)]
+    windows = [chunking.before(window, cutoff) if cutoff is not None else window
+               for window in chunking.windows(run.start_date, run.end_date, run.chunk_days)]
     def count(window: Window) -> int:
         return plans.eligible(backfill, window)
 
@@ -115,9 +116,9 @@ def plan_chunks(settings: Settings, plans: PlanStore, errors: ErrorStore,
         counted = [Counted(window, eligible)
                    for window, eligible in zip(windows, pool.map(count, windows), strict=True)]
         # Within one commit: the run's update and at most this many chunks.
-        pieces = planning.split(counted, count, settings.split_events,
+        pieces = chunking.split(counted, count, settings.split_events,
                                 MAX_WRITES_PER_COMMIT - 1, pool.map)
-    quotas = planning.quotas([piece.count for piece in pieces], run.max_events)
+    quotas = chunking.quotas([piece.count for piece in pieces], run.max_events)
     return [PlannedChunk(piece.window.chunk_id, piece.window.start, piece.window.end,
                          piece.count, quota, note=piece.note)
             for piece, quota in zip(pieces, quotas, strict=True)]

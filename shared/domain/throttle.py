@@ -23,7 +23,7 @@ import random
 from collections.abc import Callable
 
 from shared.config import Settings
-from shared.records import RunRecord
+from shared.domain.records import RunRecord
 
 # An applied purchase writes its entry, its flag and its share of the wallet's increment.
 WRITES_PER_EVENT = 3

@@ -1,7 +1,7 @@
-"""The shapes of the functions' JSON answers that are not records (``shared.records`` holds the
-run and status views): started runs, run control, errors, the error report, gaps, the sweep.
+"""The shapes of the functions' JSON answers that are not records (``shared.domain.records`` holds
+the run and status views): started runs, run control, errors, the error report, gaps, the sweep.
 
-They are the response schemas of the OpenAPI document (``shared.openapi``); the schemathesis
+They are the response schemas of the OpenAPI document (``shared.api.openapi``); the schemathesis
 run in ``tests/stack`` checks every answer the functions give against them.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from shared.records import RunFields, RunStatusView
+from shared.domain.records import RunFields, RunStatusView
 
 
 class _Answer(BaseModel):
@@ -76,7 +76,7 @@ class RunAnswer(RunStatusView):
 
 
 class ErrorRow(_Answer):
-    """One row of the error report (``shared.reports.COLUMNS``)."""
+    """One row of the error report (``shared.runs.reports.COLUMNS``)."""
 
     event_id: str | None
     event_type: str | None

@@ -25,40 +25,18 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from shared import logs, store
+from shared import logs
+from shared.adapters import schema
+from shared.adapters.write_token import CLAIM_WRITE, CONFLICTS, STAMP, UNSURE, token_of, write_token
+from shared.domain.records import ChunkRecord
 from shared.errors import Unavailable
 from shared.models import ChunkState
-from shared.records import ChunkRecord
 
 logger = logging.getLogger(__name__)
 
-# What a write under a stale update time (or to a deleted chunk) fails with.
-CONFLICTS = (api_exceptions.Conflict, api_exceptions.FailedPrecondition,
-             api_exceptions.NotFound)
-# What a write may fail with although it landed: anything Google's client raises (its retry
-# of a commit that landed is refused, conflicts, runs out of time or is pushed back).
-UNSURE = (api_exceptions.GoogleAPIError,)
-
-# The chunk field each guarded write of a delivery stamps with its token, and the number of
-# the claim's write (the lease numbers its own writes from the next one).
-STAMP = "writeToken"
-CLAIM_WRITE = 0
 _HAND_ON_ATTEMPTS = 3
-
-
-def write_token(owner: str, write: int) -> str:
-    """The token of the ``write``-th guarded write of the delivery ``owner``: unique, as owner
-    ids are unique per delivery."""
-    return f"{owner}/{write}"
-
-
-def token_of(snap: Any) -> str | None:
-    """The token of the last guarded write a chunk snapshot bears (None: none yet)."""
-    token = (snap.to_dict() or {}).get(STAMP)
-    return token if isinstance(token, str) else None
 
 
 class Lost(Exception):
@@ -74,7 +52,7 @@ class Lease:
         assert chunk.lease_owner is not None
         self._db = db
         self._migration_id = migration_id
-        self._ref = store.chunk_ref(db, migration_id, chunk.chunk_id)
+        self._ref = schema.chunk_ref(db, migration_id, chunk.chunk_id)
         self._owner = chunk.lease_owner
         self._on_commit = on_commit
         self._writes = CLAIM_WRITE

@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from shared import clock, logs
+from shared.adapters.stores import Stores
+from shared.domain.records import COUNTERS, ChunkRecord, RunRecord
 from shared.models import FINAL_CHUNK_STATES, ChunkState, RunStatus
-from shared.records import COUNTERS, ChunkRecord, RunRecord
-from shared.stores import Stores
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from shared.adapters.stores import Stores
 from shared.errors import InvalidRequest, NotFound
-from shared.stores import Stores
 
 COLUMNS = ("eventId", "eventType", "code", "message", "hint", "attempts", "chunkId", "at",
            "resolvedBy", "subject", "repaired", "wouldRepair")

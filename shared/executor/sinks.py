@@ -20,7 +20,8 @@ from typing import Any, Protocol
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from shared import clock, store
+from shared import clock
+from shared.adapters import schema
 from shared.backfills.base import Finding, ItemResult, PagePlan, Stored
 from shared.models import Outcome
 
@@ -54,7 +55,7 @@ def read_documents(db: firestore.Client, paths: list[str]) -> dict[str, Stored]:
 
 
 def _entries(query: Any) -> dict[str, Stored]:
-    return {f"{store.LEDGER}/{snap.id}": Stored(snap.to_dict() or {}, snap.update_time)
+    return {f"{schema.LEDGER}/{snap.id}": Stored(snap.to_dict() or {}, snap.update_time)
             for snap in query.stream()}
 
 
@@ -67,8 +68,8 @@ class LiveLedger:
         return read_documents(self._db, paths)
 
     def customer_ledger(self, customer_id: str) -> tuple[dict[str, Stored], Stored]:
-        wallet_ref = self._db.collection(store.WALLETS).document(customer_id)
-        query = self._db.collection(store.LEDGER).where(
+        wallet_ref = self._db.collection(schema.WALLETS).document(customer_id)
+        query = self._db.collection(schema.LEDGER).where(
             filter=FieldFilter("customerId", "==", customer_id))
         for _ in range(5):
             wallet = wallet_ref.get()
@@ -80,7 +81,7 @@ class LiveLedger:
 
     def write(self, batch: firestore.WriteBatch, plan: PagePlan,
               stored: dict[str, Stored]) -> None:
-        ledger = self._db.collection(store.LEDGER)
+        ledger = self._db.collection(schema.LEDGER)
         # The page's time, not the server's: a server timestamp is one more field transform
         # to encode per write, and encoding writes is most of the executor's CPU.
         now = clock.now()
@@ -90,7 +91,7 @@ class LiveLedger:
             batch.update(ledger.document(entry_id),
                          {**fields, "updatedAt": firestore.SERVER_TIMESTAMP},
                          option=self._db.write_option(last_update_time=read_at))
-        wallets = self._db.collection(store.WALLETS)
+        wallets = self._db.collection(schema.WALLETS)
         for customer_id, delta in plan.wallet_deltas.items():
             if delta and customer_id not in plan.wallet_guards:
                 batch.set(wallets.document(customer_id),
@@ -103,13 +104,13 @@ class LiveLedger:
                          {"balance": firestore.Increment(delta), "updatedAt": now} if delta
                          else {"verifiedAt": now},
                          option=self._db.write_option(last_update_time=read_at))
-        events = self._db.collection(store.EVENTS)
+        events = self._db.collection(schema.EVENTS)
         for event_id, fields in plan.event_updates.items():
             batch.update(events.document(event_id), fields)
 
     def flag(self, batch: firestore.WriteBatch, results: Iterable[ItemResult],
              already: set[str]) -> None:
-        events = self._db.collection(store.EVENTS)
+        events = self._db.collection(schema.EVENTS)
         now = clock.now()  # the page's time (see ``write``)
         for result in results:
             if result.settled and not (result.event_id in already
@@ -124,12 +125,12 @@ class ShadowLedger:
     def __init__(self, db: firestore.Client, migration_id: str) -> None:
         self._db = db
         self._migration_id = migration_id
-        self._shadow = store.run_ref(db, migration_id).collection(store.SHADOW_LEDGER)
+        self._shadow = schema.run_ref(db, migration_id).collection(schema.SHADOW_LEDGER)
 
     def read(self, paths: list[str]) -> dict[str, Stored]:
         """The documents, with the ledger entries the run's shadow ledger holds in their place
         (read in the same round trip)."""
-        prefix = f"{store.LEDGER}/"
+        prefix = f"{schema.LEDGER}/"
         shadow_of = {self._shadow.document(path.removeprefix(prefix)).path: path
                      for path in paths if path.startswith(prefix)}
         found = read_documents(self._db, [*paths, *shadow_of])
@@ -162,7 +163,7 @@ class ShadowLedger:
         for entry_id, data in plan.creates.items():
             batch.create(self._shadow.document(entry_id), {**data, "createdAt": now})
         for entry_id, (fields, read_at) in plan.updates.items():
-            original = stored[f"{store.LEDGER}/{entry_id}"]
+            original = stored[f"{schema.LEDGER}/{entry_id}"]
             if not original.shadowed:
                 # The run's first change of a real entry: copy it into the shadow ledger.
                 batch.create(self._shadow.document(entry_id), {**(original.data or {}), **fields})
@@ -173,7 +174,7 @@ class ShadowLedger:
 
     def flag(self, batch: firestore.WriteBatch, results: Iterable[ItemResult],
              already: set[str]) -> None:
-        events = self._db.collection(store.EVENTS)
+        events = self._db.collection(schema.EVENTS)
         for result in results:
             if result.outside:
                 continue  # a dry run leaves the events outside its target alone too
@@ -189,7 +190,7 @@ def ledger_of(db: firestore.Client, migration_id: str, dry_run: bool) -> LedgerS
 def record_error(db: firestore.Client, batch: firestore.WriteBatch, migration_id: str,
                  chunk_id: str, result: ItemResult, attempts: int = 1) -> None:
     """The event's error record in the run (its id is the event's: a repeat overwrites)."""
-    errors = store.run_ref(db, migration_id).collection(store.ERRORS)
+    errors = schema.run_ref(db, migration_id).collection(schema.ERRORS)
     batch.set(errors.document(result.event_id), {
         "eventId": result.event_id, "eventType": result.event_type,
         "code": result.code, "message": result.message, "hint": result.hint,
@@ -200,7 +201,7 @@ def record_error(db: firestore.Client, batch: firestore.WriteBatch, migration_id
 def record_finding(db: firestore.Client, batch: firestore.WriteBatch, migration_id: str,
                    chunk_id: str, finding: Finding) -> None:
     """An audit's finding, as one of the run's records (beside its failed events)."""
-    records = store.run_ref(db, migration_id).collection(store.ERRORS)
+    records = schema.run_ref(db, migration_id).collection(schema.ERRORS)
     batch.set(records.document(finding.record_id), {
         "eventId": finding.event_id, "eventType": finding.event_type, "code": finding.code,
         "message": finding.message, "hint": finding.hint, "subject": finding.subject,
@@ -213,14 +214,14 @@ def record_audit(db: firestore.Client, batch: firestore.WriteBatch, migration_id
     """A run's audit of one customer, created if absent: the page that commits it first is
     the one that audited the customer; any other page's commit fails on it whole and is
     planned again, reading it (``ledger_verify``)."""
-    audits = store.run_ref(db, migration_id).collection(store.AUDITS)
+    audits = schema.run_ref(db, migration_id).collection(schema.AUDITS)
     batch.create(audits.document(customer_id), {**audit, "at": firestore.SERVER_TIMESTAMP})
 
 
 def mark_resolved(db: firestore.Client, batch: firestore.WriteBatch, retried_run: str,
                   migration_id: str, results: Iterable[ItemResult]) -> None:
     """A live retry run settled these events: mark their error records in the run it retries."""
-    errors = store.run_ref(db, retried_run).collection(store.ERRORS)
+    errors = schema.run_ref(db, retried_run).collection(schema.ERRORS)
     for result in results:
         # A repeat too: this run settled it already, on an earlier page (a refund pulled it).
         if result.settled and result.outcome is not Outcome.ERROR:

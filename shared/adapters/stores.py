@@ -3,8 +3,8 @@
 Each store is a port (a ``Protocol``) with its Firestore implementation here and an in-memory
 fake in ``tests/fakes.py``, so the use cases that only move statuses (run control, the watchdog,
 a run's completion) get fast unit tests, while the emulator tests prove the real thing. Every
-status move is decided by ``shared.lifecycle`` on the record as read and written under the
-update time it was read at (``store.compare_and_set``), so two writers racing cannot both move
+status move is decided by ``shared.domain.lifecycle`` on the record as read and written under the
+update time it was read at (``schema.compare_and_set``), so two writers racing cannot both move
 from the same status.
 """
 
@@ -20,13 +20,15 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from shared import clock, lifecycle, logs, store
+from shared import clock, logs
+from shared.adapters import schema
+from shared.adapters.write_token import CLAIM_WRITE, STAMP, UNSURE, token_of, write_token
 from shared.backfills.base import Backfill
+from shared.domain import lifecycle
+from shared.domain.chunking import PlannedChunk, Window
+from shared.domain.records import COUNTERS, ChunkRecord, ErrorRecord, RunRecord
 from shared.errors import Conflict, NotFound, Unavailable
-from shared.lease import CLAIM_WRITE, STAMP, UNSURE, token_of, write_token
 from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
-from shared.planning import PlannedChunk, Window
-from shared.records import COUNTERS, ChunkRecord, ErrorRecord, RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +166,7 @@ class FirestoreRuns:
     def admit(self, run: RunRecord, ids: list[str],
               decide: Callable[[list[RunRecord]], RunRecord],
               twin: bool = False) -> tuple[RunRecord, bool]:
-        runs = self._db.collection(store.RUNS)
+        runs = self._db.collection(schema.RUNS)
 
         @firestore.transactional
         def admit(transaction: firestore.Transaction) -> tuple[RunRecord, bool]:
@@ -192,35 +194,35 @@ class FirestoreRuns:
         return result
 
     def get(self, migration_id: str) -> RunRecord | None:
-        snap = store.run_ref(self._db, migration_id).get()
+        snap = schema.run_ref(self._db, migration_id).get()
         return RunRecord.from_snapshot(snap) if snap.exists else None
 
     def active(self) -> list[RunRecord]:
         statuses = [RunStatus.PENDING.value, RunStatus.RUNNING.value]
-        return [RunRecord.from_snapshot(snap) for snap in self._db.collection(store.RUNS).where(
+        return [RunRecord.from_snapshot(snap) for snap in self._db.collection(schema.RUNS).where(
             filter=FieldFilter("status", "in", statuses)).stream()]
 
     def throttle(self, migration_id: str, limit: int | None, by: str,
                  note: str = "") -> RunRecord:
-        def decide(snap: Any) -> store.Write[RunRecord] | store.Done[RunRecord]:
+        def decide(snap: Any) -> schema.Write[RunRecord] | schema.Done[RunRecord]:
             if not snap.exists:
                 raise NotFound(f"no run {migration_id}")
             run = RunRecord.from_snapshot(snap)
             refuse_throttle(run)
-            return store.Write({"maxEventsPerSecond": limit, "throttleHistory":
+            return schema.Write({"maxEventsPerSecond": limit, "throttleHistory":
                                 firestore.ArrayUnion([throttle_entry(run, limit, by, note)])},
                                lambda _: run)
 
-        return store.compare_and_set(self._db, store.run_ref(self._db, migration_id), decide,
+        return schema.compare_and_set(self._db, schema.run_ref(self._db, migration_id), decide,
                                      attempts=_RUN_MOVE_ATTEMPTS, what=f"run {migration_id}")
 
     def rollbacks(self, migration_id: str) -> list[RunRecord]:
-        return [RunRecord.from_snapshot(snap) for snap in self._db.collection(store.RUNS).where(
+        return [RunRecord.from_snapshot(snap) for snap in self._db.collection(schema.RUNS).where(
             filter=FieldFilter("rollbackOf.migrationId", "==", migration_id)).stream()]
 
     def recent(self, limit: int, backfill_type: str | None = None,
                status: RunStatus | None = None) -> list[RunRecord]:
-        query: Any = self._db.collection(store.RUNS)
+        query: Any = self._db.collection(schema.RUNS)
         if backfill_type is not None:
             query = query.where(filter=FieldFilter("type", "==", backfill_type))
         if status is not None:
@@ -234,14 +236,14 @@ class FirestoreRuns:
              strict: bool = True) -> RunRecord | None:
         Moved = RunRecord | None
 
-        def decide(snap: Any) -> store.Write[Moved] | store.Done[Moved]:
+        def decide(snap: Any) -> schema.Write[Moved] | schema.Done[Moved]:
             if not snap.exists:
                 raise NotFound(f"no run {migration_id}")
             run = RunRecord.from_snapshot(snap)
             move = lifecycle.plan_run_move(run, target, detail=detail, only_from=only_from,
                                            strict=strict)
             if move is None:
-                return store.Done(None)
+                return schema.Done(None)
             update: dict[str, Any] = {
                 "status": target.value, "statusReason": move.reason,
                 "statusChangedAt": firestore.SERVER_TIMESTAMP,
@@ -260,9 +262,9 @@ class FirestoreRuns:
                 log_move(migration_id, move, by)
                 return run
 
-            return store.Write(update, moved)
+            return schema.Write(update, moved)
 
-        return store.compare_and_set(self._db, store.run_ref(self._db, migration_id), decide,
+        return schema.compare_and_set(self._db, schema.run_ref(self._db, migration_id), decide,
                                      attempts=_RUN_MOVE_ATTEMPTS, what=f"run {migration_id}")
 
 
@@ -303,7 +305,7 @@ class FirestoreChunks:
         self._db = db
 
     def _collection(self, migration_id: str) -> Any:
-        return store.run_ref(self._db, migration_id).collection(store.CHUNKS)
+        return schema.run_ref(self._db, migration_id).collection(schema.CHUNKS)
 
     def chunks(self, migration_id: str,
                states: Collection[ChunkState] | None = None) -> list[ChunkRecord]:
@@ -315,11 +317,11 @@ class FirestoreChunks:
                       key=lambda chunk: chunk.index)
 
     def count(self, migration_id: str, states: Collection[ChunkState]) -> int:
-        return store.count(self._collection(migration_id).where(
+        return schema.count(self._collection(migration_id).where(
             filter=FieldFilter("state", "in", [s.value for s in states])))
 
     def totals(self, migration_id: str, counters: tuple[str, ...]) -> dict[str, int]:
-        sums = store.sums(self._collection(migration_id),
+        sums = schema.sums(self._collection(migration_id),
                           tuple(f"counters.{name}" for name in counters))
         return {name: sums[f"counters.{name}"] for name in counters}
 
@@ -332,17 +334,17 @@ class FirestoreChunks:
 
     def claim(self, migration_id: str, chunk_id: str, segment: int, owner: str,
               lease_until: dt.datetime) -> ChunkRecord | lifecycle.Refusal:
-        ref = store.chunk_ref(self._db, migration_id, chunk_id)
+        ref = schema.chunk_ref(self._db, migration_id, chunk_id)
         Claimed = ChunkRecord | lifecycle.Refusal
         # Every attempt stamps the same token: each claims the chunk for this delivery, so
         # whichever landed, the chunk is claimed (a refused retry of an attempt that landed
         # reads the chunk, and claims it again: harmless).
         token = write_token(owner, CLAIM_WRITE)
 
-        def decide(snap: Any) -> store.Write[Claimed] | store.Done[Claimed]:
+        def decide(snap: Any) -> schema.Write[Claimed] | schema.Done[Claimed]:
             chunk = ChunkRecord.from_snapshot(snap) if snap.exists else None
             if (refusal := lifecycle.plan_claim(chunk, segment)) is not None:
-                return store.Done(refusal)
+                return schema.Done(refusal)
             assert chunk is not None
             claim: dict[str, Any] = {
                 "state": ChunkState.RUNNING.value, "leaseOwner": owner,
@@ -350,11 +352,11 @@ class FirestoreChunks:
                 "takenAtClaim": chunk.counters.taken, STAMP: token}
             if chunk.started_at is None:
                 claim["startedAt"] = firestore.SERVER_TIMESTAMP
-            return store.Write(claim, lambda update_time: claimed(chunk, owner, lease_until,
+            return schema.Write(claim, lambda update_time: claimed(chunk, owner, lease_until,
                                                                   update_time))
 
         try:
-            return store.compare_and_set(self._db, ref, decide, attempts=_CLAIM_ATTEMPTS,
+            return schema.compare_and_set(self._db, ref, decide, attempts=_CLAIM_ATTEMPTS,
                                          what="the chunk being claimed")
         except UNSURE:
             # The claim may have landed with its answer lost: if the chunk bears its token
@@ -371,16 +373,16 @@ class FirestoreChunks:
              new_segment: bool = False, lease_until: dt.datetime | None = None,
              picked_up: bool = False, failure_reason: str | None = None,
              read: ChunkRecord | None = None) -> int | None:
-        ref = store.chunk_ref(self._db, migration_id, chunk_id)
+        ref = schema.chunk_ref(self._db, migration_id, chunk_id)
 
-        def decide(snap: Any) -> store.Write[int | None] | store.Done[int | None]:
+        def decide(snap: Any) -> schema.Write[int | None] | schema.Done[int | None]:
             chunk = snap if isinstance(snap, ChunkRecord) else (
                 ChunkRecord.from_snapshot(snap) if snap.exists else None)
             if chunk is None:
-                return store.Done(None)
+                return schema.Done(None)
             segment = lifecycle.plan_chunk_move(chunk, target, new_segment)
             if segment is None:
-                return store.Done(None)
+                return schema.Done(None)
             update: dict[str, Any] = {"state": target.value, "leaseOwner": None, "note": note,
                                       "stateChangedAt": firestore.SERVER_TIMESTAMP,
                                       "segment": segment}
@@ -391,9 +393,9 @@ class FirestoreChunks:
             if failure_reason is not None:
                 update.update(failureReason=failure_reason,
                               finishedAt=firestore.SERVER_TIMESTAMP)
-            return store.Write(update, lambda _: segment)
+            return schema.Write(update, lambda _: segment)
 
-        return store.compare_and_set(
+        return schema.compare_and_set(
             self._db, ref, decide, attempts=1 if read is not None else _CHUNK_MOVE_ATTEMPTS,
             what="a chunk being moved", read=read,
             give_up=(lambda: None) if read is not None else None)
@@ -406,20 +408,20 @@ class FirestorePlans:
     def eligible(self, backfill: Backfill, window: Window) -> int:
         if window.end <= window.start:
             return 0
-        return store.count(backfill.selection(self._db.collection(store.EVENTS), window))
+        return schema.count(backfill.selection(self._db.collection(schema.EVENTS), window))
 
     def written(self, migration_id: str) -> int:
-        return store.count(store.written_by(self._db, migration_id))
+        return schema.count(schema.written_by(self._db, migration_id))
 
     def settled(self, migration_id: str) -> int:
-        return store.count(store.settled_by(self._db, migration_id))
+        return schema.count(schema.settled_by(self._db, migration_id))
 
     def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
              completes: str | None) -> bool:
-        ref = store.run_ref(self._db, run.migration_id)
+        ref = schema.run_ref(self._db, run.migration_id)
         batch = self._db.batch()
         for index, chunk in enumerate(chunks):
-            batch.create(ref.collection(store.CHUNKS).document(chunk.chunk_id), {
+            batch.create(ref.collection(schema.CHUNKS).document(chunk.chunk_id), {
                 "index": index,
                 "windowStart": chunk.window_start,
                 "windowEnd": chunk.window_end,
@@ -460,19 +462,19 @@ class FirestoreErrors:
         self._db = db
 
     def count(self, migration_id: str, code: str | None = None) -> int:
-        return store.count(store.errors_query(self._db, migration_id, code))
+        return schema.count(schema.errors_query(self._db, migration_id, code))
 
     def first(self, migration_id: str, limit: int) -> list[ErrorRecord]:
-        query = store.run_ref(self._db, migration_id).collection(store.ERRORS).order_by(
+        query = schema.run_ref(self._db, migration_id).collection(schema.ERRORS).order_by(
             "at").limit(limit)
         return [ErrorRecord.from_snapshot(snap) for snap in query.stream()]
 
     def pages(self, migration_id: str, code: str | None = None,
               size: int = 500) -> Iterator[ErrorRecord]:
-        errors = store.run_ref(self._db, migration_id).collection(store.ERRORS)
+        errors = schema.run_ref(self._db, migration_id).collection(schema.ERRORS)
         last: str | None = None
         while True:
-            query = store.errors_query(self._db, migration_id, code).order_by(
+            query = schema.errors_query(self._db, migration_id, code).order_by(
                 "__name__").limit(size)
             if last is not None:
                 query = query.start_after({"__name__": errors.document(last)})

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 
 from shared import clock
 from shared.config import Settings
+from shared.domain.records import ChunkRecord, RunRecord
 from shared.errors import Conflict
 from shared.models import FINAL_RUN_STATUSES, OPEN_CHUNK_STATES, ChunkState, RunStatus
-from shared.records import ChunkRecord, RunRecord
 
 R = RunStatus
 C = ChunkState

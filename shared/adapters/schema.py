@@ -22,6 +22,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared.config import Settings
+from shared.domain.chunking import Window
 from shared.errors import Unavailable
 
 T = TypeVar("T")
@@ -136,3 +137,9 @@ def compare_and_set(db: firestore.Client, ref: firestore.DocumentReference,
     if give_up is not None:
         return give_up()
     raise Unavailable(f"{what} kept changing under concurrent writes; retry")
+
+
+def in_window(query: Any, window: Window) -> Any:
+    """``query`` narrowed to the events received in ``window`` (start inclusive, end not)."""
+    return query.where(filter=FieldFilter("receivedAt", ">=", window.start)).where(
+        filter=FieldFilter("receivedAt", "<", window.end))

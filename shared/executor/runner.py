@@ -4,16 +4,17 @@ when another delivery took it over.
 
 Why every page is applied exactly once under at-least-once delivery:
 
-- Each page is one atomic commit under the chunk's lease (``shared.commit``): if anything moved
-  since the page was read, the commit fails whole and the page is read and planned again, or,
+- Each page is one atomic commit under the chunk's lease (``shared.executor.commit``): if anything
+  moved since the page was read, the commit fails whole and the page is read and planned again, or,
   if the chunk has a new owner, this delivery stops.
 - Claiming a chunk writes a fresh ``leaseOwner`` under the same precondition: the latest
   delivery of a segment takes the chunk over, and an older one still running stops at its next
   commit. A delivery of an older segment re-enqueues the current one (a no-op if it exists).
 
-The roles are apart: page sources own their cursors (``shared.sources``), the page commit plans
-and writes a page (``shared.commit``) into a ledger sink (``shared.ledgers``), poison events are
-``shared.poison``'s, and the run's circuit breaker reaches the loop only as a callable.
+The roles are apart: page sources own their cursors (``shared.executor.sources``), the page commit
+plans and writes a page (``shared.executor.commit``) into a ledger sink
+(``shared.executor.sinks``), poison events are ``shared.executor.poison``'s, and the run's circuit
+breaker reaches the loop only as a callable.
 """
 
 from __future__ import annotations
@@ -30,24 +31,26 @@ from typing import Any
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from shared import clock, completion, lifecycle, logs, throttle
+from shared import clock, logs
+from shared.adapters.cloud_tasks import ChunkTask, Dispatcher
+from shared.adapters.stores import Stores
 from shared.backfills.registry import BACKFILLS
-from shared.commit import PageCommit
 from shared.config import Settings
-from shared.dispatch import ChunkTask, Dispatcher
+from shared.domain import lifecycle, throttle
+from shared.domain.records import RunRecord
+from shared.domain.throttle import Pacer
 from shared.errors import TRANSIENT, Unavailable
-from shared.lease import Lease, Lost
+from shared.executor.commit import PageCommit
+from shared.executor.lease import Lease, Lost
+from shared.executor.poison import PageFailed, Poison
+from shared.executor.sources import Page, PageSource, page_size, source_of
 from shared.models import FINAL_RUN_STATUSES, ChunkState, RunStatus
-from shared.poison import PageFailed, Poison
-from shared.records import RunRecord
-from shared.sources import Page, PageSource, page_size, source_of
-from shared.stores import Stores
-from shared.throttle import Pacer
+from shared.runs import completion
 
 logger = logging.getLogger(__name__)
 
 _PAGE_ATTEMPTS = 8
-# Firestore pushing back: the delivery slows down and tries again (shared.throttle).
+# Firestore pushing back: the delivery slows down and tries again (shared.domain.throttle).
 _CONTENTION = (api_exceptions.Aborted, api_exceptions.ResourceExhausted,
                api_exceptions.TooManyRequests)
 # Failures a retry of the task can cure (TRANSIENT); anything else while applying a page is
@@ -102,7 +105,7 @@ class ChunkRunner:
                  breaker: Callable[[str], str | None] = lambda migration_id: None,
                  monotonic: Callable[[], float] = clock.monotonic) -> None:
         """``breaker`` is asked after a live page with errors whether the run must stop; it
-        answers the reason it stopped the run, or None (``shared.control.check_breaker``)."""
+        answers the reason it stopped the run, or None (``shared.runs.control.check_breaker``)."""
         self._ports = _Ports(settings, db, stores, dispatcher, breaker, monotonic)
         self._settings = settings
         self._stores = stores

@@ -72,7 +72,7 @@ class RunRecord(_Record):
     include_processed: bool = False
     # ledger_verify: repair what is safe to repair (not only report it).
     repair: bool = False
-    # A targeted run's eventTypes, customerIds, orderIds, eventIds (``shared.target``).
+    # A targeted run's eventTypes, customerIds, orderIds, eventIds (``shared.domain.target``).
     target: dict[str, list[str]] | None = None
     requested_end_date: str | None = None
     waiting_for: list[str] = Field(default_factory=list)

@@ -20,14 +20,18 @@ from typing import Any
 
 from google.cloud import firestore
 
-from shared import ledgers, lifecycle, logs, planning, store
+from shared import logs
+from shared.adapters import schema
+from shared.adapters.write_token import UNSURE
 from shared.backfills.base import Backfill, Event, ItemResult, PagePlan, Stored
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
+from shared.domain import chunking, lifecycle
+from shared.domain.records import RunRecord
 from shared.errors import EventMissing
-from shared.lease import UNSURE, Lease
+from shared.executor import sinks
+from shared.executor.lease import Lease
+from shared.executor.sources import Page
 from shared.models import ChunkState, Outcome
-from shared.records import RunRecord
-from shared.sources import Page
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +64,8 @@ class PageCommit:
         self._run = run
         self._backfill = backfill
         self._chunk_id = chunk_id
-        self._window = planning.span(run.start_date, run.end_date)
-        self._ledger = ledgers.ledger_of(db, run.migration_id, run.dry_run)
+        self._window = chunking.span(run.start_date, run.end_date)
+        self._ledger = sinks.ledger_of(db, run.migration_id, run.dry_run)
         # Products are reference data the page only reads: read each once per delivery.
         self._products: dict[str, Stored] = {}
 
@@ -93,17 +97,17 @@ class PageCommit:
             self._ledger.flag(batch, plan.results, already)
         for result in plan.results:
             if result.outcome is Outcome.ERROR:
-                ledgers.record_error(self._db, batch, migration_id, self._chunk_id, result)
+                sinks.record_error(self._db, batch, migration_id, self._chunk_id, result)
         for finding in plan.findings:
-            ledgers.record_finding(self._db, batch, migration_id, self._chunk_id, finding)
+            sinks.record_finding(self._db, batch, migration_id, self._chunk_id, finding)
         for customer_id, audit in plan.audits.items():
-            ledgers.record_audit(self._db, batch, migration_id, customer_id, audit)
+            sinks.record_audit(self._db, batch, migration_id, customer_id, audit)
         retried = (lease.chunk.source or {}).get("errorsOf")
         if retried and not self._run.dry_run:
             # Only the page's own events have error records in the retried run: a purchase a
             # refund pulled in may have none.
             own = {event.event_id for event in events}
-            ledgers.mark_resolved(self._db, batch, retried, migration_id,
+            sinks.mark_resolved(self._db, batch, retried, migration_id,
                                   [result for result in plan.results if result.event_id in own])
         if final:
             # The lease guarantees the chunk is still as read: running, ours.
@@ -175,7 +179,7 @@ class PageCommit:
     def _read(self, paths: list[str]) -> dict[str, Stored]:
         """The documents at ``paths`` as the ledger sink sees them, products from this
         delivery's cache once read."""
-        products = f"{store.PRODUCTS}/"
+        products = f"{schema.PRODUCTS}/"
         wanted = [path for path in dict.fromkeys(paths) if path not in self._products]
         found = self._ledger.read(wanted)
         self._products.update((path, document) for path, document in found.items()
@@ -189,7 +193,7 @@ class PageCommit:
         pull = getattr(self._backfill, "pull", None)
         if pull is None or not any(r.wants_purchase for r in plan.results):
             return None
-        pulled: list[Event] = pull(self._db.collection(store.EVENTS), events, plan,
+        pulled: list[Event] = pull(self._db.collection(schema.EVENTS), events, plan,
                                    self._window)
         return pulled
 
@@ -198,10 +202,10 @@ class PageCommit:
         debited = {cid: delta for cid, delta in plan.wallet_deltas.items() if delta < 0}
         if not debited:
             return []
-        stored = ledgers.read_documents(self._db, [f"{store.WALLETS}/{cid}" for cid in debited])
+        stored = sinks.read_documents(self._db, [f"{schema.WALLETS}/{cid}" for cid in debited])
         result = []
         for cid, delta in debited.items():
-            wallet = stored.get(f"{store.WALLETS}/{cid}")
+            wallet = stored.get(f"{schema.WALLETS}/{cid}")
             balance = int((wallet.data or {}).get("balance", 0)) if wallet else 0
             if balance >= 0 > balance + delta:
                 result.append(cid)

@@ -1,5 +1,6 @@
 """The OpenAPI 3.1 document of the bundle's public HTTP API, generated from the pydantic models
-of its request bodies (``shared.bodies``) and answers (``shared.answers``, ``shared.records``).
+of its request bodies (``shared.api.bodies``) and answers (``shared.api.answers``,
+``shared.domain.records``).
 
 Served by the status function at ``GET /api/openapi.json`` and committed as
 ``docs/openapi.json`` (``make openapi`` writes it; ``tests/unit/test_openapi.py`` fails when the
@@ -7,7 +8,7 @@ two differ). Each function has its own URL in production, so the paths are the r
 the local gateway they all live on one host. The chunk handler is Cloud Tasks' target, not a
 public endpoint, and is left out.
 
-``python -m shared.openapi`` prints the document.
+``python -m shared.api.openapi`` prints the document.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared import answers, bodies
+from shared.api import answers, bodies
 from shared.backfills.registry import BACKFILLS
 from shared.models import EventType, RunStatus
 
