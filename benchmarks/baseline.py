@@ -21,9 +21,9 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared.adapters import schema
 from shared.backfills.base import Event, Stored
-from shared.backfills.registry import BACKFILLS
+from shared.backfills.registry import BACKFILLS, BackfillType
 from shared.executor import sinks
-from shared.models import BackfillType, Outcome
+from shared.models import Outcome
 
 WORKERS = 8
 

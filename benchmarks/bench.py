@@ -63,11 +63,11 @@ from shared import wiring
 from shared.adapters import schema
 from shared.adapters.cloud_tasks import WATCH_CHUNK, InProcessDispatcher
 from shared.adapters.oidc import Caller
+from shared.backfills.registry import BackfillType
 from shared.config import Settings
 from shared.domain.chunking import span
 from shared.domain.run_request import BackfillRequest
 from shared.executor.runner import Delivery
-from shared.models import BackfillType
 from shared.runs import launcher
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -51,9 +51,9 @@ from emulators.issuer import mint_token
 from emulators.sample import SampleShape, seed
 from emulators.stack import Stack
 from shared.adapters import schema
-from shared.backfills.registry import BACKFILLS
+from shared.adapters.stores import FirestorePlans
+from shared.backfills.registry import BACKFILLS, BackfillType
 from shared.domain import chunking
-from shared.models import BackfillType
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = ROOT / ".local" / "bench-stack"
@@ -284,10 +284,10 @@ class Bench:
         """Seconds for the trigger's own counting step alone: one count per 1-day window, on
         ``workers`` threads, exactly as ``shared.runs.planner.plan_run`` does it."""
         backfill = BACKFILLS.get(BackfillType.WEBHOOK_REPLAY)
-        events = self.db.collection(schema.EVENTS)
+        plans = FirestorePlans(self.db)
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(lambda window: schema.count(backfill.selection(events, window)),
+            list(pool.map(lambda window: backfill.size(plans, window),
                           chunking.windows(start, end, 1)))
         return time.perf_counter() - started
 

@@ -17,7 +17,8 @@
     ItemError                          (no HTTP status: recorded per event, the run goes on)
      ├── MalformedPayload                malformed_payload
      ├── ProductNotFound                 product_not_found
-     ├── PurchaseNotFound                purchase_not_found
+     ├── PurchaseNotFound                purchase_not_found (in shared.backfills.apply: its hint
+     │                                                   names the types that repair it)
      └── EventMissing                    event_missing      (a retried event no longer exists)
 
     An unexpected exception while applying one event is retried a bounded number of times,
@@ -161,13 +162,3 @@ class EventMissing(ItemError):
 
     def __init__(self, event_id: str) -> None:
         super().__init__(f"Event no longer exists: {event_id}")
-
-
-class PurchaseNotFound(ItemError):
-    code = "purchase_not_found"
-
-    def __init__(self, order_id: str) -> None:
-        super().__init__(
-            f"Original purchase entry not found: {order_id}",
-            hint="replay the purchase with webhook_replay first, then run reversal_backfill",
-        )

@@ -21,17 +21,6 @@ from pydantic import (
 from shared.errors import MalformedPayload
 
 
-class BackfillType(enum.StrEnum):
-    """A backfill type (job kind): what a run reads and how it applies one event."""
-
-    WEBHOOK_REPLAY = "webhook_replay"
-    REVERSAL_BACKFILL = "reversal_backfill"
-    # Checks the ledger against the data contract (shared.backfills.ledger_verify).
-    LEDGER_VERIFY = "ledger_verify"
-    # Started through run control only: undoes what one run wrote (shared.backfills.rollback).
-    ROLLBACK = "rollback"
-
-
 class EventType(enum.StrEnum):
     ORDER_COMPLETED = "ON_ORDER_COMPLETED"
     REFUND = "ON_REFUND"

@@ -9,13 +9,20 @@ import threading
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
-from shared.adapters.stores import Stores, claimed, history_entry, refuse_throttle, throttle_entry
-from shared.backfills.base import Backfill
+from shared.adapters.stores import (
+    Selection,
+    Stores,
+    claimed,
+    history_entry,
+    refuse_throttle,
+    throttle_entry,
+)
+from shared.backfills.registry import BackfillType
 from shared.domain import lifecycle
 from shared.domain.chunking import PlannedChunk, Window
 from shared.domain.records import ChunkRecord, ErrorRecord, RunRecord
 from shared.errors import NotFound, Unavailable
-from shared.models import ACTIVE_RUN_STATUSES, BackfillType, ChunkState, RunStatus
+from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
 
 NOW = dt.datetime(2025, 1, 10, tzinfo=dt.UTC)
 
@@ -178,7 +185,7 @@ class MemoryPlans:
         self.saves = 0
         self._runs, self._chunks = runs, chunks
 
-    def eligible(self, backfill: Backfill, window: Window) -> int:
+    def eligible(self, selection: Selection, window: Window) -> int:
         return self.eligible_by_day.get(window.chunk_id, 0) if window.end > window.start else 0
 
     def written(self, migration_id: str) -> int:

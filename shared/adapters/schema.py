@@ -35,6 +35,9 @@ RUNS = "dataMigrations"
 CHUNKS = "chunks"
 ERRORS = "errors"
 SHADOW_LEDGER = "dryRunLedger"
+# dataMigrations/{id}/dryRunDocuments/{shadow id}: the documents of other collections a dry run
+# would have stored ({"path": where, "data": what}).
+SHADOW_DOCUMENTS = "dryRunDocuments"
 # dataMigrations/{id}/audits/{customerId}: a ledger_verify run's audit of one customer.
 AUDITS = "audits"
 
@@ -143,3 +146,8 @@ def in_window(query: Any, window: Window) -> Any:
     """``query`` narrowed to the events received in ``window`` (start inclusive, end not)."""
     return query.where(filter=FieldFilter("receivedAt", ">=", window.start)).where(
         filter=FieldFilter("receivedAt", "<", window.end))
+
+
+def shadow_id(path: str) -> str:
+    """The id a dry run keeps the document it would store at ``path`` under (one per path)."""
+    return path.replace("/", "__")

@@ -23,10 +23,9 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from shared import clock, logs
 from shared.adapters import schema
 from shared.adapters.write_token import CLAIM_WRITE, STAMP, UNSURE, token_of, write_token
-from shared.backfills.base import Backfill
 from shared.domain import lifecycle
 from shared.domain.chunking import PlannedChunk, Window
-from shared.domain.records import COUNTERS, ChunkRecord, ErrorRecord, RunRecord
+from shared.domain.records import ChunkRecord, Counters, ErrorRecord, RunRecord
 from shared.errors import Conflict, NotFound, Unavailable
 from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
 
@@ -124,9 +123,13 @@ class ErrorStore(Protocol):
         time, so a run's errors stream in constant memory."""
 
 
+# A type's query of the webhook events a chunk of ``window`` takes (without order or limit).
+Selection = Callable[[firestore.CollectionReference, Window], Any]
+
+
 class PlanStore(Protocol):
-    def eligible(self, backfill: Backfill, window: Window) -> int:
-        """How many events ``backfill`` would take in ``window`` (an aggregation)."""
+    def eligible(self, selection: Selection, window: Window) -> int:
+        """How many events ``selection`` takes in ``window`` (an aggregation)."""
 
     def written(self, migration_id: str) -> int:
         """How many ledger entries run ``migration_id`` wrote (an aggregation)."""
@@ -405,10 +408,10 @@ class FirestorePlans:
     def __init__(self, db: firestore.Client) -> None:
         self._db = db
 
-    def eligible(self, backfill: Backfill, window: Window) -> int:
+    def eligible(self, selection: Selection, window: Window) -> int:
         if window.end <= window.start:
             return 0
-        return schema.count(backfill.selection(self._db.collection(schema.EVENTS), window))
+        return schema.count(selection(self._db.collection(schema.EVENTS), window))
 
     def written(self, migration_id: str) -> int:
         return schema.count(schema.written_by(self._db, migration_id))
@@ -421,28 +424,22 @@ class FirestorePlans:
         ref = schema.run_ref(self._db, run.migration_id)
         batch = self._db.batch()
         for index, chunk in enumerate(chunks):
+            record = ChunkRecord(
+                id=chunk.chunk_id, index=index, window_start=chunk.window_start,
+                window_end=chunk.window_end, source=chunk.source, eligible=chunk.eligible,
+                quota=chunk.quota,
+                state=ChunkState.COMPLETED if chunk.idle else ChunkState.PENDING,
+                note=idle_note(chunk) if chunk.idle else chunk.note, segment=0, cursor=None,
+                lease_owner=None, lease_until=lease_until, counters=Counters(), read=0,
+                below_zero=[], started_at=None)
             batch.create(ref.collection(schema.CHUNKS).document(chunk.chunk_id), {
-                "index": index,
-                "windowStart": chunk.window_start,
-                "windowEnd": chunk.window_end,
-                "source": chunk.source,
-                "eligible": chunk.eligible,
-                "quota": chunk.quota,
-                "state": (ChunkState.COMPLETED if chunk.idle else ChunkState.PENDING).value,
-                "note": idle_note(chunk) if chunk.idle else chunk.note,
-                "segment": 0,
-                "cursor": None,
-                "leaseOwner": None,
-                "leaseUntil": lease_until,
-                "counters": dict.fromkeys(COUNTERS, 0),
-                "read": 0,
-                "belowZero": [],
-                "createdAt": firestore.SERVER_TIMESTAMP,
-                "startedAt": None,
-                "finishedAt": firestore.SERVER_TIMESTAMP if chunk.idle else None,
-            })
-        update: dict[str, Any] = {"planned": True, "eligible": sum(c.eligible for c in chunks),
-                                  "total": sum(c.takes for c in chunks),
+                **record.fields(), "createdAt": firestore.SERVER_TIMESTAMP,
+                "finishedAt": firestore.SERVER_TIMESTAMP if chunk.idle else None})
+        eligible = _eligible(chunks)
+        update: dict[str, Any] = {"planned": True, "counted": eligible is not None,
+                                  "eligible": eligible,
+                                  "total": sum(c.takes for c in chunks)
+                                  if eligible is not None else None,
                                   "plannedAt": firestore.SERVER_TIMESTAMP,
                                   "chunkCount": len(chunks)}
         if completes is not None:
@@ -483,6 +480,12 @@ class FirestoreErrors:
             if len(page) < size:
                 return
             last = page[-1].id
+
+
+def _eligible(chunks: list[PlannedChunk]) -> int | None:
+    """The run's eligible items: the sum of its chunks', unknown if any chunk's is."""
+    counts = [chunk.eligible for chunk in chunks]
+    return None if None in counts else sum(count or 0 for count in counts)
 
 
 def idle_note(chunk: PlannedChunk) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from shared.adapters import schema
 from shared.backfills.base import Event, ItemResult, PagePlan, Stored
 from shared.domain import ledger
-from shared.errors import ItemError, MalformedPayload, PurchaseNotFound
+from shared.errors import ItemError, MalformedPayload
 from shared.models import OrderCompleted, Outcome, Reversal, parse_body
 
 
@@ -35,6 +35,17 @@ def entry_path(entry_id: str) -> str:
 
 def product_path(product_id: str) -> str:
     return f"{schema.PRODUCTS}/{product_id}"
+
+
+
+class PurchaseNotFound(ItemError):
+    code = "purchase_not_found"
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(
+            f"Original purchase entry not found: {order_id}",
+            hint="replay the purchase with webhook_replay first, then run reversal_backfill",
+        )
 
 
 class Book:

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from google.cloud import firestore
 
-from shared.domain.chunking import Window
+from shared.domain.chunking import PlannedChunk, Window
+from shared.domain.records import ChunkRecord, RunRecord
 from shared.models import Outcome
+
+if TYPE_CHECKING:  # the stores are built on these shapes: only the port's type is needed here
+    from shared.adapters.stores import PlanStore
 
 
 @dataclasses.dataclass(frozen=True)
 class Event:
-    """One ``webhookEvents`` document as read from a page."""
+    """One item of a page: a ``webhookEvents`` document for the event types, a ledger entry
+    for a rollback, whatever its source reads for another type (``data`` is its fields)."""
 
     event_id: str
     data: Mapping[str, Any]
@@ -127,21 +132,84 @@ class PagePlan:
     # commits its record first; a page that loses the race is planned again and reads it).
     audits: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
+    # Documents of other collections the page stores, by path (``collection/id``): set whole,
+    # so a repeat stores the same document again. A dry run stores them in its shadow instead.
+    documents: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
     def credit(self, customer_id: str, points: int) -> None:
         self.wallet_deltas[customer_id] = self.wallet_deltas.get(customer_id, 0) + points
 
 
-class Backfill(Protocol):
-    """A backfill type, the whole job definition: its name, what it reads, how it applies a page
-    of events, the error codes it records, its page size, the types it waits for and the request
-    options it takes. Declared once, in its own module, and registered by name in
-    ``shared.backfills.registry``; nothing else needs to know it.
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """A page of items, where the cursor moves once it is applied, how many entries the source
+    read for it (what the chunk's quota counts), whether more is to come after it, and the ids
+    of items no longer there (a retry's events deleted since they failed)."""
 
-    Two optional hooks, looked up by the page commit: ``pull(events, page, plan, window)``
-    (events to apply ahead of the page's, as a replay pulls the purchases its refunds lack) and
-    ``gather(db, ledger, events, stored, migration_id, window)`` (documents beyond ``lookups``, read
-    before planning through the run's ledger sink, as ``ledger_verify`` reads a customer's
-    whole ledger).
+    events: list[Event]
+    cursor: dict[str, Any] | None
+    read: int
+    more: bool
+    missing: list[str] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def empty(cls) -> Page:
+        return cls([], None, 0, more=False)
+
+
+class PageSource(Protocol):
+    """Where a chunk's items come from, page by page. The source owns its cursor (a mapping
+    of its own, saved with the page's commit) and says whether more is to come; the executor
+    never guesses from a page's length."""
+
+    def page(self, cursor: Mapping[str, Any] | None, limit: int) -> Page:
+        """The next page of at most ``limit`` entries after ``cursor`` (None: from the start)."""
+
+    def cursor_after(self, event: Event) -> dict[str, Any]:
+        """The cursor that passes over ``event`` (a poison item set aside)."""
+
+
+class Sink(Protocol):
+    """Where a page's effects go (``shared.executor.sinks``): the live data, or a dry run's
+    shadow of it. A type reads through it what it plans on, so a dry run plans on its own
+    shadow."""
+
+    def read(self, paths: list[str]) -> dict[str, Stored]:
+        """The documents at ``paths`` as this sink sees them."""
+
+    def write(self, batch: firestore.WriteBatch, plan: PagePlan,
+              stored: dict[str, Stored]) -> None:
+        """The page's effects: ledger entries, changed entries, wallet increments, stored
+        documents."""
+
+    def flag(self, batch: firestore.WriteBatch, results: Iterable[ItemResult],
+             already: set[str]) -> None:
+        """Mark each event with its outcome; events ``already`` processed whose entry exists
+        (duplicates) are left as the live path flagged them."""
+
+    def customer_ledger(self, customer_id: str) -> tuple[dict[str, Stored], Stored]:
+        """One customer's every ledger entry (by path) and their wallet, as this sink sees
+        them, read so they agree: the wallet is read again after the entries, and all of it
+        again if it moved in between."""
+
+
+class Backfill(Protocol):
+    """A backfill type, the whole job definition, declared once in its own module and
+    registered by name in ``shared.backfills.registry``; nothing else needs to know it:
+
+    - what it is: its ``name``, ``event_types``, ``error_codes``, ``page_size``;
+    - its **source** (``source``): how a chunk's items are read page by page;
+    - how **planning sizes** a window (``size``): a count, an estimate, or None ("unknown:
+      take it whole and let the executor find out"; such a chunk is never idle);
+    - its **effects** (``plan``): what one page writes, as a ``PagePlan``;
+    - its **admission**: ``options`` it takes, the types it ``waits_for``, and ``refusal``
+      (what it refuses to retry or roll back);
+    - its **hooks** where it differs from the default: ``fetch`` (the items a retry takes
+      again, by id), and the optional ``chunks(run, plans)`` (its own chunks instead of
+      windows, as a rollback's), ``pull(events, page, plan, window)`` (items to apply ahead
+      of a page's, as a replay pulls the purchases its refunds lack) and
+      ``gather(db, sink, events, stored, migration_id, window)`` (documents beyond
+      ``lookups``, as ``ledger_verify`` reads a customer's whole ledger).
     """
 
     @property
@@ -150,11 +218,11 @@ class Backfill(Protocol):
 
     @property
     def error_codes(self) -> tuple[str, ...]:
-        """The codes of the per-event errors it records (the executor adds its own)."""
+        """The codes of the per-item errors it records (the executor adds its own)."""
 
     @property
     def page_size(self) -> int | None:
-        """Events per page and commit, if this type needs fewer than ``BACKFILL_PAGE_SIZE``."""
+        """Items per page and commit, if this type needs fewer than ``BACKFILL_PAGE_SIZE``."""
 
     @property
     def waits_for(self) -> tuple[str, ...]:
@@ -177,8 +245,17 @@ class Backfill(Protocol):
     def variant(self, run: Mapping[str, Any]) -> Backfill:
         """The definition a run's options select (itself, without options)."""
 
-    def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
-        """The query of the events a chunk takes (without order, cursor or limit)."""
+    def refusal(self, action: str) -> str | None:
+        """Why a run of this type refuses ``action`` ("retry", "rollback"), or None."""
+
+    def source(self, db: firestore.Client, chunk: ChunkRecord) -> PageSource:
+        """The source of a chunk of this type's run (a retry's chunk is the executor's)."""
+
+    def size(self, plans: PlanStore, window: Window) -> int | None:
+        """How many items a chunk of ``window`` holds (None: unknown)."""
+
+    def fetch(self, db: firestore.Client, ids: Sequence[str]) -> tuple[list[Event], list[str]]:
+        """The items ``ids`` as they are now, and the ids of those gone (a retry's page)."""
 
     def lookups(self, events: Sequence[Event]) -> list[str]:
         """Paths of the documents ``plan`` needs, read in one round trip before planning."""
@@ -186,3 +263,11 @@ class Backfill(Protocol):
     def plan(self, events: Sequence[Event], stored: Mapping[str, Stored],
              migration_id: str) -> PagePlan:
         """Outcomes and effects of applying ``events`` in order, given ``stored`` documents."""
+
+
+@runtime_checkable
+class Chunks(Protocol):
+    """The optional planning hook of a type with chunks of its own (a rollback's)."""
+
+    def chunks(self, run: RunRecord, plans: PlanStore) -> list[PlannedChunk]:
+        """The run's chunks, sized."""

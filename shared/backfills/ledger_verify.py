@@ -56,7 +56,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
@@ -73,23 +73,20 @@ from shared.backfills.apply import (
     purchase_lookups,
     reversal_lookups,
 )
-from shared.backfills.base import Event, Finding, ItemResult, PagePlan, Stored
-from shared.backfills.registry import BACKFILLS
+from shared.backfills.base import Event, Finding, ItemResult, PagePlan, Sink, Stored
+from shared.backfills.registry import BACKFILLS, BackfillType
 from shared.backfills.rules import OUTSIDE_TARGET
+from shared.backfills.webhook_events import WebhookEvents
 from shared.domain import ledger, target
 from shared.domain.chunking import Window
 from shared.errors import ItemError
 from shared.models import (
     REVERSAL_TYPES,
-    BackfillType,
     EventType,
     OrderCompleted,
     Outcome,
     parse_body,
 )
-
-if TYPE_CHECKING:  # the sinks import the backfill records: a cycle at run time
-    from shared.executor.sinks import LedgerSink
 
 VERIFY = BackfillType.LEDGER_VERIFY.value
 CODES = ("missing_entry", "missing_reversal", "wrong_points", "unflagged_event", "wallet_drift",
@@ -112,7 +109,7 @@ class _Missing:
     plan: PagePlan = dataclasses.field(default_factory=PagePlan)
 
 
-class LedgerVerify:
+class LedgerVerify(WebhookEvents):
     """See the module's docstring."""
 
     name = VERIFY
@@ -137,7 +134,13 @@ class LedgerVerify:
             return self
         return LedgerVerify(bool(run.get("repair")), aim, bool(run.get("dryRun")))
 
-    def selection(self, events: firestore.CollectionReference, window: Any) -> Any:
+    def refusal(self, action: str) -> str | None:
+        if action == "retry":
+            return (": its findings are not retried; fix what needs a person, then verify "
+                    "the range again")
+        return None
+
+    def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
         if self.target is not None and self.target.event_types is not None:
             return in_window(events.where(filter=FieldFilter(
                 "eventType", "in", self.target.types(self.event_types))), window)
@@ -152,7 +155,7 @@ class LedgerVerify:
                 paths.update(dict.fromkeys(reversal_lookups(event)))
         return list(paths)
 
-    def gather(self, db: firestore.Client, sink: LedgerSink, events: Sequence[Event],
+    def gather(self, db: firestore.Client, sink: Sink, events: Sequence[Event],
                stored: Mapping[str, Stored], migration_id: str,
                window: Window) -> dict[str, Stored]:
         """For each customer of the page: the run's record of their audit if there is one,
@@ -540,7 +543,7 @@ def _owners(db: firestore.Client, events: Sequence[Event], book: Book) -> dict[s
     return owners
 
 
-def _picture(db: firestore.Client, sink: LedgerSink, customer: str,
+def _picture(db: firestore.Client, sink: Sink, customer: str,
              window: Window) -> tuple[dict[str, Stored], Stored]:
     """One customer's whole picture: their entries (by path, as ``sink`` sees them) and the
     products of their purchases, to put among the page's documents; and what the audit

@@ -6,9 +6,22 @@ find it here by the ``type`` of a request or a run.
 
 from __future__ import annotations
 
+import enum
+
 from shared.backfills.base import Backfill
 from shared.domain.records import RunRecord
 from shared.errors import UNEXPECTED_ERROR, EventMissing
+
+
+class BackfillType(enum.StrEnum):
+    """The built-in types' names: the one place outside their modules that names them."""
+
+    WEBHOOK_REPLAY = "webhook_replay"
+    REVERSAL_BACKFILL = "reversal_backfill"
+    # Checks the ledger against the data contract (shared.backfills.ledger_verify).
+    LEDGER_VERIFY = "ledger_verify"
+    # Started through run control only: undoes what one run wrote (shared.backfills.rollback).
+    ROLLBACK = "rollback"
 
 
 class Registry:
@@ -44,6 +57,16 @@ class Registry:
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._types)
+
+    def repairing(self, gap: str) -> str:
+        """The type a gaps report suggests for ``gap`` (a key of its totals): the first
+        registered whose ``repairs`` names it."""
+        return next(backfill.name for backfill in self._types.values()
+                    if gap in getattr(backfill, "repairs", ()))
+
+    def undoer(self) -> str:
+        """The type whose runs undo another run (started by run control's rollback)."""
+        return BackfillType.ROLLBACK.value
 
     def of(self, run: RunRecord) -> Backfill:
         """The definition a run describes: its type, as its options select it."""

@@ -11,14 +11,14 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared.adapters.schema import in_window
-from shared.backfills.apply import apply_reversal, reversal_lookups
+from shared.backfills.apply import PurchaseNotFound, apply_reversal, reversal_lookups
 from shared.backfills.base import Event
-from shared.backfills.registry import BACKFILLS
+from shared.backfills.registry import BACKFILLS, BackfillType
 from shared.backfills.rules import Rule, RuleBook
 from shared.domain import target
 from shared.domain.chunking import Window
-from shared.errors import MalformedPayload, PurchaseNotFound
-from shared.models import REVERSAL_TYPES, BackfillType
+from shared.errors import MalformedPayload
+from shared.models import REVERSAL_TYPES
 
 
 class ReversalBackfill(RuleBook):
@@ -34,6 +34,7 @@ class ReversalBackfill(RuleBook):
     error_codes = (MalformedPayload.code, PurchaseNotFound.code)
     waits_for = (BackfillType.WEBHOOK_REPLAY.value, BackfillType.ROLLBACK.value)
     options = frozenset(target.FIELDS)
+    repairs = ("reversalsMissing",)
 
     def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
         return in_window(events.where(filter=FieldFilter("eventType", "in", self.types())),

@@ -32,17 +32,21 @@ from google.cloud import firestore
 
 from shared.adapters import schema
 from shared.backfills.apply import Book, entry_int, entry_path
-from shared.backfills.base import Event, ItemResult, PagePlan, Stored
-from shared.backfills.registry import BACKFILLS
+from shared.backfills.base import Event, ItemResult, Page, PagePlan, PageSource, Sink, Stored
+from shared.backfills.registry import BACKFILLS, BackfillType
 from shared.domain import ledger
-from shared.domain.chunking import Window
+from shared.domain.chunking import PlannedChunk, Window
+from shared.domain.records import ChunkRecord, RunRecord
 from shared.errors import ItemError, MalformedPayload
-from shared.models import BackfillType, Outcome, document_id_problem
+from shared.models import Outcome, document_id_problem
 
-if TYPE_CHECKING:  # the sinks import the backfill records: a cycle at run time
-    from shared.executor.sinks import LedgerSink
+if TYPE_CHECKING:
+    from shared.adapters.stores import PlanStore
 
 ROLLBACK = BackfillType.ROLLBACK.value
+# Its two chunks: the entries the rolled-back run wrote, the events it settled without one.
+ENTRIES_CHUNK = "entries"
+FLAGS_CHUNK = "flags"
 
 
 class ReversedSince(ItemError):
@@ -71,8 +75,31 @@ class Rollback:
     def variant(self, run: Mapping[str, Any]) -> Rollback:
         return self
 
-    def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
-        raise TypeError("a rollback reads ledger entries, not events (shared.executor.sources)")
+    def refusal(self, action: str) -> str | None:
+        if action == "retry":
+            return (": its failures are not retried; fix their cause, then roll back again "
+                    "with force: true (it passes over what it rolled back)")
+        return "; to undo it, replay its range: the replay reinstates what it rolled back"
+
+    def chunks(self, run: RunRecord, plans: PlanStore) -> list[PlannedChunk]:
+        """Two chunks: the entries the rolled-back run wrote, and the events it settled
+        without one, each counted (an aggregation)."""
+        assert run.rollback_of is not None
+        undone = run.rollback_of["migrationId"]
+        return [PlannedChunk(ENTRIES_CHUNK, None, None, plans.written(undone), None,
+                             {"entriesOf": undone}),
+                PlannedChunk(FLAGS_CHUNK, None, None, plans.settled(undone), None,
+                             {"flagsOf": undone})]
+
+    def source(self, db: firestore.Client, chunk: ChunkRecord) -> PageSource:
+        assert chunk.source is not None
+        return WrittenSource.of(db, chunk.source)
+
+    def size(self, plans: PlanStore, window: Window) -> int | None:
+        raise TypeError("a rollback's chunks are its own (Rollback.chunks), not windows")
+
+    def fetch(self, db: firestore.Client, ids: Sequence[str]) -> tuple[list[Event], list[str]]:
+        raise TypeError("a rollback's failures are not retried (Rollback.refusal)")
 
     def lookups(self, events: Sequence[Event]) -> list[str]:
         paths: dict[str, None] = {}
@@ -90,7 +117,7 @@ class Rollback:
                 paths[f"{schema.EVENTS}/{event_id}"] = None
         return list(paths)
 
-    def gather(self, db: firestore.Client, sink: LedgerSink, events: Sequence[Event],
+    def gather(self, db: firestore.Client, sink: Sink, events: Sequence[Event],
                stored: Mapping[str, Stored], migration_id: str,
                window: Window) -> dict[str, Stored]:
         """The events the run settled as duplicates of the page's entries (and of the
@@ -225,3 +252,35 @@ def _int(entry: Mapping[str, Any], key: str, entry_id: str, default: int | None 
 
 
 BACKFILLS.register(Rollback(), internal=True)
+
+
+class WrittenSource:
+    """What a run wrote, as a rollback takes it: the ledger entries it wrote, or the events
+    it settled without an entry, in descending id order (an order's reversals before its
+    purchase); the cursor is the last document's id."""
+
+    def __init__(self, db: firestore.Client, collection: str, query: Any) -> None:
+        self._db = db
+        self._collection = collection
+        self._query = query
+
+    @classmethod
+    def of(cls, db: firestore.Client, source: Mapping[str, Any]) -> WrittenSource:
+        if "entriesOf" in source:
+            return cls(db, schema.LEDGER, schema.written_by(db, source["entriesOf"]))
+        return cls(db, schema.EVENTS, schema.settled_by(db, source["flagsOf"]))
+
+    def page(self, cursor: Mapping[str, Any] | None, limit: int) -> Page:
+        if limit <= 0:
+            return Page.empty()
+        documents = self._db.collection(self._collection)
+        query = self._query.order_by("__name__", direction=firestore.Query.DESCENDING) \
+            .limit(limit)
+        if cursor:
+            query = query.start_after({"__name__": documents.document(cursor["eventId"])})
+        items = [Event(snap.id, snap.to_dict() or {}) for snap in query.stream()]
+        return Page(items, self.cursor_after(items[-1]) if items else None, len(items),
+                    more=len(items) == limit)
+
+    def cursor_after(self, event: Event) -> dict[str, Any]:
+        return {"eventId": event.event_id}

@@ -8,10 +8,11 @@ import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
-from shared.backfills.apply import Book
+from shared.backfills.apply import Book, PurchaseNotFound
 from shared.backfills.base import Event, ItemResult, PagePlan, Stored
+from shared.backfills.webhook_events import WebhookEvents
 from shared.domain.target import NO_CUSTOMER_YET, Target
-from shared.errors import ItemError, PurchaseNotFound
+from shared.errors import ItemError
 from shared.models import Outcome
 
 Rule = Callable[[Event, Book, PagePlan, str], ItemResult]
@@ -19,7 +20,7 @@ Rule = Callable[[Event, Book, PagePlan, str], ItemResult]
 OUTSIDE_TARGET = "outside_target"
 
 
-class RuleBook:
+class RuleBook(WebhookEvents):
     """Applies each event by the rule of its type; events of other types are skipped. A type
     built on it has no options and waits for nobody unless it says so. A run's ``target``
     (``shared.domain.target``) narrows the events it applies; the rest are ``outside``."""

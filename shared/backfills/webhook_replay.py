@@ -12,18 +12,19 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared.adapters.schema import in_window
 from shared.backfills.apply import (
+    PurchaseNotFound,
     apply_purchase,
     apply_reversal,
     purchase_lookups,
     reversal_lookups,
 )
 from shared.backfills.base import Event, PagePlan
-from shared.backfills.registry import BACKFILLS
+from shared.backfills.registry import BACKFILLS, BackfillType
 from shared.backfills.rules import Rule, RuleBook
 from shared.domain import target
 from shared.domain.chunking import Window
-from shared.errors import MalformedPayload, ProductNotFound, PurchaseNotFound
-from shared.models import BackfillType, EventType, Reversal, parse_body
+from shared.errors import MalformedPayload, ProductNotFound
+from shared.models import EventType, Reversal, parse_body
 
 
 class WebhookReplay(RuleBook):
@@ -50,6 +51,8 @@ class WebhookReplay(RuleBook):
     name = BackfillType.WEBHOOK_REPLAY.value
     error_codes = (MalformedPayload.code, ProductNotFound.code, PurchaseNotFound.code)
     options = frozenset({"includeProcessed", *target.FIELDS})
+    # The gaps it repairs (``shared.runs.gaps``): what a gaps report suggests it for.
+    repairs = ("unprocessed", "purchasesWithoutEntry")
     # A rollback over the same dates unflags events as it goes: replay them once it is done.
     waits_for = (BackfillType.ROLLBACK.value,)
 

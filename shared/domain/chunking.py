@@ -48,7 +48,8 @@ class PlannedChunk:
     chunk_id: str
     window_start: dt.datetime | None
     window_end: dt.datetime | None
-    eligible: int
+    # None: its type cannot count it; the executor finds out (such a chunk is never idle).
+    eligible: int | None
     quota: int | None
     source: dict[str, Any] | None = None
     note: str = ""
@@ -60,7 +61,10 @@ class PlannedChunk:
 
     @property
     def takes(self) -> int:
-        return self.quota if self.quota is not None else self.eligible
+        """What it takes, as far as planning knows (an uncounted chunk: its quota, or 0)."""
+        if self.quota is not None:
+            return self.quota
+        return self.eligible or 0
 
 
 def span(start_date: dt.date, end_date: dt.date) -> Window:

@@ -38,6 +38,14 @@ class _Record(_Shape):
         """The record of a Firestore snapshot that exists."""
         return cls.from_document(snap.id, snap.to_dict() or {}, snap.update_time)
 
+    def fields(self) -> dict[str, Any]:
+        """The fields this record was built with, as its document names them (camelCase; not
+        its id): what a write of it sets, and nothing it was not given (a merge keeps the
+        rest of the document)."""
+        given = self.model_fields_set - {"update_time", "id"}
+        fields: dict[str, Any] = self.model_dump(by_alias=True, include=given)
+        return fields
+
 
 class Counters(_Shape):
     """A chunk's counts (the run's counter shards): each event once, with its outcome."""
@@ -86,6 +94,9 @@ class RunRecord(_Record):
     chunk_count: int = 0
     received_before: dt.datetime | None = None
     planned: bool = False
+    # False when its type could not count its items (``eligible`` and ``total`` unknown: they
+    # are known only as its chunks end).
+    counted: bool = True
     eligible: int | None = None
     total: int | None = None
     requested_by: str = ""
@@ -122,7 +133,7 @@ class ChunkRecord(_Record):
     window_start: dt.datetime | None = None
     window_end: dt.datetime | None = None
     source: dict[str, Any] | None = None
-    eligible: int = 0
+    eligible: int | None = 0  # None: its type could not count it
     quota: int | None = None
     cursor: dict[str, Any] | None = None
     lease_owner: str | None = None
@@ -219,7 +230,7 @@ class ChunkView(_Shape):
     state: ChunkState
     window_start: dt.datetime | None
     window_end: dt.datetime | None
-    eligible: int
+    eligible: int | None
     quota: int | None
     taken: int
     applied: int

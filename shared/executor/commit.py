@@ -1,10 +1,11 @@
-"""The page commit: plan one page and write all its effects in one atomic batch.
+"""The page commit: plan one page, write all its effects in one atomic batch, account for it.
 
-The batch holds the page's ledger entries and wallet increments (through the ledger sink: live,
-or a dry run's shadow ledger), its event flags, its error records, and the chunk's new cursor
-and counters, guarded by the chunk's lease. If anything it read moved before the commit (another
-delivery claimed the chunk, the live path wrote an entry, a refund of the same order landed),
-the batch fails whole and the caller reads the page again; nothing of it was written.
+The batch holds the page's effects through the delivery's sink (ledger entries, wallet
+increments, stored documents: live, or a dry run's shadow), its items' flags, its error
+records, and the chunk's new cursor and counters, guarded by the chunk's lease. If anything it
+read moved before the commit (another delivery claimed the chunk, the live path wrote an entry,
+a refund of the same order landed), the batch fails whole and the caller reads the page again;
+nothing of it was written.
 
 Counters move only with the cursor, so they count each event once however often a page runs.
 """
@@ -23,14 +24,13 @@ from google.cloud import firestore
 from shared import logs
 from shared.adapters import schema
 from shared.adapters.write_token import UNSURE
-from shared.backfills.base import Backfill, Event, ItemResult, PagePlan, Stored
+from shared.backfills.base import Event, ItemResult, Page, PagePlan, Stored
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
-from shared.domain import chunking, lifecycle
-from shared.domain.records import RunRecord
+from shared.domain import lifecycle
 from shared.errors import EventMissing
 from shared.executor import sinks
+from shared.executor.context import Context
 from shared.executor.lease import Lease
-from shared.executor.sources import Page
 from shared.models import ChunkState, Outcome
 
 logger = logging.getLogger(__name__)
@@ -47,25 +47,33 @@ _COUNTER_OF = {Outcome.APPLIED: "applied", Outcome.DUPLICATE: "duplicates",
 @dataclasses.dataclass(frozen=True)
 class Committed:
     """A page went through: how many source entries it took, whether it was the chunk's last,
-    and how many of its events failed."""
+    and how many of its items failed."""
 
     read: int
     final: bool
     errors: int
 
 
-class PageCommit:
-    """Commits the pages of one run's chunk: one instance per delivery."""
+@dataclasses.dataclass
+class Planned:
+    """A page as planned, before anything is written: its plan, the items pulled in from
+    elsewhere to apply ahead of it, the documents it was planned on, the items processed
+    already, and the wallets it takes from zero or more to below zero."""
 
-    def __init__(self, settings: Settings, db: firestore.Client, run: RunRecord,
-                 backfill: Backfill, chunk_id: str) -> None:
-        self._settings = settings
-        self._db = db
-        self._run = run
-        self._backfill = backfill
-        self._chunk_id = chunk_id
-        self._window = chunking.span(run.start_date, run.end_date)
-        self._ledger = sinks.ledger_of(db, run.migration_id, run.dry_run)
+    plan: PagePlan
+    pulled: list[Event]
+    stored: dict[str, Stored]
+    already: set[str]
+    below_zero: list[str]
+
+
+class PageCommit:
+    """Commits the pages of one delivery's chunk in three steps: ``plan`` (reads through the
+    sink, no write), ``write`` (the page's one batch) and ``account`` (counts and log lines,
+    once the batch landed)."""
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
         # Products are reference data the page only reads: read each once per delivery.
         self._products: dict[str, Stored] = {}
 
@@ -76,50 +84,16 @@ class PageCommit:
         longer this delivery's.
 
         ``committing(final)`` is called just before a commit that writes only the page's own
-        events (none pulled in from elsewhere), so the next page may be read meanwhile: the
-        commit cannot change any event after this page's cursor."""
-        migration_id = self._run.migration_id
-        began = time.monotonic()
-        events = selection.events
-        plan, pulled, stored = self._plan(events)
-        already = {event.event_id for event in [*pulled, *events]
-                   if event.data.get("processed") is True}
-        for event_id in selection.missing:
-            missing = EventMissing(event_id)
-            plan.results.append(ItemResult(event_id, "", Outcome.ERROR, code=missing.code,
-                                           message=missing.message))
-        below_zero = self._below_zero(plan)
-        final = selection.read < limit or limit == 0 or (
-            lease.left is not None and selection.read >= lease.left)
-        batch = self._db.batch()
-        self._ledger.write(batch, plan, stored)
-        if self._backfill.flags_events:
-            self._ledger.flag(batch, plan.results, already)
-        for result in plan.results:
-            if result.outcome is Outcome.ERROR:
-                sinks.record_error(self._db, batch, migration_id, self._chunk_id, result)
-        for finding in plan.findings:
-            sinks.record_finding(self._db, batch, migration_id, self._chunk_id, finding)
-        for customer_id, audit in plan.audits.items():
-            sinks.record_audit(self._db, batch, migration_id, customer_id, audit)
-        retried = (lease.chunk.source or {}).get("errorsOf")
-        if retried and not self._run.dry_run:
-            # Only the page's own events have error records in the retried run: a purchase a
-            # refund pulled in may have none.
-            own = {event.event_id for event in events}
-            sinks.mark_resolved(self._db, batch, retried, migration_id,
-                                  [result for result in plan.results if result.event_id in own])
-        if final:
-            # The lease guarantees the chunk is still as read: running, ours.
-            lifecycle.chunk_move(lease.chunk.state, ChunkState.COMPLETED)
-        suspect = lease.chunk.suspect
-        clears = bool(suspect) and any(
-            event.event_id == (suspect or {}).get("eventId") for event in events)
-        lease.guard(batch, self._checkpoint(selection, plan, below_zero, final, len(pulled),
-                                            clears))
-        if len(batch) > MAX_WRITES_PER_COMMIT and len(events) > 1:
+        items (none pulled in from elsewhere), so the next page may be read meanwhile: the
+        commit cannot change any item after this page's cursor."""
+        began = self._context.monotonic()
+        planned = self.plan(selection)
+        final = is_final(selection, limit, lease.left)
+        batch = self._context.db.batch()
+        self.write(batch, lease, selection, planned, final)
+        if len(batch) > MAX_WRITES_PER_COMMIT and len(selection.events) > 1:
             return None  # purchases pulled in by refunds made the page too large for one commit
-        if not pulled:
+        if not planned.pulled:
             committing(final)
         try:
             results = batch.commit()
@@ -133,28 +107,78 @@ class PageCommit:
                 return None
         else:
             landed = results[-1].update_time
-        lease.committed(landed, selection.cursor, selection.read, clears)
-        counts = counts_of(plan)
+        lease.committed(landed, selection.cursor, selection.read, clears(lease, selection))
+        return self.account(selection, planned, final, began)
+
+    def plan(self, selection: Page) -> Planned:
+        """The page planned on what the sink reads now: its items' outcomes and effects, an
+        ``event_missing`` error for each item gone, and the wallets it takes below zero."""
+        events = selection.events
+        plan, pulled, stored = self._plan(events)
+        already = {event.event_id for event in [*pulled, *events]
+                   if event.data.get("processed") is True}
+        for event_id in selection.missing:
+            missing = EventMissing(event_id)
+            plan.results.append(ItemResult(event_id, "", Outcome.ERROR, code=missing.code,
+                                           message=missing.message))
+        return Planned(plan, pulled, stored, already, self._below_zero(plan))
+
+    def write(self, batch: firestore.WriteBatch, lease: Lease, selection: Page,
+              planned: Planned, final: bool) -> None:
+        """Everything the page writes, into ``batch``: its effects through the sink, its
+        items' flags, error records, findings and audits, the retried run's resolved records,
+        and the chunk's cursor and counters under the lease."""
+        context, plan = self._context, planned.plan
+        db, migration_id, chunk_id = context.db, context.migration_id, context.chunk_id
+        context.sink.write(batch, plan, planned.stored)
+        if context.backfill.flags_events:
+            context.sink.flag(batch, plan.results, planned.already)
         for result in plan.results:
             if result.outcome is Outcome.ERROR:
-                log_failure(migration_id, self._chunk_id, result.event_id, result.event_type,
-                            result.code, self._run.dry_run)
-        logs.log(logger, PAGE_MESSAGE, migration_id=migration_id, chunk_id=self._chunk_id,
-                 type=self._run.type, event_count=selection.read, dry_run=self._run.dry_run,
-                 processed=counts["applied"] + counts["duplicates"],
-                 duration_ms=int((time.monotonic() - began) * 1000), **counts)
+                sinks.record_error(db, batch, migration_id, chunk_id, result)
+        for finding in plan.findings:
+            sinks.record_finding(db, batch, migration_id, chunk_id, finding)
+        for customer_id, audit in plan.audits.items():
+            sinks.record_audit(db, batch, migration_id, customer_id, audit)
+        retried = (lease.chunk.source or {}).get("errorsOf")
+        if retried and not context.dry_run:
+            # Only the page's own items have error records in the retried run: a purchase a
+            # refund pulled in may have none.
+            own = {event.event_id for event in selection.events}
+            sinks.mark_resolved(db, batch, retried, migration_id,
+                                [result for result in plan.results if result.event_id in own])
+        if final:
+            # The lease guarantees the chunk is still as read: running, ours.
+            lifecycle.chunk_move(lease.chunk.state, ChunkState.COMPLETED)
+        lease.guard(batch, checkpoint(context.settings, selection, planned, final,
+                                      clears(lease, selection)))
+
+    def account(self, selection: Page, planned: Planned, final: bool,
+                began: float) -> Committed:
+        """The page landed: log its failed items and its page line; what it counted."""
+        context = self._context
+        counts = counts_of(planned.plan)
+        for result in planned.plan.results:
+            if result.outcome is Outcome.ERROR:
+                log_failure(context.migration_id, context.chunk_id, result.event_id,
+                            result.event_type, result.code, context.dry_run)
+        logs.log(logger, PAGE_MESSAGE, migration_id=context.migration_id,
+                 chunk_id=context.chunk_id, type=context.run.type, event_count=selection.read,
+                 dry_run=context.dry_run, processed=counts["applied"] + counts["duplicates"],
+                 duration_ms=int((context.monotonic() - began) * 1000), **counts)
         return Committed(selection.read, final, counts["errors"])
 
     def _plan(self, events: list[Event]) -> tuple[PagePlan, list[Event], dict[str, Stored]]:
         """The page's plan, the purchases from other pages it applies ahead of its refunds,
         and the documents the plan was made on."""
-        backfill, migration_id = self._backfill, self._run.migration_id
+        context = self._context
+        backfill, migration_id = context.backfill, context.migration_id
         stored = self._read(backfill.lookups(events))
         gather = getattr(backfill, "gather", None)
         if gather is not None:
             # An audit's wider reads (a customer's whole ledger), made before planning too.
-            stored.update(gather(self._db, self._ledger, events, stored, migration_id,
-                                 self._window))
+            stored.update(gather(context.db, context.sink, events, stored, migration_id,
+                                 context.window))
         plan = backfill.plan(events, stored, migration_id)
         ahead = self._pull(events, plan)
         if ahead is None:
@@ -177,11 +201,11 @@ class PageCommit:
         return plan, [event for event in ahead if event.event_id in outside & settled], stored
 
     def _read(self, paths: list[str]) -> dict[str, Stored]:
-        """The documents at ``paths`` as the ledger sink sees them, products from this
-        delivery's cache once read."""
+        """The documents at ``paths`` as the sink sees them, products from this delivery's
+        cache once read."""
         products = f"{schema.PRODUCTS}/"
         wanted = [path for path in dict.fromkeys(paths) if path not in self._products]
-        found = self._ledger.read(wanted)
+        found = self._context.sink.read(wanted)
         self._products.update((path, document) for path, document in found.items()
                               if path.startswith(products))
         found.update((path, self._products[path]) for path in paths if path in self._products)
@@ -190,11 +214,11 @@ class PageCommit:
     def _pull(self, events: list[Event], plan: PagePlan) -> list[Event] | None:
         """Purchases to apply ahead of the page's refunds that lack them; None: none lack one
         (or the backfill type does not pull)."""
-        pull = getattr(self._backfill, "pull", None)
+        pull = getattr(self._context.backfill, "pull", None)
         if pull is None or not any(r.wants_purchase for r in plan.results):
             return None
-        pulled: list[Event] = pull(self._db.collection(schema.EVENTS), events, plan,
-                                   self._window)
+        pulled: list[Event] = pull(self._context.db.collection(schema.EVENTS), events, plan,
+                                   self._context.window)
         return pulled
 
     def _below_zero(self, plan: PagePlan) -> list[str]:
@@ -202,7 +226,7 @@ class PageCommit:
         debited = {cid: delta for cid, delta in plan.wallet_deltas.items() if delta < 0}
         if not debited:
             return []
-        stored = sinks.read_documents(self._db, [f"{schema.WALLETS}/{cid}" for cid in debited])
+        stored = self._context.sink.read([f"{schema.WALLETS}/{cid}" for cid in debited])
         result = []
         for cid, delta in debited.items():
             wallet = stored.get(f"{schema.WALLETS}/{cid}")
@@ -211,26 +235,44 @@ class PageCommit:
                 result.append(cid)
         return result
 
-    def _checkpoint(self, selection: Page, plan: PagePlan, below_zero: list[str], final: bool,
-                    pulled: int, clears_suspect: bool) -> dict[str, Any]:
-        # Pulled purchases are counted where they were applied: taken, and their outcome.
-        update: dict[str, Any] = {
-            **progressed(self._settings, selection.read, selection.cursor),
-            "counters.taken": firestore.Increment(
-                selection.read + pulled - sum(r.repeat for r in plan.results)),
-            "counters.points": firestore.Increment(sum(r.points for r in plan.results)),
-        }
-        for name, count in counts_of(plan).items():
-            if count:
-                update[f"counters.{name}"] = firestore.Increment(count)
-        if clears_suspect:
-            update["suspect"] = None  # it went through after all: its failure was passing
-        if below_zero:
-            update["belowZero"] = firestore.ArrayUnion(below_zero)
-        if final:
-            update.update(state=ChunkState.COMPLETED.value, leaseOwner=None,
-                          finishedAt=firestore.SERVER_TIMESTAMP)
-        return update
+
+def is_final(selection: Page, limit: int, left: int | None) -> bool:
+    """Whether the page is its chunk's last: its source says nothing more is to come, or the
+    chunk's quota (``left`` before it) ends with it."""
+    return not selection.more or limit == 0 or (left is not None and selection.read >= left)
+
+
+def clears(lease: Lease, selection: Page) -> bool:
+    """Whether the page holds the chunk's suspect (it went through after all)."""
+    suspect = lease.chunk.suspect
+    return bool(suspect) and any(event.event_id == (suspect or {}).get("eventId")
+                                 for event in selection.events)
+
+
+def checkpoint(settings: Settings, selection: Page, planned: Planned, final: bool,
+               clears_suspect: bool) -> dict[str, Any]:
+    """The chunk's fields the page's commit writes: its cursor, lease and counters (each
+    item once: a repeat of one this run applied is not counted again; pulled purchases are
+    counted where they were applied), the wallets it took below zero, and, for its last
+    page, the chunk completed."""
+    plan = planned.plan
+    update: dict[str, Any] = {
+        **progressed(settings, selection.read, selection.cursor),
+        "counters.taken": firestore.Increment(
+            selection.read + len(planned.pulled) - sum(r.repeat for r in plan.results)),
+        "counters.points": firestore.Increment(sum(r.points for r in plan.results)),
+    }
+    for name, count in counts_of(plan).items():
+        if count:
+            update[f"counters.{name}"] = firestore.Increment(count)
+    if clears_suspect:
+        update["suspect"] = None  # it went through after all: its failure was passing
+    if planned.below_zero:
+        update["belowZero"] = firestore.ArrayUnion(planned.below_zero)
+    if final:
+        update.update(state=ChunkState.COMPLETED.value, leaseOwner=None,
+                      finishedAt=firestore.SERVER_TIMESTAMP)
+    return update
 
 
 def log_failure(migration_id: str, chunk_id: str, event_id: str, event_type: str, code: str,

@@ -16,13 +16,12 @@ from google.cloud import firestore
 
 from shared import logs
 from shared.adapters.write_token import CONFLICTS
-from shared.backfills.base import Event, ItemResult
-from shared.config import Settings
+from shared.backfills.base import Event, ItemResult, PageSource
 from shared.errors import UNEXPECTED_ERROR, Unavailable
 from shared.executor import sinks
 from shared.executor.commit import log_failure, progressed
+from shared.executor.context import Context
 from shared.executor.lease import Lease
-from shared.executor.sources import PageSource
 from shared.models import Outcome
 
 logger = logging.getLogger(__name__)
@@ -40,13 +39,12 @@ class PageFailed(Exception):
 class Poison:
     """Counts a lone failing event's attempts on its chunk, and passes over it at the last."""
 
-    def __init__(self, settings: Settings, db: firestore.Client, migration_id: str,
-                 chunk_id: str, dry_run: bool = False) -> None:
-        self._settings = settings
-        self._dry_run = dry_run
-        self._db = db
-        self._migration_id = migration_id
-        self._chunk_id = chunk_id
+    def __init__(self, context: Context) -> None:
+        self._settings = context.settings
+        self._dry_run = context.dry_run
+        self._db = context.db
+        self._migration_id = context.migration_id
+        self._chunk_id = context.chunk_id
 
     def strike(self, lease: Lease, source: PageSource, failure: PageFailed) -> None:
         """The one event of ``failure`` failed on its own. Before the last attempt, count the

@@ -34,16 +34,18 @@ from google.cloud import firestore
 from shared import clock, logs
 from shared.adapters.cloud_tasks import ChunkTask, Dispatcher
 from shared.adapters.stores import Stores
+from shared.backfills.base import Page, PageSource
 from shared.backfills.registry import BACKFILLS
 from shared.config import Settings
 from shared.domain import lifecycle, throttle
-from shared.domain.records import RunRecord
 from shared.domain.throttle import Pacer
 from shared.errors import TRANSIENT, Unavailable
+from shared.executor import sinks
 from shared.executor.commit import PageCommit
+from shared.executor.context import Context
 from shared.executor.lease import Lease, Lost
 from shared.executor.poison import PageFailed, Poison
-from shared.executor.sources import Page, PageSource, page_size, source_of
+from shared.executor.sources import page_size, source_of
 from shared.models import FINAL_RUN_STATUSES, ChunkState, RunStatus
 from shared.runs import completion
 
@@ -152,11 +154,13 @@ class ChunkRunner:
         if status is RunStatus.PENDING:
             completion.mark_running(self._stores, task.migration_id)
         backfill, db = BACKFILLS.of(run), self._ports.db
+        context = Context(self._settings, db, self._stores, run, task.chunk_id, backfill,
+                          sinks.sink_of(db, run.migration_id, run.dry_run), clock.now,
+                          self._ports.monotonic)
         pacer = Pacer(lambda: self._share(task.migration_id), self._ports.monotonic, time.sleep)
-        return _PageLoop(self._ports, delivery, run, lease, source_of(db, backfill, lease.chunk),
-                         PageCommit(self._settings, db, run, backfill, task.chunk_id),
-                         Poison(self._settings, db, task.migration_id, task.chunk_id, run.dry_run),
-                         pacer, page_size(self._settings, backfill)).run()
+        return _PageLoop(self._ports, context, delivery, lease,
+                         source_of(db, backfill, lease.chunk), PageCommit(context),
+                         Poison(context), pacer, page_size(self._settings, backfill)).run()
 
     def _share(self, migration_id: str) -> float | None:
         """This delivery's events per second: the run's ceiling over the chunks running."""
@@ -196,13 +200,13 @@ class _PageLoop:
     """One delivery's pages: from the chunk's cursor until its last page, the time budget, a
     lost lease or the breaker."""
 
-    def __init__(self, ports: _Ports, delivery: Delivery, run: RunRecord, lease: Lease,
+    def __init__(self, ports: _Ports, context: Context, delivery: Delivery, lease: Lease,
                  source: PageSource, commit: PageCommit, poison: Poison, pacer: Pacer,
                  size: int) -> None:
         self._ports = ports
         self._pacer = pacer
         self._delivery = delivery
-        self._run = run
+        self._run = context.run
         self._lease = lease
         self._source = source
         self._commit = commit

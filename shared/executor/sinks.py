@@ -15,34 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from shared import clock
 from shared.adapters import schema
-from shared.backfills.base import Finding, ItemResult, PagePlan, Stored
+from shared.backfills.base import Finding, ItemResult, PagePlan, Sink, Stored
+from shared.domain.records import ErrorRecord
 from shared.models import Outcome
-
-
-class LedgerSink(Protocol):
-    def read(self, paths: list[str]) -> dict[str, Stored]:
-        """The documents at ``paths`` as this ledger sees them."""
-
-    def write(self, batch: firestore.WriteBatch, plan: PagePlan,
-              stored: dict[str, Stored]) -> None:
-        """The page's ledger entries, changed entries and wallet increments."""
-
-    def flag(self, batch: firestore.WriteBatch, results: Iterable[ItemResult],
-             already: set[str]) -> None:
-        """Mark each event with its outcome; events ``already`` processed whose entry exists
-        (duplicates) are left as the live path flagged them."""
-
-    def customer_ledger(self, customer_id: str) -> tuple[dict[str, Stored], Stored]:
-        """One customer's every ledger entry (by path) and their wallet, as this ledger sees
-        them, read so they agree: the wallet is read again after the entries, and all of it
-        again if it moved in between."""
 
 
 def read_documents(db: firestore.Client, paths: list[str]) -> dict[str, Stored]:
@@ -107,6 +89,8 @@ class LiveLedger:
         events = self._db.collection(schema.EVENTS)
         for event_id, fields in plan.event_updates.items():
             batch.update(events.document(event_id), fields)
+        for path, data in plan.documents.items():
+            batch.set(self._db.document(path), data)
 
     def flag(self, batch: firestore.WriteBatch, results: Iterable[ItemResult],
              already: set[str]) -> None:
@@ -171,6 +155,13 @@ class ShadowLedger:
                 batch.update(self._shadow.document(entry_id),
                              {**fields, "updatedAt": firestore.SERVER_TIMESTAMP},
                              option=self._db.write_option(last_update_time=read_at))
+        # Documents of other collections: kept in the run's shadow under their path, so the
+        # dry run stores nothing where they would go and its report can say what it would.
+        shadow_documents = schema.run_ref(self._db, self._migration_id).collection(
+            schema.SHADOW_DOCUMENTS)
+        for path, data in plan.documents.items():
+            batch.set(shadow_documents.document(schema.shadow_id(path)),
+                      {"path": path, "data": data})
 
     def flag(self, batch: firestore.WriteBatch, results: Iterable[ItemResult],
              already: set[str]) -> None:
@@ -183,7 +174,7 @@ class ShadowLedger:
                 "dryRunMigrationId": self._migration_id})
 
 
-def ledger_of(db: firestore.Client, migration_id: str, dry_run: bool) -> LedgerSink:
+def sink_of(db: firestore.Client, migration_id: str, dry_run: bool) -> Sink:
     return ShadowLedger(db, migration_id) if dry_run else LiveLedger(db, migration_id)
 
 
@@ -191,10 +182,11 @@ def record_error(db: firestore.Client, batch: firestore.WriteBatch, migration_id
                  chunk_id: str, result: ItemResult, attempts: int = 1) -> None:
     """The event's error record in the run (its id is the event's: a repeat overwrites)."""
     errors = schema.run_ref(db, migration_id).collection(schema.ERRORS)
+    record = ErrorRecord(id=result.event_id, event_id=result.event_id,
+                         event_type=result.event_type, code=result.code, message=result.message,
+                         hint=result.hint, chunk_id=chunk_id)
     batch.set(errors.document(result.event_id), {
-        "eventId": result.event_id, "eventType": result.event_type,
-        "code": result.code, "message": result.message, "hint": result.hint,
-        "chunkId": chunk_id, "at": firestore.SERVER_TIMESTAMP,
+        **record.fields(), "at": firestore.SERVER_TIMESTAMP,
         "attempts": firestore.Increment(attempts)}, merge=True)
 
 
@@ -202,11 +194,13 @@ def record_finding(db: firestore.Client, batch: firestore.WriteBatch, migration_
                    chunk_id: str, finding: Finding) -> None:
     """An audit's finding, as one of the run's records (beside its failed events)."""
     records = schema.run_ref(db, migration_id).collection(schema.ERRORS)
+    record = ErrorRecord(id=finding.record_id, event_id=finding.event_id,
+                         event_type=finding.event_type, code=finding.code,
+                         message=finding.message, hint=finding.hint, subject=finding.subject,
+                         repaired=finding.repaired, would_repair=finding.would_repair,
+                         chunk_id=chunk_id, attempts=1)
     batch.set(records.document(finding.record_id), {
-        "eventId": finding.event_id, "eventType": finding.event_type, "code": finding.code,
-        "message": finding.message, "hint": finding.hint, "subject": finding.subject,
-        "repaired": finding.repaired, "wouldRepair": finding.would_repair,
-        "chunkId": chunk_id, "at": firestore.SERVER_TIMESTAMP, "attempts": 1})
+        **record.fields(), "at": firestore.SERVER_TIMESTAMP})
 
 
 def record_audit(db: firestore.Client, batch: firestore.WriteBatch, migration_id: str,

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from shared.adapters.gap_scans import Scan
+from shared.backfills.registry import BACKFILLS
 from shared.domain import chunking
 from shared.domain.chunking import Window
 from shared.errors import InvalidRequest
@@ -95,14 +96,16 @@ def _next_runs(days: list[dict[str, Any]], totals: dict[str, Any]) -> Iterator[s
             day[key], dict) else day[key])]
         return f"{dated[0]}..{dated[-1]}"
 
+    replay = BACKFILLS.repairing("unprocessed")
+    backfill = BACKFILLS.repairing("reversalsMissing")
     unprocessed = sum(totals["unprocessed"].values())
     if unprocessed:
-        yield (f"webhook_replay over {span('unprocessed')}: {unprocessed} unprocessed "
+        yield (f"{replay} over {span('unprocessed')}: {unprocessed} unprocessed "
                "event(s); dry run first")
     if totals["purchasesWithoutEntry"]:
-        yield (f"webhook_replay with includeProcessed over {span('purchasesWithoutEntry')}: "
+        yield (f"{replay} with includeProcessed over {span('purchasesWithoutEntry')}: "
                f"{totals['purchasesWithoutEntry']} processed purchase(s) without an entry")
     if totals["reversalsMissing"]:
-        yield (f"reversal_backfill over {span('reversalsMissing')}: "
+        yield (f"{backfill} over {span('reversalsMissing')}: "
                f"{totals['reversalsMissing']} refund(s) or chargeback(s) without a reversal "
                "(after the replay: a reversal needs its purchase entry)")

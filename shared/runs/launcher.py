@@ -30,12 +30,11 @@ from shared.domain import chunking
 from shared.domain.records import RunRecord
 from shared.domain.run_request import BackfillRequest
 from shared.errors import Conflict, NotFound, TooManyRuns, Unavailable
-from shared.models import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, BackfillType, RunStatus
+from shared.models import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, RunStatus
 from shared.runs.completion import fail_run
 
 logger = logging.getLogger(__name__)
 
-ROLLBACK, VERIFY = BackfillType.ROLLBACK.value, BackfillType.LEDGER_VERIFY.value
 
 Clock = Callable[[], dt.datetime]
 
@@ -111,13 +110,7 @@ def start_retry(source_id: str, caller: Caller, settings: Settings, stores: Stor
     source = stores.runs.get(source_id)
     if source is None:
         raise NotFound(f"no run {source_id}")
-    if source.type == VERIFY:
-        raise Conflict(f"run {source_id} is a ledger_verify: its findings are not retried; "
-                       "fix what needs a person, then verify the range again", [source_id])
-    if source.type == ROLLBACK:
-        raise Conflict(f"run {source_id} is a rollback: its failures are not retried; fix "
-                       "their cause, then roll back again with force: true (it passes over "
-                       "what it rolled back)", [source_id])
+    _refuse("retry", source)
     if source.status not in FINAL_RUN_STATUSES:
         raise Conflict(f"run {source_id} is {source.status.value}; retry its failed events "
                        "once it has ended (let it finish, or cancel it)", [source_id])
@@ -151,9 +144,7 @@ def start_rollback(source_id: str, caller: Caller, settings: Settings, stores: S
     source = stores.runs.get(source_id)
     if source is None:
         raise NotFound(f"no run {source_id}")
-    if source.type == ROLLBACK:
-        raise Conflict(f"run {source_id} is a rollback; to undo it, replay its range: the "
-                       "replay reinstates what it rolled back", [source_id])
+    _refuse("rollback", source)
     if source.status not in FINAL_RUN_STATUSES:
         raise Conflict(f"run {source_id} is {source.status.value}; roll it back once it has "
                        "ended (let it finish, or cancel it)", [source_id])
@@ -173,10 +164,17 @@ def start_rollback(source_id: str, caller: Caller, settings: Settings, stores: S
     if written == 0:
         raise Conflict(f"run {source_id} wrote no ledger entry: nothing to roll back",
                        [source_id])
-    run = _new_run(ROLLBACK, dry_run, source.start_date, source.end_date, settings, caller,
-                   now(), 1, rollback_of={"migrationId": source_id, "entries": written},
+    run = _new_run(BACKFILLS.undoer(), dry_run, source.start_date, source.end_date, settings,
+                   caller, now(), 1, rollback_of={"migrationId": source_id, "entries": written},
                    forced=force)
     return _launch(settings, stores, dispatcher, run, force, None)
+
+
+def _refuse(action: str, source: RunRecord) -> None:
+    """``Conflict`` if the source run's type refuses ``action`` (its own reason)."""
+    if (reason := BACKFILLS.get(source.type).refusal(action)) is not None:
+        raise Conflict(f"run {source.migration_id} is a {source.type}{reason}",
+                       [source.migration_id])
 
 
 def _new_run(backfill_type: str, dry_run: bool, start_date: dt.date, end_date: dt.date,

@@ -13,8 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shared import logs
 from shared.adapters.cloud_tasks import (
-    ENTRIES_CHUNK,
-    FLAGS_CHUNK,
     PLAN_CHUNK,
     RETRY_CHUNK,
     ChunkTask,
@@ -22,6 +20,7 @@ from shared.adapters.cloud_tasks import (
     enqueue_all,
 )
 from shared.adapters.stores import ErrorStore, PlanStore, Stores, still_active
+from shared.backfills.base import Chunks
 from shared.backfills.registry import BACKFILLS
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
 from shared.domain import chunking, lifecycle
@@ -71,7 +70,7 @@ def plan_run(settings: Settings, stores: Stores, dispatcher: Dispatcher,
             total = sum(chunk.takes for chunk in chunks)
             logs.log(logger, "run planned", migration_id=migration_id, type=run.type,
                      start_date=run.start_date.isoformat(), end_date=run.end_date.isoformat(),
-                     dry_run=run.dry_run, eligible=sum(chunk.eligible for chunk in chunks),
+                     dry_run=run.dry_run, eligible=sum(chunk.eligible or 0 for chunk in chunks),
                      total=total, event_count=total, chunks=len(chunks))
             break
     run = stores.runs.get(migration_id)
@@ -82,7 +81,7 @@ def plan_run(settings: Settings, stores: Stores, dispatcher: Dispatcher,
     # slots the large ones leave at the end instead of a large one starting last.
     pending = sorted(stores.chunks.chunks(migration_id, [ChunkState.PENDING]),
                      key=lambda chunk: (-(chunk.quota if chunk.quota is not None
-                                          else chunk.eligible), chunk.index))
+                                          else chunk.eligible or 0), chunk.index))
     tasks = [ChunkTask(migration_id, chunk.chunk_id, chunk.segment) for chunk in pending]
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
     return f"planned; {len(tasks)} chunk task(s) enqueued"
@@ -90,31 +89,39 @@ def plan_run(settings: Settings, stores: Stores, dispatcher: Dispatcher,
 
 def plan_chunks(settings: Settings, plans: PlanStore, errors: ErrorStore,
                 run: RunRecord) -> list[PlannedChunk]:
-    """The run's chunks: one a window of ``chunkDays`` (cut at ``receivedBefore``), with the
-    events it may take (``maxEvents`` shared out oldest first); a retry run's one chunk (the
-    failed events), a rollback's two (the entries the
-    rolled-back run wrote, and the events it settled without one)."""
+    """The run's chunks: a retry run's one chunk (the failed items); the chunks a type plans
+    itself (``chunks``, as a rollback's); else one a window of ``chunkDays`` (cut at
+    ``receivedBefore``), sized by the type, with the items it may take (``maxEvents`` shared
+    out oldest first). A window the type cannot size is planned whole and never idle: its
+    executor finds out how much it holds."""
     if run.retry_of:
         source = run.retry_of
         return [PlannedChunk(RETRY_CHUNK, None, None,
                              errors.count(source["migrationId"], source.get("code")), None,
                              {"errorsOf": source["migrationId"], "code": source.get("code")})]
-    if run.rollback_of:
-        undone = run.rollback_of["migrationId"]
-        return [PlannedChunk(ENTRIES_CHUNK, None, None, plans.written(undone), None,
-                             {"entriesOf": undone}),
-                PlannedChunk(FLAGS_CHUNK, None, None, plans.settled(undone), None,
-                             {"flagsOf": undone})]
     backfill = BACKFILLS.of(run)
+    if isinstance(backfill, Chunks):
+        return backfill.chunks(run, plans)
     cutoff = run.received_before
     windows = [chunking.before(window, cutoff) if cutoff is not None else window
                for window in chunking.windows(run.start_date, run.end_date, run.chunk_days)]
-    def count(window: Window) -> int:
-        return plans.eligible(backfill, window)
+
+    def size(window: Window) -> int | None:
+        return backfill.size(plans, window)
 
     with ThreadPoolExecutor(max_workers=settings.enqueue_workers) as pool:
-        counted = [Counted(window, eligible)
-                   for window, eligible in zip(windows, pool.map(count, windows), strict=True)]
+        sizes = list(pool.map(size, windows))
+        if any(found is None for found in sizes):
+            # Uncounted: no split, no share of maxEvents by count; the chunks take it whole.
+            return [PlannedChunk(window.chunk_id, window.start, window.end, None,
+                                 run.max_events, note="not counted: taken whole")
+                    for window in windows if window.end > window.start]
+        counted = [Counted(window, found) for window, found in zip(windows, sizes, strict=True)
+                   if found is not None]
+
+        def count(window: Window) -> int:
+            return size(window) or 0
+
         # Within one commit: the run's update and at most this many chunks.
         pieces = chunking.split(counted, count, settings.split_events,
                                 MAX_WRITES_PER_COMMIT - 1, pool.map)

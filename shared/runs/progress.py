@@ -33,7 +33,7 @@ from shared.domain.records import (
     RunStatusView,
 )
 from shared.errors import InvalidRequest, NotFound
-from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
+from shared.models import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, ChunkState, RunStatus
 from shared.runs import completion
 
 # Shorter than this, a delivery's events since its claim are mostly its first page, taken at
@@ -106,7 +106,8 @@ def overview(stores: Stores, limit: int = 20, backfill_type: str | None = None,
     listed = []
     for run in _recent(stores, limit, backfill_type, status):
         totals = stores.chunks.totals(run.migration_id, ("taken", "errors"))
-        taken, total = totals["taken"], run.total or 0
+        taken = totals["taken"]
+        total = _total(run, taken)
         started = run.started_at
         elapsed = ((run.finished_at or now) - started).total_seconds() if started else 0.0
         rate = bounded(taken / elapsed if elapsed > 0 else 0.0, _ceiling(settings, run, now))
@@ -115,7 +116,8 @@ def overview(stores: Stores, limit: int = 20, backfill_type: str | None = None,
             **RunFields.of(run).model_dump(by_alias=True), "taken": taken,
             "errors": totals["errors"], "percent": _percent(run, taken, total),
             "rate": rate,
-            "etaSeconds": eta_seconds(total - taken, rate) if active else None}))
+            "etaSeconds": eta_seconds(total - taken, rate) if active and counted(run)
+            else None}))
     return listed
 
 
@@ -142,8 +144,8 @@ def describe_run(settings: Settings, stores: Stores, migration_id: str,
         raise NotFound(f"no run {migration_id}")
     chunks = stores.chunks.chunks(migration_id)
     sums = completion.summarize(chunks)
-    total = run.total or 0
     taken = sums["taken"]
+    total = _total(run, taken)
     left_over = (run.eligible or 0) - total
     states: dict[str, int] = {}
     for chunk in chunks:
@@ -234,7 +236,8 @@ def _pace(run: RunRecord, chunks: list[ChunkRecord], taken: int, total: int,
     return {
         "rate": rate,
         "average_rate": round(average, 1),
-        "eta_seconds": eta_seconds(total - taken, pace) if active and run.planned else None,
+        "eta_seconds": eta_seconds(total - taken, pace) if active and run.planned
+        and counted(run) else None,
         "last_checkpoint_at": last,
         "last_checkpoint_age_seconds": round((now - last).total_seconds(), 1) if last
         else None,
@@ -243,9 +246,22 @@ def _pace(run: RunRecord, chunks: list[ChunkRecord], taken: int, total: int,
     }
 
 
+def counted(run: RunRecord) -> bool:
+    """Whether planning counted the run's items (a type whose source cannot count plans its
+    windows whole: how much they hold is known only as its chunks end)."""
+    return run.counted
+
+
+def _total(run: RunRecord, taken: int) -> int:
+    """The run's total: as planned, or, for an uncounted run, what it has taken so far."""
+    return (run.total or 0) if counted(run) else taken
+
+
 def _percent(run: RunRecord, taken: int, total: int) -> float:
     if not run.planned:
         return 0.0
+    if not counted(run):
+        return 100.0 if run.status in FINAL_RUN_STATUSES else 0.0
     if total == 0:
         return 100.0
     return round(min(100.0, 100.0 * taken / total), 1)

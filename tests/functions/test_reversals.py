@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 
 from shared.adapters import schema
-from shared.backfills.registry import BACKFILLS
-from shared.models import BackfillType
+from shared.backfills.registry import BACKFILLS, BackfillType
 from tests import data
 from tests.functions.conftest import Harness
 

@@ -150,20 +150,38 @@ def test_no_two_modules_bear_near_twin_names() -> None:
     assert {stem: found for stem, found in stems.items() if len(found) > 1} == {}
 
 
+def named_types(path: Path, names: re.Pattern[str]) -> set[str]:
+    """The backfill types a module's code names: in its string constants (docstrings aside:
+    prose may speak of a type) and as ``BackfillType`` members."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and id(node) not in docstrings:
+            found.update(names.findall(node.value))
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id == "BackfillType":
+            found.add(node.attr.lower())
+    return found
+
+
 def test_no_type_is_named_outside_the_backfills_but_in_the_registry() -> None:
     from shared.backfills.registry import BACKFILLS
 
-    names = re.compile(r"\b(" + "|".join(BACKFILLS.names()) + r")\b")
-    outside = {}
-    for module, path in MODULES.items():
-        if part_of(module) == "backfills":
-            continue
-        if found := set(names.findall(path.read_text())):
-            outside[module] = found
-    main = (ROOT / "functions" / "main.py").read_text()
-    if found := set(names.findall(main)):
-        outside["functions.main"] = found
-    assert outside == {}
+    # An internal type is named after the run-control action that starts it (``rollback``:
+    # POST .../{migrationId}/rollback), so its name is the action's too: only the types the
+    # trigger takes are looked for by name.
+    names = re.compile(r"\b(" + "|".join(BACKFILLS.triggered()) + r")\b")
+    assert names.search("a run of webhook_replay")  # the rule can fail
+    modules = {f"shared.{module}": path for module, path in MODULES.items()
+               if part_of(module) != "backfills"}
+    modules["functions.main"] = ROOT / "functions" / "main.py"
+    assert {module: found for module, path in modules.items()
+            if (found := named_types(path, names))} == {}
 
 
 def test_the_executor_is_used_from_outside_only_through_its_runner() -> None:

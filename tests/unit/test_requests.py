@@ -3,8 +3,8 @@ import datetime as dt
 import pytest
 
 from shared.api.bodies import parse_request
+from shared.backfills.registry import BackfillType
 from shared.errors import InvalidRequest
-from shared.models import BackfillType
 
 TODAY = dt.date(2026, 11, 22)
 VALID = (b'{"type": "webhook_replay", "startDate": "2025-01-01", "endDate": "2025-01-10", '
