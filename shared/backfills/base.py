@@ -132,8 +132,9 @@ class PagePlan:
     # commits its record first; a page that loses the race is planned again and reads it).
     audits: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
-    # Documents of other collections the page stores, by path (``collection/id``): set whole,
-    # so a repeat stores the same document again. A dry run stores them in its shadow instead.
+    # Documents of other collections the page stores, by path (``collection/id``): created if
+    # absent, like ledger entries (one that exists meanwhile fails the page's commit whole, and
+    # the page is planned again on what is there). A dry run stores them in its shadow.
     documents: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def credit(self, customer_id: str, points: int) -> None:

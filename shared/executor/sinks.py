@@ -41,6 +41,10 @@ def _entries(query: Any) -> dict[str, Stored]:
             for snap in query.stream()}
 
 
+# Collections a dry run reads as they are: reference data, and wallets (it never moves one).
+_UNSHADOWED = (f"{schema.PRODUCTS}/", f"{schema.WALLETS}/")
+
+
 class LiveLedger:
     def __init__(self, db: firestore.Client, migration_id: str) -> None:
         self._db = db
@@ -90,7 +94,7 @@ class LiveLedger:
         for event_id, fields in plan.event_updates.items():
             batch.update(events.document(event_id), fields)
         for path, data in plan.documents.items():
-            batch.set(self._db.document(path), data)
+            batch.create(self._db.document(path), data)
 
     def flag(self, batch: firestore.WriteBatch, results: Iterable[ItemResult],
              already: set[str]) -> None:
@@ -117,11 +121,19 @@ class ShadowLedger:
         prefix = f"{schema.LEDGER}/"
         shadow_of = {self._shadow.document(path.removeprefix(prefix)).path: path
                      for path in paths if path.startswith(prefix)}
+        # Documents of other collections the run would have stored (not reference data nor
+        # wallets, which a dry run never writes): its own shadow's, where it holds them.
+        stored = schema.run_ref(self._db, self._migration_id).collection(
+            schema.SHADOW_DOCUMENTS)
+        shadow_of.update((stored.document(schema.shadow_id(path)).path, path) for path in paths
+                         if not path.startswith((prefix, *_UNSHADOWED)))
         found = read_documents(self._db, [*paths, *shadow_of])
         for shadow_path, path in shadow_of.items():
             entry = found.pop(shadow_path)
-            if entry.data is not None:
-                found[path] = dataclasses.replace(entry, shadowed=True)
+            if entry.data is None:
+                continue
+            data = entry.data if path.startswith(prefix) else entry.data.get("data")
+            found[path] = dataclasses.replace(entry, data=data, shadowed=True)
         return found
 
     def customer_ledger(self, customer_id: str) -> tuple[dict[str, Stored], Stored]:
@@ -160,8 +172,8 @@ class ShadowLedger:
         shadow_documents = schema.run_ref(self._db, self._migration_id).collection(
             schema.SHADOW_DOCUMENTS)
         for path, data in plan.documents.items():
-            batch.set(shadow_documents.document(schema.shadow_id(path)),
-                      {"path": path, "data": data})
+            batch.create(shadow_documents.document(schema.shadow_id(path)),
+                         {"path": path, "data": data})
 
     def flag(self, batch: firestore.WriteBatch, results: Iterable[ItemResult],
              already: set[str]) -> None:

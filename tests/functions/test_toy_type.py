@@ -78,7 +78,8 @@ class CatalogSource:
 
 
 class CatalogCopy:
-    """Copies catalog items into ``catalogCopies``; an item with a negative price fails."""
+    """Copies catalog items into ``catalogCopies`` (an item copied already is a duplicate); an
+    item with a negative price fails."""
 
     name = NAME
     error_codes = (NegativePrice.code,)
@@ -106,7 +107,7 @@ class CatalogCopy:
                 [i for i in ids if i not in CATALOG.items])
 
     def lookups(self, events: Sequence[Event]) -> list[str]:
-        return []
+        return [f"{COPIES}/{item.event_id}" for item in events]
 
     def plan(self, events: Sequence[Event], stored: Mapping[str, Stored],
              migration_id: str) -> PagePlan:
@@ -117,7 +118,11 @@ class CatalogCopy:
                 plan.results.append(ItemResult(item.event_id, "item", Outcome.ERROR,
                                                code=error.code, message=error.message))
                 continue
-            plan.documents[f"{COPIES}/{item.event_id}"] = {
+            path = f"{COPIES}/{item.event_id}"
+            if stored[path].data is not None:
+                plan.results.append(ItemResult(item.event_id, "item", Outcome.DUPLICATE))
+                continue  # stored already (an earlier run): created once, never again
+            plan.documents[path] = {
                 "name": item.data["name"], "price": item.data["price"], "copiedBy": migration_id}
             plan.results.append(ItemResult(item.event_id, "item", Outcome.APPLIED))
         return plan
@@ -165,6 +170,20 @@ def test_a_live_run_stores_every_item_once_in_pages_its_source_says_are_the_last
     assert run["chunks"][0]["pages"] == 3
     assert catalog.pages_served == 3
     assert data.documents(harness.db, schema.LEDGER) == {}
+
+
+def test_a_second_run_finds_every_item_stored_and_writes_nothing_again(
+        harness: Harness, catalog: Catalog) -> None:
+    first = start(harness)
+    harness.deliver_all()
+    catalog.items["i03"]["name"] = "renamed since"
+    second = start(harness, force=True)
+    harness.deliver_all()
+
+    run = harness.run(second)
+    assert (run["status"], run["applied"], run["duplicates"]) == ("completed", 0, 10)
+    assert {copy["copiedBy"] for copy in copies(harness).values()} == {first}
+    assert copies(harness)["i03"]["name"] == "item 3"
 
 
 def test_a_dry_run_stores_nothing_and_keeps_what_it_would_store_in_its_shadow(
