@@ -189,3 +189,10 @@ def test_the_executor_is_used_from_outside_only_through_its_runner() -> None:
              for name in library(imports(path)) if part_of(name) == "executor"}
     assert {name for _, name in users} <= {"executor.runner"}
     assert ("router", "executor.runner") in users
+
+
+def test_the_architecture_page_names_every_module_of_the_library() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    tree = page.split("## The tree", 1)[1].split("```")[1]
+    words = set(re.findall(r"[a-z_]+", tree))
+    assert {module.split(".")[-1] for module in MODULES} - words == set()
