@@ -61,7 +61,7 @@ from emulators.sample import SampleShape, seed
 from emulators.stack import Stack
 from shared import wiring
 from shared.adapters import schema
-from shared.adapters.cloud_tasks import WATCH_CHUNK, InProcessDispatcher
+from shared.adapters.cloud_tasks import InProcessDispatcher, TaskKind
 from shared.adapters.oidc import Caller
 from shared.backfills.registry import BackfillType
 from shared.config import Settings
@@ -255,7 +255,7 @@ def replay_in_process(db: firestore.Client, project: str,
                            services.stores, dispatcher)
         router = services.tasks
         before()
-        while tasks := [task for task in dispatcher.take() if task.chunk_id != WATCH_CHUNK]:
+        while tasks := [task for task in dispatcher.take() if task.kind is not TaskKind.WATCH]:
             for task in tasks:
                 router.route(Delivery(task))
     finally:

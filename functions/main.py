@@ -29,10 +29,11 @@ import flask
 import functions_framework
 
 from shared import clock, logs
-from shared.adapters.cloud_tasks import ChunkTask
+from shared.adapters.cloud_tasks import ChunkTask, TaskBody
 from shared.adapters.gap_scans import FirestoreGaps
 from shared.adapters.oidc import Caller, authenticate
 from shared.api import openapi, status_page
+from shared.api.answers import StartedAnswer
 from shared.api.bodies import (
     ControlRequest,
     RetryRequest,
@@ -44,7 +45,6 @@ from shared.api.bodies import (
 from shared.config import Settings
 from shared.errors import (
     TRANSIENT,
-    BackfillDisabled,
     BackfillError,
     InvalidRequest,
     MethodNotAllowed,
@@ -52,7 +52,7 @@ from shared.errors import (
 )
 from shared.executor.runner import Delivery
 from shared.models import document_id_problem
-from shared.runs import control, gaps, launcher, progress, reports, watchdog
+from shared.runs import control, gaps, launcher, progress, reports
 from shared.wiring import Services, check_configuration, services
 
 logger = logging.getLogger("backfill.functions")
@@ -130,42 +130,11 @@ def backfill_trigger(request: flask.Request) -> flask.Response:
 def _trigger(request: flask.Request) -> tuple[dict[str, Any], int]:
     svc, caller = _admit(request, "POST", _TRIGGER_CALL)
     settings = svc.settings
-    if not settings.enabled:
-        raise BackfillDisabled("backfills are switched off (BACKFILL_ENABLED=false); "
-                               "nothing was started")
     backfill = parse_request(request.get_data(cache=False), settings.max_range_days,
                              clock.now().date())
     started = launcher.start_run(backfill, caller, settings, svc.stores, svc.dispatcher,
                                  scheduled_for=_schedule_time(request))
-    return _started(settings, started)
-
-
-def _started(settings: Settings, started: launcher.StartedRun) -> tuple[dict[str, Any], int]:
-    body: dict[str, Any] = {
-        "migrationId": started.migration_id,
-        "status": started.status.value,
-        "statusUrl": f"{settings.status_url.rstrip('/')}/{started.migration_id}",
-        "chunks": started.chunks,
-        "startDate": started.start_date,
-        "endDate": started.end_date,
-    }
-    notes: list[str] = []
-    if started.requested_end_date:
-        body["requestedEndDate"] = started.requested_end_date
-        notes.append(f"endDate {started.requested_end_date} is past the end of its month; "
-                     f"the run ends with {started.end_date}, the month's last day")
-    if started.waiting_for:
-        body["waitingFor"] = list(started.waiting_for)
-        waiting = ", ".join(started.waiting_for)
-        notes.append(f"waiting for {waiting}, active over these dates: this run is planned "
-                     "once it has ended, so the refunds find the purchases it applies")
-    if notes:
-        body["note"] = "; ".join(notes)
-    if started.duplicate:
-        body["duplicate"] = True
-        body["message"] = "this schedule time started this run already; nothing new started"
-        return body, 200
-    return body, 202
+    return StartedAnswer.of(started, settings.status_url).answer()
 
 
 def _schedule_time(request: flask.Request) -> dt.datetime | None:
@@ -191,33 +160,39 @@ def backfill_status(request: flask.Request) -> flask.Response:
 
 def _status(request: flask.Request) -> Answer:
     svc, _ = _admit(request, "GET", _STATUS_CALL)
-    if request.path.rstrip("/") in (openapi.OPENAPI_PATH, "/openapi.json"):
-        return openapi.document(), 200
-    if _GAPS_PATH.match(request.path):
-        first, last = gaps.parse_range(request.args.get("startDate"),
-                                       request.args.get("endDate"), clock.now().date())
-        return gaps.find_gaps(FirestoreGaps(svc.db), first, last,
-                              svc.settings.enqueue_workers), 200
-    html = status_page.wants_html(request.accept_mimetypes)
-    if match := _ERRORS_PATH.match(request.path):
-        return _errors(svc, _run_id(match.group(1)), request)
-    if match := _RUN_PATH.match(request.path):
-        described = _describe(svc, _run_id(match.group(1)))
-        if html:
-            path = request.path.rstrip("/")
-            return _page(status_page.run_page(described, path, path.rsplit("/", 1)[0] or "/"))
-        return described, 200
-    if _LIST_PATH.match(request.path):
-        limit = request.args.get("limit", "20")
-        if not _LIMIT.fullmatch(limit):
-            raise InvalidRequest("limit", "must be a whole number (ASCII digits)")
-        kind, status = request.args.get("type"), request.args.get("status")
-        if html:
-            overview = progress.overview(svc.stores, int(limit), kind, status,
-                                         settings=svc.settings)
-            return _page(status_page.runs_page(overview, request.path.rstrip("/")))
-        return {"runs": progress.list_runs(svc.stores, int(limit), kind, status)}, 200
+    for path, route in _STATUS_ROUTES:
+        if match := path.match(request.path):
+            return route(svc, request, match)
     raise NotFound("no such resource")
+
+
+def _openapi(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
+    return openapi.document(), 200
+
+
+def _gaps(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
+    first, last = gaps.parse_range(request.args.get("startDate"), request.args.get("endDate"),
+                                   clock.now().date())
+    return gaps.find_gaps(FirestoreGaps(svc.db), first, last, svc.settings.enqueue_workers), 200
+
+
+def _run(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
+    described = svc.describe(_run_id(match.group(1)))
+    if status_page.wants_html(request.accept_mimetypes):
+        path = request.path.rstrip("/")
+        return _page(status_page.run_page(described, path, path.rsplit("/", 1)[0] or "/"))
+    return described, 200
+
+
+def _runs(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
+    limit = request.args.get("limit", "20")
+    if not _LIMIT.fullmatch(limit):
+        raise InvalidRequest("limit", "must be a whole number (ASCII digits)")
+    kind, status = request.args.get("type"), request.args.get("status")
+    if status_page.wants_html(request.accept_mimetypes):
+        overview = progress.overview(svc.stores, int(limit), kind, status, settings=svc.settings)
+        return _page(status_page.runs_page(overview, request.path.rstrip("/")))
+    return {"runs": progress.list_runs(svc.stores, int(limit), kind, status)}, 200
 
 
 def _page(html: str) -> flask.Response:
@@ -227,18 +202,9 @@ def _page(html: str) -> flask.Response:
         "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 
-def _describe(svc: Services, migration_id: str) -> dict[str, Any]:
-    """One run's status. A stalled run is re-armed on the way (its lost chunks picked up, its
-    watchdog enqueued again), so looking at a stuck run is enough to get it going."""
-    body = progress.describe_run(svc.settings, svc.stores, migration_id)
-    if body.get("stalled") and svc.settings.enabled:
-        body["recovery"] = watchdog.rescue(svc.settings, svc.stores, svc.dispatcher,
-                                           migration_id)
-    return body
-
-
-def _errors(svc: Services, migration_id: str, request: flask.Request) -> Answer:
+def _errors(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
     """The run's failed events: CSV (default) or JSON (``?format=json``), ``?code=`` filters."""
+    migration_id = _run_id(match.group(1))
     output = request.args.get("format", "csv")
     if output not in ("csv", "json"):
         raise InvalidRequest("format", "must be csv or json")
@@ -264,42 +230,56 @@ def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
         raise NotFound("no such action: POST .../dataMigrations/{migrationId}/"
                        "{pause|resume|cancel|retry|throttle|rollback}")
     migration_id, action = _run_id(match.group(1)), match.group(2)
-    raw = request.get_data(cache=False)
-    settings = svc.settings
-    if action == "retry":
-        retry = parse_json(raw, RetryRequest)
-        if not settings.enabled:
-            raise BackfillDisabled("backfills are switched off (BACKFILL_ENABLED=false); "
-                                   "nothing was started")
-        started = launcher.start_retry(migration_id, caller, settings, svc.stores,
-                                       svc.dispatcher, retry.code, retry.dry_run, retry.force)
-        body, status = _started(settings, started)
-        return {**body, "retryOf": started.retry_of}, status
-    if action == "rollback":
-        undo = parse_json(raw, RollbackRequest)
-        if not settings.enabled:
-            raise BackfillDisabled("backfills are switched off (BACKFILL_ENABLED=false); "
-                                   "nothing was started")
-        started = launcher.start_rollback(migration_id, caller, settings, svc.stores,
-                                          svc.dispatcher, undo.dry_run, undo.force)
-        body, status = _started(settings, started)
-        return {**body, "rollbackOf": started.rollback_of, "dryRun": undo.dry_run}, status
-    if action == "throttle":
-        limit = parse_json(raw, ThrottleRequest)
-        return control.throttle(settings, svc.stores, migration_id, caller.email,
-                                limit.max_events_per_second, limit.reason), 200
-    note = parse_json(raw, ControlRequest).reason
-    if action == "pause":
-        steered = control.pause(settings, svc.stores, migration_id, caller.email, note)
-    elif action == "cancel":
-        steered = control.cancel(settings, svc.stores, migration_id, caller.email, note)
-    else:
-        steered = control.resume(settings, svc.stores, svc.dispatcher, migration_id,
-                                 caller.email, note)
-    logs.log(logger, "run control", migration_id=migration_id, action=action,
-             status=steered.status, previous=steered.previous, chunks=steered.chunks,
-             caller=caller.email)
-    return steered.body(), 200
+    return _ACTIONS[action](svc, caller, migration_id, request.get_data(cache=False))
+
+
+def _retry(svc: Services, caller: Caller, migration_id: str,
+           raw: bytes) -> tuple[dict[str, Any], int]:
+    retry = parse_json(raw, RetryRequest)
+    started = launcher.start_retry(migration_id, caller, svc.settings, svc.stores,
+                                   svc.dispatcher, retry.code, retry.dry_run, retry.force)
+    return StartedAnswer.of(started, svc.settings.status_url, retry_of=started.retry_of).answer()
+
+
+def _rollback(svc: Services, caller: Caller, migration_id: str,
+              raw: bytes) -> tuple[dict[str, Any], int]:
+    undo = parse_json(raw, RollbackRequest)
+    started = launcher.start_rollback(migration_id, caller, svc.settings, svc.stores,
+                                      svc.dispatcher, undo.dry_run, undo.force)
+    return StartedAnswer.of(started, svc.settings.status_url, rollback_of=started.rollback_of,
+                            dry_run=undo.dry_run).answer()
+
+
+def _throttle(svc: Services, caller: Caller, migration_id: str,
+              raw: bytes) -> tuple[dict[str, Any], int]:
+    limit = parse_json(raw, ThrottleRequest)
+    return control.throttle(svc.settings, svc.stores, migration_id, caller.email,
+                            limit.max_events_per_second, limit.reason), 200
+
+
+def _steer(action: str, move: Callable[[Services, str, str, str], control.Steered]) -> Action:
+    """A pause, resume or cancel: its reason from the body, its answer, its log line."""
+    def steer(svc: Services, caller: Caller, migration_id: str,
+              raw: bytes) -> tuple[dict[str, Any], int]:
+        steered = move(svc, migration_id, caller.email, parse_json(raw, ControlRequest).reason)
+        logs.log(logger, "run control", migration_id=migration_id, action=action,
+                 status=steered.status, previous=steered.previous, chunks=steered.chunks,
+                 caller=caller.email)
+        return steered.body(), 200
+    return steer
+
+
+Action = Callable[[Services, Caller, str, bytes], tuple[dict[str, Any], int]]
+# The route table of run control: POST .../dataMigrations/{migrationId}/{action}.
+_ACTIONS: dict[str, Action] = {
+    "pause": _steer("pause", lambda svc, run, by, note: control.pause(
+        svc.settings, svc.stores, run, by, note)),
+    "resume": _steer("resume", lambda svc, run, by, note: control.resume(
+        svc.settings, svc.stores, svc.dispatcher, run, by, note)),
+    "cancel": _steer("cancel", lambda svc, run, by, note: control.cancel(
+        svc.settings, svc.stores, run, by, note)),
+    "throttle": _throttle, "retry": _retry, "rollback": _rollback,
+}
 
 
 @functions_framework.http
@@ -311,13 +291,7 @@ def backfill_sweep(request: flask.Request) -> flask.Response:
 
 def _sweep(request: flask.Request) -> tuple[dict[str, Any], int]:
     svc, _ = _admit(request, "POST", _SWEEP_CALL)
-    if not svc.settings.enabled:
-        # The kill switch: pause every active run, as their next deliveries would.
-        paused = {run.migration_id: control.kill_switch(svc.settings, svc.stores,
-                                                        run.migration_id)
-                  for run in svc.stores.runs.active()}
-        return watchdog.Swept(paused, 0).body(), 200
-    return watchdog.sweep(svc.settings, svc.stores, svc.dispatcher).body(), 200
+    return svc.sweep().body(), 200
 
 
 @functions_framework.http
@@ -342,29 +316,34 @@ def _chunk(request: flask.Request) -> tuple[dict[str, Any], int]:
     delivery = Delivery(task, int(retries) if _LIMIT.fullmatch(retries) else 0)
     report = svc.tasks.route(delivery)
     logs.log(logger, "chunk task answered", migration_id=task.migration_id,
-             chunk_id=task.chunk_id, segment=task.segment, status=report.result,
+             kind=task.kind.value, chunk_id=task.chunk_id, segment=task.segment,
+             status=report.result,
              event_count=report.events, attempt=delivery.retry_count + 1)
     return {"result": report.result, "pages": report.pages, "events": report.events,
             "detail": report.detail}, 200
 
 
 def _parse_task(request: flask.Request) -> ChunkTask:
-    """A chunk task's body; ``InvalidRequest`` names the field no retry can mend."""
+    """A task's body (``TaskBody``); ``InvalidRequest`` names the field no retry can mend."""
     try:
-        body = json.loads(request.get_data(cache=False) or b"null")
-    except (ValueError, RecursionError):
-        body = None  # RecursionError: nested deeper than the parser goes
-    if not isinstance(body, dict):
-        raise InvalidRequest("body", "must be a JSON object")
-    migration_id, chunk_id, segment = (body.get("migrationId"), body.get("chunkId"),
-                                       body.get("segment", 0))
-    for field, value in (("migrationId", migration_id), ("chunkId", chunk_id)):
-        if not isinstance(value, str):
-            raise InvalidRequest(field, "must be a string")
-        _check_id(field, value)
-    if not isinstance(segment, int) or isinstance(segment, bool) or not 0 <= segment < 2**63:
-        raise InvalidRequest("segment", "must be a whole number >= 0")
-    return ChunkTask(str(migration_id), str(chunk_id), segment)
+        body = parse_json(request.get_data(cache=False) or b"null", TaskBody)
+    except RecursionError:  # nested deeper than the parser goes
+        raise InvalidRequest("body", "must be a JSON object") from None
+    _check_id("migrationId", body.migration_id)
+    if body.chunk_id is not None:
+        _check_id("chunkId", body.chunk_id)
+    return body.task()
+
+
+Route = Callable[[Services, flask.Request, re.Match[str]], Answer]
+# The route table of the status function (GET), first match wins.
+_STATUS_ROUTES: list[tuple[re.Pattern[str], Route]] = [
+    (re.compile(r"^(?:/api)?/openapi\.json/?$"), _openapi),
+    (_GAPS_PATH, _gaps),
+    (_ERRORS_PATH, _errors),
+    (_RUN_PATH, _run),
+    (_LIST_PATH, _runs),
+]
 
 
 def _run_id(value: str) -> str:

@@ -1,8 +1,9 @@
 """The task router: one delivery of a Cloud Task, sent to the use case its kind names.
 
-Every task carries a run and a chunk id: ``plan`` is the run's planning task
-(``shared.runs.planner``), ``watch`` its watchdog (``shared.runs.watchdog``), and any other id one
-of its chunks (the executor, ``shared.executor.runner``). With the kill switch off
+Every task names its kind and its run: ``plan`` is the run's planning task
+(``shared.runs.planner``), ``watch`` its watchdog (``shared.runs.watchdog``), ``chunk`` one of its
+chunks, by id (the executor, ``shared.executor.runner``); the kill switch is checked here, once,
+for all of them. With the kill switch off
 (``BACKFILL_ENABLED=false``) every delivery pauses its run instead and answers 2xx, so no task
 burns its retries meanwhile. An unexpected failure is raised (Cloud Tasks retries it) until the
 task's last attempt, which records the failure (a chunk ``failed``, the run ending once no chunk is
@@ -19,7 +20,7 @@ import logging
 from google.cloud import firestore
 
 from shared import logs
-from shared.adapters.cloud_tasks import PLAN_CHUNK, WATCH_CHUNK, ChunkTask, Dispatcher
+from shared.adapters.cloud_tasks import ChunkTask, Dispatcher, TaskKind
 from shared.adapters.stores import Stores
 from shared.config import Settings
 from shared.executor.runner import ChunkReport, ChunkRunner, Delivery
@@ -55,10 +56,10 @@ class TaskRouter:
         if not settings.enabled:
             return ChunkReport("paused", detail=control.kill_switch(
                 settings, self._stores, task.migration_id))
-        if task.chunk_id == WATCH_CHUNK:
+        if task.kind is TaskKind.WATCH:
             return ChunkReport("watched", detail=watchdog.watch(
                 settings, self._stores, self._dispatcher, task.migration_id))
-        if task.chunk_id == PLAN_CHUNK:
+        if task.kind is TaskKind.PLAN:
             return ChunkReport("planned", detail=planner.plan_run(
                 settings, self._stores, self._dispatcher, task.migration_id, task.segment))
         return self._executor.run(delivery)
@@ -67,7 +68,7 @@ class TaskRouter:
         return control.check_breaker(self._settings, self._stores, migration_id)
 
     def _fail(self, task: ChunkTask, reason: str) -> None:
-        if task.chunk_id == PLAN_CHUNK:
+        if task.kind is TaskKind.PLAN:
             completion.fail_run(self._stores, task.migration_id, f"planning {reason}")
             return
         self._stores.chunks.move(task.migration_id, task.chunk_id, ChunkState.FAILED, reason,

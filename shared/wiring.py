@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import Any
 
 from google.cloud import firestore
 from pydantic import ValidationError
@@ -19,6 +20,7 @@ from shared.adapters.stores import Stores
 from shared.clock import Clock, SystemClock
 from shared.config import Settings, get_settings
 from shared.router import TaskRouter
+from shared.runs import control, progress, watchdog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,26 @@ class Services:
     @property
     def tasks(self) -> TaskRouter:
         return TaskRouter(self.settings, self.db, self.dispatcher, self.stores)
+
+    def describe(self, migration_id: str) -> dict[str, Any]:
+        """One run's status. A stalled run is re-armed on the way (its lost chunks picked up,
+        its watchdog enqueued again), so looking at a stuck run is enough to get it going,
+        unless the kill switch is off."""
+        body = progress.describe_run(self.settings, self.stores, migration_id)
+        if body.get("stalled") and self.settings.enabled:
+            body["recovery"] = watchdog.rescue(self.settings, self.stores, self.dispatcher,
+                                               migration_id)
+        return body
+
+    def sweep(self) -> watchdog.Swept:
+        """A watchdog round for every active run; with the kill switch off, every active run
+        paused instead, as their next deliveries would pause them."""
+        if not self.settings.enabled:
+            paused = {run.migration_id: control.kill_switch(self.settings, self.stores,
+                                                            run.migration_id)
+                      for run in self.stores.runs.active()}
+            return watchdog.Swept(paused, 0)
+        return watchdog.sweep(self.settings, self.stores, self.dispatcher)
 
 
 _lock = threading.Lock()

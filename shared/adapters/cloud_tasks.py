@@ -10,52 +10,105 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import hashlib
-import json
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as api_retry
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic.alias_generators import to_camel
 
 from shared import clock
 from shared.config import Settings
 from shared.errors import Unavailable
 
-# Task kinds, by chunk id: every other chunk id names a chunk of the run.
-PLAN_CHUNK = "plan"  # the run's planning task
-WATCH_CHUNK = "watch"  # the run's watchdog task
 RETRY_CHUNK = "retry"  # the one chunk of a run that retries another run's failed events
-# A rollback's chunks: the entries the rolled-back run wrote, the events it settled without one.
-ENTRIES_CHUNK = "entries"
-FLAGS_CHUNK = "flags"
+
+
+class TaskKind(enum.StrEnum):
+    """What a task asks for: a run planned, a chunk's segment worked, a run watched."""
+
+    PLAN = "plan"
+    CHUNK = "chunk"
+    WATCH = "watch"
 
 
 @dataclasses.dataclass(frozen=True)
 class ChunkTask:
-    """One segment of one chunk's work; segment n+1 continues where segment n ran out of time."""
+    """One task of a run. ``segment`` is, for a chunk, the segment of its work (segment n+1
+    continues where segment n ran out of time; a claim names it); for a planning or watchdog
+    task, only the task's number in its sequence, which makes its name new. Build the last two
+    with ``planning`` and ``watching``."""
 
     migration_id: str
-    chunk_id: str
+    chunk_id: str = ""
     segment: int = 0
+    kind: TaskKind = TaskKind.CHUNK
+
+    @classmethod
+    def planning(cls, migration_id: str, number: int = 0) -> ChunkTask:
+        return cls(migration_id, "", number, TaskKind.PLAN)
+
+    @classmethod
+    def watching(cls, migration_id: str, number: int) -> ChunkTask:
+        return cls(migration_id, "", number, TaskKind.WATCH)
 
     @property
     def name(self) -> str:
         """A deterministic task id. The short hash in front spreads names over Cloud Tasks'
-        key space (sequential names hot-spot its index, its docs warn)."""
-        key = f"{self.migration_id}-{self.chunk_id}-{self.segment}"
+        key space (sequential names hot-spot its index, its docs warn). A planning or
+        watchdog task is named by its kind where a chunk's is named by its id, as before kinds
+        were explicit, so a task queued then and its repeat now share a name."""
+        which = self.chunk_id if self.kind is TaskKind.CHUNK else self.kind.value
+        key = f"{self.migration_id}-{which}-{self.segment}"
         digest = hashlib.sha256(key.encode()).hexdigest()[:8]
         return f"{digest}-{key}"
 
     def body(self) -> bytes:
-        return json.dumps(
-            {"migrationId": self.migration_id, "chunkId": self.chunk_id, "segment": self.segment}
-        ).encode()
+        return TaskBody(kind=self.kind, migration_id=self.migration_id,
+                        chunk_id=self.chunk_id or None, segment=self.segment) \
+            .model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+class TaskBody(BaseModel):
+    """A task's body as Cloud Tasks delivers it: ``{"kind", "migrationId", "chunkId" (a
+    chunk's only), "segment"}``. A body queued before kinds were explicit (no ``kind``; the
+    pseudo chunk ids ``plan`` and ``watch``) reads as the task it was."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    kind: TaskKind
+    migration_id: StrictStr
+    chunk_id: StrictStr | None = None
+    segment: StrictInt = Field(0, ge=0, lt=2**63)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_of_an_older_body(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "kind" not in data:
+            chunk_id = data.get("chunkId")
+            if chunk_id in (TaskKind.PLAN.value, TaskKind.WATCH.value):
+                return {**{k: v for k, v in data.items() if k != "chunkId"}, "kind": chunk_id}
+            return {**data, "kind": TaskKind.CHUNK.value}
+        return data
+
+    @model_validator(mode="after")
+    def _chunk_named_by_chunks_only(self) -> TaskBody:
+        if self.kind is TaskKind.CHUNK and self.chunk_id is None:
+            raise ValueError("chunkId: is required for a chunk task")
+        if self.kind is not TaskKind.CHUNK and self.chunk_id is not None:
+            raise ValueError(f"chunkId: a {self.kind.value} task names no chunk")
+        return self
+
+    def task(self) -> ChunkTask:
+        return ChunkTask(self.migration_id, self.chunk_id or "", self.segment, self.kind)
 
 
 class Dispatcher(Protocol):
@@ -177,7 +230,7 @@ def arm_watchdog(settings: Settings, dispatcher: Dispatcher, migration_id: str,
     number is the task's segment, so arming twice within a slot is a no-op)."""
     due = (clock.now().timestamp() if now is None else now) + settings.lease_seconds
     slot = int(due // settings.lease_seconds)
-    dispatcher.enqueue(ChunkTask(migration_id, WATCH_CHUNK, slot),
+    dispatcher.enqueue(ChunkTask.watching(migration_id, slot),
                        delay_seconds=settings.lease_seconds)
 
 
@@ -199,8 +252,8 @@ def ensure_watchdog(settings: Settings, dispatcher: Dispatcher, migration_id: st
     at = clock.now().timestamp() if now is None else now
     slot = int((at + settings.lease_seconds) // settings.lease_seconds)
     queued = (slot - 2, slot - 1, slot, RESCUE_SEGMENTS + slot - 1, RESCUE_SEGMENTS + slot)
-    if any(dispatcher.exists(ChunkTask(migration_id, WATCH_CHUNK, segment))
+    if any(dispatcher.exists(ChunkTask.watching(migration_id, segment))
            for segment in queued):
         return False
-    return dispatcher.enqueue(ChunkTask(migration_id, WATCH_CHUNK, RESCUE_SEGMENTS + slot),
+    return dispatcher.enqueue(ChunkTask.watching(migration_id, RESCUE_SEGMENTS + slot),
                               delay_seconds=settings.lease_seconds)

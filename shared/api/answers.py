@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from shared.domain.records import RunFields, RunStatusView
+from shared.runs.launcher import StartedRun
 
 
 class _Answer(BaseModel):
@@ -63,6 +64,32 @@ class StartedAnswer(_Answer):
     retry_of: dict[str, Any] | None = None
     rollback_of: dict[str, Any] | None = None
     dry_run: bool | None = None
+
+    @classmethod
+    def of(cls, started: StartedRun, status_url: str, **more: Any) -> StartedAnswer:
+        """The answer to a started run (``more``: ``retry_of``, ``rollback_of``, ``dry_run``),
+        with a note for what the caller may not expect: an end date taken as its month's
+        last day, a run that waits for others before it is planned."""
+        notes: list[str] = []
+        if started.requested_end_date:
+            notes.append(f"endDate {started.requested_end_date} is past the end of its month; "
+                         f"the run ends with {started.end_date}, the month's last day")
+        if started.waiting_for:
+            notes.append(f"waiting for {', '.join(started.waiting_for)}, active over these "
+                         "dates: this run is planned once it has ended, so the refunds find "
+                         "the purchases it applies")
+        duplicate = {"duplicate": True, "message": "this schedule time started this run "
+                     "already; nothing new started"} if started.duplicate else {}
+        return cls(migration_id=started.migration_id, status=started.status.value,
+                   status_url=f"{status_url.rstrip('/')}/{started.migration_id}",
+                   chunks=started.chunks, start_date=started.start_date,
+                   end_date=started.end_date, requested_end_date=started.requested_end_date,
+                   waiting_for=list(started.waiting_for) or None,
+                   note="; ".join(notes) or None, **duplicate, **more)
+
+    def answer(self) -> tuple[dict[str, Any], int]:
+        """The body and status: 202 for a new run, 200 for a twin firing's run."""
+        return self.model_dump(by_alias=True, exclude_none=True), 200 if self.duplicate else 202
 
 
 class RunList(_Answer):

@@ -133,7 +133,7 @@ def resume(settings: Settings, stores: Stores, dispatcher: Dispatcher,
     tasks = _reopen_chunks(settings, stores, migration_id, reopen)
     if not run.planned:
         # The planning task may have run while the run was paused, or not at all yet.
-        tasks.append(ChunkTask(migration_id, cloud_tasks.PLAN_CHUNK, int(clock.now().timestamp())))
+        tasks.append(ChunkTask.planning(migration_id, int(clock.now().timestamp())))
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
     cloud_tasks.arm_watchdog(settings, dispatcher, migration_id)
     return _steered(stores, migration_id, moved, len(tasks))

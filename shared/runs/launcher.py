@@ -17,7 +17,6 @@ from typing import Any
 
 from shared import clock, logs
 from shared.adapters.cloud_tasks import (
-    PLAN_CHUNK,
     ChunkTask,
     Dispatcher,
     arm_watchdog,
@@ -29,7 +28,7 @@ from shared.config import Settings
 from shared.domain import chunking
 from shared.domain.records import RunRecord
 from shared.domain.run_request import BackfillRequest
-from shared.errors import Conflict, NotFound, TooManyRuns, Unavailable
+from shared.errors import BackfillDisabled, Conflict, NotFound, TooManyRuns, Unavailable
 from shared.models import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, RunStatus
 from shared.runs.completion import fail_run
 
@@ -194,6 +193,10 @@ def _new_run(backfill_type: str, dry_run: bool, start_date: dt.date, end_date: d
 
 def _launch(settings: Settings, stores: Stores, dispatcher: Dispatcher, run: RunRecord,
             force: bool, scheduled_for: dt.datetime | None) -> StartedRun:
+    # The kill switch, for every way a run starts (the trigger, a retry, a rollback).
+    if not settings.enabled:
+        raise BackfillDisabled("backfills are switched off (BACKFILL_ENABLED=false); "
+                               "nothing was started")
     admitted, existed = _admit(settings, stores, run, force, scheduled_for)
     migration_id = admitted.migration_id
     if existed:
@@ -201,7 +204,7 @@ def _launch(settings: Settings, stores: Stores, dispatcher: Dispatcher, run: Run
                  type=run.type, caller=run.requested_by)
         return StartedRun.of(admitted, duplicate=True)
     try:
-        dispatcher.enqueue(ChunkTask(migration_id, PLAN_CHUNK))
+        dispatcher.enqueue(ChunkTask.planning(migration_id))
         arm_watchdog(settings, dispatcher, migration_id)
     except Unavailable as error:
         fail_run(stores, migration_id, f"could not enqueue the planning task: {error.message}")

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shared import logs
 from shared.adapters.cloud_tasks import (
-    PLAN_CHUNK,
     RETRY_CHUNK,
     ChunkTask,
     Dispatcher,
@@ -60,7 +59,7 @@ def plan_run(settings: Settings, stores: Stores, dispatcher: Dispatcher,
             if run.status is not RunStatus.PENDING:
                 return f"waiting for {', '.join(waiting)}; resume plans it"
             # Ask again later, in the planning task's next segment (a name never used yet).
-            dispatcher.enqueue(ChunkTask(migration_id, PLAN_CHUNK, segment + 1),
+            dispatcher.enqueue(ChunkTask.planning(migration_id, segment + 1),
                                delay_seconds=settings.chain_poll_seconds)
             return f"waiting for {', '.join(waiting)} to end"
         chunks = plan_chunks(settings, stores.plans, stores.errors, run)

@@ -68,7 +68,7 @@ def _watch(settings: Settings, stores: Stores, dispatcher: Dispatcher,
         waiting = still_active(stores.runs, run.waiting_for)
         if not waiting and lifecycle.lease_until(settings, run.created_at) < now:
             # Planning is idempotent: a second planning task is harmless, a lost one is not.
-            tasks.append(ChunkTask(migration_id, cloud_tasks.PLAN_CHUNK,
+            tasks.append(ChunkTask.planning(migration_id,
                                    int(clock.now().timestamp())))
     else:
         tasks = _lost_chunks(settings, stores, dispatcher, migration_id, now)

@@ -11,7 +11,7 @@ import pytest
 from functions_framework import create_app
 from google.cloud import firestore
 
-from shared.adapters.cloud_tasks import PLAN_CHUNK, WATCH_CHUNK, ChunkTask, InProcessDispatcher
+from shared.adapters.cloud_tasks import ChunkTask, InProcessDispatcher, TaskKind
 from shared.config import Settings
 from shared.wiring import Services, use
 from tests.conftest import ROOT, Mint
@@ -80,9 +80,9 @@ class Harness:
     def plan(self) -> None:
         """Deliver only the queued planning tasks; the chunk tasks they enqueue stay queued."""
         tasks = self._due()
-        self.deliver([task for task in tasks if task.chunk_id == PLAN_CHUNK])
+        self.deliver([task for task in tasks if task.kind is TaskKind.PLAN])
         for task in tasks:
-            if task.chunk_id != PLAN_CHUNK:
+            if task.kind is not TaskKind.PLAN:
                 self.dispatcher.queued.append(task)
 
     def deliver_all(self, twice: bool = False) -> int:
@@ -100,8 +100,8 @@ class Harness:
 
     def _due(self) -> list[ChunkTask]:
         tasks = self.dispatcher.take()
-        self.watchdogs += [task for task in tasks if task.chunk_id == WATCH_CHUNK]
-        return [task for task in tasks if task.chunk_id != WATCH_CHUNK]
+        self.watchdogs += [task for task in tasks if task.kind is TaskKind.WATCH]
+        return [task for task in tasks if task.kind is not TaskKind.WATCH]
 
     def run(self, migration_id: str) -> Any:
         return self.status.get(f"/api/admin/dataMigrations/{migration_id}",

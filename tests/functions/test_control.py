@@ -10,7 +10,7 @@ import pytest
 from functions_framework import create_app
 
 from shared.adapters import schema
-from shared.adapters.cloud_tasks import WATCH_CHUNK, ChunkTask, InProcessDispatcher, arm_watchdog
+from shared.adapters.cloud_tasks import ChunkTask, InProcessDispatcher, TaskKind, arm_watchdog
 from shared.adapters.stores import Stores
 from shared.executor.commit import PageCommit
 from shared.runs import progress
@@ -199,8 +199,8 @@ def test_a_watchdog_is_armed_once_per_lease(harness: Harness) -> None:
     for now in (10 * lease, 10.5 * lease, 11 * lease, 11.2 * lease):
         arm_watchdog(harness.settings, dispatcher, "run_1", now)
 
-    assert [(t.chunk_id, t.segment) for t in dispatcher.queued] == [(WATCH_CHUNK, 11),
-                                                                     (WATCH_CHUNK, 12)]
+    assert [(t.kind, t.segment) for t in dispatcher.queued] == [(TaskKind.WATCH, 11),
+                                                                 (TaskKind.WATCH, 12)]
     assert set(dispatcher.delays.values()) == {lease}
 
 
@@ -213,8 +213,8 @@ def test_the_watchdog_leaves_chunks_whose_task_is_still_queued(harness: Harness)
 
     harness.watch()
 
-    assert [t for t in harness.dispatcher.queued if t.chunk_id != WATCH_CHUNK] == [
-        t for t in queued if t.chunk_id != WATCH_CHUNK]
+    assert [t for t in harness.dispatcher.queued if t.kind is not TaskKind.WATCH] == [
+        t for t in queued if t.kind is not TaskKind.WATCH]
     run = harness.run(migration_id)
     assert [c["pickups"] for c in run["chunks"]] == [0, 0, 0]
 
@@ -272,12 +272,12 @@ def test_the_sweep_recovers_a_run_whose_watchdog_was_lost(harness: Harness) -> N
     requeued = harness.dispatcher.queued[:]
     harness.deliver_all()
 
-    assert any(task.chunk_id == WATCH_CHUNK for task in lost)
+    assert any(task.kind is TaskKind.WATCH for task in lost)
     assert (stuck["status"], stuck["stalled"]) == ("running", True)
     assert swept.status_code == 200
     assert (swept.get_json()["runs"], swept.get_json()["pickedUp"]) == (1, 3)
-    assert sorted(t.chunk_id for t in requeued) == [
-        "2025-01-01", "2025-01-02", "2025-01-03", WATCH_CHUNK]  # the watchdog armed again
+    assert sorted(t.chunk_id or t.kind for t in requeued) == [
+        "2025-01-01", "2025-01-02", "2025-01-03", TaskKind.WATCH]  # the watchdog armed again
     run = harness.run(migration_id)
     assert (run["status"], run["taken"], run["applied"]) == ("completed", 120, 120)
     assert set(data.credited_orders(harness.db).values()) == {1}
@@ -311,8 +311,8 @@ def test_reading_the_status_of_a_stalled_run_rearms_it(harness: Harness) -> None
 
     assert stalled["stalled"] is True
     assert stalled["recovery"] == "3 task(s) picked up again"
-    assert sorted(t.chunk_id for t in requeued) == [
-        "2025-01-01", "2025-01-02", "2025-01-03", WATCH_CHUNK]
+    assert sorted(t.chunk_id or t.kind for t in requeued) == [
+        "2025-01-01", "2025-01-02", "2025-01-03", TaskKind.WATCH]
     assert harness.run(migration_id)["status"] == "completed"
     assert len(data.credited_orders(harness.db)) == 120
 

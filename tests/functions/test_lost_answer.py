@@ -19,7 +19,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud.firestore_v1.batch import WriteBatch
 
 from shared.adapters import schema
-from shared.adapters.cloud_tasks import WATCH_CHUNK, ChunkTask
+from shared.adapters.cloud_tasks import ChunkTask, TaskKind
 from tests import data
 from tests.functions.conftest import Harness
 
@@ -124,7 +124,7 @@ def test_a_hand_on_whose_answer_is_lost_enqueues_the_next_segment_at_once(
     done = lose_answer(monkeypatch, hand_on, how)
 
     answer = harness.post_task(task)
-    queued = [queued for queued in harness.dispatcher.queued if queued.chunk_id != WATCH_CHUNK]
+    queued = [queued for queued in harness.dispatcher.queued if queued.kind is not TaskKind.WATCH]
     monkeypatch.undo()
     chunk = chunk_document(harness, migration_id)
     harness.deliver_all()
@@ -158,7 +158,8 @@ def test_a_page_commit_whose_answer_is_lost_is_credited_once_and_the_chunk_goes_
     chunk = chunk_document(harness, migration_id)
     assert (chunk["state"], chunk["pages"], chunk["read"], chunk["segment"]) == (
         "completed", 5, EVENTS, 0)
-    assert [queued for queued in harness.dispatcher.queued if queued.chunk_id != WATCH_CHUNK] == []
+    assert [queued for queued in harness.dispatcher.queued
+            if queued.kind is not TaskKind.WATCH] == []
     assert_applied_once(harness, migration_id)
 
 

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, assume, example, given, note, settings
 from hypothesis import strategies as st
 
 from emulators.stack import Stack
-from shared.adapters.cloud_tasks import WATCH_CHUNK, ChunkTask, InProcessDispatcher
+from shared.adapters.cloud_tasks import ChunkTask, InProcessDispatcher, TaskKind
 from tests import ledgers
 from tests.data import assert_ledger_consistent, credited_orders, documents
 from tests.functions.conftest import SOURCE, Harness
@@ -95,7 +95,7 @@ def drain(harness: Harness, order: random.Random) -> None:
     again: set[ChunkTask] = set()
     while True:
         for task in harness.dispatcher.take():
-            (harness.watchdogs if task.chunk_id == WATCH_CHUNK else pending).append(task)
+            (harness.watchdogs if task.kind is TaskKind.WATCH else pending).append(task)
         if not pending:
             return
         task = pending.pop(order.randrange(len(pending)))

@@ -143,6 +143,11 @@ def test_the_chunk_handler_accepts_only_the_tasks_identity(harness: Harness) -> 
     (b'{"migrationId": "__x__", "chunkId": "2025-01-01"}', "migrationId"),
     (b'{"migrationId": "webhook_replay_1", "chunkId": "__plan__"}', "chunkId"),
     (b'{"migrationId": "webhook_replay_1", "chunkId": "d", "segment": -1}', "segment"),
+    (b'{"kind": "chunk", "migrationId": "webhook_replay_1"}', "chunkId"),
+    (b'{"kind": "plan", "migrationId": "webhook_replay_1", "chunkId": "d"}', "chunkId"),
+    (b'{"kind": "nap", "migrationId": "webhook_replay_1"}', "kind"),
+    (b'{"kind": "chunk", "migrationId": "webhook_replay_1", "chunkId": "d", "segment": true}',
+     "segment"),
     (b"[" * 100_000 + b"]" * 100_000, "body"),
     (b"not json", "body"),
 ])

@@ -261,7 +261,7 @@ def test_a_reversal_backfill_started_beside_an_active_replay_waits_for_it(
     waiting = harness.run(reversal_id)
     # Whenever both have tasks due, the reversal backfill's go first: the order that made its
     # refunds fail while the replay had not applied their purchases yet.
-    while tasks := [t for t in harness.dispatcher.take() if t.chunk_id != "watch"]:
+    while tasks := [t for t in harness.dispatcher.take() if t.kind != "watch"]:
         harness.deliver(sorted(tasks, key=lambda task: task.migration_id != reversal_id))
 
     assert started.status_code == 202

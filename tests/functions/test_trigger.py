@@ -52,7 +52,7 @@ def test_a_valid_request_records_a_run_and_enqueues_its_planning(harness: Harnes
     assert run["requestedBy"] == "ops@example.com"
     assert (run["startDate"], run["endDate"], run["maxEvents"]) == ("2025-01-01", "2025-01-03",
                                                                     1000)
-    assert [t.chunk_id for t in harness.dispatcher.queued] == ["plan", "watch"]
+    assert [t.kind for t in harness.dispatcher.queued] == ["plan", "watch"]
     watchdog = harness.dispatcher.queued[1]
     assert harness.dispatcher.delays[watchdog] == harness.settings.lease_seconds
 

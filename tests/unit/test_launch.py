@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.adapters import cloud_tasks
-from shared.adapters.cloud_tasks import ChunkTask, InProcessDispatcher
+from shared.adapters.cloud_tasks import ChunkTask, InProcessDispatcher, TaskKind
 from shared.adapters.oidc import Caller
 from shared.adapters.stores import Stores
 from shared.domain.run_request import BackfillRequest
@@ -47,8 +46,8 @@ def test_a_run_is_recorded_pending_and_its_planning_and_watchdog_tasks_are_queue
     assert (run.status, run.max_events, run.chunk_count, run.requested_by) == (
         RunStatus.PENDING, 10, 3, "operator@demo")
     assert run.received_before == NOW - dt.timedelta(minutes=settings().settle_minutes)
-    kinds = [task.chunk_id for task in dispatcher.queued]
-    assert kinds == [cloud_tasks.PLAN_CHUNK, cloud_tasks.WATCH_CHUNK]
+    kinds = [task.kind for task in dispatcher.queued]
+    assert kinds == [TaskKind.PLAN, TaskKind.WATCH]
     assert not started.duplicate
 
 
@@ -111,7 +110,7 @@ def test_a_twin_scheduled_firing_answers_the_run_its_twin_started() -> None:
     assert twin.duplicate and not first.duplicate
     assert twin.migration_id == first.migration_id
     assert len(runs.records) == 1
-    assert [task.chunk_id for task in dispatcher.queued].count(cloud_tasks.PLAN_CHUNK) == 1
+    assert [task.kind for task in dispatcher.queued].count(TaskKind.PLAN) == 1
 
 
 def test_a_retry_takes_an_ended_runs_failed_events_and_refuses_what_it_cannot_mend() -> None:
@@ -143,4 +142,4 @@ def test_a_retry_takes_an_ended_runs_failed_events_and_refuses_what_it_cannot_me
     assert "was a dry run" in refusals[2]
     assert started.retry_of == {"migrationId": "live_1", "code": None, "events": 1}
     assert started.chunks == 1
-    assert ChunkTask(started.migration_id, cloud_tasks.PLAN_CHUNK) in dispatcher.queued
+    assert ChunkTask.planning(started.migration_id) in dispatcher.queued

@@ -1,10 +1,16 @@
 import bisect
 import datetime as dt
+import hashlib
 import itertools
+import json
 import random
 import re
+from typing import Any
 
-from shared.adapters.cloud_tasks import ChunkTask, InProcessDispatcher
+import pytest
+from pydantic import ValidationError
+
+from shared.adapters.cloud_tasks import ChunkTask, InProcessDispatcher, TaskBody
 from shared.domain.chunking import Counted, Window, quotas, split, windows
 
 # What the chunk handler accepts as a chunk id (functions/main.py), and Cloud Tasks in names.
@@ -157,3 +163,42 @@ def test_max_events_stays_oldest_first_across_split_windows() -> None:
         assert share == min(piece.count, 1200 - taken)
         taken += share or 0
     assert taken == 1200
+
+
+def test_a_task_body_names_its_kind_and_reads_back_as_the_task() -> None:
+    tasks = [ChunkTask("run_1", "2025-01-01", 3), ChunkTask.planning("run_1", 2),
+             ChunkTask.watching("run_1", 7)]
+
+    bodies = [json.loads(task.body()) for task in tasks]
+
+    assert bodies == [
+        {"kind": "chunk", "migrationId": "run_1", "chunkId": "2025-01-01", "segment": 3},
+        {"kind": "plan", "migrationId": "run_1", "segment": 2},
+        {"kind": "watch", "migrationId": "run_1", "segment": 7}]
+    assert [TaskBody.model_validate_json(task.body()).task() for task in tasks] == tasks
+
+
+def test_a_body_queued_before_kinds_were_explicit_reads_as_the_task_it_was() -> None:
+    older = [b'{"migrationId": "run_1", "chunkId": "plan", "segment": 1}',
+             b'{"migrationId": "run_1", "chunkId": "watch", "segment": 4}',
+             b'{"migrationId": "run_1", "chunkId": "2025-01-01"}']
+
+    tasks = [TaskBody.model_validate_json(body).task() for body in older]
+
+    assert tasks == [ChunkTask.planning("run_1", 1), ChunkTask.watching("run_1", 4),
+                     ChunkTask("run_1", "2025-01-01", 0)]
+    # Named as they were then, so a repeat of a task queued before is a no-op.
+    digest = hashlib.sha256(b"run_1-plan-1").hexdigest()[:8]
+    assert tasks[0].name == f"{digest}-run_1-plan-1"
+
+
+@pytest.mark.parametrize(("body", "wrong"), [
+    ({"kind": "chunk", "migrationId": "r"}, "chunkId: is required for a chunk task"),
+    ({"kind": "watch", "migrationId": "r", "chunkId": "d"}, "chunkId: a watch task names no"),
+    ({"kind": "chunk", "migrationId": "r", "chunkId": "d", "segment": -1}, "segment"),
+    ({"kind": "sleep", "migrationId": "r"}, "kind"),
+])
+def test_a_task_body_that_contradicts_its_kind_is_refused(body: dict[str, Any],
+                                                           wrong: str) -> None:
+    with pytest.raises(ValidationError, match=wrong.split(":")[0]):
+        TaskBody.model_validate(body)

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from shared import clock
-from shared.adapters import cloud_tasks
-from shared.adapters.cloud_tasks import ChunkTask, InProcessDispatcher
+from shared.adapters.cloud_tasks import ChunkTask, InProcessDispatcher, TaskKind
 from shared.adapters.stores import Stores
 from shared.clock import SystemClock
 from shared.config import Settings
@@ -79,9 +78,9 @@ def test_resume_reopens_paused_chunks_in_a_new_segment_and_arms_the_watchdog() -
 
     assert (resumed.status, resumed.chunks) == ("running", 2)
     assert states(chunks) == ["completed", "pending", "pending"]
-    assert sorted((t.chunk_id, t.segment) for t in dispatcher.queued if t.chunk_id != "watch") \
+    assert sorted((t.chunk_id, t.segment) for t in dispatcher.queued if t.kind != "watch") \
         == [("2025-01-02", 3), ("2025-01-03", 1)]
-    assert [t.chunk_id for t in dispatcher.queued].count(cloud_tasks.WATCH_CHUNK) == 1
+    assert [t.kind for t in dispatcher.queued].count(TaskKind.WATCH) == 1
 
 
 def test_a_run_paused_before_it_started_resumes_as_pending_and_is_planned_again() -> None:
@@ -93,7 +92,7 @@ def test_a_run_paused_before_it_started_resumes_as_pending_and_is_planned_again(
     resumed = control.resume(settings(), stores, dispatcher, "run_1", "ops@example.com")
 
     assert resumed.status == "pending"
-    assert cloud_tasks.PLAN_CHUNK in [task.chunk_id for task in dispatcher.queued]
+    assert TaskKind.PLAN in [task.kind for task in dispatcher.queued]
 
 
 def test_cancel_is_final_and_resume_then_answers_conflict() -> None:
@@ -186,7 +185,7 @@ def test_the_watchdog_picks_up_only_chunks_whose_lease_ran_out_and_whose_task_is
     assert (picked.state, picked.segment, picked.pickups) == (ChunkState.PENDING, 5, 1)
     assert chunks.get("run_1", "2025-01-02").pickups == 0
     assert ("2025-01-01", 5) in [(t.chunk_id, t.segment) for t in dispatcher.queued]
-    assert [t.chunk_id for t in dispatcher.queued].count(cloud_tasks.WATCH_CHUNK) == 1
+    assert [t.kind for t in dispatcher.queued].count(TaskKind.WATCH) == 1
 
 
 def test_the_watchdog_leaves_paused_and_ended_runs_alone() -> None:
@@ -214,7 +213,7 @@ def test_an_unplanned_run_is_planned_again_unless_it_waits_for_an_active_run() -
     for run in ("lost_1", "waiting_1"):
         watchdog.watch(settings(), stores, dispatcher, run)
 
-    planning = [t.migration_id for t in dispatcher.queued if t.chunk_id == cloud_tasks.PLAN_CHUNK]
+    planning = [t.migration_id for t in dispatcher.queued if t.kind is TaskKind.PLAN]
     assert planning == ["lost_1"]
 
 
@@ -232,7 +231,7 @@ def test_the_sweep_rescues_every_active_run_and_rearms_lost_watchdogs_once() -> 
 
     assert (sorted(first.rounds), first.picked_up) == (["run_1", "run_2"], 2)
     assert second.picked_up == 0
-    watchdogs = [t for t in dispatcher.queued if t.chunk_id == cloud_tasks.WATCH_CHUNK]
+    watchdogs = [t for t in dispatcher.queued if t.kind is TaskKind.WATCH]
     # One each: the second sweep finds the watchdogs the first one armed.
     assert sorted(t.migration_id for t in watchdogs) == ["run_1", "run_2"]
 
@@ -358,7 +357,7 @@ def test_a_run_waiting_for_an_active_run_asks_again_later_and_is_not_planned() -
     assert detail == "waiting for replay_1 to end"
     assert plans.saves == 0
     [task] = dispatcher.queued
-    assert (task.chunk_id, task.segment, dispatcher.delays[task]) == (cloud_tasks.PLAN_CHUNK, 5, 7)
+    assert (task.kind, task.segment, dispatcher.delays[task]) == (TaskKind.PLAN, 5, 7)
     run_store.move("replay_1", RunStatus.COMPLETED)
     assert planner.plan_run(settings(), stores, dispatcher, "run_1", segment=5).startswith(
         "planned")
