@@ -12,7 +12,10 @@
      │                                                  action, or an active run overlaps
      ├── TooManyRuns                     429     no     the concurrency limit is reached
      ├── BackfillDisabled                503     no     the BACKFILL_ENABLED kill switch is off
-     └── Unavailable                     503     yes    Firestore or Cloud Tasks did not answer
+     ├── Unavailable                     503     yes    Firestore, Cloud Tasks or a provider
+     │                                                  did not answer (or said wait)
+     └── SourceRefused                   (no HTTP status: a chunk's source refused it for good,
+                                          as a provider refusing the API key; the chunk fails)
 
     ItemError                          (no HTTP status: recorded per event, the run goes on)
      ├── MalformedPayload                malformed_payload
@@ -126,6 +129,15 @@ class Unavailable(BackfillError):
     status = 503
     code = "unavailable"
     retryable = True
+
+
+class SourceRefused(BackfillError):
+    """A chunk's source refuses it for good (a provider refused the API key): the chunk fails
+    at once with this message as its reason, since a retry of the task cannot help and many
+    would only be a storm of refused calls."""
+
+    status = 502
+    code = "source_refused"
 
 
 # The code of an event that failed unexpectedly on each of its attempts and was passed over.

@@ -6,7 +6,8 @@ chunks, by id (the executor, ``shared.executor.runner``); the kill switch is che
 for all of them. With the kill switch off
 (``BACKFILL_ENABLED=false``) every delivery pauses its run instead and answers 2xx, so no task
 burns its retries meanwhile. An unexpected failure is raised (Cloud Tasks retries it) until the
-task's last attempt, which records the failure (a chunk ``failed``, the run ending once no chunk is
+task's last attempt, which records the failure (or at once, when the chunk's source refuses it
+for good: ``SourceRefused``) (a chunk ``failed``, the run ending once no chunk is
 open; a planning task fails the run) and answers, so Cloud Tasks stops retrying.
 
 The router composes the use cases; they do not know each other: the executor learns of the
@@ -23,6 +24,7 @@ from shared import logs
 from shared.adapters.cloud_tasks import ChunkTask, Dispatcher, TaskKind
 from shared.adapters.stores import Stores
 from shared.config import Settings
+from shared.errors import SourceRefused
 from shared.executor.runner import ChunkReport, ChunkRunner, Delivery
 from shared.models import ChunkState
 from shared.runs import completion, control, planner, watchdog
@@ -44,6 +46,11 @@ class TaskRouter:
         """Process a delivery; raises only when a retry of the task can help."""
         try:
             return self._route(delivery)
+        except SourceRefused as refused:
+            # No retry can help (a provider refused the key): fail the chunk now, not after
+            # every attempt's refused calls.
+            self._fail(delivery.task, refused.message)
+            return ChunkReport("failed", detail=refused.message)
         except Exception as error:
             if delivery.retry_count + 1 < self._settings.task_max_attempts:
                 raise

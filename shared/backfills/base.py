@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from google.cloud import firestore
 
+from shared.config import Settings
 from shared.domain.chunking import PlannedChunk, Window
 from shared.domain.records import ChunkRecord, RunRecord
 from shared.models import Outcome
@@ -136,6 +137,12 @@ class PagePlan:
     # absent, like ledger entries (one that exists meanwhile fails the page's commit whole, and
     # the page is planned again on what is there). A dry run stores them in its shadow.
     documents: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # Counts by day and event type of what the page did (a recovery: the events it stored, or
+    # would store), summed on the chunk with its cursor: each item once.
+    tallies: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+
+    def tally(self, day: str, event_type: str) -> None:
+        self.tallies[day, event_type] = self.tallies.get((day, event_type), 0) + 1
 
     def credit(self, customer_id: str, points: int) -> None:
         self.wallet_deltas[customer_id] = self.wallet_deltas.get(customer_id, 0) + points
@@ -210,7 +217,9 @@ class Backfill(Protocol):
       windows, as a rollback's), ``pull(events, page, plan, window)`` (items to apply ahead
       of a page's, as a replay pulls the purchases its refunds lack) and
       ``gather(db, sink, events, stored, migration_id, window)`` (documents beyond
-      ``lookups``, as ``ledger_verify`` reads a customer's whole ledger).
+      ``lookups``, as ``ledger_verify`` reads a customer's whole ledger) and
+      ``admit(settings, start_date, today)`` (raises ``InvalidRequest`` for a request it
+      refuses, as a recovery refuses days its provider no longer keeps).
     """
 
     @property
@@ -249,8 +258,9 @@ class Backfill(Protocol):
     def refusal(self, action: str) -> str | None:
         """Why a run of this type refuses ``action`` ("retry", "rollback"), or None."""
 
-    def source(self, db: firestore.Client, chunk: ChunkRecord) -> PageSource:
-        """The source of a chunk of this type's run (a retry's chunk is the executor's)."""
+    def source(self, db: firestore.Client, chunk: ChunkRecord, settings: Settings) -> PageSource:
+        """The source of a chunk of this type's run (a retry's chunk is the executor's);
+        ``settings`` name what a source outside Firestore needs (a provider's URL and key)."""
 
     def size(self, plans: PlanStore, window: Window) -> int | None:
         """How many items a chunk of ``window`` holds (None: unknown)."""

@@ -34,6 +34,7 @@ from shared.adapters import schema
 from shared.backfills.apply import Book, entry_int, entry_path
 from shared.backfills.base import Event, ItemResult, Page, PagePlan, PageSource, Sink, Stored
 from shared.backfills.registry import BACKFILLS, BackfillType
+from shared.config import Settings
 from shared.domain import ledger
 from shared.domain.chunking import PlannedChunk, Window
 from shared.domain.records import ChunkRecord, RunRecord
@@ -91,7 +92,7 @@ class Rollback:
                 PlannedChunk(FLAGS_CHUNK, None, None, plans.settled(undone), None,
                              {"flagsOf": undone})]
 
-    def source(self, db: firestore.Client, chunk: ChunkRecord) -> PageSource:
+    def source(self, db: firestore.Client, chunk: ChunkRecord, settings: Settings) -> PageSource:
         assert chunk.source is not None
         return WrittenSource.of(db, chunk.source)
 

@@ -16,6 +16,7 @@ from google.cloud import firestore
 
 from shared.adapters import schema
 from shared.backfills.base import Event, Page, PageSource
+from shared.config import Settings
 from shared.domain.chunking import Window
 from shared.domain.records import ChunkRecord
 
@@ -59,7 +60,7 @@ class WebhookEvents:
     def refusal(self, action: str) -> str | None:
         return None
 
-    def source(self, db: firestore.Client, chunk: ChunkRecord) -> PageSource:
+    def source(self, db: firestore.Client, chunk: ChunkRecord, settings: Settings) -> PageSource:
         assert chunk.window_start is not None
         assert chunk.window_end is not None
         return WindowSource(db, self.selection, Window(chunk.window_start, chunk.window_end))

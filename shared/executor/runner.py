@@ -159,7 +159,7 @@ class ChunkRunner:
                           self._ports.monotonic)
         pacer = Pacer(lambda: self._share(task.migration_id), self._ports.monotonic, time.sleep)
         return _PageLoop(self._ports, context, delivery, lease,
-                         source_of(db, backfill, lease.chunk), PageCommit(context),
+                         source_of(db, backfill, lease.chunk, self._settings), PageCommit(context),
                          Poison(context), pacer, page_size(self._settings, backfill)).run()
 
     def _share(self, migration_id: str) -> float | None:

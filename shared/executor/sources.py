@@ -47,11 +47,12 @@ class RetrySource:
         return {"eventId": event.event_id}
 
 
-def source_of(db: firestore.Client, backfill: Backfill, chunk: ChunkRecord) -> PageSource:
+def source_of(db: firestore.Client, backfill: Backfill, chunk: ChunkRecord,
+              settings: Settings) -> PageSource:
     """The source a chunk reads: a retry's failed items, or its type's own source."""
     if chunk.source and "errorsOf" in chunk.source:
         return RetrySource(db, backfill, chunk.source["errorsOf"], chunk.source.get("code"))
-    return backfill.source(db, chunk)
+    return backfill.source(db, chunk, settings)
 
 
 def page_size(settings: Settings, backfill: Backfill) -> int:

@@ -85,6 +85,9 @@ def start_run(
     nothing. Raises ``Conflict``/``TooManyRuns`` (unless ``request.force``) and, when the task
     cannot be enqueued, ``Unavailable`` after marking the run failed.
     """
+    admit = getattr(BACKFILLS.get(request.type), "admit", None)
+    if admit is not None:  # what the type itself refuses (``Backfill``'s admission hook)
+        admit(settings, request.start_date, now().date())
     windows = chunking.windows(request.start_date, request.end_date, settings.chunk_days)
     run = _new_run(request.type, request.dry_run, request.start_date, request.end_date,
                    settings, caller, now(), len(windows), max_events=request.max_events,

@@ -23,6 +23,7 @@ from shared.adapters import schema
 from shared.adapters.stores import PlanStore
 from shared.backfills.base import Backfill, Event, ItemResult, Page, PagePlan, PageSource, Stored
 from shared.backfills.registry import BACKFILLS
+from shared.config import Settings
 from shared.domain.chunking import Window
 from shared.domain.records import ChunkRecord
 from shared.errors import ItemError
@@ -95,7 +96,7 @@ class CatalogCopy:
     def refusal(self, action: str) -> str | None:
         return None
 
-    def source(self, db: firestore.Client, chunk: ChunkRecord) -> PageSource:
+    def source(self, db: firestore.Client, chunk: ChunkRecord, settings: Settings) -> PageSource:
         assert chunk.window_start is not None and chunk.window_end is not None
         return CatalogSource(Window(chunk.window_start, chunk.window_end))
 
