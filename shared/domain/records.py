@@ -139,6 +139,8 @@ class ChunkRecord(_Record):
     lease_owner: str | None = None
     lease_until: dt.datetime | None = None
     counters: Counters = Field(default_factory=Counters)
+    # By day, then event type: what a type tallies (``PagePlan.tallies``).
+    tallies: dict[str, dict[str, int]] = Field(default_factory=dict)
     read: int = 0
     pages: int = 0
     below_zero: list[str] = Field(default_factory=list)
@@ -290,6 +292,9 @@ class RunStatusView(RunFields):
     ceiling: float | None
     status_history: list[dict[str, Any]]
     error_codes: dict[str, int]
+    # By day, then event type, what the run's type tallies (a recovery: the events it stored,
+    # or in a dry run would store); empty for the others.
+    tallies: dict[str, dict[str, int]] = Field(default_factory=dict)
     errors_url: str
     chunks: list[ChunkView]
     first_errors: list[ErrorView]

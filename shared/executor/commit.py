@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from google.cloud import firestore
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from shared import logs
 from shared.adapters import schema
@@ -265,6 +266,9 @@ def checkpoint(settings: Settings, selection: Page, planned: Planned, final: boo
     for name, count in counts_of(plan).items():
         if count:
             update[f"counters.{name}"] = firestore.Increment(count)
+    for (day, event_type), count in plan.tallies.items():
+        update[FieldPath("tallies", day, event_type or "-").to_api_repr()] = \
+            firestore.Increment(count)
     if clears_suspect:
         update["suspect"] = None  # it went through after all: its failure was passing
     if planned.below_zero:

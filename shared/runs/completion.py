@@ -81,6 +81,17 @@ def finish_if_done(stores: Stores, migration_id: str) -> None:
         finish_run(stores, migration_id, RunStatus.COMPLETED, "", summary)
 
 
+def tallies(chunks: Iterable[ChunkRecord]) -> dict[str, dict[str, int]]:
+    """A run's tallies by day and event type: the sums of its chunks', days in order."""
+    sums: dict[str, dict[str, int]] = {}
+    for chunk in chunks:
+        for day, by_type in chunk.tallies.items():
+            day_sums = sums.setdefault(day, {})
+            for event_type, count in by_type.items():
+                day_sums[event_type] = day_sums.get(event_type, 0) + int(count)
+    return dict(sorted(sums.items()))
+
+
 def summarize(chunks: Iterable[ChunkRecord]) -> dict[str, Any]:
     """A run's counts: the sums of its chunks' counters (the chunks are the counter shards)."""
     sums = dict.fromkeys(COUNTERS, 0)

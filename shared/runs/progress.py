@@ -175,6 +175,7 @@ def describe_run(settings: Settings, stores: Stores, migration_id: str,
         error_codes={code: count for code in BACKFILLS.error_codes()
                      if (count := errors.count(migration_id, code))}
         if sums["errors"] or errors.count(migration_id) else {},
+        tallies=completion.tallies(chunks),
         errors_url=f"/api/admin/dataMigrations/{migration_id}/errors",
         chunks=[_chunk_view(chunk) for chunk in chunks],
         first_errors=[ErrorView.model_validate(error.model_dump())
