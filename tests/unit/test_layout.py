@@ -131,8 +131,11 @@ def test_only_adapters_and_the_executor_speak_to_google() -> None:
 
 
 def test_the_library_imports_no_client_code() -> None:
+    # httpx is also a provider's HTTP client, in that provider's adapter (PayNow's API).
+    provider_clients = {"adapters.paynow": {"httpx"}}
     assert {module: found for module, path in MODULES.items()
-            if (found := {name.split(".")[0] for name in imports(path)} & CLIENT_ONLY)} == {}
+            if (found := {name.split(".")[0] for name in imports(path)} & CLIENT_ONLY
+                - provider_clients.get(module, set()))} == {}
 
 
 def _stem(name: str) -> str:
