@@ -16,7 +16,7 @@ import socket
 from typing import Annotated, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 GOOGLE_CERTS_URLS = (
@@ -115,6 +115,23 @@ class Settings(BaseSettings):
     # How often a run waiting for another (a reversal backfill behind a replay) asks again.
     chain_poll_seconds: float = Field(30.0, gt=0, le=3600)
 
+    # PayNow's Management API, read by webhook_recovery (shared.adapters.paynow; what PayNow
+    # documents: docs/paynow-api.md). The key is a secret: Secret Manager in production.
+    paynow_api_url: str = "https://api.paynow.gg"
+    paynow_store_id: str = Field("", max_length=64)
+    paynow_webhook_id: str = Field("", max_length=64)
+    paynow_api_key: SecretStr = SecretStr("")
+    # Or a file holding it (a Secret Manager volume: its latest version, so a rotated key is
+    # read again when PayNow refuses the old one); it wins over the variable.
+    paynow_api_key_file: str = ""
+    # The key's limit (calls per second, burst) and the share of it the bundle may use, for
+    # every run and chunk together; how many days PayNow keeps webhook history.
+    paynow_rate_per_second: float = Field(5.0, gt=0, le=1000)
+    paynow_burst: int = Field(5, ge=1, le=1000)
+    paynow_rate_fraction: float = Field(0.8, gt=0, le=1)
+    paynow_retention_days: int = Field(30, ge=1, le=3660)
+    paynow_timeout_seconds: float = Field(10.0, gt=0, le=120)
+
     firestore_emulator_host: str = Field("", validation_alias="FIRESTORE_EMULATOR_HOST")
     tasks_emulator_host: str = Field("", validation_alias="CLOUD_TASKS_EMULATOR_HOST")
     # Local only: the chunk handler's process exits right after its Nth page commit, before it
@@ -166,6 +183,8 @@ class Settings(BaseSettings):
                           self.chunk_audience or self.chunk_url)):
             if urlsplit(url).scheme != "https" or _is_local_url(url):
                 problems.append(f"{name} must be an https URL of a deployed function")
+        if urlsplit(self.paynow_api_url).scheme != "https" or _is_local_url(self.paynow_api_url):
+            problems.append("BACKFILL_PAYNOW_API_URL must be an https URL of PayNow's API")
         if problems:
             raise ValueError(
                 "unsafe production configuration (set BACKFILL_ENV=local only on a developer "

@@ -4,5 +4,6 @@ from shared.backfills import (  # noqa: F401 (they register)
     ledger_verify,
     reversal_backfill,
     rollback,
+    webhook_recovery,
     webhook_replay,
 )

@@ -22,6 +22,9 @@ class BackfillType(enum.StrEnum):
     LEDGER_VERIFY = "ledger_verify"
     # Started through run control only: undoes what one run wrote (shared.backfills.rollback).
     ROLLBACK = "rollback"
+    # Stores the events PayNow's webhook history has and webhookEvents lacks
+    # (shared.backfills.webhook_recovery).
+    WEBHOOK_RECOVERY = "webhook_recovery"
 
 
 class Registry:

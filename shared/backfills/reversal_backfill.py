@@ -32,7 +32,8 @@ class ReversalBackfill(RuleBook):
 
     name = BackfillType.REVERSAL_BACKFILL.value
     error_codes = (MalformedPayload.code, PurchaseNotFound.code)
-    waits_for = (BackfillType.WEBHOOK_REPLAY.value, BackfillType.ROLLBACK.value)
+    waits_for = (BackfillType.WEBHOOK_REPLAY.value, BackfillType.ROLLBACK.value,
+                 BackfillType.WEBHOOK_RECOVERY.value)
     options = frozenset(target.FIELDS)
     repairs = ("reversalsMissing",)
 

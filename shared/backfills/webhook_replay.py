@@ -53,8 +53,9 @@ class WebhookReplay(RuleBook):
     options = frozenset({"includeProcessed", *target.FIELDS})
     # The gaps it repairs (``shared.runs.gaps``): what a gaps report suggests it for.
     repairs = ("unprocessed", "purchasesWithoutEntry")
-    # A rollback over the same dates unflags events as it goes: replay them once it is done.
-    waits_for = (BackfillType.ROLLBACK.value,)
+    # A rollback over the same dates unflags events as it goes, a recovery stores them: replay
+    # them once it is done.
+    waits_for = (BackfillType.ROLLBACK.value, BackfillType.WEBHOOK_RECOVERY.value)
 
     def __init__(self, include_processed: bool = False) -> None:
         self.include_processed = include_processed

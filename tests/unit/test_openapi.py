@@ -28,5 +28,5 @@ def test_every_public_operation_documents_its_answers_and_refusals() -> None:
         assert {"401", "403"} <= set(operation["responses"]), path
     trigger = document["components"]["schemas"]["TriggerBody"]
     assert set(trigger["properties"]["type"]["enum"]) == {
-        "webhook_replay", "reversal_backfill", "ledger_verify"}
+        "webhook_replay", "reversal_backfill", "ledger_verify", "webhook_recovery"}
     assert trigger["additionalProperties"] is False

@@ -61,6 +61,8 @@ def test_local_mode_reads_lists_and_identities(monkeypatch: pytest.MonkeyPatch) 
     {"CLOUD_TASKS_EMULATOR_HOST": "127.0.0.1:8682"},
     {"BACKFILL_FAULT_EXIT_AFTER_COMMITS": "3"},
     {"BACKFILL_CHUNK_URL": "http://127.0.0.1:8685/tasks/chunk"},
+    {"BACKFILL_PAYNOW_API_URL": "http://127.0.0.1:9107"},
+    {"BACKFILL_PAYNOW_API_URL": "http://api.paynow.gg"},
 ])
 def test_production_refuses_every_local_shortcut(monkeypatch: pytest.MonkeyPatch,
                                                  shortcut: dict[str, str]) -> None:
