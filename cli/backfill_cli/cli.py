@@ -186,8 +186,8 @@ def token(
 def start(
     ctx: typer.Context,
     backfill_type: Annotated[str, typer.Argument(metavar="TYPE",
-                                                 help="webhook_replay, reversal_backfill "
-                                                      "or ledger_verify")],
+                                                 help="webhook_replay, reversal_backfill, "
+                                                      "ledger_verify or webhook_recovery")],
     start_date: Annotated[str | None, typer.Option("--start", help="first UTC day, YYYY-MM-DD")]
     = None,
     end_date: Annotated[str | None, typer.Option("--end", help="last UTC day (inclusive)")]
@@ -244,6 +244,52 @@ def start(
         out.answer(started)
         if wait:
             _watch(client, started["migrationId"], out)
+
+
+@app.command()
+def recover(
+    ctx: typer.Context,
+    start_date: Annotated[str | None, typer.Option("--start", help="first UTC day, YYYY-MM-DD")]
+    = None,
+    end_date: Annotated[str | None, typer.Option("--end", help="last UTC day (inclusive)")]
+    = None,
+    lookback_days: Annotated[int | None, typer.Option(
+        min=1, help="the N UTC days ending today (instead of --start and --end)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run/--apply")] = True,
+    event_types: Annotated[list[str] | None, typer.Option(
+        "--event-type", help="only events of this type (repeat it for more)")] = None,
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+    token: TokenOption = None,
+    as_email: AsOption = "ops@example.com",
+) -> None:
+    """Recover the webhooks PayNow has and webhookEvents lacks, then replay them: with --apply,
+    a live webhook_recovery and a live webhook_replay of the same days (the replay waits for the
+    recovery, then applies what it stored); without, the recovery's dry run alone (what it
+    would store, by day and type: a replay's dry run has nothing to read before it is stored).
+    """
+    span = _range(start_date, end_date, lookback_days)
+    body: dict[str, Any] = {"type": "webhook_recovery", "dryRun": dry_run, **span}
+    if event_types:
+        body["eventTypes"] = _listed(event_types)
+    out = Output(as_json)
+    with _client(ctx, token, as_email, out) as client:
+        recovery = client.start(body)
+        out.answer(recovery)
+        replay = None
+        if not dry_run:
+            replay = client.start({"type": "webhook_replay", "dryRun": False, **span,
+                                   **({"eventTypes": body["eventTypes"]} if event_types
+                                      else {})})
+            out.answer(replay)
+        else:
+            out.human.print("a dry run: nothing stored, nothing replayed; read what it would "
+                            f"store with `backfill status {recovery['migrationId']}`, then run "
+                            "this again with --apply", soft_wrap=True, markup=False)
+        if wait:
+            _watch(client, recovery["migrationId"], out, final=replay is None)
+            if replay is not None:
+                _watch(client, replay["migrationId"], out)
 
 
 def _listed(values: list[str]) -> list[str]:
@@ -496,9 +542,10 @@ def errors(
     notes.print(f"wrote {output}")
 
 
-def _watch(client: BackfillClient, migration_id: str, out: Output) -> None:
+def _watch(client: BackfillClient, migration_id: str, out: Output, final: bool = True) -> None:
     """Show the run's progress until it ends or is paused (a bar on a terminal, else a line per
-    status read), then its last status; exit with the run's code unless it completed."""
+    status read), then its last status; exit with the run's code unless it completed (or, not
+    ``final``, unless it completed with no failure: another run is watched next)."""
     try:
         run = watch(client, migration_id, out.human, bar=not out.as_json and console.is_terminal)
     except KeyboardInterrupt:
@@ -511,6 +558,10 @@ def _watch(client: BackfillClient, migration_id: str, out: Output) -> None:
                         soft_wrap=True, markup=False)
     if (code := exit_code(run)) is not ExitCode.OK:
         raise typer.Exit(code)
+    if not final and run.get("errors"):
+        out.human.print(f"{migration_id} completed with failed items: read them with `backfill "
+                        f"errors {migration_id}` before what follows", soft_wrap=True,
+                        markup=False)
 
 
 def _show(run: dict[str, Any]) -> None:
@@ -528,6 +579,13 @@ def _show(run: dict[str, Any]) -> None:
     if run.get("pitrTimestamp"):
         summary.add_row("pitrTimestamp", escape(run["pitrTimestamp"]))
     console.print(summary)
+    if run.get("tallies"):
+        types = sorted({name for day in run["tallies"].values() for name in day})
+        tallied = Table("day", *types, title=("would store" if run["dryRun"] else "stored")
+                        + " by day and type")
+        for day, counts in run["tallies"].items():
+            tallied.add_row(day, *(str(counts.get(name, 0)) for name in types))
+        console.print(tallied)
     if run.get("stalledChunks"):
         console.print(f"stalled chunks (the watchdog picks them up): "
                       f"{', '.join(run['stalledChunks'])}", markup=False)
