@@ -1,9 +1,10 @@
 """Start, inspect and stop the local stack (docs/local-stack-contract.md).
 
-The stack is five processes on 127.0.0.1, each at ``port_base + offset``: the official Firestore
+The stack is six processes on 127.0.0.1, each at ``port_base + offset``: the official Firestore
 emulator (+1), the Cloud Tasks emulator (+2 gRPC, +3 admin HTTP; ``emulators/tasks_emulator.py``
-in its own venv), the local OIDC issuer (+4, ``emulators/issuer.py``), the functions gateway
-(+5, ``python -m emulators.gateway``) and a Cloud Scheduler stand-in that fires the gateway's
+in its own venv), the local OIDC issuer (+4, ``emulators/issuer.py``), the local PayNow
+Management API (+7, ``emulators/paynow.py``), the functions gateway (+5, ``python -m
+emulators.gateway``) and a Cloud Scheduler stand-in that fires the gateway's
 ``POST /api/jobs/sweep`` every ``sweep_seconds`` (admin HTTP +6, ``emulators/scheduler.py``;
 started with the gateway only). ``up`` also creates the chunk queue with the real
 google-cloud-tasks client and writes ``<state-dir>/stack.env``.
@@ -20,6 +21,7 @@ Python (tests)::
     with Stack(Path(".local-test"), port_base=9300, sweep_seconds=0) as stack:
         stack.env(); stack.wait_idle(30); stack.restart_gateway({"KEY": "value"})
         stack.fire_sweep(); stack.set_sweep_period(0.5); stack.sweep_stats()
+        stack.reset_paynow()
 
 Outages, for tests: ``restart_tasks()`` loses every queued task (a lost queue), and
 ``stop_gateway()`` / ``start_gateway()`` take the functions down and up again while the rest of
@@ -56,6 +58,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from emulators import paynow
+
 logger = logging.getLogger("emulators.stack")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +75,7 @@ DEFAULT_STATE_DIR = Path(".local")
 # The emulator's JVM otherwise takes a quarter of RAM as heap (1.3-2.7 GB RSS measured).
 FIRESTORE_JAVA_OPTIONS = "-Xmx1g -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 
-PROCESS_ORDER = ("firestore", "issuer", "tasks", "gateway", "scheduler")
+PROCESS_ORDER = ("firestore", "issuer", "paynow", "tasks", "gateway", "scheduler")
 STOP_GRACE_SECONDS = 5.0
 DEFAULT_SWEEP_SECONDS = 60.0
 SWEEP_PATH = "/api/jobs/sweep"
@@ -113,6 +117,10 @@ class Ports:
     def scheduler(self) -> int:
         return self.base + 6
 
+    @property
+    def paynow(self) -> int:
+        return self.base + 7
+
     def named(self) -> dict[str, int]:
         return {
             "firestore": self.firestore,
@@ -121,6 +129,7 @@ class Ports:
             "issuer": self.issuer,
             "gateway": self.gateway,
             "scheduler": self.scheduler,
+            "paynow": self.paynow,
         }
 
 
@@ -157,6 +166,12 @@ def contract_env(port_base: int) -> dict[str, str]:
         # half as many again every 5 minutes). A run's maxEventsPerSecond still holds.
         "BACKFILL_RAMP_START_WRITES": "0",
         "BACKFILL_SCHEDULER_ADMIN_URL": f"http://{host}:{ports.scheduler}",
+        # The local PayNow Management API (emulators/paynow.py), started with this key and a
+        # subscription of these ids; its admin API is under the same URL's /_emulator/.
+        "BACKFILL_PAYNOW_API_URL": f"http://{host}:{ports.paynow}",
+        "BACKFILL_PAYNOW_STORE_ID": paynow.LOCAL_STORE_ID,
+        "BACKFILL_PAYNOW_WEBHOOK_ID": paynow.LOCAL_WEBHOOK_ID,
+        "BACKFILL_PAYNOW_API_KEY": paynow.LOCAL_API_KEY,
     }
 
 
@@ -349,6 +364,8 @@ class Stack:
                 logger.info(
                     "stack in %s is already up (port base %d)", self.state_dir, self.ports.base
                 )
+                if "paynow" not in self._records:  # a stack started before PayNow was in it
+                    self._start_paynow()
                 gateway_up = "gateway" in self._records
                 if self.with_gateway and (
                     not gateway_up or self._recorded_overrides() != self.overrides
@@ -371,6 +388,7 @@ class Stack:
             self._ensure_tasks_venv()
             self._start_firestore()
             self._start_issuer()
+            self._start_paynow()
             self._start_tasks()
             self._create_queue()
             self._write_env_file()
@@ -498,6 +516,14 @@ class Stack:
         if not isinstance(status, int):
             raise StackError(f"the sweep firing got no answer: {answer.get('error')}")
         return status
+
+    def reset_paynow(self) -> dict[str, Any]:
+        """Empty the local PayNow API: every seeded item and order dropped, counters, knobs and
+        the API key (``BACKFILL_PAYNOW_API_KEY``) back to the start."""
+        try:
+            return paynow.reset(f"http://127.0.0.1:{self.ports.paynow}")
+        except paynow.PayNowEmulatorError as exc:
+            raise StackError(str(exc)) from exc
 
     def reset_firestore(self) -> None:
         """Delete every document in the emulator's default database."""
@@ -723,6 +749,7 @@ class Stack:
             "tasks": f"{host}:{ports.tasks_admin}/",
             "gateway": f"{host}:{ports.gateway}/healthz",
             "scheduler": f"{host}:{ports.scheduler}/",
+            "paynow": f"{host}:{ports.paynow}/",
         }
 
     def _spawn(
@@ -795,6 +822,32 @@ class Stack:
                 str(self.ports.issuer),
                 "--state-dir",
                 str(self.state_dir),
+            ],
+            {},
+            timeout=20,
+        )
+
+    def _start_paynow(self) -> None:
+        """The local PayNow Management API, with the contract's key, store and subscription."""
+        contract = contract_env(self.ports.base)
+        self._spawn(
+            "paynow",
+            [
+                self.app_python,
+                "-m",
+                "emulators.paynow",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.ports.paynow),
+                "--state-dir",
+                str(self.state_dir),
+                "--api-key",
+                contract["BACKFILL_PAYNOW_API_KEY"],
+                "--store-id",
+                contract["BACKFILL_PAYNOW_STORE_ID"],
+                "--webhook-id",
+                contract["BACKFILL_PAYNOW_WEBHOOK_ID"],
             ],
             {},
             timeout=20,
