@@ -114,14 +114,37 @@ resource "google_cloudfunctions2_function" "backfill" {
   }
 
   service_config {
-    service_account_email          = google_service_account.runtime.email
-    environment_variables          = local.function_environment
+    # The chunk function runs as its own SA, the only one that may read the PayNow API key.
+    service_account_email          = each.key == "chunk" ? google_service_account.chunk.email : google_service_account.runtime.email
+    environment_variables          = each.key == "chunk" ? local.chunk_environment : local.function_environment
     timeout_seconds                = each.value.timeout
     available_memory               = each.value.memory
     max_instance_count             = each.value.max_instances
     min_instance_count             = 0
     ingress_settings               = each.value.ingress
     all_traffic_on_latest_revision = true
+
+    # The PayNow API key, to the chunk function only, as a file of a Secret Manager volume, never
+    # an environment variable: each read of the file fetches the secret's latest version, so a
+    # rotated key reaches running instances with no redeploy (the code reads the file again when
+    # PayNow refuses its key), and nothing reads a volume at instance start, so an unreadable
+    # secret fails recovery's calls, never the chunk function's start. local.chunk_environment
+    # names the file (BACKFILL_PAYNOW_API_KEY_FILE). Both only once webhook_recovery is
+    # configured (store and webhook ids set). See README "PayNow API key (webhook_recovery)".
+    dynamic "secret_volumes" {
+      for_each = each.key == "chunk" && local.paynow_recovery_configured ? ["paynow"] : []
+
+      content {
+        mount_path = "/etc/secrets/paynow"
+        project_id = data.google_project.this.number # the number, as the API returns it: no diff
+        secret     = google_secret_manager_secret.paynow_api_key.secret_id
+
+        versions {
+          version = "latest"
+          path    = "api-key"
+        }
+      }
+    }
   }
 
   lifecycle {
@@ -142,13 +165,20 @@ resource "google_cloudfunctions2_function" "backfill" {
       error_message = "lease_seconds must be >= dispatch_deadline_seconds: a chunk task's attempt may work for up to the dispatch deadline between checkpoints, and a shorter lease would let the run's watchdog pick that chunk up again while the attempt is still writing."
     }
     precondition {
+      condition     = (var.paynow_store_id == "") == (var.paynow_webhook_id == "")
+      error_message = "Set both paynow_store_id and paynow_webhook_id (webhook_recovery configured) or neither: webhook_recovery needs both."
+    }
+    precondition {
       condition     = var.poison_attempts < var.task_max_attempts
       error_message = "poison_attempts must be below task_max_attempts, so a failing event is recorded and passed over before its chunk's task runs out of attempts (the code refuses to start otherwise)."
     }
   }
 
+  # Cloud Run checks at deploy time that the function's SA may read its secrets.
   depends_on = [
     google_project_service.required,
     google_project_iam_member.runtime,
+    google_project_iam_member.chunk,
+    google_secret_manager_secret_iam_member.chunk_reads_paynow_api_key,
   ]
 }

@@ -1,5 +1,8 @@
-# Three identities, each with only what its job needs:
-#   runtime   - what the five functions run as: Firestore, enqueue chunk tasks, logs.
+# Four identities, each with only what its job needs:
+#   runtime   - what the trigger, status, control and sweep functions run as: Firestore, enqueue
+#               chunk tasks, logs.
+#   chunk     - what the chunk function runs as: the same, plus read access to the PayNow API key
+#               (secrets.tf), which only the chunk function uses (webhook_recovery).
 #   tasks     - what Cloud Tasks calls the chunk function as (OIDC token on every chunk task).
 #   scheduler - what Cloud Scheduler calls the trigger and sweep functions as (OIDC token);
 #               nothing else.
@@ -13,6 +16,14 @@ resource "google_service_account" "runtime" {
   account_id   = "${var.name_prefix}-runtime"
   display_name = "Backfill functions runtime"
   description  = "Runs the backfill trigger, chunk, status, control and sweep functions."
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_service_account" "chunk" {
+  account_id   = "${var.name_prefix}-chunk"
+  display_name = "Backfill chunk function runtime"
+  description  = "Runs the backfill chunk function; the only reader of the PayNow API key."
 
   depends_on = [google_project_service.required]
 }
@@ -37,7 +48,7 @@ resource "google_service_account" "scheduler" {
 # The sweep function needs nothing beyond these: it reads and writes runs and chunks (datastore),
 # asks whether a chunk's or planning task still exists (viewer), and creates chunk, planning and
 # watchdog tasks on the chunk queue with the tasks SA's token (enqueuer, actAs), exactly what a
-# watchdog delivery of the chunk function does under the same runtime SA.
+# watchdog delivery of the chunk function does under the chunk SA (which has the same grants).
 
 resource "google_project_iam_member" "runtime" {
   for_each = toset([
@@ -75,6 +86,54 @@ resource "google_service_account_iam_member" "runtime_acts_as_tasks" {
   service_account_id = google_service_account.tasks.name
   role               = "roles/iam.serviceAccountUser"
   member             = "serviceAccount:${google_service_account.runtime.email}"
+}
+
+# --- chunk -------------------------------------------------------------------------------------
+# Exactly the runtime SA's grants: a chunk task reads and writes runs, chunks and the ledger
+# (datastore), enqueues its own continuations and the run's planning and watchdog tasks with the
+# tasks SA's token (enqueuer, actAs), and a watchdog delivery asks whether a chunk's task still
+# exists (viewer). Plus, on one secret only, the PayNow API key (webhook_recovery).
+
+resource "google_project_iam_member" "chunk" {
+  for_each = toset([
+    "roles/datastore.user",
+    "roles/logging.logWriter",
+  ])
+
+  project = var.project_id
+  role    = each.value
+  member  = "serviceAccount:${google_service_account.chunk.email}"
+}
+
+resource "google_cloud_tasks_queue_iam_member" "chunk_enqueuer" {
+  project  = var.project_id
+  location = google_cloud_tasks_queue.chunks.location
+  name     = google_cloud_tasks_queue.chunks.name
+  role     = "roles/cloudtasks.enqueuer"
+  member   = "serviceAccount:${google_service_account.chunk.email}"
+}
+
+resource "google_cloud_tasks_queue_iam_member" "chunk_viewer" {
+  project  = var.project_id
+  location = google_cloud_tasks_queue.chunks.location
+  name     = google_cloud_tasks_queue.chunks.name
+  role     = "roles/cloudtasks.viewer"
+  member   = "serviceAccount:${google_service_account.chunk.email}"
+}
+
+resource "google_service_account_iam_member" "chunk_acts_as_tasks" {
+  service_account_id = google_service_account.tasks.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${google_service_account.chunk.email}"
+}
+
+# The PayNow API key: read access on this one secret, for the chunk SA only (no project-level
+# Secret Manager role anywhere). Cloud Run checks this grant when it deploys the chunk function.
+resource "google_secret_manager_secret_iam_member" "chunk_reads_paynow_api_key" {
+  project   = google_secret_manager_secret.paynow_api_key.project
+  secret_id = google_secret_manager_secret.paynow_api_key.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.chunk.email}"
 }
 
 # --- invokers (a 2nd-gen function is a Cloud Run service of the same name) ----------------------

@@ -61,9 +61,31 @@ locals {
     BACKFILL_SPLIT_EVENTS              = tostring(var.split_events)
     BACKFILL_RAMP_START_WRITES         = tostring(var.ramp_start_writes)
     BACKFILL_RAMP_STEP_MINUTES         = tostring(var.ramp_step_minutes)
+    # PayNow's Management API (webhook_recovery, read by the chunk function). The API key is not
+    # here: it reaches the chunk function alone from Secret Manager (functions.tf, secrets.tf).
+    BACKFILL_PAYNOW_API_URL         = var.paynow_api_url
+    BACKFILL_PAYNOW_STORE_ID        = var.paynow_store_id
+    BACKFILL_PAYNOW_WEBHOOK_ID      = var.paynow_webhook_id
+    BACKFILL_PAYNOW_RATE_PER_SECOND = tostring(var.paynow_rate_per_second)
+    BACKFILL_PAYNOW_BURST           = tostring(var.paynow_burst)
+    BACKFILL_PAYNOW_RATE_FRACTION   = tostring(var.paynow_rate_fraction)
+    BACKFILL_PAYNOW_RETENTION_DAYS  = tostring(var.paynow_retention_days)
+    BACKFILL_PAYNOW_TIMEOUT_SECONDS = tostring(var.paynow_timeout_seconds)
     }, var.max_events_per_second == null ? {} : {
     BACKFILL_MAX_EVENTS_PER_SECOND = tostring(var.max_events_per_second)
   })
+
+  # webhook_recovery is configured once the store and webhook ids are set (a precondition in
+  # functions.tf refuses one without the other); only then does the chunk function get the key.
+  paynow_recovery_configured = var.paynow_store_id != "" && var.paynow_webhook_id != ""
+
+  # The chunk function's environment: the others', plus, once webhook_recovery is configured,
+  # the file its PayNow API key is read from: mount_path/path of its secret volume
+  # (functions.tf). A path, not a secret; the other functions never read the key, so they get
+  # no path to one.
+  chunk_environment = merge(local.function_environment, local.paynow_recovery_configured ? {
+    BACKFILL_PAYNOW_API_KEY_FILE = "/etc/secrets/paynow/api-key"
+  } : {})
 
   chunk_max_instances = coalesce(var.chunk_max_instances, var.queue_max_concurrent_dispatches)
 

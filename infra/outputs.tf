@@ -39,8 +39,18 @@ output "queue_id" {
 }
 
 output "runtime_service_account" {
-  description = "Email of the functions' runtime service account."
+  description = "Email of the runtime service account of the trigger, status, control and sweep functions."
   value       = google_service_account.runtime.email
+}
+
+output "chunk_service_account" {
+  description = "Email of the chunk function's service account (the only reader of the PayNow API key)."
+  value       = google_service_account.chunk.email
+}
+
+output "paynow_api_key_secret" {
+  description = "Secret Manager secret id of the PayNow API key: add its value with gcloud secrets versions add (README)."
+  value       = google_secret_manager_secret.paynow_api_key.secret_id
 }
 
 output "tasks_service_account" {
@@ -54,6 +64,11 @@ output "scheduler_service_account" {
 }
 
 output "function_environment" {
-  description = "The environment every function runs with (no secrets in it)."
+  description = "The environment every function runs with (no secrets in it); the chunk function's is chunk_environment."
   value       = local.function_environment
+}
+
+output "chunk_environment" {
+  description = "The chunk function's environment: function_environment plus, once webhook_recovery is configured, BACKFILL_PAYNOW_API_KEY_FILE (the path of its PayNow API key file, not the key)."
+  value       = local.chunk_environment
 }

@@ -234,6 +234,98 @@ variable "ramp_step_minutes" {
   }
 }
 
+# --- PayNow (webhook_recovery) -----------------------------------------------------------------
+# The API key is not a variable (it would land in the plan and the state): it lives in Secret
+# Manager (secrets.tf), and the operator adds its value with gcloud. See README.
+
+variable "paynow_api_url" {
+  description = "BACKFILL_PAYNOW_API_URL: base URL of PayNow's Management API."
+  type        = string
+  default     = "https://api.paynow.gg"
+
+  validation {
+    condition     = can(regex("^https://[^/?#\\s]+", var.paynow_api_url))
+    error_message = "paynow_api_url must be an https URL (the code refuses any other in production)."
+  }
+}
+
+variable "paynow_store_id" {
+  description = "BACKFILL_PAYNOW_STORE_ID: the PayNow store whose webhook history webhook_recovery reads; \"\" (with paynow_webhook_id \"\") means webhook_recovery is not configured and the chunk function gets no API key."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = length(var.paynow_store_id) <= 64
+    error_message = "paynow_store_id must be at most 64 characters."
+  }
+}
+
+variable "paynow_webhook_id" {
+  description = "BACKFILL_PAYNOW_WEBHOOK_ID: the PayNow webhook whose delivery history webhook_recovery reads; set together with paynow_store_id (\"\": not configured)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = length(var.paynow_webhook_id) <= 64
+    error_message = "paynow_webhook_id must be at most 64 characters."
+  }
+}
+
+variable "paynow_rate_per_second" {
+  description = "BACKFILL_PAYNOW_RATE_PER_SECOND: the API key's rate limit at PayNow, calls per second."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.paynow_rate_per_second > 0 && var.paynow_rate_per_second <= 1000
+    error_message = "paynow_rate_per_second must be more than 0 and at most 1000."
+  }
+}
+
+variable "paynow_burst" {
+  description = "BACKFILL_PAYNOW_BURST: the API key's burst at PayNow, calls."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.paynow_burst >= 1 && var.paynow_burst <= 1000 && floor(var.paynow_burst) == var.paynow_burst
+    error_message = "paynow_burst must be a whole number between 1 and 1000."
+  }
+}
+
+variable "paynow_rate_fraction" {
+  description = "BACKFILL_PAYNOW_RATE_FRACTION: the share of the key's limit the bundle may use, for every run and chunk together (the live app shares the key)."
+  type        = number
+  default     = 0.8
+
+  validation {
+    condition     = var.paynow_rate_fraction > 0 && var.paynow_rate_fraction <= 1
+    error_message = "paynow_rate_fraction is a share of the limit: more than 0, at most 1."
+  }
+}
+
+variable "paynow_retention_days" {
+  description = "BACKFILL_PAYNOW_RETENTION_DAYS: how many days PayNow keeps webhook history."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.paynow_retention_days >= 1 && var.paynow_retention_days <= 3660 && floor(var.paynow_retention_days) == var.paynow_retention_days
+    error_message = "paynow_retention_days must be a whole number between 1 and 3660."
+  }
+}
+
+variable "paynow_timeout_seconds" {
+  description = "BACKFILL_PAYNOW_TIMEOUT_SECONDS: timeout of one call to PayNow's API."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.paynow_timeout_seconds > 0 && var.paynow_timeout_seconds <= 120
+    error_message = "paynow_timeout_seconds must be more than 0 and at most 120."
+  }
+}
+
 # --- Queue -------------------------------------------------------------------------------------
 
 variable "task_max_attempts" {
