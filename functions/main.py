@@ -3,7 +3,7 @@
 - ``backfill_trigger``  POST  /api/jobs/backfill                        operators, Cloud Scheduler
 - ``backfill_status``   GET   /api/admin/dataMigrations[/{id}[/errors]] operators
                               (a page for a browser: Accept text/html)
-                        GET   /api/admin/gaps?startDate&endDate       operators
+                        GET   /api/admin/gaps?startDate&endDate[&provider] operators
                         GET   /api/openapi.json (this API, OpenAPI 3.1)   operators
 - ``backfill_control``  POST  /api/admin/dataMigrations/{id}/{action}   operators
                               (action: pause, resume, cancel, retry,
@@ -173,7 +173,9 @@ def _openapi(svc: Services, request: flask.Request, match: re.Match[str]) -> Ans
 def _gaps(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
     first, last = gaps.parse_range(request.args.get("startDate"), request.args.get("endDate"),
                                    clock.now().date())
-    return gaps.find_gaps(FirestoreGaps(svc.db), first, last, svc.settings.enqueue_workers), 200
+    history = gaps.provider_history(request.args.get("provider"), svc.settings, svc.db)
+    return gaps.find_gaps(FirestoreGaps(svc.db), first, last, svc.settings.enqueue_workers,
+                          history), 200
 
 
 def _run(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:

@@ -359,6 +359,9 @@ def gaps(
     ctx: typer.Context,
     start_date: Annotated[str, typer.Option("--start", help="first UTC day, YYYY-MM-DD")],
     end_date: Annotated[str, typer.Option("--end", help="last UTC day (inclusive)")],
+    provider: Annotated[bool, typer.Option(
+        "--provider", help="also ask PayNow's webhook history what never arrived (costs API "
+                           "calls)")] = False,
     as_json: JsonOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
@@ -367,16 +370,20 @@ def gaps(
     dry run. Writes nothing."""
     out = Output(as_json)
     with _client(ctx, token, as_email, out) as client:
-        found = client.gaps(start_date, end_date)
+        found = client.gaps(start_date, end_date, provider)
     if as_json:
         out.answer(found)
         return
-    table = Table("day", "unprocessed purchases", "unprocessed refunds",
+    table = Table("day", *(["never arrived (PayNow / stored)"] if provider else []),
+                  "unprocessed purchases", "unprocessed refunds",
                   "unprocessed chargebacks", "reversals missing", "purchases without entry",
                   "complete")
     for day in found["days"]:
         unprocessed = day["unprocessed"]
-        table.add_row(day["date"], str(unprocessed["ON_ORDER_COMPLETED"]),
+        arrived = day.get("provider") or {}
+        table.add_row(day["date"], *([f"{arrived['neverArrived']} ({arrived['paynow']} / "
+                                      f"{arrived['stored']})"] if provider else []),
+                      str(unprocessed["ON_ORDER_COMPLETED"]),
                       str(unprocessed["ON_REFUND"]), str(unprocessed["ON_CHARGEBACK"]),
                       str(day["reversalsMissing"]), str(day["purchasesWithoutEntry"]),
                       "yes" if day["complete"] else "[yellow]no: more than a scan takes[/]")

@@ -128,13 +128,16 @@ class BackfillClient:
             "GET", self.endpoints.require("status"), params=params)["runs"]
         return listed
 
-    def gaps(self, start_date: str, end_date: str) -> dict[str, Any]:
+    def gaps(self, start_date: str, end_date: str, provider: bool = False) -> dict[str, Any]:
         """Per day of the range: unprocessed events by type, refunds and chargebacks without
-        their reversal, processed purchases without their entry (the status function's
-        ``/api/admin/gaps``, beside its runs)."""
+        their reversal, processed purchases without their entry, and with ``provider`` the
+        events PayNow sent that never arrived (the status function's ``/api/admin/gaps``,
+        beside its runs)."""
         base = self.endpoints.require("status").removesuffix("/api/admin/dataMigrations")
-        return self._json("GET", f"{base}/api/admin/gaps",
-                          params={"startDate": start_date, "endDate": end_date})
+        params = {"startDate": start_date, "endDate": end_date}
+        if provider:
+            params["provider"] = "true"
+        return self._json("GET", f"{base}/api/admin/gaps", params=params)
 
     def run(self, migration_id: str) -> dict[str, Any]:
         """One run's status: counts, progress, chunks, first errors."""

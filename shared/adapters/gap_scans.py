@@ -64,6 +64,18 @@ class FirestoreGaps:
         return Scan(min(len(snaps), limit), len(entries) - self._existing(sorted(entries)),
                     len(snaps) <= limit)
 
+    def stored(self, event_ids: list[str]) -> set[str]:
+        """Which of the events ``event_ids`` ``webhookEvents`` holds (read without fields)."""
+        return self._present(schema.EVENTS, event_ids)
+
+    def _present(self, collection: str, ids: list[str]) -> set[str]:
+        ref, found = self._db.collection(collection), set[str]()
+        for start in range(0, len(ids), _LOOKUP_BATCH):
+            refs = [ref.document(doc_id) for doc_id in ids[start:start + _LOOKUP_BATCH]]
+            found.update(snap.id for snap in self._db.get_all(refs, field_paths=["eventId"])
+                         if snap.exists)
+        return found
+
     def _existing(self, entry_ids: list[str]) -> int:
         """How many of the ledger entries ``entry_ids`` exist (read without their fields)."""
         ledger_ref = self._db.collection(schema.LEDGER)

@@ -143,6 +143,15 @@ class ThrottleAnswer(_Answer):
     ceiling: float | None
 
 
+class ProviderDay(_Answer):
+    """With ``provider=true``: the day's distinct events in PayNow's webhook history, how many
+    of them ``webhookEvents`` holds, and how many never arrived."""
+
+    paynow: int
+    stored: int
+    never_arrived: int
+
+
 class GapDay(_Answer):
     date: str
     unprocessed: dict[str, int]
@@ -150,12 +159,15 @@ class GapDay(_Answer):
     purchases_without_entry: int
     scanned: dict[str, int]
     complete: bool
+    provider: ProviderDay | None = None
+    never_arrived: int | None = None
 
 
 class GapTotals(_Answer):
     unprocessed: dict[str, int]
     reversals_missing: int
     purchases_without_entry: int
+    never_arrived: int | None = None
 
 
 class GapsAnswer(_Answer):

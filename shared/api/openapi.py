@@ -91,7 +91,9 @@ def document() -> dict[str, Any]:
                 _query("startDate", {"type": "string", "format": "date"}, "first UTC day",
                        required=True),
                 _query("endDate", {"type": "string", "format": "date"},
-                       "last UTC day (at most 31 days)", required=True)],
+                       "last UTC day (at most 31 days)", required=True),
+                _query("provider", {"type": "string", "enum": ["true", "false"]},
+                       "also ask PayNow's webhook history what never arrived (API calls)")],
             answers={"200": ("the gaps", schemas.ref(answers.GapsAnswer))},
             refused=("400", "401", "403", "405"))},
         "/api/jobs/sweep": {"post": _operation(

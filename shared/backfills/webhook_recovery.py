@@ -213,6 +213,8 @@ class WebhookRecovery:
     page_size = None
     waits_for: tuple[str, ...] = ()
     options = frozenset({"eventTypes"})
+    # The gap it closes (``shared.runs.gaps``): events PayNow sent that never arrived.
+    repairs = ("neverArrived",)
     event_types = tuple(event_type.value for event_type in EventType)
     flags_events = False
 

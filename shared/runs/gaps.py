@@ -10,17 +10,26 @@ The last two read the day's refunds and processed purchases (only the fields the
 look their entries up, at most ``SCAN_LIMIT`` of each per day; a day with more says so
 (``complete: false``) rather than guess. Nothing is written. The answer ends with the runs that
 would close the gaps found.
+
+With ``provider``, and only then (it costs PayNow API calls, under the key's shared limit),
+each day also says what never arrived: ``provider: {paynow, stored, neverArrived}``, the
+distinct events PayNow's webhook history holds for the day, how many of them ``webhookEvents``
+holds, and the difference (at most ``PROVIDER_LIMIT`` events over the range; more says
+``complete: false``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from shared.adapters.gap_scans import Scan
+from shared.adapters.paynow import Delivered
 from shared.backfills.registry import BACKFILLS
+from shared.backfills.webhook_recovery import HistorySource, history_of
+from shared.config import Settings
 from shared.domain import chunking
 from shared.domain.chunking import Window
 from shared.errors import InvalidRequest
@@ -28,6 +37,8 @@ from shared.models import EventType
 
 MAX_DAYS = 31
 SCAN_LIMIT = 20_000
+# Events of PayNow's history a provider check reads over its range (at 25 a page, 400 calls).
+PROVIDER_LIMIT = 10_000
 _TYPES = tuple(kind.value for kind in EventType)
 
 
@@ -40,6 +51,39 @@ class GapSource(Protocol):
 
     def purchases(self, window: Window, limit: int) -> Scan:
         """Purchases in ``window`` flagged processed without their purchase entry."""
+
+    def stored(self, event_ids: list[str]) -> set[str]:
+        """Which of ``event_ids`` ``webhookEvents`` holds."""
+
+
+def provider_days(history: Callable[[int], list[Delivered]], source: GapSource, first: dt.date,
+                  last: dt.date, limit: int = PROVIDER_LIMIT) -> tuple[dict[str, Any], bool]:
+    """Per UTC day of ``first..last``: the distinct events PayNow's history holds, how many
+    ``webhookEvents`` holds, and how many never arrived; and whether the range was read whole
+    (at most ``limit`` events)."""
+    reader = HistorySource(history, chunking.span(first, last))
+    by_day: dict[str, set[str]] = {}
+    cursor, seen, complete = None, 0, True
+    while True:
+        page = reader.page(cursor, 100)
+        for event in page.events:
+            if event.data.get("hasEventId"):
+                by_day.setdefault(event.received_at.date().isoformat(), set()).add(
+                    event.event_id)
+        seen += len(page.events)
+        cursor = page.cursor or cursor
+        if not page.more:
+            break
+        if seen >= limit:
+            complete = False
+            break
+    days = {}
+    for window in chunking.windows(first, last, 1):
+        day = window.start.date().isoformat()
+        ids = sorted(by_day.get(day, ()))
+        stored = len(source.stored(ids)) if ids else 0
+        days[day] = {"paynow": len(ids), "stored": stored, "neverArrived": len(ids) - stored}
+    return days, complete
 
 
 def parse_range(start: str | None, end: str | None, today: dt.date) -> tuple[dt.date, dt.date]:
@@ -62,21 +106,47 @@ def parse_range(start: str | None, end: str | None, today: dt.date) -> tuple[dt.
     return first, last
 
 
-def find_gaps(source: GapSource, first: dt.date, last: dt.date,
-              workers: int = 8) -> dict[str, Any]:
+def provider_history(value: str | None, settings: Settings,
+                     db: Any) -> Callable[[int], list[Delivered]] | None:
+    """PayNow's history when ``provider`` asks for it (``true``), else None; ``InvalidRequest``
+    naming ``provider`` when it is neither, or PayNow is not configured here."""
+    if value in (None, "", "false"):
+        return None
+    if value != "true":
+        raise InvalidRequest("provider", "must be true or false")
+    if not settings.paynow_store_id or not settings.paynow_webhook_id:
+        raise InvalidRequest("provider", "needs BACKFILL_PAYNOW_STORE_ID and "
+                             "BACKFILL_PAYNOW_WEBHOOK_ID (the store and the webhook "
+                             "subscription whose history it reads)")
+    if not settings.paynow_api_key_file and not settings.paynow_api_key.get_secret_value():
+        raise InvalidRequest("provider", "this function has no PayNow API key (in production "
+                             "only the chunk function reads it); a webhook_recovery dry run of "
+                             "the same days counts what never arrived instead")
+    return history_of(settings, db).history
+
+
+def find_gaps(source: GapSource, first: dt.date, last: dt.date, workers: int = 8,
+              history: Callable[[int], list[Delivered]] | None = None) -> dict[str, Any]:
     """The gaps of the UTC days ``first..last``, per day and in total, and the runs that
-    would close them."""
+    would close them; with ``history`` (PayNow's), what never arrived too."""
     windows = chunking.windows(first, last, 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         days = list(pool.map(lambda window: _day(source, window), windows))
-    totals = {
+    totals: dict[str, Any] = {
         "unprocessed": {kind: sum(day["unprocessed"][kind] for day in days) for kind in _TYPES},
         "reversalsMissing": sum(day["reversalsMissing"] for day in days),
         "purchasesWithoutEntry": sum(day["purchasesWithoutEntry"] for day in days),
     }
+    complete = all(day["complete"] for day in days)
+    if history is not None:
+        provider, read_whole = provider_days(history, source, first, last)
+        for day in days:
+            day["provider"] = provider[day["date"]]
+            day["neverArrived"] = day["provider"]["neverArrived"]
+        totals["neverArrived"] = sum(day["neverArrived"] for day in days)
+        complete = complete and read_whole
     return {"startDate": first.isoformat(), "endDate": last.isoformat(), "days": days,
-            "totals": totals, "complete": all(day["complete"] for day in days),
-            "next": list(_next_runs(days, totals))}
+            "totals": totals, "complete": complete, "next": list(_next_runs(days, totals))}
 
 
 def _day(source: GapSource, window: Window) -> dict[str, Any]:
@@ -98,6 +168,10 @@ def _next_runs(days: list[dict[str, Any]], totals: dict[str, Any]) -> Iterator[s
 
     replay = BACKFILLS.repairing("unprocessed")
     backfill = BACKFILLS.repairing("reversalsMissing")
+    if totals.get("neverArrived"):
+        yield (f"{BACKFILLS.repairing('neverArrived')} over {span('neverArrived')}: "
+               f"{totals['neverArrived']} event(s) PayNow sent that never arrived; dry run "
+               f"first, then {replay} of the same days")
     unprocessed = sum(totals["unprocessed"].values())
     if unprocessed:
         yield (f"{replay} over {span('unprocessed')}: {unprocessed} unprocessed "
