@@ -1,6 +1,7 @@
 """The demo: seed a realistic sample into the local stack, dry-run and replay it over HTTP, then
 start the replay and the reversal backfill back to back, as the runbook orders them (the reversal
-backfill waits for the replay).
+backfill waits for the replay); then webhooks that never arrived (in the local PayNow's history
+only) are found by gaps with the provider, recovered and replayed.
 
 Run by ``make demo`` after ``make up``. Everything goes through the public surface: the trigger
 and status endpoints with OIDC tokens from the local issuer, Cloud Tasks (the emulator) calling
@@ -9,6 +10,8 @@ the chunk handler. It ends with the ledger's invariants checked on the data in F
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import sys
 from collections import Counter, defaultdict
@@ -16,10 +19,12 @@ from typing import Any
 
 import httpx
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 from rich.console import Console
 from rich.table import Table
 
 from backfill_cli.client import FINAL_STATUSES, ApiError, BackfillClient, Endpoints
+from emulators import paynow
 from emulators.issuer import mint_token
 from emulators.sample import seed
 from shared.adapters import schema
@@ -105,6 +110,58 @@ def errors_by_code(db: firestore.Client, migration_id: str) -> Counter[str]:
     return Counter(f"{doc.get('code')}: {doc.get('message').split(':')[0]}" for doc in errors)
 
 
+MISSING = 150  # webhooks PayNow sent while the receiver was down: in its history only
+
+
+def never_arrived(client: BackfillClient, db: firestore.Client, env: dict[str, str]) -> bool:
+    """Webhooks that never reached webhookEvents: seeded in the local PayNow's history only,
+    found by gaps with the provider, recovered (a dry run first), replayed and checked. Answers
+    whether every one was stored once and credited once."""
+    console.rule("never arrived: gaps with PayNow, recovery, replay")
+    paynow.reset(env["BACKFILL_PAYNOW_API_URL"])
+    today = dt.datetime.now(dt.UTC).date()
+    first = dt.datetime.combine(today - dt.timedelta(days=3), dt.time(), tzinfo=dt.UTC)
+    items, orders = [], []
+    for n in range(MISSING):
+        at = first + dt.timedelta(minutes=28 * n)
+        order_id, event_id = f"ord-lost-{n:04}", paynow.flake_id(at, n)
+        body = {"id": order_id, "customer": {"id": f"cust-{n % 40:04}", "email": "x@y.z"},
+                "lines": [{"product_id": f"prod-{n % 20:02}", "quantity": 1 + n % 2,
+                           "unit_amount": 1500}],
+                "total_amount": 1500 * (1 + n % 2), "currency": "EUR",
+                "created_at": at.isoformat()}
+        items.append({"created_at": at, "event": "OnOrderCompleted", "state": "failed",
+                      "payload": json.dumps({"event_type": "ON_ORDER_COMPLETED",
+                                             "event_id": event_id, "body": body})})
+        orders.append(order_id)
+    paynow.seed(env["BACKFILL_PAYNOW_API_URL"], env["BACKFILL_PAYNOW_STORE_ID"],
+                env["BACKFILL_PAYNOW_WEBHOOK_ID"], items)
+    window = {"startDate": (today - dt.timedelta(days=3)).isoformat(),
+              "endDate": (today - dt.timedelta(days=1)).isoformat()}
+    gaps = client.gaps(window["startDate"], window["endDate"], provider=True)
+    console.print(f"  PayNow has {MISSING} webhooks webhookEvents lacks; gaps with provider "
+                  f"says never arrived: {gaps['totals']['neverArrived']}", highlight=False)
+    for step in gaps["next"][:1]:
+        console.print(f"  next: {step}", highlight=False)
+    dry = run_to_end(client, {"type": "webhook_recovery", **window, "dryRun": True})
+    console.print(f"  dry run {dry['migrationId']}: would store {dry['applied']}, by day: "
+                  f"{ {day: sum(c.values()) for day, c in dry['tallies'].items()} }",
+                  highlight=False)
+    recovery = start(client, {"type": "webhook_recovery", **window, "dryRun": False})
+    replay = start(client, {"type": "webhook_replay", **window, "dryRun": False})
+    console.print(f"  {replay['migrationId']} waits for "
+                  f"{', '.join(replay.get('waitingFor') or ['nothing'])}", highlight=False)
+    stored = wait(client, recovery["migrationId"])
+    show_run("recovery", stored)
+    replayed = wait(client, replay["migrationId"])
+    show_run("replay of the recovered days", replayed)
+    credited = Counter(doc.get("orderId") for doc in db.collection(schema.LEDGER).where(
+        filter=FieldFilter("type", "==", "purchase")).stream() if doc.get("orderId") in orders)
+    once = sorted(credited) == sorted(orders) and set(credited.values()) == {1}
+    console.print(f"  every recovered order credited exactly once: {once}")
+    return once and stored["applied"] == MISSING and gaps["totals"]["neverArrived"] == MISSING
+
+
 def main() -> None:
     env = dict(os.environ)
     if not env.get("FIRESTORE_EMULATOR_HOST") or env.get("BACKFILL_ENV") != "local":
@@ -151,6 +208,8 @@ def main() -> None:
     console.print(f"  {verified['migrationId']}: {verified['status']}, findings by code: "
                   f"{verified['errorCodes'] or 'none'}", highlight=False)
 
+    recovered = never_arrived(client, db, env)
+
     console.rule("outcome")
     after = ledger_totals(db)
     table = Table("", "before", "after", title="ledger")
@@ -161,7 +220,7 @@ def main() -> None:
     console.print(f"every wallet equals the sum of its entries, reversals exact: {not problems}")
     for problem in problems[:20]:
         console.print(f"  [red]{problem}[/red]")
-    if problems or not unchanged or live["status"] != "completed" or \
+    if problems or not unchanged or not recovered or live["status"] != "completed" or \
             reversal["status"] != "completed" or reversal["errors"] or \
             verified["status"] != "completed":
         sys.exit(1)
