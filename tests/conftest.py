@@ -1,8 +1,8 @@
 """Fixtures shared by the function and emulator tests: one local stack per test session.
 
-The stack (official Firestore emulator, Cloud Tasks emulator, local OIDC issuer, gateway) runs
-from ``.local/test-stack`` on ports 9101-9106, apart from the developer's ``make up`` stack.
-Firestore is emptied before every test that asks for ``clean``.
+The stack (official Firestore emulator, Cloud Tasks emulator, local OIDC issuer, local PayNow,
+gateway, scheduler) runs from ``.local/test-stack`` on ports 9101-9107, apart from the
+developer's ``make up`` stack. Firestore is emptied before every test that asks for ``clean``.
 """
 
 from __future__ import annotations
