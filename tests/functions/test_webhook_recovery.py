@@ -176,6 +176,11 @@ def test_a_dry_run_stores_nothing_and_tallies_what_it_would_by_day_and_type(
     assert len(shadow) == 15
     last_day = (START + dt.timedelta(days=3)).isoformat()
     assert run["tallies"][last_day] == {"ON_ORDER_COMPLETED": 3, "ON_REFUND": 3}
+    page = harness.status.get(f"/api/admin/dataMigrations/{migration_id}",
+                              headers={**harness.headers(), "Accept": "text/html"})
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "Would store by day and type" in html
+    assert f"<td>{last_day}</td><td>ON_REFUND</td><td class=\"n\">3</td>" in html
 
 
 def test_a_stored_event_whose_payload_differs_is_a_finding_left_as_it_is(
