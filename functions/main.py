@@ -173,9 +173,9 @@ def _openapi(svc: Services, request: flask.Request, match: re.Match[str]) -> Ans
 def _gaps(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
     first, last = gaps.parse_range(request.args.get("startDate"), request.args.get("endDate"),
                                    clock.now().date())
-    history = gaps.provider_history(request.args.get("provider"), svc.settings, svc.db)
+    sent = gaps.provider_sent(request.args.get("provider"), svc.settings, svc.db)
     return gaps.find_gaps(FirestoreGaps(svc.db), first, last, svc.settings.enqueue_workers,
-                          history), 200
+                          sent), 200
 
 
 def _run(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:

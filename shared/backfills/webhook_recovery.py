@@ -245,6 +245,38 @@ class WebhookRecovery:
                 f"{oldest.isoformat()}; for older days, ask PayNow for an export, or recover "
                 "orders from the orders list")
 
+    def provider_problem(self, settings: Settings) -> str | None:
+        """Why PayNow cannot be asked from this function (gaps with ``provider``), or None."""
+        if not settings.paynow_store_id or not settings.paynow_webhook_id:
+            return ("needs BACKFILL_PAYNOW_STORE_ID and BACKFILL_PAYNOW_WEBHOOK_ID (the store and "
+                    "the webhook subscription whose history it reads)")
+        if not settings.paynow_api_key_file and not settings.paynow_api_key.get_secret_value():
+            return (f"this function has no PayNow API key (in production only the chunk "
+                    f"function reads it); a {RECOVERY} dry run of the same days counts what "
+                    "never arrived instead (its tallies)")
+        return None
+
+    def sent(self, settings: Settings, db: firestore.Client, window: Window,
+             limit: int) -> tuple[dict[str, set[str]], bool]:
+        """The event ids PayNow's history holds for each UTC day of ``window`` (at most
+        ``limit`` events), and whether the window was read whole: gaps' "never arrived"."""
+        reader = HistorySource(history_of(settings, db).history, window)
+        by_day: dict[str, set[str]] = {}
+        cursor: dict[str, Any] | None = None
+        seen = 0
+        while True:
+            page = reader.page(cursor, 100)
+            for event in page.events:
+                if event.data.get("hasEventId"):
+                    by_day.setdefault(event.received_at.date().isoformat(), set()).add(
+                        event.event_id)
+            seen += len(page.events)
+            cursor = page.cursor or cursor
+            if not page.more:
+                return by_day, True
+            if seen >= limit:
+                return by_day, False
+
     def chunks(self, run: RunRecord, plans: PlanStore) -> list[PlannedChunk]:
         """One chunk over the whole range, uncounted: an API cannot count (see the module)."""
         window = span(run.start_date, run.end_date)

@@ -21,14 +21,13 @@ holds, and the difference (at most ``PROVIDER_LIMIT`` events over the range; mor
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from shared.adapters.gap_scans import Scan
-from shared.adapters.paynow import Delivered
 from shared.backfills.registry import BACKFILLS
-from shared.backfills.webhook_recovery import HistorySource, history_of
 from shared.config import Settings
 from shared.domain import chunking
 from shared.domain.chunking import Window
@@ -56,27 +55,18 @@ class GapSource(Protocol):
         """Which of ``event_ids`` ``webhookEvents`` holds."""
 
 
-def provider_days(history: Callable[[int], list[Delivered]], source: GapSource, first: dt.date,
-                  last: dt.date, limit: int = PROVIDER_LIMIT) -> tuple[dict[str, Any], bool]:
-    """Per UTC day of ``first..last``: the distinct events PayNow's history holds, how many
+# What a provider sent, by day: the event ids of each UTC day of a window, and whether the
+# window was read whole within a limit (the ``sent`` hook of the type that repairs
+# ``neverArrived``).
+Sent = Callable[[Window, int], tuple[dict[str, set[str]], bool]]
+
+
+def provider_days(sent: Sent, source: GapSource, first: dt.date, last: dt.date,
+                  limit: int = PROVIDER_LIMIT) -> tuple[dict[str, Any], bool]:
+    """Per UTC day of ``first..last``: the distinct events the provider sent, how many
     ``webhookEvents`` holds, and how many never arrived; and whether the range was read whole
     (at most ``limit`` events)."""
-    reader = HistorySource(history, chunking.span(first, last))
-    by_day: dict[str, set[str]] = {}
-    cursor, seen, complete = None, 0, True
-    while True:
-        page = reader.page(cursor, 100)
-        for event in page.events:
-            if event.data.get("hasEventId"):
-                by_day.setdefault(event.received_at.date().isoformat(), set()).add(
-                    event.event_id)
-        seen += len(page.events)
-        cursor = page.cursor or cursor
-        if not page.more:
-            break
-        if seen >= limit:
-            complete = False
-            break
+    by_day, complete = sent(chunking.span(first, last), limit)
     days = {}
     for window in chunking.windows(first, last, 1):
         day = window.start.date().isoformat()
@@ -106,29 +96,26 @@ def parse_range(start: str | None, end: str | None, today: dt.date) -> tuple[dt.
     return first, last
 
 
-def provider_history(value: str | None, settings: Settings,
-                     db: Any) -> Callable[[int], list[Delivered]] | None:
-    """PayNow's history when ``provider`` asks for it (``true``), else None; ``InvalidRequest``
-    naming ``provider`` when it is neither, or PayNow is not configured here."""
+def provider_sent(value: str | None, settings: Settings, db: Any) -> Sent | None:
+    """What the provider sent, when ``provider`` asks for it (``true``), else None;
+    ``InvalidRequest`` naming ``provider`` when it is neither, or the provider cannot be asked
+    from here (the recovering type says why)."""
     if value in (None, "", "false"):
         return None
     if value != "true":
         raise InvalidRequest("provider", "must be true or false")
-    if not settings.paynow_store_id or not settings.paynow_webhook_id:
-        raise InvalidRequest("provider", "needs BACKFILL_PAYNOW_STORE_ID and "
-                             "BACKFILL_PAYNOW_WEBHOOK_ID (the store and the webhook "
-                             "subscription whose history it reads)")
-    if not settings.paynow_api_key_file and not settings.paynow_api_key.get_secret_value():
-        raise InvalidRequest("provider", "this function has no PayNow API key (in production "
-                             "only the chunk function reads it); a webhook_recovery dry run of "
-                             "the same days counts what never arrived instead")
-    return history_of(settings, db).history
+    recovery = BACKFILLS.get(BACKFILLS.repairing("neverArrived"))
+    problem = recovery.provider_problem(settings)  # type: ignore[attr-defined]
+    if problem:
+        raise InvalidRequest("provider", problem)
+    sent: Sent = functools.partial(recovery.sent, settings, db)  # type: ignore[attr-defined]
+    return sent
 
 
 def find_gaps(source: GapSource, first: dt.date, last: dt.date, workers: int = 8,
-              history: Callable[[int], list[Delivered]] | None = None) -> dict[str, Any]:
+              sent: Sent | None = None) -> dict[str, Any]:
     """The gaps of the UTC days ``first..last``, per day and in total, and the runs that
-    would close them; with ``history`` (PayNow's), what never arrived too."""
+    would close them; with ``sent`` (what the provider sent), what never arrived too."""
     windows = chunking.windows(first, last, 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         days = list(pool.map(lambda window: _day(source, window), windows))
@@ -138,8 +125,8 @@ def find_gaps(source: GapSource, first: dt.date, last: dt.date, workers: int = 8
         "purchasesWithoutEntry": sum(day["purchasesWithoutEntry"] for day in days),
     }
     complete = all(day["complete"] for day in days)
-    if history is not None:
-        provider, read_whole = provider_days(history, source, first, last)
+    if sent is not None:
+        provider, read_whole = provider_days(sent, source, first, last)
         for day in days:
             day["provider"] = provider[day["date"]]
             day["neverArrived"] = day["provider"]["neverArrived"]
