@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -43,6 +44,17 @@ def refund(event_id: str, order_id: str, received: dt.datetime, amount: int,
            kind: str = "ON_REFUND") -> dict[str, Any]:
     return event(event_id, kind, received, {"id": f"x-{event_id}", "order_id": order_id,
                                             "amount": amount, "currency": "EUR"})
+
+
+def history_item(event: dict[str, Any], state: str = "failed") -> dict[str, Any]:
+    """A queued webhook as PayNow's history lists it (the local PayNow's seed), for a
+    receiver-shaped event: created when it was received, its delivery tried once and refused."""
+    name = "".join(word.capitalize() for word in event["eventType"].lower().split("_"))
+    received = event["receivedAt"].isoformat()
+    return {"created_at": received.replace("+00:00", "Z"), "event": name, "state": state,
+            "payload": json.dumps(event["payload"]),
+            "executions": [{"status_code": 503, "started_at": received,
+                            "finished_at": received}]}
 
 
 def put(db: firestore.Client, *events: dict[str, Any]) -> None:

@@ -154,6 +154,14 @@ ReasonOption = Annotated[str | None, typer.Option(
     help="why (kept in the run's status history)")]
 ForceOption = Annotated[bool, typer.Option(
     help="start even over an overlapping active run or past the active run limit")]
+# A run's range and mode, as start and recover take them.
+StartOption = Annotated[str | None, typer.Option("--start", help="first UTC day, YYYY-MM-DD")]
+EndOption = Annotated[str | None, typer.Option("--end", help="last UTC day (inclusive)")]
+LookbackOption = Annotated[int | None, typer.Option(
+    min=1, help="the N UTC days ending today (instead of --start and --end)")]
+DryRunOption = Annotated[bool, typer.Option("--dry-run/--apply")]
+EventTypesOption = Annotated[list[str] | None, typer.Option(
+    "--event-type", help="only events of this type (repeat it for more)")]
 WaitOption = Annotated[bool, typer.Option(
     help="watch the run until it ends or is paused; exit with its code")]
 
@@ -188,13 +196,10 @@ def start(
     backfill_type: Annotated[str, typer.Argument(metavar="TYPE",
                                                  help="webhook_replay, reversal_backfill, "
                                                       "ledger_verify or webhook_recovery")],
-    start_date: Annotated[str | None, typer.Option("--start", help="first UTC day, YYYY-MM-DD")]
-    = None,
-    end_date: Annotated[str | None, typer.Option("--end", help="last UTC day (inclusive)")]
-    = None,
-    lookback_days: Annotated[int | None, typer.Option(
-        min=1, help="the N UTC days ending today (instead of --start and --end)")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run/--apply")] = True,
+    start_date: StartOption = None,
+    end_date: EndOption = None,
+    lookback_days: LookbackOption = None,
+    dry_run: DryRunOption = True,
     max_events: Annotated[int | None, typer.Option(help="bound on events taken")] = None,
     max_events_per_second: Annotated[int | None, typer.Option(
         min=1, help="the run's ceiling in events per second (change it later with "
@@ -206,8 +211,7 @@ def start(
     repair: Annotated[bool, typer.Option(
         help="ledger_verify: repair what is safe to repair (flags, missing entries, a "
              "drifted wallet), not only report it")] = False,
-    event_types: Annotated[list[str] | None, typer.Option(
-        "--event-type", help="only events of this type (repeat it for more)")] = None,
+    event_types: EventTypesOption = None,
     customer_ids: Annotated[list[str] | None, typer.Option(
         "--customer", help="only this customer's events: a canary (repeat it, or @FILE "
                            "with one id per line)")] = None,
@@ -249,15 +253,11 @@ def start(
 @app.command()
 def recover(
     ctx: typer.Context,
-    start_date: Annotated[str | None, typer.Option("--start", help="first UTC day, YYYY-MM-DD")]
-    = None,
-    end_date: Annotated[str | None, typer.Option("--end", help="last UTC day (inclusive)")]
-    = None,
-    lookback_days: Annotated[int | None, typer.Option(
-        min=1, help="the N UTC days ending today (instead of --start and --end)")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run/--apply")] = True,
-    event_types: Annotated[list[str] | None, typer.Option(
-        "--event-type", help="only events of this type (repeat it for more)")] = None,
+    start_date: StartOption = None,
+    end_date: EndOption = None,
+    lookback_days: LookbackOption = None,
+    dry_run: DryRunOption = True,
+    event_types: EventTypesOption = None,
     wait: WaitOption = False,
     as_json: JsonOption = False,
     token: TokenOption = None,

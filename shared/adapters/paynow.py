@@ -31,6 +31,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -223,7 +224,6 @@ def _retry_after(headers: Mapping[str, str]) -> float:
         except ValueError:
             pass
         try:
-            from email.utils import parsedate_to_datetime
             return max(0.0, (parsedate_to_datetime(value) - dt.datetime.now(dt.UTC))
                        .total_seconds())
         except (TypeError, ValueError):

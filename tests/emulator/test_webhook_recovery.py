@@ -8,10 +8,8 @@ per kill.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -29,12 +27,6 @@ pytestmark = pytest.mark.emulator
 
 EVENTS, RECEIVED_EVERY, DAYS = 10_000, 10, 30
 KILL_AFTER_COMMITS = 60
-
-
-def history_item(event: dict[str, Any]) -> dict[str, Any]:
-    name = "".join(word.capitalize() for word in event["eventType"].lower().split("_"))
-    return {"created_at": event["receivedAt"].isoformat().replace("+00:00", "Z"), "event": name,
-            "state": "failed", "payload": json.dumps(event["payload"]), "executions": []}
 
 
 def _alive(url: str) -> bool:
@@ -64,7 +56,7 @@ def test_a_recovery_under_faults_kills_and_a_rotated_key_stores_every_event_once
                             first + dt.timedelta(seconds=span * n / EVENTS), f"c{n % 97}")
               for n in range(EVENTS)]
     local_paynow.reset(url)
-    local_paynow.seed(url, store_id, webhook_id, [history_item(event) for event in events])
+    local_paynow.seed(url, store_id, webhook_id, [data.history_item(event) for event in events])
     received = events[::RECEIVED_EVERY]
     data.put(clean, *received)
     page_size = local_paynow.knobs(url, rate_per_second=100, burst=20, error_429_odds=0.05,

@@ -52,7 +52,7 @@ class PayNowStore:
     def seed(self, events: list[dict[str, Any]], state: str = "failed") -> None:
         """History items for receiver-shaped ``events`` (their payload and receivedAt)."""
         local_paynow.seed(self.url, self.store_id, self.webhook_id,
-                          [history_item(event, state) for event in events])
+                          [data.history_item(event, state) for event in events])
 
     def stats(self) -> dict[str, Any]:
         return local_paynow.stats(self.url)
@@ -68,15 +68,6 @@ def history_reads(stats: dict[str, Any]) -> int:
     """How many history pages the local PayNow answered."""
     reads: int = stats["requests"]["history"]
     return reads
-
-
-def history_item(event: dict[str, Any], state: str = "failed") -> dict[str, Any]:
-    """A queued webhook as PayNow's history lists it, for a receiver-shaped event."""
-    name = "".join(word.capitalize() for word in event["eventType"].lower().split("_"))
-    return {"created_at": event["receivedAt"].isoformat().replace("+00:00", "Z"),
-            "event": name, "state": state, "payload": json.dumps(event["payload"]),
-            "executions": [{"status_code": 503, "started_at": event["receivedAt"].isoformat(),
-                            "finished_at": event["receivedAt"].isoformat()}]}
 
 
 @pytest.fixture
