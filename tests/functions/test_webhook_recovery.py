@@ -367,3 +367,23 @@ def test_gaps_with_provider_say_per_day_what_never_arrived(
     assert body["next"][0].startswith("webhook_recovery over ")
     assert refused.status_code == 400 and refused.get_json()["field"] == "provider"
     assert events(harness).keys() == {event["eventId"] for event in history[:5]}
+
+
+def test_a_history_item_without_an_event_id_is_an_error_record_and_stores_nothing(
+        harness: Harness, store: PayNowStore) -> None:
+    history = purchases(3)
+    bare = data.history_item(history[1])
+    bare["payload"] = json.dumps({"event_type": "ON_ORDER_COMPLETED",
+                                  "body": history[1]["payload"]["body"]})  # no event_id
+    store.seed([history[0], history[2]])
+    local_paynow.seed(store.url, store.store_id, store.webhook_id, [bare])
+
+    migration_id = start(harness)
+    harness.deliver_all()
+
+    run = harness.run(migration_id)
+    records = data.documents(harness.db, f"{schema.RUNS}/{migration_id}/{schema.ERRORS}")
+    assert (run["status"], run["applied"], run["errors"]) == ("completed", 2, 1)
+    assert run["errorCodes"] == {"malformed_payload": 1}
+    assert [record["code"] for record in records.values()] == ["malformed_payload"]
+    assert sorted(events(harness)) == sorted([history[0]["eventId"], history[2]["eventId"]])
