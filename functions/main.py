@@ -71,6 +71,7 @@ _ACTION_PATH = re.compile(
 # Run and chunk ids are the bundle's own: {type}_{epoch ms}, a UTC day, plan, watch, retry.
 _BUNDLE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _LIMIT = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() also takes "²"
+_INDEX = re.compile(r"[0-9]{1,9}")  # a chunk's planning index, a page's size
 
 Answer = tuple[dict[str, Any], int] | flask.Response
 
@@ -179,11 +180,24 @@ def _gaps(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer
 
 
 def _run(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
-    described = svc.describe(_run_id(match.group(1)))
+    """One run's status, with one page of its chunks: ``?chunksFrom=`` (a planning index,
+    default 0) and ``?chunksPerPage=`` (1-1000, default 100)."""
+    migration_id = _run_id(match.group(1))
+    described = svc.describe(
+        migration_id, _whole("chunksFrom", request.args.get("chunksFrom", "0")),
+        _whole("chunksPerPage", request.args.get(
+            "chunksPerPage", str(progress.DEFAULT_CHUNKS_PER_PAGE))))
     if status_page.wants_html(request.accept_mimetypes):
         path = request.path.rstrip("/")
         return _page(status_page.run_page(described, path, path.rsplit("/", 1)[0] or "/"))
     return described, 200
+
+
+def _whole(field: str, value: str) -> int:
+    """A query parameter that is a whole number, or ``InvalidRequest`` naming it."""
+    if not _INDEX.fullmatch(value):
+        raise InvalidRequest(field, "must be a whole number (ASCII digits)")
+    return int(value)
 
 
 def _runs(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:

@@ -38,11 +38,14 @@ class Services:
     def tasks(self) -> TaskRouter:
         return TaskRouter(self.settings, self.db, self.dispatcher, self.stores)
 
-    def describe(self, migration_id: str) -> dict[str, Any]:
-        """One run's status. A stalled run is re-armed on the way (its lost chunks picked up,
-        its watchdog enqueued again), so looking at a stuck run is enough to get it going,
-        unless the kill switch is off."""
-        body = progress.describe_run(self.settings, self.stores, migration_id)
+    def describe(self, migration_id: str, chunks_from: int = 0,
+                 chunks_per_page: int = progress.DEFAULT_CHUNKS_PER_PAGE) -> dict[str, Any]:
+        """One run's status, with the page of its chunks from planning index ``chunks_from``
+        (``progress.describe_run``). A stalled run is re-armed on the way (its lost chunks
+        picked up, its watchdog enqueued again), so looking at a stuck run is enough to get it
+        going, unless the kill switch is off."""
+        body = progress.describe_run(self.settings, self.stores, migration_id,
+                                     chunks_from=chunks_from, chunks_per_page=chunks_per_page)
         if body.get("stalled") and self.settings.enabled:
             body["recovery"] = watchdog.rescue(self.settings, self.stores, self.dispatcher,
                                                migration_id)

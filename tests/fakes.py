@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from shared.adapters.stores import (
@@ -20,7 +20,14 @@ from shared.adapters.stores import (
 from shared.backfills.registry import BackfillType
 from shared.domain import lifecycle
 from shared.domain.chunking import PlannedChunk, Window
-from shared.domain.records import ChunkRecord, ErrorRecord, RunRecord
+from shared.domain.records import (
+    COUNTERS,
+    ChunkRecord,
+    ChunkTotals,
+    Counters,
+    ErrorRecord,
+    RunRecord,
+)
 from shared.errors import NotFound, Unavailable
 from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
 
@@ -127,11 +134,45 @@ class MemoryChunks:
     def get(self, migration_id: str, chunk_id: str) -> ChunkRecord:
         return self.records[(migration_id, chunk_id)]
 
-    def chunks(self, migration_id: str,
-               states: Collection[ChunkState] | None = None) -> list[ChunkRecord]:
+    def chunks(self, migration_id: str, states: Collection[ChunkState] | None = None, *,
+               as_of: dt.datetime | None = None) -> list[ChunkRecord]:
         found = [chunk for (run, _), chunk in self.records.items()
                  if run == migration_id and (states is None or chunk.state in states)]
         return sorted(found, key=lambda chunk: (chunk.index, chunk.chunk_id))
+
+    def summary(self, migration_id: str, codes: Collection[str], *,
+                known: Mapping[ChunkState, int] | None = None,
+                as_of: dt.datetime | None = None) -> ChunkTotals:
+        chunks = self.chunks(migration_id)
+        return ChunkTotals(
+            chunks=len(chunks),
+            counters=Counters(**{name: sum(getattr(chunk.counters, name) for chunk in chunks)
+                                 for name in COUNTERS}),
+            states={state: (known or {}).get(state, sum(chunk.state is state
+                                                        for chunk in chunks))
+                    for state in ChunkState},
+            error_codes={code: sum(chunk.error_codes.get(code, 0) for chunk in chunks)
+                         for code in codes})
+
+    def notable(self, migration_id: str, *,
+                as_of: dt.datetime | None = None) -> list[ChunkRecord]:
+        return [chunk for chunk in self.chunks(migration_id)
+                if chunk.state is ChunkState.RUNNING or chunk.notable]
+
+    def lapsed(self, migration_id: str, states: Collection[ChunkState], now: dt.datetime, *,
+               as_of: dt.datetime | None = None) -> list[tuple[str, ChunkState]]:
+        return [(chunk.chunk_id, chunk.state)
+                for chunk in self.expired(migration_id, states, now)]
+
+    def last_checkpoint(self, migration_id: str, *,
+                        as_of: dt.datetime | None = None) -> dt.datetime | None:
+        return max((chunk.updated_at for chunk in self.chunks(migration_id)
+                    if chunk.updated_at is not None), default=None)
+
+    def page(self, migration_id: str, start: int, size: int, *,
+             as_of: dt.datetime | None = None) -> tuple[list[ChunkRecord], int | None]:
+        found = [chunk for chunk in self.chunks(migration_id) if chunk.index >= start]
+        return found[:size], found[size].index if len(found) > size else None
 
     def count(self, migration_id: str, states: Collection[ChunkState]) -> int:
         return len(self.chunks(migration_id, states))
@@ -223,10 +264,12 @@ class MemoryErrors:
         self.records.setdefault(migration_id, []).append(
             ErrorRecord(id=event_id, event_id=event_id, code=code, attempts=1, at=NOW))
 
-    def count(self, migration_id: str, code: str | None = None) -> int:
+    def count(self, migration_id: str, code: str | None = None, *,
+              as_of: dt.datetime | None = None) -> int:
         return len([e for e in self.records.get(migration_id, []) if code in (None, e.code)])
 
-    def first(self, migration_id: str, limit: int) -> list[ErrorRecord]:
+    def first(self, migration_id: str, limit: int, *,
+              as_of: dt.datetime | None = None) -> list[ErrorRecord]:
         return self.records.get(migration_id, [])[:limit]
 
     def pages(self, migration_id: str, code: str | None = None,

@@ -15,11 +15,13 @@ import functools
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from shared.config import Settings
 from shared.domain.chunking import Window
@@ -63,10 +65,51 @@ def chunk_ref(db: firestore.Client, migration_id: str,
     return chunk
 
 
-def count(query: Any) -> int:
-    """The number of documents ``query`` matches, by an aggregation (no documents read)."""
-    result = query.count().get()
+# Firestore takes at most five aggregations in one aggregation query.
+MAX_AGGREGATIONS = 5
+# Fields of a chunk document that only the status answer reads (``shared.executor.commit.marks``):
+# per code the records its pages wrote, and whether a page took a wallet below zero or tallied
+# (true or absent: matched by equality, so that it can be one side of an OR).
+ERROR_CODES = "errorCodes"
+NOTABLE = "notable"
+
+
+def count(query: Any, read_time: Any = None) -> int:
+    """The number of documents ``query`` matches, by an aggregation (no documents read); as of
+    ``read_time`` if given."""
+    result = query.count().get(read_time=read_time)
     return int(result[0][0].value)
+
+
+def aggregate(query: Any, fields: list[str | FieldPath], *, count: bool = False,
+              read_time: Any = None) -> tuple[int, list[int]]:
+    """The number of documents ``query`` matches (0 unless ``count``) and the sums of
+    ``fields`` over them (a field no document holds sums to 0), as of ``read_time`` if given:
+    ``MAX_AGGREGATIONS`` to an aggregation query, the queries run side by side. The emulator
+    counts and sums, in one aggregation query, only the documents that hold every field it
+    sums: give fields that each document holds all of, or none of."""
+    wanted: list[str | FieldPath | None] = [None] * count + list(fields)
+    if not wanted:
+        return 0, []
+    groups = [wanted[first:first + MAX_AGGREGATIONS]
+              for first in range(0, len(wanted), MAX_AGGREGATIONS)]
+
+    def run(group: list[str | FieldPath | None]) -> list[int]:
+        aggregation: Any = query
+        for index, field in enumerate(group):
+            aggregation = (aggregation.count(alias=f"a{index}") if field is None
+                           else aggregation.sum(field, alias=f"a{index}"))
+        values = {result.alias: result.value
+                  for result in aggregation.get(read_time=read_time)[0]}
+        return [int(values.get(f"a{index}") or 0) for index in range(len(group))]
+
+    if len(groups) == 1:
+        results = [run(groups[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+            results = list(pool.map(run, groups))
+    flat = [value for result in results for value in result]
+    return (flat[0] if count else 0), flat[int(count):]
 
 
 def errors_query(db: firestore.Client, migration_id: str, code: str | None = None) -> Any:

@@ -13,19 +13,28 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
-from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.base_query import FieldFilter, Or
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from shared import clock, logs
 from shared.adapters import schema
 from shared.adapters.write_token import CLAIM_WRITE, STAMP, UNSURE, token_of, write_token
 from shared.domain import lifecycle
 from shared.domain.chunking import PlannedChunk, Window
-from shared.domain.records import ChunkRecord, Counters, ErrorRecord, RunRecord
+from shared.domain.records import (
+    COUNTERS,
+    ChunkRecord,
+    ChunkTotals,
+    Counters,
+    ErrorRecord,
+    RunRecord,
+)
 from shared.errors import Conflict, NotFound, Unavailable
 from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
 
@@ -79,9 +88,39 @@ class RunStore(Protocol):
 
 
 class ChunkStore(Protocol):
-    def chunks(self, migration_id: str,
-               states: Collection[ChunkState] | None = None) -> list[ChunkRecord]:
+    """A run's chunks. Reads that take ``as_of`` (a read time: a record's ``read_time``) see the
+    chunks as they were then, so that several reads add up (None: as they are now)."""
+
+    def chunks(self, migration_id: str, states: Collection[ChunkState] | None = None, *,
+               as_of: dt.datetime | None = None) -> list[ChunkRecord]:
         """The run's chunks (in ``states`` only, if given), in planning order."""
+
+    def summary(self, migration_id: str, codes: Collection[str], *,
+                known: Mapping[ChunkState, int] | None = None,
+                as_of: dt.datetime | None = None) -> ChunkTotals:
+        """The run's chunks summed without reading them (aggregations only): how many, the sums
+        of their counters, per state how many (``known``: states the caller has counted, or
+        knows to be empty; not counted again), and per code of ``codes`` the sums of their
+        ``error_codes``. With ``as_of`` one state left to count is the rest of the total."""
+
+    def notable(self, migration_id: str, *,
+                as_of: dt.datetime | None = None) -> list[ChunkRecord]:
+        """The chunks a status reads whole, in planning order: the running ones, and those
+        whose pages took a wallet below zero or tallied (``notable``); one query."""
+
+    def lapsed(self, migration_id: str, states: Collection[ChunkState], now: dt.datetime, *,
+               as_of: dt.datetime | None = None) -> list[tuple[str, ChunkState]]:
+        """The id and state of each chunk in ``states`` whose lease ran out before ``now``, in
+        planning order (``expired`` without the rest of each chunk)."""
+
+    def last_checkpoint(self, migration_id: str, *,
+                        as_of: dt.datetime | None = None) -> dt.datetime | None:
+        """When a chunk of the run last checkpointed (its latest ``updated_at``), if one has."""
+
+    def page(self, migration_id: str, start: int, size: int, *,
+             as_of: dt.datetime | None = None) -> tuple[list[ChunkRecord], int | None]:
+        """At most ``size`` chunks, in planning order from the one of planning index ``start``
+        on, and the planning index of the chunk after them (None: they are the last)."""
 
     def count(self, migration_id: str, states: Collection[ChunkState]) -> int:
         """How many of the run's chunks are in ``states``."""
@@ -111,10 +150,15 @@ class ChunkStore(Protocol):
 
 
 class ErrorStore(Protocol):
-    def count(self, migration_id: str, code: str | None = None) -> int:
-        """How many events failed in the run (of ``code`` only, if given); an aggregation."""
+    """A run's error records (its failed events and an audit's findings); ``as_of`` as for
+    ``ChunkStore``."""
 
-    def first(self, migration_id: str, limit: int) -> list[ErrorRecord]:
+    def count(self, migration_id: str, code: str | None = None, *,
+              as_of: dt.datetime | None = None) -> int:
+        """How many records the run holds (of ``code`` only, if given); an aggregation."""
+
+    def first(self, migration_id: str, limit: int, *,
+              as_of: dt.datetime | None = None) -> list[ErrorRecord]:
         """The run's first ``limit`` error records, in the order they were recorded."""
 
     def pages(self, migration_id: str, code: str | None = None,
@@ -310,14 +354,88 @@ class FirestoreChunks:
     def _collection(self, migration_id: str) -> Any:
         return schema.run_ref(self._db, migration_id).collection(schema.CHUNKS)
 
-    def chunks(self, migration_id: str,
-               states: Collection[ChunkState] | None = None) -> list[ChunkRecord]:
+    def chunks(self, migration_id: str, states: Collection[ChunkState] | None = None, *,
+               as_of: dt.datetime | None = None) -> list[ChunkRecord]:
         query = self._collection(migration_id)
         if states is not None:
             query = query.where(filter=FieldFilter("state", "in", [s.value for s in states]))
         # Sorted here, not by the query: ordering a filtered query would need an index.
-        return sorted((ChunkRecord.from_snapshot(snap) for snap in query.stream()),
+        return sorted((ChunkRecord.from_snapshot(snap) for snap in query.stream(read_time=as_of)),
                       key=lambda chunk: chunk.index)
+
+    def summary(self, migration_id: str, codes: Collection[str], *,
+                known: Mapping[ChunkState, int] | None = None,
+                as_of: dt.datetime | None = None) -> ChunkTotals:
+        # Each aggregation query scans the run's chunks once (the emulator runs them one at a
+        # time): the sums go five to a query, the count with them, and one state is the rest.
+        # An aggregation takes only the documents that hold every field it sums (the
+        # emulator's): the counters, which every chunk holds, are never summed with the codes,
+        # which a chunk holds all of or none (``shared.executor.commit.recorded``).
+        collection = self._collection(migration_id)
+        codes = list(dict.fromkeys(codes))
+        counters: list[str | FieldPath] = [f"counters.{name}" for name in COUNTERS]
+        by_code: list[str | FieldPath] = [FieldPath(schema.ERROR_CODES, code) for code in codes]
+        counted = dict(known or {})
+        unknown = [state for state in ChunkState if state not in counted]
+        rest = None
+        if as_of is not None and unknown:
+            rest = ChunkState.COMPLETED if ChunkState.COMPLETED in unknown else unknown[-1]
+        by_state = [state for state in unknown if state is not rest]
+        with ThreadPoolExecutor(max_workers=len(by_state) + 1) as pool:
+            aggregated = pool.submit(lambda: schema.aggregate(collection, counters, count=True,
+                                                              read_time=as_of))
+            coded = pool.submit(lambda: schema.aggregate(collection, by_code, read_time=as_of))
+            states = dict(zip(by_state, pool.map(lambda state: schema.count(
+                collection.where(filter=FieldFilter("state", "==", state.value)),
+                read_time=as_of), by_state), strict=True))
+            total, sums = aggregated.result()
+            code_sums = coded.result()[1]
+        counted.update(states)
+        if rest is not None:
+            counted[rest] = total - sum(counted.values())
+            if counted[rest] < 0:  # ``known`` was wrong: count it after all
+                counted[rest] = schema.count(collection.where(
+                    filter=FieldFilter("state", "==", rest.value)), read_time=as_of)
+        return ChunkTotals(
+            chunks=total, counters=Counters(**dict(zip(COUNTERS, sums, strict=True))),
+            states={state: counted[state] for state in ChunkState},
+            error_codes=dict(zip(codes, code_sums, strict=True)))
+
+    def notable(self, migration_id: str, *,
+                as_of: dt.datetime | None = None) -> list[ChunkRecord]:
+        # Equalities only: a range filter would also order by its field, leaving out every
+        # chunk without it.
+        query = self._collection(migration_id).where(filter=Or([
+            FieldFilter("state", "==", ChunkState.RUNNING.value),
+            FieldFilter(schema.NOTABLE, "==", True)]))
+        return sorted((ChunkRecord.from_snapshot(snap) for snap in query.stream(read_time=as_of)),
+                      key=lambda chunk: chunk.index)
+
+    def lapsed(self, migration_id: str, states: Collection[ChunkState], now: dt.datetime, *,
+               as_of: dt.datetime | None = None) -> list[tuple[str, ChunkState]]:
+        query = self._collection(migration_id).where(
+            filter=FieldFilter("state", "in", [s.value for s in states])).where(
+            filter=FieldFilter("leaseUntil", "<", now)).select(["state", "index"])
+        found = sorted((int(data.get("index", 0)), snap.id, ChunkState(data["state"]))
+                       for snap in query.stream(read_time=as_of)
+                       if (data := snap.to_dict() or {}))
+        return [(chunk_id, state) for _, chunk_id, state in found]
+
+    def last_checkpoint(self, migration_id: str, *,
+                        as_of: dt.datetime | None = None) -> dt.datetime | None:
+        query = self._collection(migration_id).order_by(
+            "updatedAt", direction=firestore.Query.DESCENDING).limit(1).select(["updatedAt"])
+        for snap in query.stream(read_time=as_of):
+            value = (snap.to_dict() or {}).get("updatedAt")
+            return value if isinstance(value, dt.datetime) else None
+        return None
+
+    def page(self, migration_id: str, start: int, size: int, *,
+             as_of: dt.datetime | None = None) -> tuple[list[ChunkRecord], int | None]:
+        query = self._collection(migration_id).order_by("index").where(
+            filter=FieldFilter("index", ">=", start)).limit(size + 1)
+        found = [ChunkRecord.from_snapshot(snap) for snap in query.stream(read_time=as_of)]
+        return found[:size], found[size].index if len(found) > size else None
 
     def count(self, migration_id: str, states: Collection[ChunkState]) -> int:
         return schema.count(self._collection(migration_id).where(
@@ -458,13 +576,15 @@ class FirestoreErrors:
     def __init__(self, db: firestore.Client) -> None:
         self._db = db
 
-    def count(self, migration_id: str, code: str | None = None) -> int:
-        return schema.count(schema.errors_query(self._db, migration_id, code))
+    def count(self, migration_id: str, code: str | None = None, *,
+              as_of: dt.datetime | None = None) -> int:
+        return schema.count(schema.errors_query(self._db, migration_id, code), read_time=as_of)
 
-    def first(self, migration_id: str, limit: int) -> list[ErrorRecord]:
+    def first(self, migration_id: str, limit: int, *,
+              as_of: dt.datetime | None = None) -> list[ErrorRecord]:
         query = schema.run_ref(self._db, migration_id).collection(schema.ERRORS).order_by(
             "at").limit(limit)
-        return [ErrorRecord.from_snapshot(snap) for snap in query.stream()]
+        return [ErrorRecord.from_snapshot(snap) for snap in query.stream(read_time=as_of)]
 
     def pages(self, migration_id: str, code: str | None = None,
               size: int = 500) -> Iterator[ErrorRecord]:

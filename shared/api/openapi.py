@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from shared.api import answers, bodies
 from shared.backfills.registry import BACKFILLS
 from shared.models import EventType, RunStatus
+from shared.runs.progress import DEFAULT_CHUNKS_PER_PAGE, MAX_CHUNKS_PER_PAGE
 
 OPENAPI_PATH = "/api/openapi.json"
 _JSON = "application/json"
@@ -70,8 +71,15 @@ def document() -> dict[str, Any]:
                              schemas.ref(answers.RunList), _HTML)},
             refused=("400", "401", "403", "405"))},
         "/api/admin/dataMigrations/{migrationId}": {"get": _operation(
-            "getRun", "One run: counts, progress, chunks, first errors", refusals,
-            parameters=[_run_id()],
+            "getRun", "One run: counts, progress, a page of its chunks, first errors",
+            refusals, parameters=[
+                _run_id(),
+                _query("chunksFrom", {"type": "string", "pattern": "^[0-9]{1,9}$"},
+                       "the page's first chunk, by planning index (default 0): the answer's "
+                       "nextChunks and previousChunks name the pages around it"),
+                _query("chunksPerPage", {"type": "string", "pattern": "^[0-9]{1,9}$"},
+                       f"chunks in the page (1-{MAX_CHUNKS_PER_PAGE}, default "
+                       f"{DEFAULT_CHUNKS_PER_PAGE}); chunkStates counts them all")],
             answers={"200": ("the run's status (a page for Accept: text/html)",
                              schemas.ref(answers.RunAnswer), _HTML)},
             refused=("400", "401", "403", "404", "405"))},

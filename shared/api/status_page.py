@@ -63,13 +63,25 @@ def runs_page(runs: list[dict[str, Any]], base: str) -> str:
 
 
 def run_page(run: dict[str, Any], path: str, list_href: str) -> str:
-    """One run, its error report linked under ``path`` (the run's own path)."""
+    """One run, its error report linked under ``path`` (the run's own path). The grid shows
+    the answer's page of chunks (``chunks``; ``chunkStates`` counts them all), linked to the
+    pages before and after it under ``path``."""
     refresh = REFRESH_SECONDS if run["status"] in ACTIVE else None
     return _PAGES.get_template("run.html").render(
         title=f"{run['migrationId']}: {run['status']}", run=run, counts=_COUNTS,
         progress_max=max(run["total"], run["taken"], 1), eta=_duration(run.get("etaSeconds")),
         errors_href=f"{path}/errors", list_href=list_href, refresh=refresh, style=_STYLE,
-        now=_now())
+        now=_now(), chunk_total=sum(run["chunkStates"].values()),
+        next_href=_page_href(path, run.get("nextChunks")),
+        previous_href=_page_href(path, run.get("previousChunks")))
+
+
+def _page_href(path: str, answer_path: str | None) -> str | None:
+    """A page of chunks under the page's own ``path`` (the answer's path may be served under
+    another prefix): the answer's query string on it."""
+    if answer_path is None:
+        return None
+    return f"{path}?{answer_path.split('?', 1)[1]}" if "?" in answer_path else path
 
 
 def _duration(seconds: int | None) -> str:

@@ -4,8 +4,10 @@ records, read from Firestore in one place.
 Field names in Firestore are camelCase (``leaseUntil``); in Python they are snake_case
 (``lease_until``): the models' alias generator maps one to the other, so no module spells a
 Firestore key of these documents by hand when it reads one. ``from_snapshot`` keeps the
-document's update time, which writes under a precondition need. Unknown fields are ignored, so a
-document written by a newer version still reads.
+document's update time, which writes under a precondition need, and the time it was read at, at
+which further reads can see the database exactly as it was then (the status answer reads all its
+parts at its run's read time). Unknown fields are ignored, so a document written by a newer
+version still reads.
 """
 
 from __future__ import annotations
@@ -27,22 +29,28 @@ class _Shape(BaseModel):
 class _Record(_Shape):
     # When the document was last written (None for a record not read from Firestore).
     update_time: dt.datetime | None = Field(None, exclude=True)
+    # When it was read (None for a record not read from Firestore): a time other reads may be
+    # made at (``read_time``), to see the database as this record saw it.
+    read_time: dt.datetime | None = Field(None, exclude=True)
 
     @classmethod
     def from_document(cls, document_id: str, data: dict[str, Any],
-                      update_time: dt.datetime | None = None) -> Self:
-        return cls.model_validate({**data, "id": document_id, "update_time": update_time})
+                      update_time: dt.datetime | None = None,
+                      read_time: dt.datetime | None = None) -> Self:
+        return cls.model_validate({**data, "id": document_id, "update_time": update_time,
+                                   "read_time": read_time})
 
     @classmethod
     def from_snapshot(cls, snap: Any) -> Self:
         """The record of a Firestore snapshot that exists."""
-        return cls.from_document(snap.id, snap.to_dict() or {}, snap.update_time)
+        return cls.from_document(snap.id, snap.to_dict() or {}, snap.update_time,
+                                 getattr(snap, "read_time", None))
 
     def fields(self) -> dict[str, Any]:
         """The fields this record was built with, as its document names them (camelCase; not
         its id): what a write of it sets, and nothing it was not given (a merge keeps the
         rest of the document)."""
-        given = self.model_fields_set - {"update_time", "id"}
+        given = self.model_fields_set - {"update_time", "read_time", "id"}
         fields: dict[str, Any] = self.model_dump(by_alias=True, include=given)
         return fields
 
@@ -115,7 +123,7 @@ class RunRecord(_Record):
         """The run as its Firestore document holds it (camelCase keys, dates as ISO strings:
         Firestore stores no bare dates); an empty failure reason is left out."""
         document: dict[str, Any] = self.model_dump(by_alias=True,
-                                                   exclude={"update_time", "id"})
+                                                   exclude={"update_time", "read_time", "id"})
         document.update(migrationId=self.id, startDate=self.start_date.isoformat(),
                         endDate=self.end_date.isoformat())
         if not self.failure_reason:
@@ -144,6 +152,11 @@ class ChunkRecord(_Record):
     read: int = 0
     pages: int = 0
     below_zero: list[str] = Field(default_factory=list)
+    # What the status answer reads instead of every chunk (``shared.executor.commit.marks``):
+    # per code, the error records and findings its pages wrote (a record written twice, once
+    # per write); and whether a page of it took a wallet below zero or tallied.
+    error_codes: dict[str, int] = Field(default_factory=dict)
+    notable: bool = False
     pickups: int = 0
     suspect: dict[str, Any] | None = None
     note: str = ""
@@ -160,7 +173,8 @@ class ChunkRecord(_Record):
 
     def to_document(self) -> dict[str, Any]:
         """The chunk as its Firestore document holds it (camelCase keys)."""
-        document: dict[str, Any] = self.model_dump(by_alias=True, exclude={"update_time", "id"})
+        document: dict[str, Any] = self.model_dump(by_alias=True,
+                                                   exclude={"update_time", "read_time", "id"})
         return document
 
 
@@ -182,6 +196,17 @@ class ErrorRecord(_Record):
     subject: str = ""
     repaired: bool | None = None
     would_repair: bool | None = None
+
+
+class ChunkTotals(_Shape):
+    """A run's chunks summed (``ChunkStore.summary``): how many there are, the sums of their
+    counters, how many are in each state, and per error code the sums of their ``error_codes``
+    (the records their pages wrote)."""
+
+    chunks: int
+    counters: Counters
+    states: dict[ChunkState, int]
+    error_codes: dict[str, int]
 
 
 # --- the status answer ---------------------------------------------------------------------
@@ -296,6 +321,13 @@ class RunStatusView(RunFields):
     # or in a dry run would store); empty for the others.
     tallies: dict[str, dict[str, int]] = Field(default_factory=dict)
     errors_url: str
+    # One page of the chunks, in planning order: ``chunks_per_page`` of them from the chunk of
+    # planning index ``chunks_from`` (``chunkStates`` counts them all); ``next_chunks`` and
+    # ``previous_chunks`` are the paths of the pages around it (None at either end).
     chunks: list[ChunkView]
+    chunks_from: int
+    chunks_per_page: int
+    next_chunks: str | None
+    previous_chunks: str | None
     first_errors: list[ErrorView]
     note: str | None = None

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from shared import logs
 from shared.adapters import schema
 from shared.adapters.write_token import UNSURE
 from shared.backfills.base import Event, ItemResult, Page, PagePlan, Stored
+from shared.backfills.registry import BACKFILLS
 from shared.config import MAX_WRITES_PER_COMMIT, Settings
 from shared.domain import lifecycle
 from shared.errors import EventMissing
@@ -269,6 +271,7 @@ def checkpoint(settings: Settings, selection: Page, planned: Planned, final: boo
     for (day, event_type), count in plan.tallies.items():
         update[FieldPath("tallies", day, event_type or "-").to_api_repr()] = \
             firestore.Increment(count)
+    update.update(marks(plan, planned.below_zero))
     if clears_suspect:
         update["suspect"] = None  # it went through after all: its failure was passing
     if planned.below_zero:
@@ -277,6 +280,37 @@ def checkpoint(settings: Settings, selection: Page, planned: Planned, final: boo
         update.update(state=ChunkState.COMPLETED.value, leaseOwner=None,
                       finishedAt=firestore.SERVER_TIMESTAMP)
     return update
+
+
+def marks(plan: PagePlan, below_zero: list[str]) -> dict[str, Any]:
+    """The chunk fields the status answer reads instead of every chunk document
+    (``shared.runs.progress``), written in the page's commit with its counters: ``recorded``
+    for each error record and finding the commit writes (``PageCommit.write``), and
+    ``notable`` when the page takes a wallet below zero or tallies, so that the status reads
+    whole only the chunks that hold either."""
+    update = recorded([result.code for result in plan.results
+                       if result.outcome is Outcome.ERROR]
+                      + [finding.code for finding in plan.findings])
+    if below_zero or plan.tallies:
+        update[schema.NOTABLE] = True
+    return update
+
+
+def recorded(codes: list[str]) -> dict[str, Any]:
+    """``errorCodes.<code>`` up by the records a commit writes of each code in ``codes`` (none:
+    nothing). Each write counts, so a record written again (its id is its event's or its
+    finding's: the write overwrites it) counts twice; the status answer tells by the number of
+    records and then counts those of the codes written (``shared.runs.progress``).
+
+    Every registered code is written, most with 0, so that a chunk holds all of them or none:
+    the status sums them in one aggregation, and an aggregation takes only the documents that
+    hold every field it sums (the emulator's, at least)."""
+    if not codes:
+        return {}
+    counted = Counter(code or "-" for code in codes)
+    every = dict.fromkeys(BACKFILLS.error_codes(), 0) | counted
+    return {FieldPath(schema.ERROR_CODES, code).to_api_repr(): firestore.Increment(count)
+            for code, count in every.items()}
 
 
 def log_failure(migration_id: str, chunk_id: str, event_id: str, event_type: str, code: str,

@@ -19,7 +19,7 @@ from shared.adapters.write_token import CONFLICTS
 from shared.backfills.base import Event, ItemResult, PageSource
 from shared.errors import UNEXPECTED_ERROR, Unavailable
 from shared.executor import sinks
-from shared.executor.commit import log_failure, progressed
+from shared.executor.commit import log_failure, progressed, recorded
 from shared.executor.context import Context
 from shared.executor.lease import Lease
 from shared.models import Outcome
@@ -76,7 +76,8 @@ class Poison:
         cursor = source.cursor_after(event)
         lease.guard(batch, {**progressed(self._settings, 1, cursor),
                             "counters.taken": firestore.Increment(1),
-                            "counters.errors": firestore.Increment(1), "suspect": None})
+                            "counters.errors": firestore.Increment(1), "suspect": None,
+                            **recorded([UNEXPECTED_ERROR])})
         try:
             results = batch.commit()
         except CONFLICTS:

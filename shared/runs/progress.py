@@ -17,6 +17,7 @@ import datetime as dt
 import enum
 import math
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shared import clock
@@ -32,7 +33,7 @@ from shared.domain.records import (
     RunRecord,
     RunStatusView,
 )
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import UNEXPECTED_ERROR, EventMissing, InvalidRequest, NotFound
 from shared.models import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, ChunkState, RunStatus
 from shared.runs import completion
 
@@ -132,54 +133,94 @@ def _ceiling(settings: Settings | None, run: RunRecord, now: dt.datetime) -> flo
     return throttle.ceiling(settings, run, now)
 
 
+# The chunks one status answer holds (``chunksPerPage``), by default and at most.
+DEFAULT_CHUNKS_PER_PAGE = 100
+MAX_CHUNKS_PER_PAGE = 1000
+
+
 def describe_run(settings: Settings, stores: Stores, migration_id: str,
-                 now: dt.datetime | None = None) -> dict[str, Any]:
+                 now: dt.datetime | None = None, chunks_from: int = 0,
+                 chunks_per_page: int = DEFAULT_CHUNKS_PER_PAGE) -> dict[str, Any]:
     """One run: parameters, status and why, summed counts, percent, rate and ETA, its ceiling
-    (the throttle), per-chunk progress, whether it is stalled (and which chunks), error counts
-    by code, and its first ``BACKFILL_FIRST_ERRORS_SHOWN`` errors."""
+    (the throttle), the count of its chunks in each state, whether it is stalled (and which
+    chunks), error counts by code, its first ``BACKFILL_FIRST_ERRORS_SHOWN`` errors, and one
+    page of its chunks: ``chunks_per_page`` (1 to ``MAX_CHUNKS_PER_PAGE``) from the chunk of
+    planning index ``chunks_from`` on, with the paths of the pages before and after it
+    (``InvalidRequest`` naming ``chunksFrom`` or ``chunksPerPage`` when out of range).
+
+    No chunk is read for the totals: every part is read as of the run document's read time,
+    so the parts add up however the run moves meanwhile. The sums of the chunks' counters, the
+    count in each state (``_counted_states``) and the records written per code are
+    aggregations; the chunks read whole are the running ones (the rate, the stall), those whose
+    pages took a wallet below zero or tallied, the page shown, and, when an active run has no
+    chunk running, the ids of those whose lease ran out (the stall). Error counts by code are
+    the chunks' per-code counts when they match the run's records, else the records counted
+    (``_error_codes``).
+    """
     now = now or clock.now()
-    first_errors = settings.first_errors_shown
+    _check_page(chunks_from, chunks_per_page)
     run = stores.runs.get(migration_id)
     if run is None:
         raise NotFound(f"no run {migration_id}")
-    chunks = stores.chunks.chunks(migration_id)
-    sums = completion.summarize(chunks)
-    taken = sums["taken"]
+    as_of = run.read_time
+    chunk_store, errors = stores.chunks, stores.errors
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        paged = pool.submit(lambda: chunk_store.page(migration_id, chunks_from,
+                                                     chunks_per_page, as_of=as_of))
+        last = pool.submit(lambda: chunk_store.last_checkpoint(migration_id, as_of=as_of))
+        records = pool.submit(lambda: errors.count(migration_id, as_of=as_of))
+        first = pool.submit(lambda: errors.first(migration_id, settings.first_errors_shown,
+                                                 as_of=as_of))
+        notable = chunk_store.notable(migration_id, as_of=as_of)
+        running = [chunk for chunk in notable if chunk.state is ChunkState.RUNNING]
+        totals = chunk_store.summary(
+            migration_id, _codes(run),
+            known={ChunkState.RUNNING: len(running), **_empty_states(run)}, as_of=as_of)
+        page, after = paged.result()
+        last_checkpoint = last.result()
+        error_codes = _error_codes(stores, migration_id, totals.error_codes,
+                                   records.result(), as_of)
+        first_errors = first.result()
+    sums = totals.counters
+    taken = sums.taken
     total = _total(run, taken)
     left_over = (run.eligible or 0) - total
-    states: dict[str, int] = {}
-    for chunk in chunks:
-        states[chunk.state.value] = states.get(chunk.state.value, 0) + 1
-    errors = stores.errors
+    active = run.status in (RunStatus.PENDING, RunStatus.RUNNING)
+    lapsed = chunk_store.lapsed(migration_id, [ChunkState.PENDING], now, as_of=as_of) \
+        if active and not running else []
+    below_zero = sorted({customer for chunk in notable for customer in chunk.below_zero})
     ceiling = _ceiling(settings, run, now)
+    path = f"/api/admin/dataMigrations/{migration_id}"
     view = RunStatusView.of(
         run,
         total=total,
-        processed=sums["processed"],
-        applied=sums["applied"],
-        duplicates=sums["duplicates"],
-        skipped=sums["skipped"],
-        errors=sums["errors"],
-        outside=sums["outside"],
+        processed=sums.applied + sums.duplicates,
+        applied=sums.applied,
+        duplicates=sums.duplicates,
+        skipped=sums.skipped,
+        errors=sums.errors,
+        outside=sums.outside,
         taken=taken,
-        points_moved=sums["points"],
+        points_moved=sums.points,
         percent=_percent(run, taken, total),
         left_for_later_run=max(left_over, 0),
-        wallets_below_zero={"count": len(sums["belowZero"]),
-                            "customer_ids": sums["belowZero"]},
-        chunk_states=states,
-        **_pace(run, chunks, taken, total, ceiling, now),
+        wallets_below_zero={"count": len(below_zero), "customer_ids": below_zero},
+        chunk_states={state.value: count for state, count in totals.states.items() if count},
+        **_pace(run, running, last_checkpoint, [chunk_id for chunk_id, _ in lapsed], taken,
+                total, ceiling, now),
         ceiling=ceiling,
         status_history=run.status_history,
-        # An audit's findings are records too, though no event of it failed.
-        error_codes={code: count for code in BACKFILLS.error_codes()
-                     if (count := errors.count(migration_id, code))}
-        if sums["errors"] or errors.count(migration_id) else {},
-        tallies=completion.tallies(chunks),
-        errors_url=f"/api/admin/dataMigrations/{migration_id}/errors",
-        chunks=[_chunk_view(chunk) for chunk in chunks],
-        first_errors=[ErrorView.model_validate(error.model_dump())
-                      for error in errors.first(migration_id, first_errors)],
+        error_codes=error_codes,
+        tallies=completion.tallies(notable),
+        errors_url=f"{path}/errors",
+        chunks=[_chunk_view(chunk) for chunk in page],
+        chunks_from=chunks_from,
+        chunks_per_page=chunks_per_page,
+        next_chunks=_page_path(path, after, chunks_per_page) if after is not None else None,
+        previous_chunks=_page_path(path, max(0, min(chunks_from, totals.chunks)
+                                             - chunks_per_page), chunks_per_page)
+        if chunks_from > 0 else None,
+        first_errors=[ErrorView.model_validate(error.model_dump()) for error in first_errors],
         note=_note(stores, run, left_over),
     )
     body = view.model_dump(by_alias=True)
@@ -187,6 +228,80 @@ def describe_run(settings: Settings, stores: Stores, migration_id: str,
         del body["note"]
     result: dict[str, Any] = _jsonable(body)
     return result
+
+
+def _check_page(chunks_from: int, chunks_per_page: int) -> None:
+    if chunks_from < 0:
+        raise InvalidRequest("chunksFrom", "must be a chunk's planning index, 0 or more")
+    if not 1 <= chunks_per_page <= MAX_CHUNKS_PER_PAGE:
+        raise InvalidRequest("chunksPerPage", f"must be between 1 and {MAX_CHUNKS_PER_PAGE}")
+
+
+def _page_path(path: str, chunks_from: int, chunks_per_page: int) -> str:
+    """The status answer's path with the page of chunks from planning index ``chunks_from``."""
+    return f"{path}?chunksFrom={chunks_from}&chunksPerPage={chunks_per_page}"
+
+
+def _codes(run: RunRecord) -> list[str]:
+    """The codes a run's records may bear: its type's, then the executor's (the registry's
+    order)."""
+    own = set(BACKFILLS.get(run.type).error_codes) if run.type in BACKFILLS.names() else set()
+    executor = {EventMissing.code, UNEXPECTED_ERROR}
+    return [code for code in BACKFILLS.error_codes() if code in own | executor]
+
+
+def _empty_states(run: RunRecord) -> dict[ChunkState, int]:
+    """States no chunk of ``run`` can be in, as the run's status history shows (read with the
+    chunks, at one time), so that they need no count: a chunk is paused only once its run was
+    (run control's pause moves the run, then its chunks; a delivery pauses its chunk when it
+    finds its run paused), and cancelled only once its run was cancelled or failed (cancel,
+    the breaker, a delivery finding its run so)."""
+    reached = {str(move.get("to")) for move in run.status_history} | {run.status.value}
+    empty: dict[ChunkState, int] = {}
+    if RunStatus.PAUSED.value not in reached:
+        empty[ChunkState.PAUSED] = 0
+    if not reached & {RunStatus.CANCELLED.value, RunStatus.FAILED.value}:
+        empty[ChunkState.CANCELLED] = 0
+    return empty
+
+
+def _error_codes(stores: Stores, migration_id: str, written: dict[str, int], records: int,
+                 as_of: dt.datetime | None) -> dict[str, int]:
+    """The run's records by code, in the registry's order: ``written`` (per code, the records
+    the chunks' page commits wrote: ``shared.executor.commit.recorded``) when they add up to
+    the records the run holds, else the records of each code counted.
+
+    Written is exact unless a record was written twice: a record's id is its event's (an
+    error) or its finding's, so a repeat overwrites it, and a finding of an audit, or an item a
+    provider's history holds twice, is written again by another page. Then written is more
+    than the records, and the records of the codes written are counted. Written is less when
+    records were written without their counts (pages committed before the counts existed, a
+    code outside the run's type's): then every code's records are counted, as they were
+    before."""
+    if records == 0:
+        return {}
+    registered = BACKFILLS.error_codes()
+    if sum(written.values()) == records:
+        counted = written
+    else:
+        candidates = [code for code, count in written.items() if count] \
+            if sum(written.values()) > records else []
+        counted = _count_codes(stores, migration_id, candidates, as_of)
+        if sum(counted.values()) != records:
+            counted.update(_count_codes(stores, migration_id,
+                                        [code for code in registered if code not in counted],
+                                        as_of))
+    return {code: counted[code] for code in registered if counted.get(code)}
+
+
+def _count_codes(stores: Stores, migration_id: str, codes: list[str],
+                 as_of: dt.datetime | None) -> dict[str, int]:
+    """The run's records of each of ``codes``, counted side by side (one aggregation each)."""
+    if not codes:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(len(codes), 8)) as pool:
+        return dict(zip(codes, pool.map(lambda code: stores.errors.count(
+            migration_id, code, as_of=as_of), codes), strict=True))
 
 
 def _note(stores: Stores, run: RunRecord, left_over: int) -> str | None:
@@ -202,9 +317,11 @@ def _note(stores: Stores, run: RunRecord, left_over: int) -> str | None:
     return None
 
 
-def _pace(run: RunRecord, chunks: list[ChunkRecord], taken: int, total: int,
-          ceiling: float | None, now: dt.datetime) -> dict[str, Any]:
-    """Rate, ETA, checkpoint age and stall of a run, from its chunk documents.
+def _pace(run: RunRecord, running: list[ChunkRecord], last: dt.datetime | None,
+          lapsed: list[str], taken: int, total: int, ceiling: float | None,
+          now: dt.datetime) -> dict[str, Any]:
+    """Rate, ETA, checkpoint age and stall of a run, from its running chunks, its last
+    checkpoint, and (when none runs) the pending chunks whose lease ran out (``lapsed``).
 
     ``rate`` is the events per second of the deliveries now working (``recent_rate``: each
     running chunk's events since its claim over the time from its claim until now, sleeps for
@@ -215,7 +332,6 @@ def _pace(run: RunRecord, chunks: list[ChunkRecord], taken: int, total: int,
     checkpoint for ``BACKFILL_LEASE_SECONDS``), or no chunk is running and the pending ones
     waited past their lease; the watchdog picks such chunks up, this says which they are.
     """
-    running = [chunk for chunk in chunks if chunk.state is ChunkState.RUNNING]
     samples = [(chunk.counters.taken - chunk.taken_at_claim,
                 (now - chunk.claimed_at).total_seconds())
                for chunk in running if chunk.claimed_at is not None]
@@ -224,15 +340,11 @@ def _pace(run: RunRecord, chunks: list[ChunkRecord], taken: int, total: int,
     average = taken / elapsed if elapsed > 0 else 0.0
     recent = recent_rate(samples)
     rate = bounded(average if recent is None else recent, ceiling) if samples else 0.0
-    checkpoints = [chunk.updated_at for chunk in chunks if chunk.updated_at is not None]
-    last = max(checkpoints) if checkpoints else None
     active = run.status in (RunStatus.PENDING, RunStatus.RUNNING)
-    expired = [chunk for chunk in chunks
-               if chunk.state in (ChunkState.RUNNING, ChunkState.PENDING)
-               and chunk.lease_until is not None and chunk.lease_until < now]
-    stalled = [chunk.chunk_id for chunk in expired if chunk.state is ChunkState.RUNNING]
-    if not running and expired:
-        stalled = [chunk.chunk_id for chunk in expired]
+    stalled = [chunk.chunk_id for chunk in running
+               if chunk.lease_until is not None and chunk.lease_until < now]
+    if not running:
+        stalled = lapsed
     pace = rate or bounded(average, ceiling)
     return {
         "rate": rate,

@@ -13,7 +13,8 @@ import pytest
 from google.cloud import firestore
 
 from shared.adapters.stores import Stores
-from shared.backfills.base import Event, ItemResult, Page, PagePlan, Stored
+from shared.backfills.base import Event, Finding, ItemResult, Page, PagePlan, Stored
+from shared.backfills.registry import BACKFILLS
 from shared.config import Settings
 from shared.domain.records import RunRecord
 from shared.executor.commit import PAGE_MESSAGE, PageCommit, Planned, checkpoint, is_final
@@ -121,8 +122,10 @@ def test_a_page_is_the_last_when_its_source_or_its_quota_says_so(
 
 
 def increments(update: Mapping[str, Any]) -> dict[str, int]:
+    """The update's increments, but the zeros it writes to hold every error code."""
     return {key: value.value for key, value in update.items()
-            if isinstance(value, firestore.Increment)}
+            if isinstance(value, firestore.Increment)
+            and (value.value or not key.startswith("errorCodes."))}
 
 
 def test_a_checkpoint_counts_each_item_once_pulled_ones_where_applied() -> None:
@@ -140,12 +143,35 @@ def test_a_checkpoint_counts_each_item_once_pulled_ones_where_applied() -> None:
 
     assert increments(update) == {"pages": 1, "read": 4, "counters.taken": 4,
                                   "counters.points": 10, "counters.applied": 2,
-                                  "counters.errors": 1, "counters.outside": 1}
+                                  "counters.errors": 1, "counters.outside": 1,
+                                  # What the status reads instead of every chunk.
+                                  "errorCodes.x": 1}
     assert update["cursor"] == {"after": "d"}
     assert "state" not in update and "suspect" not in update
     assert (last["state"], last["leaseOwner"], last["suspect"]) == (
         ChunkState.COMPLETED.value, None, None)
     assert isinstance(last["belowZero"], firestore.ArrayUnion)
+    assert update["notable"] is True  # a wallet below zero: the status reads the chunk whole
+
+
+def test_a_checkpoint_counts_each_record_it_writes_by_code_and_marks_a_tallying_chunk() -> None:
+    plan = PagePlan(results=[ItemResult("a", "t", Outcome.ERROR, code="x"),
+                             ItemResult("b", "t", Outcome.ERROR, code="x"),
+                             ItemResult("c", "t", Outcome.ERROR, code="y")],
+                    findings=[Finding("z", "wallets/c1", "drift")])
+    plan.tally("2025-01-01", "t")
+    page = Page([item(i) for i in "abc"], {"after": "c"}, 3, more=True)
+
+    update = checkpoint(SETTINGS, page, Planned(plan, [], {}, set(), []), final=False,
+                        clears_suspect=False)
+
+    assert {key: value for key, value in increments(update).items()
+            if not key.startswith(("counters.", "pages", "read", "tallies."))} == {
+        "errorCodes.x": 2, "errorCodes.y": 1, "errorCodes.z": 1}
+    assert update["notable"] is True
+    # Every registered code, 0 or more: a chunk holds all of them or none (one aggregation).
+    assert {key for key in update if key.startswith("errorCodes.")} >= {
+        f"errorCodes.{code}" for code in BACKFILLS.error_codes()}
 
 
 def test_account_logs_the_page_line_and_answers_what_it_counted(

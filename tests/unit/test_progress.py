@@ -23,7 +23,7 @@ def test_a_run_sums_its_chunks_and_names_the_chunk_whose_lease_ran_out() -> None
     runs.add("run_1", RunStatus.RUNNING, total=30, eligible=40, started_at=EARLIER)
     chunks.add("run_1", "2025-01-01", ChunkState.COMPLETED, index=0,
                counters={"taken": 10, "applied": 8, "errors": 2, "points": 800},
-               below_zero=["cus_2"])
+               below_zero=["cus_2"], notable=True, error_codes={"product_not_found": 2})
     chunks.add("run_1", "2025-01-02", ChunkState.RUNNING, index=1, counters={"taken": 5,
                "applied": 5}, lease_until=NOW - dt.timedelta(seconds=1), updated_at=EARLIER)
     chunks.add("run_1", "2025-01-03", ChunkState.PENDING, index=2,
