@@ -123,3 +123,69 @@ resource "google_firestore_index" "backfill" {
 
   depends_on = [google_project_service.required]
 }
+
+# Single-field index exemptions: fields the bundle writes with values that grow with time (a
+# "now" timestamp, a clock reading) and that no query of the bundle filters or orders on alone.
+# An indexed field of sequentially increasing values caps its collection at about 500 writes/s
+# (every write lands at the same end of the index); an empty index_config drops the field's
+# single-field indexes (ascending, descending, array-contains) and leaves composite indexes as
+# they are. A map field's exemption covers its subfields. Keep infra/firestore.indexes.json
+# ("fieldOverrides") in step with this list; docs/indexes.md says why each field is here and
+# why the timestamps left out stay indexed.
+locals {
+  firestore_field_exemptions = {
+    webhook_events_processed_at = { collection = "webhookEvents", field = "processedAt" }
+
+    ledger_entries_created_at = { collection = "ledgerEntries", field = "createdAt" }
+    ledger_entries_updated_at = { collection = "ledgerEntries", field = "updatedAt" }
+
+    wallets_updated_at  = { collection = "wallets", field = "updatedAt" }
+    wallets_verified_at = { collection = "wallets", field = "verifiedAt" }
+
+    runs_started_at        = { collection = "dataMigrations", field = "startedAt" }
+    runs_finished_at       = { collection = "dataMigrations", field = "finishedAt" }
+    runs_planned_at        = { collection = "dataMigrations", field = "plannedAt" }
+    runs_status_changed_at = { collection = "dataMigrations", field = "statusChangedAt" }
+    runs_pitr_timestamp    = { collection = "dataMigrations", field = "pitrTimestamp" }
+    runs_received_before   = { collection = "dataMigrations", field = "receivedBefore" }
+    runs_status_history    = { collection = "dataMigrations", field = "statusHistory" }
+    runs_throttle_history  = { collection = "dataMigrations", field = "throttleHistory" }
+
+    # dataMigrations/{migrationId}/chunks (updatedAt and leaseUntil stay indexed: queried)
+    chunks_created_at       = { collection = "chunks", field = "createdAt" }
+    chunks_claimed_at       = { collection = "chunks", field = "claimedAt" }
+    chunks_started_at       = { collection = "chunks", field = "startedAt" }
+    chunks_finished_at      = { collection = "chunks", field = "finishedAt" }
+    chunks_state_changed_at = { collection = "chunks", field = "stateChangedAt" }
+    chunks_window_start     = { collection = "chunks", field = "windowStart" }
+    chunks_window_end       = { collection = "chunks", field = "windowEnd" }
+    chunks_cursor           = { collection = "chunks", field = "cursor" }
+
+    # dataMigrations/{migrationId}/errors (at stays indexed: queried)
+    run_errors_resolved_at = { collection = "errors", field = "resolvedAt" }
+
+    # dataMigrations/{migrationId}/audits, dryRunLedger, dryRunDocuments
+    run_audits_at             = { collection = "audits", field = "at" }
+    dry_run_ledger_created_at = { collection = "dryRunLedger", field = "createdAt" }
+    dry_run_ledger_updated_at = { collection = "dryRunLedger", field = "updatedAt" }
+    dry_run_documents_data    = { collection = "dryRunDocuments", field = "data" }
+
+    # rateLimits/{limitId} (shared.adapters.rate_limit)
+    rate_limits_tat        = { collection = "rateLimits", field = "tat" }
+    rate_limits_updated_at = { collection = "rateLimits", field = "updatedAt" }
+  }
+}
+
+resource "google_firestore_field" "exempt" {
+  for_each = local.firestore_field_exemptions
+
+  project    = var.project_id
+  database   = var.firestore_database
+  collection = each.value.collection
+  field      = each.value.field
+
+  # Empty: no single-field index on this field (composite indexes are not affected).
+  index_config {}
+
+  depends_on = [google_project_service.required]
+}
