@@ -161,3 +161,32 @@ def test_the_runs_list_bounds_an_active_runs_rate_and_eta_by_its_ceiling() -> No
     assert run["migrationId"] == migration_id
     assert (run["rate"], run["etaSeconds"]) == (8.0, 236)
     assert (ramped["rate"], ramped["etaSeconds"]) == (8.0, 236)
+
+
+def test_the_chunk_grid_pages_in_planning_order_and_refuses_a_page_out_of_range() -> None:
+    stores, runs, chunks = memory_stores()
+    runs.add("run_1", RunStatus.RUNNING, total=0, started_at=EARLIER)
+    for index in range(5):
+        chunks.add("run_1", f"2025-01-0{index + 1}", ChunkState.PENDING, index=index,
+                   lease_until=NOW + dt.timedelta(minutes=1))
+
+    first = progress.describe_run(settings(), stores, "run_1", now=NOW, chunks_per_page=2)
+    middle = progress.describe_run(settings(), stores, "run_1", now=NOW, chunks_from=2,
+                                   chunks_per_page=2)
+    last = progress.describe_run(settings(), stores, "run_1", now=NOW, chunks_from=4,
+                                 chunks_per_page=2)
+
+    path = "/api/admin/dataMigrations/run_1"
+    assert [chunk["chunkId"] for chunk in first["chunks"]] == ["2025-01-01", "2025-01-02"]
+    assert (first["previousChunks"], first["nextChunks"]) == (
+        None, f"{path}?chunksFrom=2&chunksPerPage=2")
+    assert [chunk["chunkId"] for chunk in middle["chunks"]] == ["2025-01-03", "2025-01-04"]
+    assert middle["previousChunks"] == f"{path}?chunksFrom=0&chunksPerPage=2"
+    assert [chunk["chunkId"] for chunk in last["chunks"]] == ["2025-01-05"]
+    assert last["nextChunks"] is None
+    assert first["chunkStates"] == {"pending": 5}  # every chunk, not the page's
+    for chunks_from, per_page, field in ((-1, 2, "chunksFrom"), (0, 0, "chunksPerPage"),
+                                         (0, progress.MAX_CHUNKS_PER_PAGE + 1, "chunksPerPage")):
+        with pytest.raises(InvalidRequest, match=field):
+            progress.describe_run(settings(), stores, "run_1", now=NOW,
+                                  chunks_from=chunks_from, chunks_per_page=per_page)
