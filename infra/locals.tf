@@ -58,7 +58,8 @@ locals {
     BACKFILL_POISON_ATTEMPTS           = tostring(var.poison_attempts)
     BACKFILL_SETTLE_MINUTES            = tostring(var.settle_minutes)
     BACKFILL_CHAIN_POLL_SECONDS        = tostring(var.chain_poll_seconds)
-    BACKFILL_SPLIT_EVENTS              = tostring(var.split_events)
+    BACKFILL_CHUNK_GOAL_SECONDS        = tostring(var.chunk_goal_seconds)
+    BACKFILL_CHUNK_EVENTS_PER_SECOND   = tostring(var.chunk_events_per_second)
     BACKFILL_RAMP_START_WRITES         = tostring(var.ramp_start_writes)
     BACKFILL_RAMP_STEP_MINUTES         = tostring(var.ramp_step_minutes)
     # PayNow's Management API (webhook_recovery, read by the chunk function). The API key is not
@@ -73,6 +74,8 @@ locals {
     BACKFILL_PAYNOW_TIMEOUT_SECONDS = tostring(var.paynow_timeout_seconds)
     }, var.max_events_per_second == null ? {} : {
     BACKFILL_MAX_EVENTS_PER_SECOND = tostring(var.max_events_per_second)
+    }, var.split_events == null ? {} : {
+    BACKFILL_SPLIT_EVENTS = tostring(var.split_events)
   })
 
   # webhook_recovery is configured once the store and webhook ids are set (a precondition in

@@ -190,13 +190,35 @@ variable "chain_poll_seconds" {
   }
 }
 
-variable "split_events" {
-  description = "BACKFILL_SPLIT_EVENTS: planning splits a chunk window holding more eligible events than this into smaller windows (an incident day runs as many chunks)."
+variable "chunk_goal_seconds" {
+  description = "BACKFILL_CHUNK_GOAL_SECONDS: how long one chunk should run; planning splits a window holding more than chunk_goal_seconds x chunk_events_per_second eligible events into smaller windows (an incident day runs as many chunks)."
   type        = number
-  default     = 1000
+  default     = 60
 
   validation {
-    condition     = var.split_events >= 10
+    condition     = var.chunk_goal_seconds > 0 && var.chunk_goal_seconds <= 3600
+    error_message = "chunk_goal_seconds must be more than 0 and at most 3600."
+  }
+}
+
+variable "chunk_events_per_second" {
+  description = "BACKFILL_CHUNK_EVENTS_PER_SECOND: the expected rate of one chunk's page loop (make bench measures it on the local stack; production's is higher), with which planning sizes chunks."
+  type        = number
+  default     = 200
+
+  validation {
+    condition     = var.chunk_events_per_second > 0 && var.chunk_events_per_second <= 100000
+    error_message = "chunk_events_per_second must be more than 0 and at most 100000."
+  }
+}
+
+variable "split_events" {
+  description = "BACKFILL_SPLIT_EVENTS: a fixed number of eligible events above which planning splits a window, instead of chunk_goal_seconds x chunk_events_per_second (null: the goal)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.split_events == null ? true : var.split_events >= 10
     error_message = "split_events must be at least 10."
   }
 }

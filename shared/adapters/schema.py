@@ -23,7 +23,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from shared.config import Settings
+from shared.config import MAX_COMMIT_BYTES, MAX_WRITES_PER_COMMIT, Settings
 from shared.domain.chunking import Window
 from shared.errors import Unavailable
 
@@ -183,6 +183,17 @@ def compare_and_set(db: firestore.Client, ref: firestore.DocumentReference,
     if give_up is not None:
         return give_up()
     raise Unavailable(f"{what} kept changing under concurrent writes; retry")
+
+
+def fits_one_commit(batch: firestore.WriteBatch) -> bool:
+    """Whether ``batch`` is within one commit's budget: ``MAX_WRITES_PER_COMMIT`` writes and
+    ``MAX_COMMIT_BYTES`` of encoded writes (under the request limit of Firestore and of its
+    emulator, so a commit is never refused for its size after it was planned)."""
+    writes = batch._write_pbs  # the encoded writes the commit sends (the client's own list)
+    if len(writes) > MAX_WRITES_PER_COMMIT:
+        return False
+    encoded: int = sum(type(write).pb(write).ByteSize() for write in writes)
+    return encoded <= MAX_COMMIT_BYTES
 
 
 def in_window(query: Any, window: Window) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -183,9 +184,12 @@ class PlanStore(Protocol):
 
     def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
              completes: str | None) -> bool:
-        """Write the run's chunks (idle ones completed) and its totals in one commit, under
-        the update time ``run`` was read at, and with ``completes`` (a reason) complete the
-        run too. False when another delivery planned it meanwhile or the run moved."""
+        """Write the run's chunks (idle ones completed) and its totals, and with ``completes``
+        (a reason) complete the run too; False when another delivery planned it meanwhile or
+        the run moved. In as many commits as the chunks take, each also writing the run under
+        the update time the one before left it (the first: as ``run`` was read), so only one
+        delivery's plan is ever being written; the run is ``planned`` by the last, and chunk
+        documents of an earlier, interrupted plan that this plan lacks are deleted."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -540,36 +544,79 @@ class FirestorePlans:
     def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
              completes: str | None) -> bool:
         ref = schema.run_ref(self._db, run.migration_id)
-        batch = self._db.batch()
-        for index, chunk in enumerate(chunks):
-            record = ChunkRecord(
-                id=chunk.chunk_id, index=index, window_start=chunk.window_start,
-                window_end=chunk.window_end, source=chunk.source, eligible=chunk.eligible,
-                quota=chunk.quota,
-                state=ChunkState.COMPLETED if chunk.idle else ChunkState.PENDING,
-                note=idle_note(chunk) if chunk.idle else chunk.note, segment=0, cursor=None,
-                lease_owner=None, lease_until=lease_until, counters=Counters(), read=0,
-                below_zero=[], started_at=None)
-            batch.create(ref.collection(schema.CHUNKS).document(chunk.chunk_id), {
-                **record.fields(), "createdAt": firestore.SERVER_TIMESTAMP,
-                "finishedAt": firestore.SERVER_TIMESTAMP if chunk.idle else None})
-        eligible = _eligible(chunks)
-        update: dict[str, Any] = {"planned": True, "counted": eligible is not None,
-                                  "eligible": eligible,
-                                  "total": sum(c.takes for c in chunks)
-                                  if eligible is not None else None,
-                                  "plannedAt": firestore.SERVER_TIMESTAMP,
-                                  "chunkCount": len(chunks)}
-        if completes is not None:
-            update.update(status=RunStatus.COMPLETED.value, statusReason=completes,
-                          startedAt=firestore.SERVER_TIMESTAMP,
-                          finishedAt=firestore.SERVER_TIMESTAMP)
-        batch.update(ref, update, option=self._db.write_option(last_update_time=run.update_time))
-        try:
-            batch.commit()
-        except (api_exceptions.AlreadyExists, api_exceptions.FailedPrecondition):
-            return False  # another delivery planned it meanwhile, or the run's status moved
+        chunks_ref = ref.collection(schema.CHUNKS)
+        # Read after the run: a plan written since then moved the run, so this plan's first
+        # commit fails rather than leave that plan's chunks behind unseen.
+        planned_ids = {chunk.chunk_id for chunk in chunks}
+        leftover = [snap.id for snap in chunks_ref.select([]).stream()
+                    if snap.id not in planned_ids]
+        # (chunks it plans, the write) in order: leftovers' deletes first.
+        writes: list[tuple[int, Callable[[firestore.WriteBatch], None]]] = [
+            (0, functools.partial(_delete, chunks_ref, chunk_id)) for chunk_id in leftover]
+        writes += [(1, functools.partial(_write_chunk, chunks_ref, index, chunk, lease_until))
+                   for index, chunk in enumerate(chunks)]
+        groups = [writes[first:first + PLAN_WRITES_PER_COMMIT]
+                  for first in range(0, len(writes), PLAN_WRITES_PER_COMMIT)] or [[]]
+        read_at, written = run.update_time, 0
+        for number, group in enumerate(groups, start=1):
+            batch = self._db.batch()
+            for planned, write in group:
+                write(batch)
+                written += planned
+            # Each commit moves the run, so the next one's precondition holds only if no
+            # other delivery wrote in between; the count says how far planning got.
+            update: dict[str, Any] = {"plannedChunks": written}
+            if number == len(groups):
+                update.update(_plan_totals(chunks, completes))
+            batch.update(ref, update, option=self._db.write_option(last_update_time=read_at))
+            try:
+                results = batch.commit()
+            except (api_exceptions.AlreadyExists, api_exceptions.FailedPrecondition):
+                return False  # another delivery planned it meanwhile, or the run's status moved
+            read_at = results[-1].update_time
         return True
+
+
+# Chunk writes (and deletes of an interrupted plan's leftovers) per planning commit, beside the
+# run's update: well within one commit's budget (a chunk document is under 1 KB).
+PLAN_WRITES_PER_COMMIT = 500
+
+
+def _delete(chunks_ref: firestore.CollectionReference, chunk_id: str,
+            batch: firestore.WriteBatch) -> None:
+    batch.delete(chunks_ref.document(chunk_id))
+
+
+def _write_chunk(chunks_ref: firestore.CollectionReference, index: int, chunk: PlannedChunk,
+                 lease_until: dt.datetime, batch: firestore.WriteBatch) -> None:
+    """A planned chunk, written whole (``set``): a delivery that plans again after one was
+    killed halfway writes the same document over the one it left."""
+    record = ChunkRecord(
+        id=chunk.chunk_id, index=index, window_start=chunk.window_start,
+        window_end=chunk.window_end, source=chunk.source, eligible=chunk.eligible,
+        quota=chunk.quota, state=ChunkState.COMPLETED if chunk.idle else ChunkState.PENDING,
+        note=idle_note(chunk) if chunk.idle else chunk.note, segment=0, cursor=None,
+        lease_owner=None, lease_until=lease_until, counters=Counters(), read=0,
+        below_zero=[], started_at=None)
+    batch.set(chunks_ref.document(chunk.chunk_id), {
+        **record.fields(), "createdAt": firestore.SERVER_TIMESTAMP,
+        "finishedAt": firestore.SERVER_TIMESTAMP if chunk.idle else None})
+
+
+def _plan_totals(chunks: list[PlannedChunk], completes: str | None) -> dict[str, Any]:
+    """The run's fields its plan's last commit writes: planned, with its totals."""
+    eligible = _eligible(chunks)
+    update: dict[str, Any] = {"planned": True, "counted": eligible is not None,
+                              "eligible": eligible,
+                              "total": sum(c.takes for c in chunks)
+                              if eligible is not None else None,
+                              "plannedAt": firestore.SERVER_TIMESTAMP,
+                              "chunkCount": len(chunks)}
+    if completes is not None:
+        update.update(status=RunStatus.COMPLETED.value, statusReason=completes,
+                      startedAt=firestore.SERVER_TIMESTAMP,
+                      finishedAt=firestore.SERVER_TIMESTAMP)
+    return update
 
 
 class FirestoreErrors:

@@ -99,6 +99,18 @@ def purchase_lookups(event: Event) -> list[str]:
             *(product_path(line.product_id) for line in order.lines)]
 
 
+def purchase_creates(event: Event) -> list[str]:
+    """The purchase entry of a purchase not flagged processed: almost always absent, so the
+    live ledger may assume so and let its create-if-absent say otherwise."""
+    if event.data.get("processed") is not False:
+        return []
+    try:
+        order = parse_body(OrderCompleted, event.data)
+    except ItemError:
+        return []
+    return [entry_path(ledger.purchase_id(order.id))]
+
+
 def reversal_lookups(event: Event) -> list[str]:
     try:
         reversal = parse_body(Reversal, event.data)

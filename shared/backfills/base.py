@@ -182,6 +182,11 @@ class Sink(Protocol):
     shadow of it. A type reads through it what it plans on, so a dry run plans on its own
     shadow."""
 
+    @property
+    def creates_if_absent(self) -> bool:
+        """Whether its creates fail the commit when the document exists (so a page may
+        assume a document it would create is absent: see ``Backfill``'s ``creates``)."""
+
     def read(self, paths: list[str]) -> dict[str, Stored]:
         """The documents at ``paths`` as this sink sees them."""
 
@@ -219,7 +224,10 @@ class Backfill(Protocol):
       ``gather(db, sink, events, stored, migration_id, window)`` (documents beyond
       ``lookups``, as ``ledger_verify`` reads a customer's whole ledger) and
       ``admit(settings, start_date, today)`` (raises ``InvalidRequest`` for a request it
-      refuses, as a recovery refuses days its provider no longer keeps).
+      refuses, as a recovery refuses days its provider no longer keeps) and
+      ``creates(events)`` (paths among ``lookups`` that ``plan`` reads only to learn they are
+      absent, to create them: a sink whose creates fail on an existing document may leave
+      them unread, as the live ledger does until one such create fails).
     """
 
     @property

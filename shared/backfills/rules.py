@@ -27,6 +27,7 @@ class RuleBook(WebhookEvents):
 
     rules: ClassVar[Mapping[str, Rule]]
     lookups_by_type: ClassVar[Mapping[str, Callable[[Event], list[str]]]]
+    creates_by_type: ClassVar[Mapping[str, Callable[[Event], list[str]]]] = {}
     page_size: int | None = None
     waits_for: tuple[str, ...] = ()
     options: frozenset[str] = frozenset()
@@ -61,6 +62,20 @@ class RuleBook(WebhookEvents):
             if finder is not None:
                 paths.update(dict.fromkeys(finder(event)))
         return list(paths)
+
+    def creates(self, events: Sequence[Event]) -> set[str]:
+        """Paths among ``lookups`` that ``plan`` reads only to learn they are absent, and then
+        creates (the ``creates`` hook of ``Backfill``): an event's ``creates_by_type`` paths
+        that no other event of the page reads for what it holds."""
+        created: set[str] = set()
+        read: set[str] = set()
+        for event in events:
+            finder = self.creates_by_type.get(event.event_type)
+            made = set(finder(event)) if finder is not None else set()
+            created |= made
+            if (lookup := self.lookups_by_type.get(event.event_type)) is not None:
+                read.update(path for path in lookup(event) if path not in made)
+        return created - read
 
     def plan(self, events: Sequence[Event], stored: Mapping[str, Stored],
              migration_id: str) -> PagePlan:

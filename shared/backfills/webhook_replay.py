@@ -15,6 +15,7 @@ from shared.backfills.apply import (
     PurchaseNotFound,
     apply_purchase,
     apply_reversal,
+    purchase_creates,
     purchase_lookups,
     reversal_lookups,
 )
@@ -47,6 +48,9 @@ class WebhookReplay(RuleBook):
         EventType.ORDER_COMPLETED.value: purchase_lookups,
         EventType.REFUND.value: reversal_lookups,
         EventType.CHARGEBACK.value: reversal_lookups,
+    }
+    creates_by_type: ClassVar[Mapping[str, Callable[[Event], list[str]]]] = {
+        EventType.ORDER_COMPLETED.value: purchase_creates,
     }
     name = BackfillType.WEBHOOK_REPLAY.value
     error_codes = (MalformedPayload.code, ProductNotFound.code, PurchaseNotFound.code)

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
@@ -28,7 +29,7 @@ from shared.adapters import schema
 from shared.adapters.write_token import UNSURE
 from shared.backfills.base import Event, ItemResult, Page, PagePlan, Stored
 from shared.backfills.registry import BACKFILLS
-from shared.config import MAX_WRITES_PER_COMMIT, Settings
+from shared.config import Settings
 from shared.domain import lifecycle
 from shared.errors import EventMissing
 from shared.executor import sinks
@@ -79,12 +80,15 @@ class PageCommit:
         self._context = context
         # Products are reference data the page only reads: read each once per delivery.
         self._products: dict[str, Stored] = {}
+        # Whether pages leave unread the documents they would create (``_assumed``): until one
+        # such create fails for this delivery, after which every page reads them.
+        self._assume_absent = context.sink.creates_if_absent
 
     def commit(self, lease: Lease, selection: Page, limit: int,
                committing: Callable[[bool], None] = lambda final: None) -> Committed | None:
         """Plan and commit ``selection`` (read with ``limit``); None when it must be read again
-        (a conflict, or more writes than one commit takes). ``Lost`` when the chunk is no
-        longer this delivery's.
+        (a conflict, or more than one commit takes: ``schema.fits_one_commit``). ``Lost`` when
+        the chunk is no longer this delivery's.
 
         ``committing(final)`` is called just before a commit that writes only the page's own
         items (none pulled in from elsewhere), so the next page may be read meanwhile: the
@@ -94,8 +98,9 @@ class PageCommit:
         final = is_final(selection, limit, lease.left)
         batch = self._context.db.batch()
         self.write(batch, lease, selection, planned, final)
-        if len(batch) > MAX_WRITES_PER_COMMIT and len(selection.events) > 1:
-            return None  # purchases pulled in by refunds made the page too large for one commit
+        if len(selection.events) > 1 and not schema.fits_one_commit(batch):
+            return None  # too many writes or bytes for one commit (purchases pulled in, large
+            # documents stored): the caller reads half the page
         if not planned.pulled:
             committing(final)
         try:
@@ -106,6 +111,8 @@ class PageCommit:
             # says which. Landed: go on from its cursor; not landed, still ours: read again.
             landed = lease.landed(error)
             if landed is None:
+                if isinstance(error, api_exceptions.AlreadyExists):
+                    self._assume_absent = False  # a document assumed absent exists: read
                 time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 (jitter)
                 return None
         else:
@@ -176,7 +183,7 @@ class PageCommit:
         and the documents the plan was made on."""
         context = self._context
         backfill, migration_id = context.backfill, context.migration_id
-        stored = self._read(backfill.lookups(events))
+        stored = self._read(backfill.lookups(events), self._assumed(events))
         gather = getattr(backfill, "gather", None)
         if gather is not None:
             # An audit's wider reads (a customer's whole ledger), made before planning too.
@@ -191,7 +198,7 @@ class PageCommit:
         # purchase its own chunk applied meanwhile is visible now.
         ahead_ids = {event.event_id for event in ahead}
         ordered = [*ahead, *(event for event in events if event.event_id not in ahead_ids)]
-        stored = self._read(backfill.lookups(ordered))
+        stored = self._read(backfill.lookups(ordered), self._assumed(ordered))
         plan = backfill.plan(ordered, stored, migration_id)
         outside = ahead_ids - {event.event_id for event in events}
         # A purchase from another page counts here only if this commit settles it. One that
@@ -203,11 +210,23 @@ class PageCommit:
         settled = {result.event_id for result in plan.results}
         return plan, [event for event in ahead if event.event_id in outside & settled], stored
 
-    def _read(self, paths: list[str]) -> dict[str, Stored]:
-        """The documents at ``paths`` as the sink sees them, products from this delivery's
-        cache once read."""
+    def _assumed(self, events: list[Event]) -> set[str]:
+        """Documents the page would create that it need not read: absent unless the commit
+        says otherwise. Why that is safe: the live ledger creates them with create-if-absent,
+        so one that exists fails the whole commit (nothing of the page is written) and the
+        page is planned again on what it reads, now that ``_assume_absent`` is off."""
+        creates = getattr(self._context.backfill, "creates", None)
+        if not self._assume_absent or creates is None:
+            return set()
+        assumed: set[str] = creates(events)
+        return assumed
+
+    def _read(self, paths: list[str], assumed: set[str]) -> dict[str, Stored]:
+        """The documents at ``paths`` as the sink sees them (left out: those ``assumed``
+        absent), products from this delivery's cache once read."""
         products = f"{schema.PRODUCTS}/"
-        wanted = [path for path in dict.fromkeys(paths) if path not in self._products]
+        wanted = [path for path in dict.fromkeys(paths)
+                  if path not in self._products and path not in assumed]
         found = self._context.sink.read(wanted)
         self._products.update((path, document) for path, document in found.items()
                               if path.startswith(products))

@@ -148,6 +148,10 @@ class ChunkRunner:
             return ChunkReport("idle", detail=f"the run is {status.value}")
         if status in FINAL_RUN_STATUSES:
             return ChunkReport("idle", detail=f"the run is {status.value}")
+        if not run.planned:
+            # Chunk tasks are enqueued once the plan is whole; one seen before (a chunk of a
+            # plan still being written) waits for it: Cloud Tasks retries it.
+            raise Unavailable("the run's plan is not whole yet; retry")
         lease = self._claim(delivery)
         if isinstance(lease, ChunkReport):
             return lease

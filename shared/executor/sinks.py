@@ -46,6 +46,10 @@ _UNSHADOWED = (f"{schema.PRODUCTS}/", f"{schema.WALLETS}/")
 
 
 class LiveLedger:
+    # Entries and stored documents are written with ``create``: one that exists fails the
+    # page's whole commit.
+    creates_if_absent = True
+
     def __init__(self, db: firestore.Client, migration_id: str) -> None:
         self._db = db
         self._migration_id = migration_id
@@ -110,6 +114,9 @@ class LiveLedger:
 
 
 class ShadowLedger:
+    # Its creates go to the shadow, where an entry the real ledger holds does not exist.
+    creates_if_absent = False
+
     def __init__(self, db: firestore.Client, migration_id: str) -> None:
         self._db = db
         self._migration_id = migration_id

@@ -1,9 +1,10 @@
 """Planning a run, once, in its planning task: count the eligible events of each chunk (an
-aggregation, no documents read), split every window holding more than ``BACKFILL_SPLIT_EVENTS``
-into smaller windows (so one busy incident day runs as many chunks in parallel), share
-``maxEvents`` out oldest first, write all chunks in one commit under the run's update time,
-then enqueue one task per chunk that has work. A run that waits for other runs
-(``waitingFor``) is not planned until they have ended.
+aggregation, no documents read), split every window holding more than one chunk should take
+(``Settings.chunk_events``) into smaller windows (so one busy incident day runs as many chunks
+in parallel), share ``maxEvents`` out oldest first, write the chunks in as many commits as they
+take, each under the run's update time (``PlanStore.save``), then enqueue one task per chunk
+that has work. A run that waits for other runs (``waitingFor``) is not planned until they have
+ended.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from shared.adapters.cloud_tasks import (
 from shared.adapters.stores import ErrorStore, PlanStore, Stores, still_active
 from shared.backfills.base import Chunks
 from shared.backfills.registry import BACKFILLS
-from shared.config import MAX_WRITES_PER_COMMIT, Settings
+from shared.config import MAX_CHUNKS, Settings
 from shared.domain import chunking, lifecycle
 from shared.domain.chunking import Counted, PlannedChunk, Window
 from shared.domain.records import RunRecord
@@ -39,11 +40,13 @@ def plan_run(settings: Settings, stores: Stores, dispatcher: Dispatcher,
     """Plan a run once and fan out one task per chunk with work; safe to repeat.
 
     Counts the eligible events of every chunk (one aggregation each, in parallel), shares
-    ``maxEvents`` out oldest first, and writes all chunks with the run's totals in one commit
-    under the run's update time, so a second delivery either finds the run planned or loses the
-    race. Chunks with nothing to take are recorded as completed and get no task. Every delivery
-    enqueues the tasks of the chunks still pending (a no-op for those that exist), unless the
-    run is paused meanwhile: resume enqueues them then. A run waiting for other runs
+    ``maxEvents`` out oldest first, and writes the chunks and the run's totals in commits each
+    under the run's update time as the one before left it, so a second delivery either finds
+    the run planned or loses the race, and one killed halfway is planned again whole by the
+    next delivery. No chunk task is enqueued before the plan is whole. Chunks with nothing to
+    take are recorded as completed and get no task. Every delivery enqueues the tasks of the
+    chunks still pending (a no-op for those that exist), unless the run is paused meanwhile:
+    resume enqueues them then. A run waiting for other runs
     (``waitingFor``) is not planned yet: this delivery (``segment``) enqueues the next one, due
     after ``BACKFILL_CHAIN_POLL_SECONDS``.
     """
@@ -121,9 +124,7 @@ def plan_chunks(settings: Settings, plans: PlanStore, errors: ErrorStore,
         def count(window: Window) -> int:
             return size(window) or 0
 
-        # Within one commit: the run's update and at most this many chunks.
-        pieces = chunking.split(counted, count, settings.split_events,
-                                MAX_WRITES_PER_COMMIT - 1, pool.map)
+        pieces = chunking.split(counted, count, settings.chunk_events, MAX_CHUNKS, pool.map)
     quotas = chunking.quotas([piece.count for piece in pieces], run.max_events)
     return [PlannedChunk(piece.window.chunk_id, piece.window.start, piece.window.end,
                          piece.count, quota, note=piece.note)

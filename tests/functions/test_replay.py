@@ -122,6 +122,26 @@ def test_a_chunk_out_of_time_continues_from_its_cursor_in_a_new_task(harness: Ha
     data.assert_ledger_consistent(harness.db)
 
 
+def test_a_page_past_the_commit_byte_budget_is_split_and_applied_once(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A budget of a few kilobytes stands for Firestore's request limit: pages halve until
+    # their writes fit, and every event is still credited exactly once.
+    monkeypatch.setattr(schema, "MAX_COMMIT_BYTES", 4000)
+    harness.configure(page_size=30, time_budget_seconds=60)
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, *data.purchases(30, days=1))
+
+    migration_id = harness.start(**{**RANGE, "endDate": "2025-01-01"}).get_json()["migrationId"]
+    harness.deliver_all(twice=True)
+
+    chunk = schema.chunk_ref(harness.db, migration_id, "2025-01-01").get().to_dict()
+    assert chunk is not None
+    assert chunk["pages"] > 2  # no page of 30 purchases (or of 15) fits in 4,000 bytes
+    run = harness.run(migration_id)
+    assert (run["status"], run["applied"], run["errors"]) == ("completed", 30, 0)
+    data.assert_ledger_consistent(harness.db)
+
+
 def test_the_chunk_handler_accepts_only_the_tasks_identity(harness: Harness) -> None:
     body = b'{"migrationId": "webhook_replay_1", "chunkId": "2025-01-01", "segment": 0}'
     audience = harness.settings.effective_chunk_audience

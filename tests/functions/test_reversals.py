@@ -164,10 +164,13 @@ def test_a_dry_run_reports_the_reversals_it_would_create(harness: Harness) -> No
     assert data.ledger_state(harness.db) == before
 
 
-def test_a_page_that_pulls_purchases_is_split_to_fit_one_commit(harness: Harness) -> None:
-    harness.configure(page_size=124)
+def test_a_page_that_pulls_purchases_is_split_to_fit_one_commit(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The commit's write budget, made small: the same rule splits a page of 1,249 refunds.
+    monkeypatch.setattr(schema, "MAX_WRITES_PER_COMMIT", 100)
+    harness.configure(page_size=24)
     data.product(harness.db, "p1", 10)
-    pairs = 100  # each refund pulls its purchase: five writes a pair, 501 in one commit
+    pairs = 20  # each refund pulls its purchase: five writes a pair, 101 in one commit
     data.put(harness.db, *(data.refund(f"r{n:03}", f"o{n:03}", data.at(1, n), 500)
                            for n in range(pairs)),
              *(data.purchase(f"b{n:03}", f"o{n:03}", data.at(2, n), customer=f"c{n}")

@@ -31,6 +31,8 @@ SETTINGS = Settings.model_validate({
 class FakeSink:
     """Documents by path; records what was read."""
 
+    creates_if_absent = False
+
     def __init__(self, documents: Mapping[str, dict[str, Any]]) -> None:
         self.documents = dict(documents)
         self.reads: list[list[str]] = []

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from shared.config import Settings
+from shared.config import MAX_CHUNKS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -136,3 +136,19 @@ def test_a_function_with_an_unsafe_production_configuration_refuses_to_start() -
     assert "refusing to serve" in unsafe.stderr
     assert "BACKFILL_ISSUERS may only name Google's issuers" in unsafe.stderr
     assert safe.returncode == 0, safe.stderr
+
+
+def test_a_chunk_holds_what_it_applies_in_its_goal_duration_unless_a_bound_is_set(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    goal = settings_from(monkeypatch, {**LOCAL, "BACKFILL_CHUNK_GOAL_SECONDS": "30",
+                                       "BACKFILL_CHUNK_EVENTS_PER_SECOND": "150"})
+    assert goal.chunk_events == 4500
+    fixed = settings_from(monkeypatch, {**LOCAL, "BACKFILL_SPLIT_EVENTS": "700"})
+    assert fixed.chunk_events == 700
+
+
+def test_a_range_of_ten_years_of_daily_chunks_fits_one_plan(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    many = settings_from(monkeypatch, {**LOCAL, "BACKFILL_MAX_RANGE_DAYS": "3660",
+                                       "BACKFILL_CHUNK_DAYS": "1"})
+    assert many.max_range_days // many.chunk_days <= MAX_CHUNKS

@@ -1,0 +1,136 @@
+"""Plans of many chunks through the functions, on the Firestore emulator: written in as many
+commits as they take (``PLAN_WRITES_PER_COMMIT`` made small here, so a few days stand for
+thousands of chunks), the same after a planning task dies halfway, and no chunk at work before
+the plan is whole."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from google.api_core import exceptions as api_exceptions
+from google.cloud.firestore_v1.batch import WriteBatch
+
+from shared.adapters import schema, stores
+from shared.adapters.cloud_tasks import ChunkTask, TaskKind
+from tests import data
+from tests.functions.conftest import Harness
+
+RANGE: dict[str, Any] = {"type": "webhook_replay", "startDate": "2025-01-01",
+                         "endDate": "2025-01-10"}
+DAYS = [f"2025-01-{day:02}" for day in range(1, 11)]
+
+
+@pytest.fixture(autouse=True)
+def small_commits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stores, "PLAN_WRITES_PER_COMMIT", 3)
+
+
+def planning_commits(batch: WriteBatch) -> bool:
+    """Whether a commit is one of a plan's (it writes ``plannedChunks`` on the run)."""
+    return any("plannedChunks" in write.update_mask.field_paths for write in batch._write_pbs)
+
+
+@pytest.fixture
+def dies_at_second_planning_commit(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The planning delivery dies at its second commit, after the first landed, as a killed
+    instance does (its task is then delivered again)."""
+    real = WriteBatch.commit
+    seen: list[int] = []
+
+    def commit(self: WriteBatch, *args: Any, **kwargs: Any) -> Any:
+        if planning_commits(self):
+            seen.append(len(self))
+            if len(seen) == 2:
+                raise api_exceptions.ServiceUnavailable("the instance went away")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(WriteBatch, "commit", commit)
+    yield seen
+    monkeypatch.setattr(WriteBatch, "commit", real)
+
+
+def seed(harness: Harness) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, *data.purchases(60, days=10))
+
+
+def chunk_ids(harness: Harness, migration_id: str) -> list[str]:
+    chunks = schema.run_ref(harness.db, migration_id).collection(schema.CHUNKS)
+    return sorted(snap.id for snap in chunks.select([]).stream())
+
+
+def test_a_plan_of_more_chunks_than_one_commit_holds_is_written_whole(
+        harness: Harness) -> None:
+    seed(harness)
+    migration_id = harness.start(**RANGE).get_json()["migrationId"]
+    harness.plan()
+
+    run = schema.run_ref(harness.db, migration_id).get().to_dict() or {}
+    assert (run["planned"], run["chunkCount"], run["plannedChunks"]) == (True, 10, 10)
+    assert chunk_ids(harness, migration_id) == DAYS
+    harness.deliver_all(twice=True)
+    status = harness.run(migration_id)
+    assert (status["status"], status["applied"], status["total"]) == ("completed", 60, 60)
+    data.assert_ledger_consistent(harness.db)
+
+
+def test_a_planning_task_killed_halfway_plans_the_same_chunks_and_none_runs_before(
+        harness: Harness, dies_at_second_planning_commit: list[int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seed(harness)
+    migration_id = harness.start(**RANGE).get_json()["migrationId"]
+    planning = [task for task in harness.dispatcher.take() if task.kind is TaskKind.PLAN]
+
+    answer = harness.post_task(planning[0])
+
+    assert answer.status_code == 503
+    assert dies_at_second_planning_commit == [4, 4]  # three chunks and the run, twice
+    run = schema.run_ref(harness.db, migration_id).get().to_dict() or {}
+    assert (run.get("planned"), run["plannedChunks"]) == (False, 3)
+    assert chunk_ids(harness, migration_id) == DAYS[:3]
+    assert not [task for task in harness.dispatcher.take() if task.kind is TaskKind.CHUNK]
+    # A chunk of the unfinished plan does not start: its task is answered "retry later".
+    early = harness.post_task(ChunkTask(migration_id, DAYS[0], 0))
+    assert early.status_code == 503
+    assert data.credited_orders(harness.db) == {}
+
+    monkeypatch.undo()  # the next delivery lives
+    monkeypatch.setattr(stores, "PLAN_WRITES_PER_COMMIT", 3)
+    harness.deliver(planning)
+
+    run = schema.run_ref(harness.db, migration_id).get().to_dict() or {}
+    assert (run["planned"], run["chunkCount"], run["plannedChunks"]) == (True, 10, 10)
+    assert chunk_ids(harness, migration_id) == DAYS
+    harness.deliver_all(twice=True)
+    status = harness.run(migration_id)
+    assert (status["status"], status["applied"]) == ("completed", 60)
+    assert set(data.credited_orders(harness.db).values()) == {1}
+    data.assert_ledger_consistent(harness.db)
+
+
+def test_chunks_an_interrupted_plan_wrote_that_the_new_plan_lacks_are_deleted(
+        harness: Harness, dies_at_second_planning_commit: list[int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seed(harness)
+    harness.configure(split_events=10)
+    data.put(harness.db, *data.purchases(40, days=1, prefix="busy"))  # day one splits
+    migration_id = harness.start(**RANGE).get_json()["migrationId"]
+    planning = [task for task in harness.dispatcher.take() if task.kind is TaskKind.PLAN]
+    assert harness.post_task(planning[0]).status_code == 503
+    split_day = chunk_ids(harness, migration_id)
+    assert len(split_day) == 3 and all(chunk.startswith(DAYS[0]) for chunk in split_day)
+    assert split_day != DAYS[:3]
+
+    # Planned again with chunks of another size (the setting changed): day one is whole.
+    monkeypatch.undo()
+    monkeypatch.setattr(stores, "PLAN_WRITES_PER_COMMIT", 3)
+    harness.configure(split_events=1000)
+    harness.deliver(planning)
+
+    assert chunk_ids(harness, migration_id) == DAYS
+    harness.deliver_all()
+    status = harness.run(migration_id)
+    assert (status["status"], status["applied"], status["chunkCount"]) == ("completed", 100, 10)
+    data.assert_ledger_consistent(harness.db)
