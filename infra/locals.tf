@@ -58,6 +58,7 @@ locals {
     BACKFILL_POISON_ATTEMPTS           = tostring(var.poison_attempts)
     BACKFILL_SETTLE_MINUTES            = tostring(var.settle_minutes)
     BACKFILL_CHAIN_POLL_SECONDS        = tostring(var.chain_poll_seconds)
+    BACKFILL_QUEUE_CONCURRENCY         = tostring(var.queue_max_concurrent_dispatches) # == the queue's rate_limits
     BACKFILL_CHUNK_GOAL_SECONDS        = tostring(var.chunk_goal_seconds)
     BACKFILL_CHUNK_EVENTS_PER_SECOND   = tostring(var.chunk_events_per_second)
     BACKFILL_RAMP_START_WRITES         = tostring(var.ramp_start_writes)

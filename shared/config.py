@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # of one chunk's page loop (``chunk_events_per_second``; ``make bench`` measures it), or
     # ``split_events`` when set.
     chunk_goal_seconds: float = Field(60.0, gt=0, le=3600)
+    # Chunk tasks the queue runs at once (Terraform passes the queue's
+    # max_concurrent_dispatches): what a run's estimate assumes.
+    queue_concurrency: int = Field(20, ge=1, le=1000)
     chunk_events_per_second: float = Field(200.0, gt=0, le=100_000)
     split_events: int | None = Field(None, ge=10)
     page_size: int = Field(500, ge=1, le=MAX_PAGE_SIZE)

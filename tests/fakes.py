@@ -169,6 +169,9 @@ class MemoryChunks:
         return max((chunk.updated_at for chunk in self.chunks(migration_id)
                     if chunk.updated_at is not None), default=None)
 
+    def largest(self, migration_id: str, *, as_of: dt.datetime | None = None) -> int:
+        return max((chunk.eligible or 0 for chunk in self.chunks(migration_id)), default=0)
+
     def page(self, migration_id: str, start: int, size: int, *,
              as_of: dt.datetime | None = None) -> tuple[list[ChunkRecord], int | None]:
         found = [chunk for chunk in self.chunks(migration_id) if chunk.index >= start]

@@ -118,6 +118,9 @@ class ChunkStore(Protocol):
                         as_of: dt.datetime | None = None) -> dt.datetime | None:
         """When a chunk of the run last checkpointed (its latest ``updated_at``), if one has."""
 
+    def largest(self, migration_id: str, *, as_of: dt.datetime | None = None) -> int:
+        """The eligible items of the run's largest chunk (0: none counted)."""
+
     def page(self, migration_id: str, start: int, size: int, *,
              as_of: dt.datetime | None = None) -> tuple[list[ChunkRecord], int | None]:
         """At most ``size`` chunks, in planning order from the one of planning index ``start``
@@ -433,6 +436,14 @@ class FirestoreChunks:
             value = (snap.to_dict() or {}).get("updatedAt")
             return value if isinstance(value, dt.datetime) else None
         return None
+
+    def largest(self, migration_id: str, *, as_of: dt.datetime | None = None) -> int:
+        query = self._collection(migration_id).order_by(
+            "eligible", direction=firestore.Query.DESCENDING).limit(1).select(["eligible"])
+        for snap in query.stream(read_time=as_of):
+            value = (snap.to_dict() or {}).get("eligible")
+            return value if isinstance(value, int) else 0
+        return 0
 
     def page(self, migration_id: str, start: int, size: int, *,
              as_of: dt.datetime | None = None) -> tuple[list[ChunkRecord], int | None]:

@@ -289,6 +289,22 @@ class WalletsBelowZero(_Shape):
     customer_ids: list[str]
 
 
+class LiveEstimate(_Shape):
+    """A dry run's estimate of its live run (``shared.domain.estimate``) and what it assumed:
+    the events the dry run would apply, its chunks, one chunk's page-loop rate, the chunks the
+    queue runs at once, the ramp and the ceiling."""
+
+    seconds: float
+    bound_by: str
+    events: int
+    chunks: int
+    chunk_events_per_second: float
+    concurrency: int
+    ramp_start_writes: int
+    ramp_step_minutes: float
+    ceiling: float | None
+
+
 class RunStatusView(RunFields):
     """One run's status answer: its fields, the sums of its chunks' counters, its pace, its
     chunks and its first errors. In a dry run every count says what the run would have done."""
@@ -330,4 +346,6 @@ class RunStatusView(RunFields):
     next_chunks: str | None
     previous_chunks: str | None
     first_errors: list[ErrorView]
+    # A dry run's: how long its live run would take (None for a live run).
+    live_estimate: LiveEstimate | None = None
     note: str | None = None

@@ -24,11 +24,12 @@ from shared import clock
 from shared.adapters.stores import Stores, still_active
 from shared.backfills.registry import BACKFILLS
 from shared.config import Settings
-from shared.domain import throttle
+from shared.domain import estimate, throttle
 from shared.domain.records import (
     ChunkRecord,
     ChunkView,
     ErrorView,
+    LiveEstimate,
     RunFields,
     RunRecord,
     RunStatusView,
@@ -221,13 +222,35 @@ def describe_run(settings: Settings, stores: Stores, migration_id: str,
                                              - chunks_per_page), chunks_per_page)
         if chunks_from > 0 else None,
         first_errors=[ErrorView.model_validate(error.model_dump()) for error in first_errors],
+        live_estimate=_live_estimate(settings, run, sums.applied, totals.chunks,
+                                     chunk_store.largest(migration_id, as_of=as_of))
+        if run.dry_run else None,
         note=_note(stores, run, left_over),
     )
     body = view.model_dump(by_alias=True)
-    if body["note"] is None:
-        del body["note"]
+    for optional in ("note", "liveEstimate"):
+        if body[optional] is None:
+            del body[optional]
     result: dict[str, Any] = _jsonable(body)
     return result
+
+
+def _live_estimate(settings: Settings, run: RunRecord, applies: int, chunks: int,
+                   largest: int) -> LiveEstimate:
+    """How long the live run of what this dry run found would take: the events it applied,
+    over its chunks (the largest as planned), at the expected page-loop rate
+    (``BACKFILL_CHUNK_EVENTS_PER_SECOND``), the queue's concurrency, under the ramp and the
+    run's ceiling."""
+    work = estimate.Workload(
+        events=applies, chunks=max(chunks, 1), largest_chunk=min(largest, applies),
+        chunk_rate=settings.chunk_events_per_second, concurrency=settings.queue_concurrency,
+        ceiling=run.max_events_per_second)
+    found = estimate.estimate(settings, work)
+    return LiveEstimate(
+        seconds=round(found.seconds, 1), bound_by=found.bound, events=applies,
+        chunks=work.chunks, chunk_events_per_second=work.chunk_rate,
+        concurrency=work.concurrency, ramp_start_writes=settings.ramp_start_writes,
+        ramp_step_minutes=settings.ramp_step_minutes, ceiling=work.ceiling)
 
 
 def _check_page(chunks_from: int, chunks_per_page: int) -> None:

@@ -89,6 +89,29 @@ def test_a_dry_run_reports_without_writing_ledger_or_wallets(harness: Harness) -
     assert not any(e["processed"] for e in events.values())
 
 
+def test_a_dry_run_estimates_how_long_its_live_run_takes_and_a_live_run_does_not(
+        harness: Harness) -> None:
+    # No ramp; one chunk applies 10 events a second (and takes up to 600: no split); the
+    # queue runs two chunks at once.
+    harness.configure(ramp_start_writes=0, chunk_events_per_second=10, chunk_goal_seconds=60,
+                      queue_concurrency=2)
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, *data.purchases(60, days=3), *data.purchases(30, days=1, prefix="x"))
+
+    dry = harness.start(**RANGE, dryRun=True).get_json()["migrationId"]
+    harness.deliver_all()
+
+    estimate = harness.run(dry)["liveEstimate"]
+    # Chunks of 50, 20 and 20 events, two at a time at 10 events/s: 90 / 20 = 4.5 s, but the
+    # day of 50 takes 5 s alone.
+    assert (estimate["events"], estimate["chunks"], estimate["concurrency"]) == (90, 3, 2)
+    assert (estimate["seconds"], estimate["boundBy"]) == (5.0, "largest chunk")
+    assert (estimate["chunkEventsPerSecond"], estimate["ceiling"]) == (10, None)
+    live = harness.start(**RANGE, dryRun=False).get_json()["migrationId"]
+    harness.deliver_all()
+    assert "liveEstimate" not in harness.run(live)
+
+
 def test_max_events_takes_the_oldest_and_says_what_is_left(harness: Harness) -> None:
     data.product(harness.db, "p1", 10)
     data.put(harness.db, *data.purchases(60, days=3))

@@ -483,6 +483,8 @@ def test_scheduler_fires_periodically_like_cloud_scheduler_with_a_verifiable_tok
     scheduler = scheduler_for(f"{target.url}/{prefix}/ok", 0.2)
 
     wait_for(lambda: len(target.for_prefix(prefix)) >= 3, timeout=5)
+    # A firing is counted once its delivery is answered, a moment after the target saw it.
+    wait_for(lambda: scheduler.stats()["fired"] >= 3, timeout=5)
     scheduler.set_period(0)
     deliveries = target.for_prefix(prefix)[:3]
     stats = scheduler.stats()
