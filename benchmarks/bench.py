@@ -45,9 +45,10 @@ from typing import Any
 
 from google.cloud import firestore
 
-from benchmarks import baseline
+from benchmarks import baseline, scale
 from benchmarks.latency import LatencyProxy
 from benchmarks.meter import Meter
+from benchmarks.own_writes import own_writes
 from benchmarks.replay import (
     RESULTS,
     TASKS_VENV,
@@ -58,14 +59,16 @@ from benchmarks.replay import (
     write_batches,
 )
 from emulators.sample import SampleShape, seed
-from emulators.stack import Stack
+from emulators.stack import QUEUE_CONCURRENCY, Stack
 from shared import wiring
 from shared.adapters import schema
 from shared.adapters.cloud_tasks import InProcessDispatcher, TaskKind
 from shared.adapters.oidc import Caller
+from shared.adapters.stores import Stores
 from shared.backfills.registry import BackfillType
 from shared.config import Settings
-from shared.domain.chunking import span
+from shared.domain import estimate
+from shared.domain.chunking import PlannedChunk, span
 from shared.domain.run_request import BackfillRequest
 from shared.executor.runner import Delivery
 from shared.runs import launcher
@@ -122,6 +125,7 @@ class Suite:
         client = _client(self.env["BACKFILL_PROJECT_ID"], firestore_host)
         result: dict[str, Any] = {"latency_ms_each_way": latency_ms}
         result["raw"] = _timed_batches(client, stack, min(events, 6000))
+        result["own_writes"] = self.own_writes(client, events)
         result["baseline"] = self.baseline(client, events)
         for name, shape in (("uniform", uniform(events)), ("skewed", skewed(events))):
             run = self.bench.replay(events, dry_run=False, shape=shape)
@@ -130,6 +134,18 @@ class Suite:
                        and credited_once(self.db, events))
             result[name] = run
         return result
+
+    def own_writes(self, client: firestore.Client, events: int) -> dict[str, Any]:
+        """The replay's own writes for the uniform set, batched with no reads
+        (``benchmarks.own_writes``): the denominator of the replay's ratio."""
+        stack = self.bench.stack
+        stack.reset_firestore()
+        seed(self.db, uniform(events))
+        window = span(START, START + dt.timedelta(days=DAYS - 1))
+        done = own_writes(client, window.start, window.end)
+        self.check("own writes covered every event", done["events"] == events)
+        stack.reset_firestore()
+        return done
 
     def baseline(self, client: firestore.Client, events: int) -> dict[str, Any]:
         stack = self.bench.stack
@@ -215,6 +231,97 @@ class Suite:
                 "rss_mib_max": round(max(sizes) / 1024, 1) if sizes else None,
                 **quarters, "samples": len(sizes)}
 
+    def estimate(self, direct: dict[str, Any], events: int) -> dict[str, Any]:
+        """The run estimate (``shared.domain.estimate``) against measured runs.
+
+        Calibrated on the uniform replay (one chunk's rate: its events over its apply time and
+        its chunks at once), it predicts three runs measured here: the skewed replay (other
+        chunks), the uniform set under an operator ceiling of a third of that rate, and under a
+        ramp starting at a fifth of it and growing every 3 s. Each error is predicted over
+        measured apply seconds (first chunk's start to the run's end)."""
+        uniform_run = direct["uniform"]
+        running = min(uniform_run["chunks"], QUEUE_CONCURRENCY)
+        chunk_rate = events / uniform_run["apply_seconds"] / running
+        rate = chunk_rate * running
+        ceiling = max(1, round(rate / 3))
+        ramp_writes = max(3, round(rate / 5 * 3))
+        ramp = {"BACKFILL_RAMP_START_WRITES": str(ramp_writes),
+                "BACKFILL_RAMP_STEP_MINUTES": "0.05"}
+        cases: dict[str, tuple[dict[str, Any], Settings]] = {
+            "skewed": (direct["skewed"], _estimate_settings({})),
+            "ceiling": (self.bench.replay(events, dry_run=False, shape=uniform(events),
+                                          extra={"maxEventsPerSecond": ceiling}),
+                        _estimate_settings({})),
+        }
+        stack = self.bench.stack
+        stack.restart_gateway({**self.overrides, **ramp})
+        self.bench.api.refresh_token()
+        try:
+            cases["ramp"] = (self.bench.replay(events, dry_run=False, shape=uniform(events)),
+                             _estimate_settings(ramp))
+        finally:
+            stack.restart_gateway(self.overrides)
+            self.bench.api.refresh_token()
+        result: dict[str, Any] = {"calibration": {
+            "chunk_events_per_second": round(chunk_rate, 1), "concurrency": QUEUE_CONCURRENCY,
+            "uniform_apply_seconds": uniform_run["apply_seconds"]},
+            "ceiling_events_per_second": ceiling, "ramp_start_writes": ramp_writes}
+        for name, (run, settings) in cases.items():
+            self.check(f"{name} run for the estimate applied every event once",
+                       run["status"] == "completed" and run["applied"] == events)
+            sizes = [int(row["events"] or 0) for row in run["chunk_timeline"]]
+            work = estimate.Workload(
+                events=events, chunks=sum(1 for size in sizes if size), largest_chunk=max(sizes),
+                chunk_rate=chunk_rate, concurrency=QUEUE_CONCURRENCY,
+                ceiling=ceiling if name == "ceiling" else None)
+            found = estimate.estimate(settings, work)
+            measured = run["apply_seconds"]
+            result[name] = {"predicted_seconds": round(found.seconds, 2),
+                            "measured_seconds": measured, "bound_by": found.bound,
+                            "error": round(found.seconds / measured, 2) if measured else None}
+        errors = [abs(part["error"] - 1) for part in result.values()
+                  if isinstance(part, dict) and part.get("error")]
+        result["worst_error"] = round(max(errors), 2) if errors else None
+        return result
+
+    def status_at_scale(self, sizes: tuple[int, ...], repetitions: int) -> dict[str, Any]:
+        """The status answer (JSON and page, over HTTP) for runs of ``sizes`` chunks
+        (``benchmarks.scale``)."""
+        results: dict[str, Any] = {}
+        for chunks in sizes:
+            self.bench.stack.reset_firestore()
+            results[str(chunks)] = scale.status_seconds(self.db, self.env, chunks, repetitions)
+        self.bench.stack.reset_firestore()
+        return results
+
+    def planning_at_scale(self, chunks: int) -> dict[str, Any]:
+        """Seconds to write a plan of ``chunks`` chunks (``PlanStore.save``: its commits, each
+        under the run's update time), in this process against the emulator."""
+        stack = self.bench.stack
+        stack.reset_firestore()
+        settings = scale.local_settings(self.env["BACKFILL_PROJECT_ID"])
+        stores = Stores.firestore(self.db)
+        request = BackfillRequest(type=BackfillType.WEBHOOK_REPLAY, start_date=START,
+                                  end_date=START + dt.timedelta(days=DAYS - 1))
+        started_run = launcher.start_run(request, Caller("bench@example.com", "bench"), settings,
+                                         stores, InProcessDispatcher())
+        run = stores.runs.get(started_run.migration_id)
+        assert run is not None
+        begin = dt.datetime.combine(START, dt.time(), dt.UTC)
+        step = dt.timedelta(days=DAYS) / chunks
+        plan = [PlannedChunk(f"piece-{index:05}", begin + index * step,
+                             begin + (index + 1) * step, 10, None)
+                for index in range(chunks)]
+        started = time.perf_counter()
+        saved = stores.plans.save(run, plan, begin, None)
+        seconds = time.perf_counter() - started
+        written = stores.runs.get(run.migration_id)
+        self.check(f"a plan of {chunks} chunks was written whole",
+                   saved and written is not None and written.planned
+                   and written.chunk_count == chunks)
+        stack.reset_firestore()
+        return {"chunks": chunks, "seconds": round(seconds, 3)}
+
     def latency_of_a_year(self, events: int, repetitions: int) -> dict[str, Any]:
         """The trigger's answer and the status function's, for a 366-day run."""
         result = self.bench.trigger_latency(events, repetitions)
@@ -260,6 +367,15 @@ def replay_in_process(db: firestore.Client, project: str,
                 router.route(Delivery(task))
     finally:
         wiring.use(None)
+
+
+def _estimate_settings(overrides: dict[str, str]) -> Settings:
+    """The local stack's ramp (off unless ``overrides`` set it), as the estimate reads it."""
+    return Settings.model_validate({
+        "env": "local", "project_id": "bench", "chunk_url": "http://127.0.0.1:1/tasks/chunk",
+        "operator_audiences": "http://127.0.0.1:1", "tasks_identity": "tasks@bench",
+        "ramp_start_writes": int(overrides.get("BACKFILL_RAMP_START_WRITES", 0)),
+        "ramp_step_minutes": float(overrides.get("BACKFILL_RAMP_STEP_MINUTES", 5))})
 
 
 def _client(project: str, host: str) -> firestore.Client:
@@ -312,6 +428,10 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
                                           part["uniform"]["events_per_s"]),
             "uniform_writes_over_raw": _ratio(
                 part["uniform"]["events_per_s"] * WRITES_PER_EVENT, part["raw"]["docs_per_s"]),
+            "uniform_over_own_writes": _ratio(part["uniform"]["events_per_s"],
+                                              part["own_writes"]["events_per_s"]),
+            "skewed_over_own_writes": _ratio(part["skewed"]["events_per_s"],
+                                             part["own_writes"]["events_per_s"]),
         }
     return out
 
@@ -325,6 +445,9 @@ def print_table(results: dict[str, Any]) -> None:
         rows += [
             (f"[{title}: {part['latency_ms_each_way']} ms each way]", ""),
             ("  raw writes, 500-op batches", f"{part['raw']['docs_per_s']:>7} docs/s"),
+            ("  the replay's own writes, batched, no reads",
+             f"{part['own_writes']['events_per_s']:>7} events/s  "
+             f"({part['own_writes']['writes_per_event']} writes/event)"),
             ("  baseline: 1 transaction/event, 8 threads",
              f"{part['baseline']['events_per_s']:>7} events/s"),
             ("  replay, 10 days uniform", f"{part['uniform']['events_per_s']:>7} events/s  "
@@ -333,7 +456,26 @@ def print_table(results: dict[str, Any]) -> None:
             ("  replay, 90% on one day", f"{part['skewed']['events_per_s']:>7} events/s  "
              f"({part['skewed']['chunks']} chunks; x{ratio['skewed_over_baseline']} the "
              f"baseline, x{ratio['skewed_over_uniform']} uniform)"),
+            ("  replay over its own writes",
+             f"uniform x{ratio['uniform_over_own_writes']}, "
+             f"skewed x{ratio['skewed_over_own_writes']}"),
         ]
+    if "estimate" in results:
+        found = results["estimate"]
+        rows.append(("run estimate, predicted / measured apply seconds", ", ".join(
+            f"{name} {found[name]['predicted_seconds']} / {found[name]['measured_seconds']}"
+            f" (x{found[name]['error']}, {found[name]['bound_by']})"
+            for name in ("skewed", "ceiling", "ramp") if name in found)
+            + f"; worst error {found['worst_error']}"))
+    if "status" in results:
+        for chunks, part in results["status"].items():
+            rows.append((f"status answer, {chunks}-chunk run",
+                         f"JSON {part['json']['median_seconds']} s, page "
+                         f"{part['page']['median_seconds']} s median; "
+                         f"{part['calls']['total']} Firestore calls"))
+    if "planning" in results:
+        plan = results["planning"]
+        rows.append((f"writing a plan of {plan['chunks']} chunks", f"{plan['seconds']} s"))
     if "costs" in results:
         costs = results["costs"]
         rows.append(("reads / writes per applied purchase",
@@ -388,8 +530,8 @@ def main(argv: list[str] | None = None) -> int:
                              "emulator's 1 GiB heap and whole-collection counts make 100,000 "
                              "take more than ten minutes to seed and plan here)")
     parser.add_argument("--only", default="",
-                        help="comma-separated: direct, latency, costs, memory, year (default: "
-                             "all)")
+                        help="comma-separated: direct, latency, estimate, status, planning, "
+                             "costs, memory, year (default: all; estimate needs direct)")
     parser.add_argument("--year-events", type=int, default=3000)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--port-base", type=int, default=9550)
@@ -397,8 +539,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="correctness only: small numbers (CI)")
     parser.add_argument("--out", type=Path, default=RESULTS.with_name("bench-suite.json"))
     args = parser.parse_args(argv)
+    status_sizes, plan_chunks = (1000, 5000), 5000
     if args.quick:
         args.events, args.rss_events, args.year_events, args.repetitions = 300, 1000, 200, 1
+        status_sizes, plan_chunks = (100, 500), 600
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -428,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
             suite.bench.replay(min(args.events, 1000), False, shape=uniform(min(args.events,
                                                                                 1000)))
             wanted = set(filter(None, args.only.split(","))) or {
-                "direct", "latency", "costs", "memory", "year"}
+                "direct", "latency", "estimate", "status", "planning", "costs", "memory",
+                "year"}
 
             def measure(name: str, action: Callable[[], dict[str, Any]]) -> None:
                 if name in wanted:
@@ -443,6 +588,10 @@ def main(argv: list[str] | None = None) -> int:
                         args.events, args.latency_ms, f"127.0.0.1:{proxy.port}"))
             stack.restart_gateway(overrides)
             api.refresh_token()
+            if "direct" in results:
+                measure("estimate", lambda: suite.estimate(results["direct"], args.events))
+            measure("status", lambda: suite.status_at_scale(status_sizes, args.repetitions))
+            measure("planning", lambda: suite.planning_at_scale(plan_chunks))
             measure("costs", lambda: suite.costs(min(args.events, 2000)))
             measure("memory", lambda: suite.memory(args.rss_events))
             measure("year", lambda: suite.latency_of_a_year(args.year_events, args.repetitions))

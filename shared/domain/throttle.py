@@ -8,9 +8,10 @@ A run's ceiling in events per second is the lower of two:
   ``BACKFILL_RAMP_START_WRITES`` (500) writes a second and grow by half every
   ``BACKFILL_RAMP_STEP_MINUTES`` (5) from the run's start, at three writes an applied event.
 
-Each delivery takes the ceiling's share of the chunks running (``Pacer``) and, after each page,
-sleeps as long as its share asks. It reads the ceiling and the running chunks again every few
-seconds, so a change through the control API takes hold within that. On contention (Firestore
+Each delivery takes the ceiling's share of the chunks running (``Pacer``), reads pages of at
+most a second of that share and, after each page, sleeps as long as its share asks. It reads
+the ceiling and the running chunks again every few seconds, so a change through the control API
+takes hold within that. On contention (Firestore
 answering ABORTED or RESOURCE_EXHAUSTED) it halves its own pace and backs off, with jitter,
 instead of failing; each clean page wins a tenth back.
 """
@@ -31,6 +32,9 @@ WRITES_PER_EVENT = 3
 _RAMP_STEPS = 24
 _REFRESH_SECONDS = 5.0
 _SLOWEST = 1 / 16  # the most contention slows a delivery down to
+# A page takes at most this many seconds of a delivery's share, so that no page (of up to
+# BACKFILL_PAGE_SIZE events) bursts past the ceiling before the pace can hold it.
+_PAGE_SECONDS = 1.0
 _BACKOFF_SECONDS, _BACKOFF_CAP = 0.25, 8.0
 
 
@@ -97,6 +101,15 @@ class Pacer:
             return
         wait = self._events / rate - (self._monotonic() - self._since)
         self._nap(min(wait, budget_left))
+
+    def page_cap(self) -> int | None:
+        """The most events the next page may take: a second of this delivery's share, at
+        least one (None: unbounded). Without it a page of hundreds of events would land at
+        once whatever the ceiling, and the pace would only catch up after it."""
+        rate = self.rate
+        if rate is None or rate <= 0:
+            return None
+        return max(1, int(rate * _PAGE_SECONDS))
 
     def owed(self) -> float:
         """How long the next page must still wait for this delivery's share: what the time

@@ -247,7 +247,7 @@ class _PageLoop:
             if (report.pages or contended) and budget_left() <= 0 and (left is None or left > 0):
                 self._continue_later()
                 break
-            limit = self._page_size if left is None else min(self._page_size, left)
+            limit = self._limit(left)
             if isolate:
                 limit = min(limit, 1)
             try:
@@ -282,6 +282,13 @@ class _PageLoop:
                  event_count=report.events, dry_run=self._run.dry_run,
                  throttled_seconds=round(self._pacer.slept, 3))
         return report
+
+    def _limit(self, left: int | None) -> int:
+        """The next page's size: the page size, within the chunk's quota ``left`` and a second
+        of this delivery's share of the ceiling (``Pacer.page_cap``)."""
+        limit = self._page_size if left is None else min(self._page_size, left)
+        cap = self._pacer.page_cap()
+        return limit if cap is None else min(limit, cap)
 
     def _page(self, limit: int) -> tuple[int, bool, int]:
         """Read and commit one page; return how many entries it took, whether it was the
@@ -329,7 +336,7 @@ class _PageLoop:
         left = self._lease.left
         if left is not None:
             left -= page.read
-        following = self._page_size if left is None else min(self._page_size, left)
+        following = self._limit(left)
         if following <= 0:
             return  # the chunk's quota ends with this page
         self._ahead = (page.cursor, following,

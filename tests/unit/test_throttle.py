@@ -121,3 +121,16 @@ def test_what_the_budget_did_not_leave_to_sleep_is_owed_to_the_next_segment() ->
     assert free.owed() == 0.0
     clock.now += 9.0
     assert slow.owed() == 0.0
+
+
+def test_a_page_takes_at_most_a_second_of_the_share() -> None:
+    shares: list[float | None] = [12.5, 0.2, None]
+    pacer = Pacer(lambda: shares[0], lambda: 0.0, lambda seconds: None)
+    pacer.start()
+    assert pacer.page_cap() == 12
+    shares[0] = 0.2  # slower than a page a second: still one event at a time
+    pacer.start()
+    assert pacer.page_cap() == 1
+    shares[0] = None
+    pacer.start()
+    assert pacer.page_cap() is None
