@@ -335,6 +335,21 @@ def test_status_shows_a_run_with_its_chunks(harness: Harness) -> None:
         ("2025-01-03", "completed", 0)]
 
 
+@pytest.mark.parametrize(("query", "field"), [
+    ("chunksFrom=abc", "chunksFrom"), ("chunksFrom=-1", "chunksFrom"),
+    ("chunksFrom=%D9%A3", "chunksFrom"), ("chunksPerPage=0", "chunksPerPage"),
+    ("chunksPerPage=1001", "chunksPerPage"), ("chunksPerPage=1e3", "chunksPerPage")])
+def test_a_chunk_page_out_of_range_answers_400_naming_the_field(
+        harness: Harness, query: str, field: str) -> None:
+    migration_id = harness.start(**RANGE).get_json()["migrationId"]
+
+    for accept in ("application/json", "text/html"):
+        response = harness.status.get(f"/api/admin/dataMigrations/{migration_id}?{query}",
+                                      headers={**harness.headers(), "Accept": accept})
+        assert response.status_code == 400
+        assert response.get_json()["field"] == field
+
+
 def test_a_busy_day_is_planned_as_several_chunks_and_each_event_is_applied_once(
         harness: Harness) -> None:
     data.product(harness.db, "p1", 10)

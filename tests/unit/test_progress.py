@@ -190,3 +190,22 @@ def test_the_chunk_grid_pages_in_planning_order_and_refuses_a_page_out_of_range(
         with pytest.raises(InvalidRequest, match=field):
             progress.describe_run(settings(), stores, "run_1", now=NOW,
                                   chunks_from=chunks_from, chunks_per_page=per_page)
+
+
+def test_error_counts_by_code_stay_exact_when_a_record_was_written_twice() -> None:
+    # Two pages wrote the record of one finding (same id): the chunks' per-code counts say 3,
+    # the run holds 2 records. The answer counts the records of the codes written.
+    stores, runs, chunks = memory_stores()
+    runs.add("run_1", RunStatus.COMPLETED, total=10, started_at=EARLIER)
+    chunks.add("run_1", "2025-01-01", ChunkState.COMPLETED, index=0,
+               counters={"taken": 5, "errors": 2}, error_codes={"product_not_found": 2})
+    chunks.add("run_1", "2025-01-02", ChunkState.COMPLETED, index=1,
+               counters={"taken": 5, "errors": 1}, error_codes={"malformed_payload": 1})
+    errors = stores.errors
+    assert isinstance(errors, MemoryErrors)
+    errors.add("run_1", "evt_1", "product_not_found")
+    errors.add("run_1", "evt_2", "malformed_payload")
+
+    status = progress.describe_run(settings(), stores, "run_1", now=NOW)
+
+    assert status["errorCodes"] == {"product_not_found": 1, "malformed_payload": 1}
