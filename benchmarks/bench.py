@@ -548,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     status_sizes, plan_chunks = (1000, 5000), 5000
     if args.quick:
         args.events, args.rss_events, args.year_events, args.repetitions = 300, 1000, 200, 1
-        status_sizes, plan_chunks = (100, 500), 600
+        status_sizes, plan_chunks = (50, 200), 300
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)

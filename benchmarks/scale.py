@@ -87,9 +87,10 @@ class Mix:
 def seed_run(db: firestore.Client, chunks: int, *, seed: int = 7, mix: Mix = Mix(),
              migration_id: str | None = None, now: dt.datetime | None = None) -> str:
     """Write a ``webhook_replay`` run of ``chunks`` chunks (one hour of 2024 each), its chunks'
-    documents and their error records, in batches of ``BATCH_WRITES``; answer its id. Every
-    figure is drawn from ``random.Random(seed)``; each chunk's ``errorCodes`` count its records.
-    Nothing here is what the status answers: a test reads the documents to know that."""
+    documents, its grid and their error records, in batches of ``BATCH_WRITES``; answer its id.
+    Every figure is drawn from ``random.Random(seed)``; each chunk's ``errorCodes`` count its
+    records. Nothing here is what the status answers: a test reads the documents to know
+    that."""
     rng = random.Random(seed)  # noqa: S311 (sample data, not security)
     now = now or dt.datetime.now(dt.UTC)
     migration_id = migration_id or f"webhook_replay_{int(now.timestamp() * 1000)}{seed}"
@@ -97,6 +98,7 @@ def seed_run(db: firestore.Client, chunks: int, *, seed: int = 7, mix: Mix = Mix
     run_ref = schema.run_ref(db, migration_id)
     writes: list[tuple[Any, dict[str, Any]]] = []
     eligible_total = 0
+    ids: list[str] = []
     for index, state in enumerate(states):
         start = START + dt.timedelta(hours=index)
         chunk_id = start.strftime("%Y-%m-%dT%H")
@@ -104,6 +106,7 @@ def seed_run(db: firestore.Client, chunks: int, *, seed: int = 7, mix: Mix = Mix
         eligible_total += eligible
         fields, records = _chunk(rng, chunk_id, index, state, start, eligible, mix, now)
         writes.append((run_ref.collection(schema.CHUNKS).document(chunk_id), fields))
+        ids.append(chunk_id)
         writes += [(run_ref.collection(schema.ERRORS).document(event_id), record)
                    for event_id, record in records]
     run = RunRecord.model_validate({
@@ -115,6 +118,10 @@ def seed_run(db: firestore.Client, chunks: int, *, seed: int = 7, mix: Mix = Mix
         "status_history": [{"from": before, "to": after, "reason": "", "by": "",
                             "note": "", "at": now - dt.timedelta(minutes=50)}
                            for before, after in mix.history]})
+    # The plan's grid, as planning writes it (``PlanStore.save``).
+    writes += [(run_ref.collection(schema.GRID).document(str(number)),
+                {"ids": ids[number * schema.GRID_IDS:(number + 1) * schema.GRID_IDS]})
+               for number in range(-(-chunks // schema.GRID_IDS))]
     writes.append((run_ref, run.to_document()))
     for first in range(0, len(writes), BATCH_WRITES):
         batch = db.batch()

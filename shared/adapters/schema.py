@@ -35,6 +35,10 @@ WALLETS = "wallets"
 LEDGER = "ledgerEntries"
 RUNS = "dataMigrations"
 CHUNKS = "chunks"
+# A run's chunk ids in planning order, GRID_IDS to a document (``dataMigrations/{id}/grid/{n}``
+# holds those of planning index n x GRID_IDS on): a page of the chunk grid is read by id.
+GRID = "grid"
+GRID_IDS = 100
 ERRORS = "errors"
 SHADOW_LEDGER = "dryRunLedger"
 # dataMigrations/{id}/dryRunDocuments/{shadow id}: the documents of other collections a dry run

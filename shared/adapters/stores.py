@@ -192,7 +192,8 @@ class PlanStore(Protocol):
         the run moved. In as many commits as the chunks take, each also writing the run under
         the update time the one before left it (the first: as ``run`` was read), so only one
         delivery's plan is ever being written; the run is ``planned`` by the last, and chunk
-        documents of an earlier, interrupted plan that this plan lacks are deleted."""
+        documents of an earlier, interrupted plan that this plan lacks are deleted. The grid
+        (``schema.GRID``) lists the chunk ids in planning order."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,7 +412,7 @@ class FirestoreChunks:
     def notable(self, migration_id: str, *,
                 as_of: dt.datetime | None = None) -> list[ChunkRecord]:
         # Equalities only: a range filter would also order by its field, leaving out every
-        # chunk without it.
+        # chunk without it. (The emulator scans the chunks once per disjunct.)
         query = self._collection(migration_id).where(filter=Or([
             FieldFilter("state", "==", ChunkState.RUNNING.value),
             FieldFilter(schema.NOTABLE, "==", True)]))
@@ -447,10 +448,36 @@ class FirestoreChunks:
 
     def page(self, migration_id: str, start: int, size: int, *,
              as_of: dt.datetime | None = None) -> tuple[list[ChunkRecord], int | None]:
-        query = self._collection(migration_id).order_by("index").where(
-            filter=FieldFilter("index", ">=", start)).limit(size + 1)
-        found = [ChunkRecord.from_snapshot(snap) for snap in query.stream(read_time=as_of)]
+        ids = self._grid_ids(migration_id, start, size + 1, as_of)
+        if ids is not None:
+            # By id, from the plan's grid: lookups, where a query would scan the chunks.
+            refs = [self._collection(migration_id).document(chunk_id) for chunk_id in ids]
+            snaps = {snap.id: snap for snap in self._db.get_all(refs, read_time=as_of)
+                     if snap.exists}
+            found = [ChunkRecord.from_snapshot(snaps[chunk_id]) for chunk_id in ids
+                     if chunk_id in snaps]
+        else:  # a run planned before grids were written
+            query = self._collection(migration_id).order_by("index").where(
+                filter=FieldFilter("index", ">=", start)).limit(size + 1)
+            found = [ChunkRecord.from_snapshot(snap) for snap in query.stream(read_time=as_of)]
         return found[:size], found[size].index if len(found) > size else None
+
+    def _grid_ids(self, migration_id: str, start: int, count: int,
+                  as_of: dt.datetime | None) -> list[str] | None:
+        """The ids of ``count`` chunks from planning index ``start`` on, from the plan's grid
+        (fewer past the last); None when the run has no grid."""
+        grid = schema.run_ref(self._db, migration_id).collection(schema.GRID)
+        first, last = start // schema.GRID_IDS, (start + count - 1) // schema.GRID_IDS
+        snaps = sorted((snap for snap in self._db.get_all(
+            [grid.document(str(number)) for number in range(first, last + 1)],
+            read_time=as_of) if snap.exists), key=lambda snap: int(snap.id))
+        if not snaps:
+            if start == 0 or not grid.document("0").get(read_time=as_of).exists:
+                return None
+            return []  # past the last chunk
+        ids = [chunk_id for snap in snaps for chunk_id in (snap.to_dict() or {}).get("ids", [])]
+        offset = start - first * schema.GRID_IDS
+        return ids[offset:offset + count]
 
     def count(self, migration_id: str, states: Collection[ChunkState]) -> int:
         return schema.count(self._collection(migration_id).where(
@@ -558,14 +585,24 @@ class FirestorePlans:
         chunks_ref = ref.collection(schema.CHUNKS)
         # Read after the run: a plan written since then moved the run, so this plan's first
         # commit fails rather than leave that plan's chunks behind unseen.
+        grid_ref = ref.collection(schema.GRID)
         planned_ids = {chunk.chunk_id for chunk in chunks}
+        pages = -(-len(chunks) // schema.GRID_IDS)
         leftover = [snap.id for snap in chunks_ref.select([]).stream()
                     if snap.id not in planned_ids]
+        leftover_grid = [snap.id for snap in grid_ref.select([]).stream()
+                         if int(snap.id) >= pages]
         # (chunks it plans, the write) in order: leftovers' deletes first.
         writes: list[tuple[int, Callable[[firestore.WriteBatch], None]]] = [
             (0, functools.partial(_delete, chunks_ref, chunk_id)) for chunk_id in leftover]
+        writes += [(0, functools.partial(_delete, grid_ref, number)) for number in leftover_grid]
         writes += [(1, functools.partial(_write_chunk, chunks_ref, index, chunk, lease_until))
                    for index, chunk in enumerate(chunks)]
+        # The grid: the chunks' ids in planning order, for status pages read by id.
+        writes += [(0, functools.partial(_write_grid, grid_ref, number, [
+            chunk.chunk_id for chunk in chunks[number * schema.GRID_IDS:
+                                               (number + 1) * schema.GRID_IDS]]))
+                   for number in range(pages)]
         groups = [writes[first:first + PLAN_WRITES_PER_COMMIT]
                   for first in range(0, len(writes), PLAN_WRITES_PER_COMMIT)] or [[]]
         read_at, written = run.update_time, 0
@@ -596,6 +633,11 @@ PLAN_WRITES_PER_COMMIT = 500
 def _delete(chunks_ref: firestore.CollectionReference, chunk_id: str,
             batch: firestore.WriteBatch) -> None:
     batch.delete(chunks_ref.document(chunk_id))
+
+
+def _write_grid(grid_ref: firestore.CollectionReference, number: int, ids: list[str],
+                batch: firestore.WriteBatch) -> None:
+    batch.set(grid_ref.document(str(number)), {"ids": ids})
 
 
 def _write_chunk(chunks_ref: firestore.CollectionReference, index: int, chunk: PlannedChunk,

@@ -151,10 +151,11 @@ def describe_run(settings: Settings, stores: Stores, migration_id: str,
 
     No chunk is read for the totals: every part is read as of the run document's read time,
     so the parts add up however the run moves meanwhile. The sums of the chunks' counters, the
-    count in each state (``_counted_states``) and the records written per code are
-    aggregations; the chunks read whole are the running ones (the rate, the stall), those whose
-    pages took a wallet below zero or tallied, the page shown, and, when an active run has no
-    chunk running, the ids of those whose lease ran out (the stall). Error counts by code are
+    count in each state and the records written per code are aggregations; the chunks read
+    whole are the running ones (the rate, the stall, the last checkpoint while any runs),
+    those whose pages took a wallet below zero or tallied, the page shown (by id, from the
+    plan's grid), and, when an active run has no chunk running, the ids of those whose lease
+    ran out (the stall). Error counts by code are
     the chunks' per-code counts when they match the run's records, else the records counted
     (``_error_codes``).
     """
@@ -168,17 +169,21 @@ def describe_run(settings: Settings, stores: Stores, migration_id: str,
     with ThreadPoolExecutor(max_workers=5) as pool:
         paged = pool.submit(lambda: chunk_store.page(migration_id, chunks_from,
                                                      chunks_per_page, as_of=as_of))
-        last = pool.submit(lambda: chunk_store.last_checkpoint(migration_id, as_of=as_of))
         records = pool.submit(lambda: errors.count(migration_id, as_of=as_of))
         first = pool.submit(lambda: errors.first(migration_id, settings.first_errors_shown,
                                                  as_of=as_of))
         notable = chunk_store.notable(migration_id, as_of=as_of)
         running = [chunk for chunk in notable if chunk.state is ChunkState.RUNNING]
+        # While chunks run, the latest checkpoint is theirs (read whole already); else ask.
+        last = None if running else pool.submit(
+            lambda: chunk_store.last_checkpoint(migration_id, as_of=as_of))
         totals = chunk_store.summary(
             migration_id, _codes(run),
             known={ChunkState.RUNNING: len(running), **_empty_states(run)}, as_of=as_of)
         page, after = paged.result()
-        last_checkpoint = last.result()
+        last_checkpoint = last.result() if last is not None else max(
+            (chunk.updated_at for chunk in running if chunk.updated_at is not None),
+            default=None)
         error_codes = _error_codes(stores, migration_id, totals.error_codes,
                                    records.result(), as_of)
         first_errors = first.result()

@@ -44,9 +44,9 @@ def test_the_quick_benchmark_measures_every_figure_and_applies_each_event_once(
         assert results["estimate"][case]["predicted_seconds"] > 0
         assert results["estimate"][case]["measured_seconds"] > 0
     assert results["estimate"]["worst_error"] is not None
-    for chunks in ("100", "500"):
+    for chunks in ("50", "200"):
         assert results["status"][chunks]["json"]["median_seconds"] > 0
-    assert results["planning"]["chunks"] == 600
+    assert results["planning"]["chunks"] == 300
     # At 30 events a chunk a delivery's own reads (its run, its claim, the products) weigh;
     # tests/functions/test_costs.py holds a page of purchases to 1 read and 3 writes each.
     assert 1 <= results["costs"]["replay"]["reads_per_event"] <= 3.5

@@ -25,6 +25,7 @@ DAYS = [f"2025-01-{day:02}" for day in range(1, 11)]
 @pytest.fixture(autouse=True)
 def small_commits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stores, "PLAN_WRITES_PER_COMMIT", 3)
+    monkeypatch.setattr(schema, "GRID_IDS", 4)  # grid documents of 4 chunk ids
 
 
 def planning_commits(batch: WriteBatch) -> bool:
@@ -70,9 +71,23 @@ def test_a_plan_of_more_chunks_than_one_commit_holds_is_written_whole(
     run = schema.run_ref(harness.db, migration_id).get().to_dict() or {}
     assert (run["planned"], run["chunkCount"], run["plannedChunks"]) == (True, 10, 10)
     assert chunk_ids(harness, migration_id) == DAYS
+    grid = schema.run_ref(harness.db, migration_id).collection(schema.GRID)
+    assert [(snap.id, (snap.to_dict() or {})["ids"]) for snap in grid.stream()] == [
+        ("0", DAYS[:4]), ("1", DAYS[4:8]), ("2", DAYS[8:])]
     harness.deliver_all(twice=True)
     status = harness.run(migration_id)
     assert (status["status"], status["applied"], status["total"]) == ("completed", 60, 60)
+    # The chunk grid's pages, read by id from the plan's grid (a page across its documents).
+    path = f"/api/admin/dataMigrations/{migration_id}"
+    middle = harness.status.get(f"{path}?chunksFrom=2&chunksPerPage=5",
+                                headers=harness.headers()).get_json()
+    last = harness.status.get(f"{path}?chunksFrom=8&chunksPerPage=5",
+                              headers=harness.headers()).get_json()
+    past = harness.status.get(f"{path}?chunksFrom=12", headers=harness.headers()).get_json()
+    assert [chunk["chunkId"] for chunk in middle["chunks"]] == DAYS[2:7]
+    assert middle["nextChunks"] == f"{path}?chunksFrom=7&chunksPerPage=5"
+    assert [chunk["chunkId"] for chunk in last["chunks"]] == DAYS[8:]
+    assert (last["nextChunks"], past["chunks"]) == (None, [])
     data.assert_ledger_consistent(harness.db)
 
 
