@@ -9,13 +9,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from functions_framework import create_app
 from google.api_core import exceptions as api_exceptions
 from google.cloud.firestore_v1.batch import WriteBatch
 
 from shared.adapters import schema, stores
 from shared.adapters.cloud_tasks import ChunkTask, TaskKind
 from tests import data
-from tests.functions.conftest import Harness
+from tests.functions.conftest import SOURCE, Harness
 
 RANGE: dict[str, Any] = {"type": "webhook_replay", "startDate": "2025-01-01",
                          "endDate": "2025-01-10"}
@@ -149,3 +150,28 @@ def test_chunks_an_interrupted_plan_wrote_that_the_new_plan_lacks_are_deleted(
     status = harness.run(migration_id)
     assert (status["status"], status["applied"], status["chunkCount"]) == ("completed", 100, 10)
     data.assert_ledger_consistent(harness.db)
+
+
+def test_a_run_cancelled_while_its_plan_is_written_keeps_no_chunk_open(
+        harness: Harness, dies_at_second_planning_commit: list[int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seed(harness)
+    migration_id = harness.start(**RANGE).get_json()["migrationId"]
+    planning = [task for task in harness.dispatcher.take() if task.kind is TaskKind.PLAN]
+    assert harness.post_task(planning[0]).status_code == 503  # three chunks written
+    control = create_app("backfill_control", SOURCE).test_client()
+
+    cancelled = control.post(f"/api/admin/dataMigrations/{migration_id}/cancel", json={},
+                             headers=harness.headers())
+    monkeypatch.undo()
+    monkeypatch.setattr(stores, "PLAN_WRITES_PER_COMMIT", 3)
+    harness.deliver(planning)  # its retry finds the run cancelled and writes nothing
+
+    assert cancelled.status_code == 200
+    chunks = schema.run_ref(harness.db, migration_id).collection(schema.CHUNKS)
+    assert {snap.id: (snap.to_dict() or {})["state"] for snap in chunks.stream()} == dict.fromkeys(
+        DAYS[:3], "cancelled")
+    run = schema.run_ref(harness.db, migration_id).get().to_dict() or {}
+    assert (run["status"], run.get("planned")) == ("cancelled", False)
+    assert not [task for task in harness.dispatcher.take() if task.kind is TaskKind.CHUNK]
+    assert data.credited_orders(harness.db) == {}
