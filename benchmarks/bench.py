@@ -354,10 +354,7 @@ def replay_in_process(db: firestore.Client, project: str,
     """A live replay of the 10 days from ``START`` by the bundle's own code in this process:
     its trigger's use case, then every planning and chunk task delivered in turn (the watchdog
     left out), as Cloud Tasks would. ``before`` runs once the run is recorded."""
-    settings = Settings.model_validate({
-        "env": "local", "project_id": project, "chunk_url": "http://127.0.0.1:1/tasks/chunk",
-        "operator_audiences": "http://127.0.0.1:1", "tasks_identity": "tasks@bench",
-        "ramp_start_writes": 0})
+    settings = scale.local_settings(project)
     dispatcher = InProcessDispatcher()
     services = wiring.Services(settings, db, dispatcher)
     wiring.use(services)
@@ -377,9 +374,7 @@ def replay_in_process(db: firestore.Client, project: str,
 
 def _estimate_settings(overrides: dict[str, str]) -> Settings:
     """The local stack's ramp (off unless ``overrides`` set it), as the estimate reads it."""
-    return Settings.model_validate({
-        "env": "local", "project_id": "bench", "chunk_url": "http://127.0.0.1:1/tasks/chunk",
-        "operator_audiences": "http://127.0.0.1:1", "tasks_identity": "tasks@bench",
+    return scale.local_settings("bench").model_copy(update={
         "ramp_start_writes": int(overrides.get("BACKFILL_RAMP_START_WRITES", 0)),
         "ramp_step_minutes": float(overrides.get("BACKFILL_RAMP_STEP_MINUTES", 5))})
 

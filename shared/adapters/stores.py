@@ -582,12 +582,11 @@ class FirestorePlans:
     def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
              completes: str | None) -> bool:
         ref = schema.run_ref(self._db, run.migration_id)
-        chunks_ref = ref.collection(schema.CHUNKS)
-        # Read after the run: a plan written since then moved the run, so this plan's first
-        # commit fails rather than leave that plan's chunks behind unseen.
-        grid_ref = ref.collection(schema.GRID)
+        chunks_ref, grid_ref = ref.collection(schema.CHUNKS), ref.collection(schema.GRID)
         planned_ids = {chunk.chunk_id for chunk in chunks}
         pages = -(-len(chunks) // schema.GRID_IDS)
+        # Listed after the run was read: a plan written since then moved the run, so this
+        # plan's first commit fails rather than leave that plan's documents behind unseen.
         leftover = [snap.id for snap in chunks_ref.select([]).stream()
                     if snap.id not in planned_ids]
         leftover_grid = [snap.id for snap in grid_ref.select([]).stream()
@@ -630,9 +629,9 @@ class FirestorePlans:
 PLAN_WRITES_PER_COMMIT = 500
 
 
-def _delete(chunks_ref: firestore.CollectionReference, chunk_id: str,
+def _delete(collection: firestore.CollectionReference, document_id: str,
             batch: firestore.WriteBatch) -> None:
-    batch.delete(chunks_ref.document(chunk_id))
+    batch.delete(collection.document(document_id))
 
 
 def _write_grid(grid_ref: firestore.CollectionReference, number: int, ids: list[str],

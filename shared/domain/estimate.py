@@ -52,10 +52,6 @@ class Estimate:
     # Events per second when the last event is applied (the run's final rate).
     final_rate: float
 
-    def body(self) -> dict[str, object]:
-        return {"seconds": round(self.seconds, 1), "boundBy": self.bound,
-                "finalEventsPerSecond": round(self.final_rate, 1)}
-
 
 def estimate(settings: Settings, work: Workload) -> Estimate:
     """The seconds ``work`` takes to apply under ``settings``' ramp (see the module)."""

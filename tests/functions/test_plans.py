@@ -5,7 +5,7 @@ the plan is whole."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
 from typing import Any
 
 import pytest
@@ -34,23 +34,39 @@ def planning_commits(batch: WriteBatch) -> bool:
     return any("plannedChunks" in write.update_mask.field_paths for write in batch._write_pbs)
 
 
+@dataclasses.dataclass
+class Death:
+    """What ``dies_at_second_planning_commit`` saw: the sizes of the planning commits tried
+    while it was armed; ``revive()`` lets the next delivery live."""
+
+    commits: list[int] = dataclasses.field(default_factory=list)
+    armed: bool = True
+
+    def revive(self) -> None:
+        self.armed = False
+
+
 @pytest.fixture
-def dies_at_second_planning_commit(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+def dies_at_second_planning_commit(monkeypatch: pytest.MonkeyPatch) -> Death:
     """The planning delivery dies at its second commit, after the first landed, as a killed
     instance does (its task is then delivered again)."""
     real = WriteBatch.commit
-    seen: list[int] = []
+    death = Death()
 
     def commit(self: WriteBatch, *args: Any, **kwargs: Any) -> Any:
-        if planning_commits(self):
-            seen.append(len(self))
-            if len(seen) == 2:
+        if death.armed and planning_commits(self):
+            death.commits.append(len(self))
+            if len(death.commits) == 2:
                 raise api_exceptions.ServiceUnavailable("the instance went away")
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(WriteBatch, "commit", commit)
-    yield seen
-    monkeypatch.setattr(WriteBatch, "commit", real)
+    return death
+
+
+def planning_task(harness: Harness) -> list[ChunkTask]:
+    """The queued planning task (taken off the queue, to be delivered by hand)."""
+    return [task for task in harness.dispatcher.take() if task.kind is TaskKind.PLAN]
 
 
 def seed(harness: Harness) -> None:
@@ -93,16 +109,15 @@ def test_a_plan_of_more_chunks_than_one_commit_holds_is_written_whole(
 
 
 def test_a_planning_task_killed_halfway_plans_the_same_chunks_and_none_runs_before(
-        harness: Harness, dies_at_second_planning_commit: list[int],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        harness: Harness, dies_at_second_planning_commit: Death) -> None:
     seed(harness)
     migration_id = harness.start(**RANGE).get_json()["migrationId"]
-    planning = [task for task in harness.dispatcher.take() if task.kind is TaskKind.PLAN]
+    planning = planning_task(harness)
 
     answer = harness.post_task(planning[0])
 
     assert answer.status_code == 503
-    assert dies_at_second_planning_commit == [4, 4]  # three chunks and the run, twice
+    assert dies_at_second_planning_commit.commits == [4, 4]  # three chunks and the run, twice
     run = schema.run_ref(harness.db, migration_id).get().to_dict() or {}
     assert (run.get("planned"), run["plannedChunks"]) == (False, 3)
     assert chunk_ids(harness, migration_id) == DAYS[:3]
@@ -112,8 +127,7 @@ def test_a_planning_task_killed_halfway_plans_the_same_chunks_and_none_runs_befo
     assert early.status_code == 503
     assert data.credited_orders(harness.db) == {}
 
-    monkeypatch.undo()  # the next delivery lives
-    monkeypatch.setattr(stores, "PLAN_WRITES_PER_COMMIT", 3)
+    dies_at_second_planning_commit.revive()  # the next delivery lives
     harness.deliver(planning)
 
     run = schema.run_ref(harness.db, migration_id).get().to_dict() or {}
@@ -127,21 +141,19 @@ def test_a_planning_task_killed_halfway_plans_the_same_chunks_and_none_runs_befo
 
 
 def test_chunks_an_interrupted_plan_wrote_that_the_new_plan_lacks_are_deleted(
-        harness: Harness, dies_at_second_planning_commit: list[int],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        harness: Harness, dies_at_second_planning_commit: Death) -> None:
     seed(harness)
     harness.configure(split_events=10)
     data.put(harness.db, *data.purchases(40, days=1, prefix="busy"))  # day one splits
     migration_id = harness.start(**RANGE).get_json()["migrationId"]
-    planning = [task for task in harness.dispatcher.take() if task.kind is TaskKind.PLAN]
+    planning = planning_task(harness)
     assert harness.post_task(planning[0]).status_code == 503
     split_day = chunk_ids(harness, migration_id)
     assert len(split_day) == 3 and all(chunk.startswith(DAYS[0]) for chunk in split_day)
     assert split_day != DAYS[:3]
 
     # Planned again with chunks of another size (the setting changed): day one is whole.
-    monkeypatch.undo()
-    monkeypatch.setattr(stores, "PLAN_WRITES_PER_COMMIT", 3)
+    dies_at_second_planning_commit.revive()
     harness.configure(split_events=1000)
     harness.deliver(planning)
 
@@ -153,18 +165,16 @@ def test_chunks_an_interrupted_plan_wrote_that_the_new_plan_lacks_are_deleted(
 
 
 def test_a_run_cancelled_while_its_plan_is_written_keeps_no_chunk_open(
-        harness: Harness, dies_at_second_planning_commit: list[int],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        harness: Harness, dies_at_second_planning_commit: Death) -> None:
     seed(harness)
     migration_id = harness.start(**RANGE).get_json()["migrationId"]
-    planning = [task for task in harness.dispatcher.take() if task.kind is TaskKind.PLAN]
+    planning = planning_task(harness)
     assert harness.post_task(planning[0]).status_code == 503  # three chunks written
     control = create_app("backfill_control", SOURCE).test_client()
 
     cancelled = control.post(f"/api/admin/dataMigrations/{migration_id}/cancel", json={},
                              headers=harness.headers())
-    monkeypatch.undo()
-    monkeypatch.setattr(stores, "PLAN_WRITES_PER_COMMIT", 3)
+    dies_at_second_planning_commit.revive()
     harness.deliver(planning)  # its retry finds the run cancelled and writes nothing
 
     assert cancelled.status_code == 200

@@ -7,15 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.config import Settings
 from shared.domain.estimate import Workload, estimate
-
-
-def settings(**overrides: object) -> Settings:
-    return Settings.model_validate({
-        "env": "local", "project_id": "p", "chunk_url": "http://127.0.0.1:1/",
-        "operator_audiences": "http://127.0.0.1:1", "tasks_identity": "t@p", **overrides})
-
+from tests.unit.test_run_control import settings
 
 NO_RAMP = settings(ramp_start_writes=0)
 
