@@ -27,6 +27,8 @@ ROUTES = (
     ("/api/admin/dataMigrations", "POST", "backfill_control"),
     ("/api/admin/dataMigrations", "", "backfill_status"),
     ("/api/admin/gaps", "", "backfill_status"),
+    ("/api/admin/switch", "POST", "backfill_control"),
+    ("/api/admin/switch", "", "backfill_status"),
     ("/api/openapi.json", "", "backfill_status"),
     ("/tasks/chunk", "", "backfill_chunk"),
 )

@@ -1,13 +1,16 @@
 """HTTP entry points of the backfill bundle: authenticate, parse, call ``shared``, map errors.
 
 - ``backfill_trigger``  POST  /api/jobs/backfill                        operators, Cloud Scheduler
-- ``backfill_status``   GET   /api/admin/dataMigrations[/{id}[/errors]] operators
+- ``backfill_status``   GET   /api/admin/dataMigrations[/{id}[/errors]] viewers, operators
                               (a page for a browser: Accept text/html)
-                        GET   /api/admin/gaps?startDate&endDate[&provider] operators
-                        GET   /api/openapi.json (this API, OpenAPI 3.1)   operators
+                        GET   /api/admin/gaps?startDate&endDate[&provider] viewers, operators
+                        GET   /api/admin/switch (the kill switch)          viewers, operators
+                        GET   /api/openapi.json (this API, OpenAPI 3.1)   viewers, operators
 - ``backfill_control``  POST  /api/admin/dataMigrations/{id}/{action}   operators
                               (action: pause, resume, cancel, retry,
                                throttle, rollback)
+                        POST  /api/admin/dataMigrations/{pause|resume|cancel} (many runs)
+                        POST  /api/admin/switch {enabled, reason}       operators
 - ``backfill_sweep``    POST  /api/jobs/sweep                           Cloud Scheduler, operators
 - ``backfill_chunk``    POST  (the Cloud Tasks target)                  the tasks service account
 
@@ -36,8 +39,11 @@ from shared.api import openapi, status_page
 from shared.api.answers import StartedAnswer
 from shared.api.bodies import (
     ControlRequest,
+    ResumeRequest,
     RetryRequest,
     RollbackRequest,
+    SteerAllRequest,
+    SwitchRequest,
     ThrottleRequest,
     parse_json,
     parse_request,
@@ -66,6 +72,10 @@ _RUN_PATH = re.compile(rf"^(?:/api/admin/dataMigrations)?/{_ID}/?$")
 _ERRORS_PATH = re.compile(rf"^(?:/api/admin/dataMigrations)?/{_ID}/errors/?$")
 _LIST_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/?$")
 _GAPS_PATH = re.compile(r"^(?:/api/admin)?/gaps/?$")
+# The kill switch: /api/admin/switch, and beside the runs (dataMigrations/switch, where a client
+# configured with the runs' URL finds it); no run is named "switch".
+_SWITCH_PATH = re.compile(r"^(?:/api/admin)?(?:/dataMigrations)?/switch/?$")
+_STEER_ALL_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/(pause|resume|cancel)/?$")
 _ACTION_PATH = re.compile(
     rf"^(?:/api/admin/dataMigrations)?/{_ID}/(pause|resume|cancel|retry|throttle|rollback)/?$")
 # Run and chunk ids are the bundle's own: {type}_{epoch ms}, a UTC day, plan, watch, retry.
@@ -77,6 +87,29 @@ Answer = tuple[dict[str, Any], int] | flask.Response
 
 
 def _answer(handler: Callable[[flask.Request], Answer], request: flask.Request) -> flask.Response:
+    """The handler's answer, or its error's; either names the deployment (``_where``)."""
+    return _where(_answered(handler, request))
+
+
+def _where(response: flask.Response) -> flask.Response:
+    """Name the project, database and environment this bundle writes in every answer: in the
+    JSON object's ``deployment`` and, for any answer (CSV, pages, the OpenAPI document), in
+    ``X-Backfill-*`` headers. An operator reading an answer knows which ledger it is about."""
+    try:
+        deployment = services().settings.deployment
+    except Exception:  # no valid settings: the answer says so itself
+        return response
+    for name, value in deployment.items():
+        response.headers[f"X-Backfill-{name.capitalize()}"] = value
+    if response.mimetype == "application/json" and not response.direct_passthrough:
+        body = response.get_json(silent=True)
+        if isinstance(body, dict) and "openapi" not in body:
+            response.set_data(json.dumps({**body, "deployment": deployment}))
+    return response
+
+
+def _answered(handler: Callable[[flask.Request], Answer],
+              request: flask.Request) -> flask.Response:
     try:
         answer = handler(request)
         if isinstance(answer, flask.Response):
@@ -179,6 +212,15 @@ def _gaps(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer
                           sent), 200
 
 
+def _switch(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
+    """The kill switch as stored, and whether backfills run."""
+    switch = svc.stores.switch.get()
+    return {"enabled": switch.enabled, "reason": switch.reason, "by": switch.by,
+            "changedAt": switch.changed_at.isoformat() if switch.changed_at else None,
+            "deployTimeEnabled": svc.settings.enabled,
+            "running": control.switched_off(svc.settings, svc.stores) is None}, 200
+
+
 def _run(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
     """One run's status, with one page of its chunks: ``?chunksFrom=`` (a planning index,
     default 0) and ``?chunksPerPage=`` (1-1000, default 100)."""
@@ -189,7 +231,8 @@ def _run(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
             "chunksPerPage", str(progress.DEFAULT_CHUNKS_PER_PAGE))))
     if status_page.wants_html(request.accept_mimetypes):
         path = request.path.rstrip("/")
-        return _page(status_page.run_page(described, path, path.rsplit("/", 1)[0] or "/"))
+        return _page(status_page.run_page(described, path, path.rsplit("/", 1)[0] or "/",
+                                          svc.settings.deployment))
     return described, 200
 
 
@@ -207,7 +250,8 @@ def _runs(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer
     kind, status = request.args.get("type"), request.args.get("status")
     if status_page.wants_html(request.accept_mimetypes):
         overview = progress.overview(svc.stores, int(limit), kind, status, settings=svc.settings)
-        return _page(status_page.runs_page(overview, request.path.rstrip("/")))
+        return _page(status_page.runs_page(overview, request.path.rstrip("/"),
+                                           svc.settings.deployment))
     return {"runs": progress.list_runs(svc.stores, int(limit), kind, status)}, 200
 
 
@@ -241,6 +285,15 @@ def backfill_control(request: flask.Request) -> flask.Response:
 
 def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
     svc, caller = _admit(request, "POST", _CONTROL_CALL)
+    if _SWITCH_PATH.match(request.path):
+        switch = parse_json(request.get_data(cache=False), SwitchRequest)
+        return control.flip(svc.settings, svc.stores, switch.enabled, switch.reason,
+                            caller.email), 200
+    if steer_all := _STEER_ALL_PATH.match(request.path):
+        body = parse_json(request.get_data(cache=False), SteerAllRequest)
+        return control.steer_all(svc.settings, svc.stores, svc.dispatcher, steer_all.group(1),
+                                 caller.email, body.reason, body.type, body.start_date,
+                                 body.end_date), 200
     match = _ACTION_PATH.match(request.path)
     if match is None:
         raise NotFound("no such action: POST .../dataMigrations/{migrationId}/"
@@ -262,8 +315,8 @@ def _rollback(svc: Services, caller: Caller, migration_id: str,
     undo = parse_json(raw, RollbackRequest)
     started = launcher.start_rollback(migration_id, caller, svc.settings, svc.stores,
                                       svc.dispatcher, undo.dry_run, undo.force)
-    return StartedAnswer.of(started, svc.settings.status_url, rollback_of=started.rollback_of,
-                            dry_run=undo.dry_run).answer()
+    return StartedAnswer.of(started, svc.settings.status_url,
+                            rollback_of=started.rollback_of).answer()
 
 
 def _throttle(svc: Services, caller: Caller, migration_id: str,
@@ -285,13 +338,24 @@ def _steer(action: str, move: Callable[[Services, str, str, str], control.Steere
     return steer
 
 
+def _resume(svc: Services, caller: Caller, migration_id: str,
+            raw: bytes) -> tuple[dict[str, Any], int]:
+    """Resume, with the run's new guardrails if the body names any (or ``force``)."""
+    body = parse_json(raw, ResumeRequest)
+    steered = control.resume(svc.settings, svc.stores, svc.dispatcher, migration_id,
+                             caller.email, body.reason, body.caps() or None)
+    logs.log(logger, "run control", migration_id=migration_id, action="resume",
+             status=steered.status, previous=steered.previous, chunks=steered.chunks,
+             caller=caller.email, guardrails=sorted(body.caps()))
+    return steered.body(), 200
+
+
 Action = Callable[[Services, Caller, str, bytes], tuple[dict[str, Any], int]]
 # The route table of run control: POST .../dataMigrations/{migrationId}/{action}.
 _ACTIONS: dict[str, Action] = {
     "pause": _steer("pause", lambda svc, run, by, note: control.pause(
         svc.settings, svc.stores, run, by, note)),
-    "resume": _steer("resume", lambda svc, run, by, note: control.resume(
-        svc.settings, svc.stores, svc.dispatcher, run, by, note)),
+    "resume": _resume,
     "cancel": _steer("cancel", lambda svc, run, by, note: control.cancel(
         svc.settings, svc.stores, run, by, note)),
     "throttle": _throttle, "retry": _retry, "rollback": _rollback,
@@ -356,6 +420,7 @@ Route = Callable[[Services, flask.Request, re.Match[str]], Answer]
 _STATUS_ROUTES: list[tuple[re.Pattern[str], Route]] = [
     (re.compile(r"^(?:/api)?/openapi\.json/?$"), _openapi),
     (_GAPS_PATH, _gaps),
+    (_SWITCH_PATH, _switch),  # before a run's path: "switch" is no run
     (_ERRORS_PATH, _errors),
     (_RUN_PATH, _run),
     (_LIST_PATH, _runs),

@@ -177,3 +177,14 @@ resource "google_cloud_run_v2_service_iam_member" "operators" {
   role     = "roles/run.invoker"
   member   = each.value.member
 }
+
+# Viewers read: the status function alone (its every route is a read).
+resource "google_cloud_run_v2_service_iam_member" "viewers" {
+  for_each = toset(local.viewer_members)
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.backfill["status"].name
+  role     = "roles/run.invoker"
+  member   = each.value
+}

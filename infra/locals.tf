@@ -36,6 +36,7 @@ locals {
   # queue, tasks identity), as the trigger does.
   function_environment = merge(var.extra_environment, {
     BACKFILL_ENV                       = "production"
+    BACKFILL_ENVIRONMENT               = var.environment
     BACKFILL_ENABLED                   = tostring(var.backfill_enabled)
     BACKFILL_PROJECT_ID                = var.project_id
     BACKFILL_DATABASE                  = var.firestore_database
@@ -46,6 +47,7 @@ locals {
     BACKFILL_STATUS_URL                = local.function_urls.status
     BACKFILL_OPERATOR_AUDIENCES        = join(",", local.operator_audiences)
     BACKFILL_OPERATORS                 = join(",", var.operators)
+    BACKFILL_VIEWERS                   = join(",", var.viewers)
     BACKFILL_SCHEDULER_IDENTITY        = google_service_account.scheduler.email
     BACKFILL_TASKS_IDENTITY            = google_service_account.tasks.email
     BACKFILL_TASK_MAX_ATTEMPTS         = tostring(var.task_max_attempts) # == the queue's retry_config.max_attempts
@@ -63,6 +65,7 @@ locals {
     BACKFILL_CHUNK_EVENTS_PER_SECOND   = tostring(var.chunk_events_per_second)
     BACKFILL_RAMP_START_WRITES         = tostring(var.ramp_start_writes)
     BACKFILL_RAMP_STEP_MINUTES         = tostring(var.ramp_step_minutes)
+    BACKFILL_ALLOW_NEGATIVE_WALLETS    = tostring(var.allow_negative_wallets)
     # PayNow's Management API (webhook_recovery, read by the chunk function). The API key is not
     # here: it reaches the chunk function alone from Secret Manager (functions.tf, secrets.tf).
     BACKFILL_PAYNOW_API_URL         = var.paynow_api_url
@@ -77,6 +80,10 @@ locals {
     BACKFILL_MAX_EVENTS_PER_SECOND = tostring(var.max_events_per_second)
     }, var.split_events == null ? {} : {
     BACKFILL_SPLIT_EVENTS = tostring(var.split_events)
+    }, var.max_points == null ? {} : {
+    BACKFILL_MAX_POINTS = tostring(var.max_points)
+    }, var.max_points_per_customer == null ? {} : {
+    BACKFILL_MAX_POINTS_PER_CUSTOMER = tostring(var.max_points_per_customer)
   })
 
   # webhook_recovery is configured once the store and webhook ids are set (a precondition in
@@ -96,6 +103,10 @@ locals {
   # IAM member strings of the operators: service accounts are recognised by their domain.
   operator_members = [
     for email in var.operators :
+    endswith(email, ".gserviceaccount.com") ? "serviceAccount:${email}" : "user:${email}"
+  ]
+  viewer_members = [
+    for email in var.viewers :
     endswith(email, ".gserviceaccount.com") ? "serviceAccount:${email}" : "user:${email}"
   ]
 

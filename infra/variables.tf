@@ -5,6 +5,16 @@ variable "project_id" {
   type        = string
 }
 
+variable "environment" {
+  description = "The deployment's name (test, staging, prod), named in every answer, the status page and the CLI's banner."
+  type        = string
+  default     = "prod"
+  validation {
+    condition     = contains(["test", "staging", "prod"], var.environment)
+    error_message = "environment must be test, staging or prod."
+  }
+}
+
 variable "region" {
   description = "Region of the functions, the Cloud Tasks queue and the Cloud Scheduler jobs."
   type        = string
@@ -70,6 +80,17 @@ variable "operators" {
   validation {
     condition     = alltrue([for email in var.operators : can(regex("^[^@:,\\s]+@[^@:,\\s]+$", email))])
     error_message = "operators must be plain email addresses (no \"user:\" prefix, no commas)."
+  }
+}
+
+variable "viewers" {
+  description = "Emails of identities that may read (status, errors, gaps, the page) and change nothing: run.invoker on the status function alone."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for email in var.viewers : can(regex("^[^@:,\\s]+@[^@:,\\s]+$", email))])
+    error_message = "viewers must be plain email addresses (no \"user:\" prefix, no commas)."
   }
 }
 
@@ -232,6 +253,34 @@ variable "max_events_per_second" {
     condition     = var.max_events_per_second == null ? true : (var.max_events_per_second >= 1 && var.max_events_per_second <= 1000000)
     error_message = "max_events_per_second must be null or between 1 and 1000000."
   }
+}
+
+variable "max_points" {
+  description = "BACKFILL_MAX_POINTS: the points a run may move in all (credits and debits) when it names no maxPoints; a page that would cross it is not written and the run pauses (null: no cap)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.max_points == null ? true : var.max_points >= 1
+    error_message = "max_points must be null or at least 1."
+  }
+}
+
+variable "max_points_per_customer" {
+  description = "BACKFILL_MAX_POINTS_PER_CUSTOMER: the points a run may move of one customer when it names no maxPointsPerCustomer (null: no cap)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.max_points_per_customer == null ? true : var.max_points_per_customer >= 1
+    error_message = "max_points_per_customer must be null or at least 1."
+  }
+}
+
+variable "allow_negative_wallets" {
+  description = "BACKFILL_ALLOW_NEGATIVE_WALLETS: whether a run that names no allowNegativeWallets may take a wallet below zero (a refund of points already spent); false pauses the run at such a page."
+  type        = bool
+  default     = true
 }
 
 variable "ramp_start_writes" {

@@ -50,6 +50,17 @@ class Environment(enum.StrEnum):
     LOCAL = "local"
 
 
+class Stage(enum.StrEnum):
+    """The deployment's name as operators say it (``BACKFILL_ENVIRONMENT``), named in every
+    answer, page and CLI banner so that nobody changes prod believing it is staging. Only a
+    local machine is ``local``; a deployed bundle is ``prod`` unless it says otherwise."""
+
+    LOCAL = "local"
+    TEST = "test"
+    STAGING = "staging"
+    PROD = "prod"
+
+
 def _is_local_url(url: str) -> bool:
     """Whether ``url`` points at this machine (or at no host, or at a link-local service such
     as the metadata server) in any of the spellings a resolver accepts: ``localhost.``,
@@ -79,6 +90,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BACKFILL_", frozen=True, extra="ignore")
 
     env: Environment = Environment.PRODUCTION
+    environment: Stage | None = None
     enabled: bool = True
     project_id: str = Field(min_length=1)
     database: str = "(default)"
@@ -91,6 +103,8 @@ class Settings(BaseSettings):
 
     operator_audiences: CsvList = Field(min_length=1)
     operators: CsvList = ()
+    # Who may read (status, errors, gaps, the page, the OpenAPI document) and change nothing.
+    viewers: CsvList = ()
     scheduler_identity: str = ""
     tasks_identity: str = Field(min_length=1)
     certs_url: str = GOOGLE_CERTS_URLS[0]
@@ -122,6 +136,13 @@ class Settings(BaseSettings):
     max_events_per_second: int | None = Field(None, gt=0, le=1_000_000)
     ramp_start_writes: int = Field(500, ge=0, le=1_000_000)
     ramp_step_minutes: float = Field(5.0, gt=0, le=1440)
+
+    # The money guardrails' defaults for runs that name none (shared.executor.guard): the points
+    # a run may move in all and of one customer, and whether a page may take a wallet below
+    # zero. None: no cap.
+    max_points: int | None = Field(None, gt=0)
+    max_points_per_customer: int | None = Field(None, gt=0)
+    allow_negative_wallets: bool = True
 
     # Run control (see the README's "Run control").
     max_active_runs: int = Field(3, ge=1, le=100)
@@ -156,7 +177,7 @@ class Settings(BaseSettings):
     # answers, as a handler killed mid-chunk would. Tests use it to prove at-least-once safety.
     fault_exit_after_commits: int = Field(0, ge=0)
 
-    @field_validator("operator_audiences", "operators", "issuers", mode="before")
+    @field_validator("operator_audiences", "operators", "viewers", "issuers", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -181,6 +202,11 @@ class Settings(BaseSettings):
                 "is passed over before its chunk's task runs out of attempts")
         if self.env is Environment.PRODUCTION:
             self._refuse_local_shortcuts()
+            if self.environment is Stage.LOCAL:
+                raise ValueError("BACKFILL_ENVIRONMENT=local names a developer machine; a "
+                                 "deployed bundle is test, staging or prod")
+        elif self.environment is Stage.PROD:
+            raise ValueError("BACKFILL_ENVIRONMENT=prod needs BACKFILL_ENV=production")
         return self
 
     def _refuse_local_shortcuts(self) -> None:
@@ -210,6 +236,19 @@ class Settings(BaseSettings):
         return self.env is Environment.LOCAL
 
     @property
+    def stage(self) -> Stage:
+        """``BACKFILL_ENVIRONMENT``, or what ``BACKFILL_ENV`` implies: local, or prod."""
+        if self.environment is not None:
+            return self.environment
+        return Stage.LOCAL if self.local else Stage.PROD
+
+    @property
+    def deployment(self) -> dict[str, str]:
+        """Where this bundle writes, as every answer names it."""
+        return {"project": self.project_id, "database": self.database,
+                "environment": self.stage.value}
+
+    @property
     def chunk_events(self) -> int:
         """The most eligible events planning leaves in one chunk: ``BACKFILL_SPLIT_EVENTS``, or
         what one chunk applies in its goal duration at its expected rate."""
@@ -235,7 +274,8 @@ class Settings(BaseSettings):
 
     @property
     def status_identities(self) -> frozenset[str]:
-        return frozenset(self.operators)
+        """Who may read runs, errors and gaps: the viewers and the operators."""
+        return frozenset((*self.operators, *self.viewers))
 
     @property
     def control_identities(self) -> frozenset[str]:

@@ -25,7 +25,7 @@ from shared.adapters.cloud_tasks import ChunkTask, Dispatcher, TaskKind
 from shared.adapters.stores import Stores
 from shared.config import Settings
 from shared.errors import SourceRefused
-from shared.executor.runner import ChunkReport, ChunkRunner, Delivery
+from shared.executor.runner import ChunkReport, ChunkRunner, Crossed, Delivery
 from shared.models import ChunkState
 from shared.runs import completion, control, planner, watchdog
 
@@ -40,7 +40,7 @@ class TaskRouter:
         self._dispatcher = dispatcher
         self._stores = stores
         self._executor = ChunkRunner(settings, db, dispatcher, stores=stores,
-                                     breaker=self._breaker)
+                                     breaker=self._breaker, guardrail=self._guardrail)
 
     def route(self, delivery: Delivery) -> ChunkReport:
         """Process a delivery; raises only when a retry of the task can help."""
@@ -60,7 +60,7 @@ class TaskRouter:
 
     def _route(self, delivery: Delivery) -> ChunkReport:
         task, settings = delivery.task, self._settings
-        if not settings.enabled:
+        if control.switched_off(settings, self._stores) is not None:
             return ChunkReport("paused", detail=control.kill_switch(
                 settings, self._stores, task.migration_id))
         if task.kind is TaskKind.WATCH:
@@ -70,6 +70,10 @@ class TaskRouter:
             return ChunkReport("planned", detail=planner.plan_run(
                 settings, self._stores, self._dispatcher, task.migration_id, task.segment))
         return self._executor.run(delivery)
+
+    def _guardrail(self, migration_id: str, crossed: Crossed) -> bool:
+        return control.guardrail(self._settings, self._stores, self._dispatcher, migration_id,
+                                 crossed.cap, crossed.reason, crossed.moved)
 
     def _breaker(self, migration_id: str) -> str | None:
         return control.check_breaker(self._settings, self._stores, migration_id)

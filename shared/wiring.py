@@ -46,7 +46,7 @@ class Services:
         going, unless the kill switch is off."""
         body = progress.describe_run(self.settings, self.stores, migration_id,
                                      chunks_from=chunks_from, chunks_per_page=chunks_per_page)
-        if body.get("stalled") and self.settings.enabled:
+        if body.get("stalled") and control.switched_off(self.settings, self.stores) is None:
             body["recovery"] = watchdog.rescue(self.settings, self.stores, self.dispatcher,
                                                migration_id)
         return body
@@ -54,7 +54,7 @@ class Services:
     def sweep(self) -> watchdog.Swept:
         """A watchdog round for every active run; with the kill switch off, every active run
         paused instead, as their next deliveries would pause them."""
-        if not self.settings.enabled:
+        if control.switched_off(self.settings, self.stores) is not None:
             paused = {run.migration_id: control.kill_switch(self.settings, self.stores,
                                                             run.migration_id)
                       for run in self.stores.runs.active()}

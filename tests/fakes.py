@@ -81,9 +81,10 @@ class MemoryRuns:
                     return created, False
             raise Unavailable("could not find a free migration id; retry")
 
-    def active(self) -> list[RunRecord]:
+    def active(self, paused: bool = False) -> list[RunRecord]:
         return [run for run in self.records.values()
-                if run.status in (RunStatus.PENDING, RunStatus.RUNNING)]
+                if run.status in (RunStatus.PENDING, RunStatus.RUNNING)
+                or (paused and run.status is RunStatus.PAUSED)]
 
     def rollbacks(self, migration_id: str) -> list[RunRecord]:
         return [run for run in self.records.values()
@@ -98,7 +99,7 @@ class MemoryRuns:
     def move(self, migration_id: str, target: RunStatus, *, by: str = "", detail: str = "",
              note: str = "", failure_reason: str | None = None,
              summary: dict[str, Any] | None = None, only_from: RunStatus | None = None,
-             strict: bool = True) -> RunRecord | None:
+             strict: bool = True, fields: dict[str, Any] | None = None) -> RunRecord | None:
         with self._lock:
             run = self.records.get(migration_id)
             if run is None:
@@ -113,7 +114,9 @@ class MemoryRuns:
                 "failure_reason": run.failure_reason if failure_reason is None
                 else failure_reason,
                 "started_at": NOW if move.starts else run.started_at,
-                "finished_at": NOW if move.finishes else run.finished_at})
+                "finished_at": NOW if move.finishes else run.finished_at,
+                **{name: value for name, info in RunRecord.model_fields.items()
+                   for key, value in (fields or {}).items() if info.alias == key}})
             if summary is not None:
                 self.summaries[migration_id] = summary
             return run
@@ -122,6 +125,7 @@ class MemoryRuns:
 class MemoryChunks:
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], ChunkRecord] = {}
+        self.pools: dict[str, int] = {}  # points reserved of each run's maxPoints
         self._lock = threading.Lock()
 
     def add(self, migration_id: str, chunk_id: str, state: ChunkState = ChunkState.RUNNING,
@@ -184,6 +188,20 @@ class MemoryChunks:
                 now: dt.datetime) -> list[ChunkRecord]:
         return [chunk for chunk in self.chunks(migration_id, states)
                 if chunk.lease_until is not None and chunk.lease_until < now]
+
+    def reserved(self, migration_id: str) -> int:
+        return self.pools.get(migration_id, 0)
+
+    def release(self, migration_id: str, states: Collection[ChunkState]) -> int:
+        given = 0
+        with self._lock:
+            for (run, chunk_id), chunk in list(self.records.items()):
+                if run == migration_id and chunk.state in states and chunk.allowance > 0 \
+                        and chunk.state is not ChunkState.RUNNING:
+                    given += chunk.allowance
+                    self.records[(run, chunk_id)] = chunk.model_copy(update={"allowance": 0})
+            self.pools[migration_id] = self.pools.get(migration_id, 0) - given
+        return given
 
     def totals(self, migration_id: str, counters: tuple[str, ...]) -> dict[str, int]:
         chunks = self.chunks(migration_id)

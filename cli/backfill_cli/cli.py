@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -95,7 +97,16 @@ class Output:
         if self.as_json:
             typer.echo(json.dumps(value))
         else:
+            if isinstance(value, dict) and isinstance(value.get("deployment"), dict):
+                notes.print(banner(value["deployment"]), soft_wrap=True, markup=False,
+                            highlight=False)
             console.print_json(json.dumps(value))
+
+
+def banner(where: dict[str, str]) -> str:
+    """The line that names where an answer comes from (every answer carries it)."""
+    return (f"[{where.get('environment', '?')}] project {where.get('project', '?')}, "
+            f"database {where.get('database', '?')}")
 
 
 def _settings(ctx: typer.Context, token: str | None = None) -> ClientSettings:
@@ -164,6 +175,65 @@ EventTypesOption = Annotated[list[str] | None, typer.Option(
     "--event-type", help="only events of this type (repeat it for more)")]
 WaitOption = Annotated[bool, typer.Option(
     help="watch the run until it ends or is paused; exit with its code")]
+MaxPointsOption = Annotated[int | None, typer.Option(
+    min=1, help="guardrail: the points the run may move in all; a page past it pauses the run")]
+MaxPointsPerCustomerOption = Annotated[int | None, typer.Option(
+    min=1, help="guardrail: the points the run may move of one customer")]
+NegativeWalletsOption = Annotated[bool | None, typer.Option(
+    "--allow-negative-wallets/--no-negative-wallets", show_default=False,
+    help="guardrail: whether a page may take a wallet below zero (default: the bundle's)")]
+YesOption = Annotated[bool, typer.Option(
+    "--yes", "-y", help="start a live run without asking (scripts)")]
+
+
+def _confirm_live(client: BackfillClient, what: str, yes: bool,
+                  scope: dict[str, Any] | None = None) -> None:
+    """Ask before a live run, naming the project, database and environment it will change;
+    warn when no completed dry run of the same ``scope`` (type, dates, target) exists. Exits
+    2 without ``--yes`` when nobody can answer (no terminal), so a script never goes live by
+    accident: it says ``-y``."""
+    where = client.deployment()
+    notes.print(f"a LIVE run: {what}, in {banner(where)}", soft_wrap=True, markup=False,
+                highlight=False)
+    if scope is not None:
+        reviewed = _reviewed_dry_run(client, scope)
+        if reviewed is None:
+            notes.print("warning: no completed dry run of this scope (type, dates, target); "
+                        "run the same command without --apply first", soft_wrap=True,
+                        markup=False, highlight=False)
+        else:
+            notes.print(f"reviewed dry run: {reviewed}", soft_wrap=True, markup=False)
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        _fail("a live run is confirmed at a terminal, or with -y (--yes) in scripts",
+              ExitCode.USAGE)
+    if not typer.confirm(f"change {where.get('environment', '?')} now?", default=False,
+                         err=True):
+        _fail("not started", ExitCode.USAGE)
+
+
+def _reviewed_dry_run(client: BackfillClient, scope: dict[str, Any]) -> str | None:
+    """The newest completed dry run of the same type, dates and target, if any."""
+    for run in client.runs(limit=50, backfill_type=scope["type"], status="completed"):
+        if run.get("dryRun") and all(run.get(key) == scope.get(key)
+                                     for key in ("startDate", "endDate", "target")):
+            return str(run["migrationId"])
+    return None
+
+
+def _scope(body: dict[str, Any]) -> dict[str, Any]:
+    """A start's scope as the runs list records it: dates (a lookback's, from today UTC) and
+    target."""
+    if "lookbackDays" in body:
+        today = dt.datetime.now(dt.UTC).date()
+        dates = {"startDate": (today - dt.timedelta(days=body["lookbackDays"] - 1)).isoformat(),
+                 "endDate": today.isoformat()}
+    else:
+        dates = {"startDate": body["startDate"], "endDate": body["endDate"]}
+    target = {field: sorted(set(body[field])) for field in
+              ("eventTypes", "customerIds", "orderIds", "eventIds") if field in body}
+    return {"type": body["type"], **dates, "target": target or None}
 
 
 @app.command()
@@ -204,6 +274,9 @@ def start(
     max_events_per_second: Annotated[int | None, typer.Option(
         min=1, help="the run's ceiling in events per second (change it later with "
                     "`backfill throttle`)")] = None,
+    max_points: MaxPointsOption = None,
+    max_points_per_customer: MaxPointsPerCustomerOption = None,
+    negative_wallets: NegativeWalletsOption = None,
     force: ForceOption = False,
     include_processed: Annotated[bool, typer.Option(
         help="webhook_replay: also take events flagged processed, to repair those whose "
@@ -220,18 +293,21 @@ def start(
     event_ids: Annotated[list[str] | None, typer.Option(
         "--event", help="only this event (repeat it, or @FILE)")] = None,
     wait: WaitOption = False,
+    yes: YesOption = False,
     as_json: JsonOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
 ) -> None:
     """Start a run over --start..--end or the last --lookback-days days (a dry run unless
-    --apply); --event-type, --customer, --order and --event narrow it to a target."""
+    --apply, which asks first: -y in scripts); --event-type, --customer, --order and --event
+    narrow it to a target."""
     body: dict[str, Any] = {"type": backfill_type, "dryRun": dry_run}
     body.update(_range(start_date, end_date, lookback_days))
     if max_events is not None:
         body["maxEvents"] = max_events
     if max_events_per_second is not None:
         body["maxEventsPerSecond"] = max_events_per_second
+    body.update(_caps(max_points, max_points_per_customer, negative_wallets))
     if force:
         body["force"] = True
     if include_processed:
@@ -244,6 +320,10 @@ def start(
             body[field] = _listed(values)
     out = Output(as_json)
     with _client(ctx, token, as_email, out) as client:
+        if not dry_run:
+            scope = _scope(body)
+            _confirm_live(client, f"{backfill_type} over {scope['startDate']}.."
+                                  f"{scope['endDate']}", yes, scope)
         started = client.start(body)
         out.answer(started)
         if wait:
@@ -259,6 +339,7 @@ def recover(
     dry_run: DryRunOption = True,
     event_types: EventTypesOption = None,
     wait: WaitOption = False,
+    yes: YesOption = False,
     as_json: JsonOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
@@ -274,6 +355,10 @@ def recover(
         body["eventTypes"] = _listed(event_types)
     out = Output(as_json)
     with _client(ctx, token, as_email, out) as client:
+        if not dry_run:
+            scope = _scope(body)
+            _confirm_live(client, f"webhook_recovery and webhook_replay over "
+                                  f"{scope['startDate']}..{scope['endDate']}", yes, scope)
         recovery = client.start(body)
         out.answer(recovery)
         replay = None
@@ -392,29 +477,134 @@ def gaps(
         console.print(f"next: {escape(step)}", soft_wrap=True)
 
 
+# Many runs at once, instead of one ID (pause, resume, cancel).
+AllOption = Annotated[bool, typer.Option("--all", help="every active run (instead of an ID)")]
+TypeFilterOption = Annotated[str | None, typer.Option(
+    "--type", help="the active runs of this type (instead of an ID)")]
+StartFilterOption = Annotated[str | None, typer.Option(
+    "--start", help="with --end: the active runs overlapping these days (instead of an ID)")]
+EndFilterOption = Annotated[str | None, typer.Option("--end", help="see --start")]
+OptionalRun = Annotated[str | None, typer.Argument(
+    metavar="[ID]", help="the run's migrationId (or --all, --type, --start/--end)")]
+
+
+def _filter(migration_id: str | None, every: bool, backfill_type: str | None,
+            start_date: str | None, end_date: str | None) -> dict[str, Any] | None:
+    """The filter of a many-run pause, resume or cancel; None: one run, by its ID."""
+    given: dict[str, Any] = {key: value for key, value in (
+        ("type", backfill_type), ("startDate", start_date), ("endDate", end_date))
+        if value is not None}
+    if every:
+        given["all"] = True
+    if migration_id is not None and given:
+        raise typer.BadParameter("give a run's ID, or --all / --type / --start --end, not both")
+    if migration_id is None and not given:
+        raise typer.BadParameter("give a run's ID, or --all, --type or --start/--end")
+    return given or None
+
+
+def _steer_many(ctx: typer.Context, action: str, body: dict[str, Any], reason: str | None,
+                token: str | None, as_email: str, out: Output) -> None:
+    with _client(ctx, token, as_email, out) as client:
+        answer = client.steer_all(action, {**body, **({"reason": reason} if reason else {})})
+    out.answer(answer)
+
+
 @app.command()
-def pause(ctx: typer.Context, migration_id: RunArgument, reason: ReasonOption = None,
+def pause(ctx: typer.Context, migration_id: OptionalRun = None, reason: ReasonOption = None,
+          every: AllOption = False, backfill_type: TypeFilterOption = None,
+          start_date: StartFilterOption = None, end_date: EndFilterOption = None,
           as_json: JsonOption = False, token: TokenOption = None,
           as_email: AsOption = "ops@example.com") -> None:
-    """Pause a pending or running run: its chunks stop at their next page and keep their
-    cursors."""
-    _steer(ctx, "pause", migration_id, reason, token, as_email, Output(as_json))
+    """Pause a pending or running run (or every one of a filter): its chunks stop at their
+    next page and keep their cursors."""
+    many = _filter(migration_id, every, backfill_type, start_date, end_date)
+    if many is not None:
+        _steer_many(ctx, "pause", many, reason, token, as_email, Output(as_json))
+    else:
+        assert migration_id is not None
+        _steer(ctx, "pause", migration_id, reason, token, as_email, Output(as_json))
 
 
 @app.command()
-def resume(ctx: typer.Context, migration_id: RunArgument, reason: ReasonOption = None,
-           as_json: JsonOption = False, token: TokenOption = None,
-           as_email: AsOption = "ops@example.com") -> None:
+def switch(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Argument(
+        metavar="[on|off]", help="off: every active run paused, nothing starts or resumes; "
+                                 "on: runs may start and resume again; none: show it")] = None,
+    reason: Annotated[str | None, typer.Option(help="why (required to switch off)")] = None,
+    as_json: JsonOption = False,
+    token: TokenOption = None,
+    as_email: AsOption = "ops@example.com",
+) -> None:
+    """The kill switch, stored (no redeploy): show it, or switch backfills off or on."""
+    if state not in (None, "on", "off"):
+        raise typer.BadParameter("on or off (or nothing, to show it)")
+    if state == "off" and not reason:
+        raise typer.BadParameter("say why with --reason: everyone it refuses reads it")
+    out = Output(as_json)
+    with _client(ctx, token, as_email, out) as client:
+        answer = client.switch(None if state is None else state == "on", reason or "")
+    out.answer(answer)
+    if state == "on":
+        out.human.print("runs stay paused: `backfill resume --all` resumes them", markup=False)
+
+
+@app.command()
+def resume(
+    ctx: typer.Context,
+    migration_id: OptionalRun = None,
+    reason: ReasonOption = None,
+    every: AllOption = False,
+    backfill_type: TypeFilterOption = None,
+    start_date: StartFilterOption = None,
+    end_date: EndFilterOption = None,
+    max_points: MaxPointsOption = None,
+    max_points_per_customer: MaxPointsPerCustomerOption = None,
+    negative_wallets: NegativeWalletsOption = None,
+    force: Annotated[bool, typer.Option(
+        help="lift every guardrail (maxPoints, maxPointsPerCustomer, negative wallets) for the "
+             "rest of the run")] = False,
+    as_json: JsonOption = False,
+    token: TokenOption = None,
+    as_email: AsOption = "ops@example.com",
+) -> None:
     """Resume a paused run from its chunks' cursors (refused while backfills are switched
-    off)."""
-    _steer(ctx, "resume", migration_id, reason, token, as_email, Output(as_json))
+    off); a run a guardrail paused goes on with a raised cap, or --force."""
+    many = _filter(migration_id, every, backfill_type, start_date, end_date)
+    body: dict[str, Any] = {"reason": reason} if reason else {}
+    body.update(_caps(max_points, max_points_per_customer, negative_wallets))
+    if force:
+        body["force"] = True
+    out = Output(as_json)
+    if many is not None:
+        if len(body) > (1 if reason else 0):
+            raise typer.BadParameter("guardrails are raised one run at a time: give its ID")
+        _steer_many(ctx, "resume", many, reason, token, as_email, out)
+        return
+    assert migration_id is not None
+    with _client(ctx, token, as_email, out) as client:
+        answer = client.control(migration_id, "resume", body or None)
+    out.answer(answer)
+
+
+def _caps(max_points: int | None, per_customer: int | None,
+          negative_wallets: bool | None) -> dict[str, Any]:
+    """The guardrail fields of a start or resume body that were given."""
+    return {field: value for field, value in (
+        ("maxPoints", max_points), ("maxPointsPerCustomer", per_customer),
+        ("allowNegativeWallets", negative_wallets)) if value is not None}
 
 
 @app.command()
 def cancel(
     ctx: typer.Context,
-    migration_id: RunArgument,
+    migration_id: OptionalRun = None,
     reason: ReasonOption = None,
+    every: AllOption = False,
+    backfill_type: TypeFilterOption = None,
+    start_date: StartFilterOption = None,
+    end_date: EndFilterOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
     = False,
     as_json: JsonOption = False,
@@ -423,10 +613,15 @@ def cancel(
 ) -> None:
     """Cancel a pending, running or paused run for good: its chunks stop at their next page
     (what they applied stays applied)."""
+    many = _filter(migration_id, every, backfill_type, start_date, end_date)
+    what = f"run {migration_id}" if many is None else "every active run of the filter"
     if not yes:
         # On stderr: stdout carries only the answer.
-        typer.confirm(f"Cancel run {migration_id}? It cannot be resumed afterwards", abort=True,
-                      err=True)
+        typer.confirm(f"Cancel {what}? It cannot be resumed afterwards", abort=True, err=True)
+    if many is not None:
+        _steer_many(ctx, "cancel", many, reason, token, as_email, Output(as_json))
+        return
+    assert migration_id is not None
     _steer(ctx, "cancel", migration_id, reason, token, as_email, Output(as_json))
 
 
@@ -470,12 +665,13 @@ def retry(
         "--dry-run/--apply", help="default: as the run retried", show_default=False)] = None,
     force: ForceOption = False,
     wait: WaitOption = False,
+    yes: YesOption = False,
     as_json: JsonOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
 ) -> None:
     """Start a new run that re-applies the events that failed in an ended run (once their
-    cause is fixed)."""
+    cause is fixed). A live retry (--apply, or the default of a live run's) asks first."""
     body: dict[str, Any] = {}
     if code is not None:
         body["code"] = code
@@ -484,7 +680,7 @@ def retry(
     if force:
         body["force"] = True
     _start_by_control(ctx, migration_id, "retry", body or None, wait, Output(as_json), token,
-                      as_email)
+                      as_email, yes, live=None if dry_run is None else not dry_run)
 
 
 @app.command()
@@ -497,6 +693,7 @@ def rollback(
     force: Annotated[bool, typer.Option(
         help="roll back without a dry run first, or again after an earlier rollback")] = False,
     wait: WaitOption = False,
+    yes: YesOption = False,
     as_json: JsonOption = False,
     token: TokenOption = None,
     as_email: AsOption = "ops@example.com",
@@ -508,14 +705,19 @@ def rollback(
     if force:
         body["force"] = True
     _start_by_control(ctx, migration_id, "rollback", body, wait, Output(as_json), token,
-                      as_email)
+                      as_email, yes, live=not dry_run)
 
 
 def _start_by_control(ctx: typer.Context, migration_id: str, action: str,
                       body: dict[str, Any] | None, wait: bool, out: Output, token: str | None,
-                      as_email: str) -> None:
-    """Start a run through run control (retry, rollback): print it, and watch it if asked."""
+                      as_email: str, yes: bool, live: bool | None) -> None:
+    """Start a run through run control (retry, rollback): ask first when it is live (None:
+    as the run it starts from), print it, and watch it if asked."""
     with _client(ctx, token, as_email, out) as client:
+        if live is None:
+            live = not client.run(migration_id).get("dryRun", True)
+        if live:
+            _confirm_live(client, f"{action} of {migration_id}", yes)
         started = client.control(migration_id, action, body)
         out.answer(started)
         if wait:

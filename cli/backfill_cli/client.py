@@ -128,6 +128,13 @@ class BackfillClient:
             "GET", self.endpoints.require("status"), params=params)["runs"]
         return listed
 
+    def deployment(self) -> dict[str, str]:
+        """Where the bundle writes (``project``, ``database``, ``environment``), as its every
+        answer names it: read from the status function's list of one run."""
+        answer = self._json("GET", self.endpoints.require("status"), params={"limit": "1"})
+        where = answer.get("deployment")
+        return {str(k): str(v) for k, v in where.items()} if isinstance(where, dict) else {}
+
     def gaps(self, start_date: str, end_date: str, provider: bool = False) -> dict[str, Any]:
         """Per day of the range: unprocessed events by type, refunds and chargebacks without
         their reversal, processed purchases without their entry, and with ``provider`` the
@@ -151,6 +158,22 @@ class BackfillClient:
             raise ValueError(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
         url = f"{self.endpoints.require('control')}/{migration_id}/{action}"
         return self._json("POST", url, json=dict(body) if body else None)
+
+    def steer_all(self, action: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``pause``, ``resume`` or ``cancel`` every active run of a filter (``all``, ``type``,
+        ``startDate``/``endDate``): each matched run's outcome."""
+        if action not in ("pause", "resume", "cancel"):
+            raise ValueError(f"unknown action {action!r}: pause, resume or cancel")
+        return self._json("POST", f"{self.endpoints.require('control')}/{action}",
+                          json=dict(body))
+
+    def switch(self, enabled: bool | None = None, reason: str = "") -> dict[str, Any]:
+        """The kill switch (``enabled`` None: as it is; else switched, every active run paused
+        when off), beside the runs on the status and control functions."""
+        if enabled is None:
+            return self._json("GET", f"{self.endpoints.require('status')}/switch")
+        return self._json("POST", f"{self.endpoints.require('control')}/switch",
+                          json={"enabled": enabled, "reason": reason})
 
     @contextlib.contextmanager
     def errors(self, migration_id: str, code: str | None = None,

@@ -46,6 +46,15 @@ SHADOW_LEDGER = "dryRunLedger"
 SHADOW_DOCUMENTS = "dryRunDocuments"
 # dataMigrations/{id}/audits/{customerId}: a ledger_verify run's audit of one customer.
 AUDITS = "audits"
+# The stored kill switch: switch/killSwitch ({enabled, reason, by, changedAt}).
+SWITCH = "backfillSwitch"
+SWITCH_ID = "killSwitch"
+# The money guardrails (shared.executor.guard): dataMigrations/{id}/guard/points holds the points
+# of maxPoints reserved ({"reserved"}), dataMigrations/{id}/customerPoints/{customerId} those
+# the run moved of one customer ({"points", "customerId"}).
+GUARD = "guard"
+GUARD_POOL = "points"
+CUSTOMER_POINTS = "customerPoints"
 
 
 @functools.cache
@@ -67,6 +76,21 @@ def chunk_ref(db: firestore.Client, migration_id: str,
     chunk: firestore.DocumentReference = run_ref(db, migration_id).collection(CHUNKS).document(
         chunk_id)
     return chunk
+
+
+def pool_ref(db: firestore.Client, migration_id: str) -> firestore.DocumentReference:
+    """The run's pool of maxPoints: the points reserved by its chunks."""
+    pool: firestore.DocumentReference = run_ref(db, migration_id).collection(GUARD).document(
+        GUARD_POOL)
+    return pool
+
+
+def customer_points_ref(db: firestore.Client, migration_id: str,
+                        customer_id: str) -> firestore.DocumentReference:
+    """The points the run moved of one customer (maxPointsPerCustomer)."""
+    points: firestore.DocumentReference = run_ref(db, migration_id).collection(
+        CUSTOMER_POINTS).document(customer_id)
+    return points
 
 
 # Firestore takes at most five aggregations in one aggregation query.

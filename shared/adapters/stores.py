@@ -26,6 +26,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from shared import clock, logs
 from shared.adapters import schema
 from shared.adapters.write_token import CLAIM_WRITE, STAMP, UNSURE, token_of, write_token
+from shared.config import Settings
 from shared.domain import lifecycle
 from shared.domain.chunking import PlannedChunk, Window
 from shared.domain.records import (
@@ -35,8 +36,9 @@ from shared.domain.records import (
     Counters,
     ErrorRecord,
     RunRecord,
+    SwitchRecord,
 )
-from shared.errors import Conflict, NotFound, Unavailable
+from shared.errors import BackfillDisabled, Conflict, NotFound, Unavailable
 from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
 
 logger = logging.getLogger(__name__)
@@ -52,8 +54,8 @@ class RunStore(Protocol):
     def get(self, migration_id: str) -> RunRecord | None:
         """The run, or None if there is no such run."""
 
-    def active(self) -> list[RunRecord]:
-        """Every run that is pending or running."""
+    def active(self, paused: bool = False) -> list[RunRecord]:
+        """Every run that is pending or running (and paused, with ``paused``)."""
 
     def rollbacks(self, migration_id: str) -> list[RunRecord]:
         """The rollback runs of run ``migration_id``, of any status."""
@@ -65,10 +67,11 @@ class RunStore(Protocol):
     def move(self, migration_id: str, target: RunStatus, *, by: str = "", detail: str = "",
              note: str = "", failure_reason: str | None = None,
              summary: dict[str, Any] | None = None, only_from: RunStatus | None = None,
-             strict: bool = True) -> RunRecord | None:
+             strict: bool = True, fields: dict[str, Any] | None = None) -> RunRecord | None:
         """Move the run to ``target`` (``lifecycle.plan_run_move`` decides), recording why,
-        who and when in its history; answer the run as it was before, or None if nothing
-        moved. ``NotFound`` if there is no such run."""
+        who and when in its history, and ``fields`` (run document fields) with the move;
+        answer the run as it was before, or None if nothing moved. ``NotFound`` if there is
+        no such run."""
 
 
     def throttle(self, migration_id: str, limit: int | None, by: str,
@@ -137,6 +140,13 @@ class ChunkStore(Protocol):
         """The sums of the run's chunk ``counters`` (one aggregation, no chunk read; Firestore
         takes at most five in one)."""
 
+    def reserved(self, migration_id: str) -> int:
+        """The points of the run's maxPoints its pool counts reserved (moved, or held)."""
+
+    def release(self, migration_id: str, states: Collection[ChunkState]) -> int:
+        """Take back into the run's pool the points its chunks in ``states`` hold unspent
+        (never a running chunk's); answer how many."""
+
     def claim(self, migration_id: str, chunk_id: str, segment: int, owner: str,
               lease_until: dt.datetime) -> ChunkRecord | lifecycle.Refusal:
         """Claim the chunk for the delivery ``owner`` of its task ``segment`` (running, leased
@@ -196,6 +206,24 @@ class PlanStore(Protocol):
         (``schema.GRID``) lists the chunk ids in planning order."""
 
 
+class SwitchStore(Protocol):
+    def get(self) -> SwitchRecord:
+        """The stored kill switch (on, when none was ever stored)."""
+
+    def set(self, enabled: bool, reason: str, by: str) -> SwitchRecord:
+        """Store the switch; answer it as it was before."""
+
+
+class AlwaysOn:
+    """No stored switch (the in-memory stores of unit tests): always on, never stored."""
+
+    def get(self) -> SwitchRecord:
+        return SwitchRecord()
+
+    def set(self, enabled: bool, reason: str, by: str) -> SwitchRecord:
+        raise NotImplementedError("no stored kill switch here")
+
+
 @dataclasses.dataclass(frozen=True)
 class Stores:
     """The stores the use cases are given (``shared.wiring`` builds them)."""
@@ -204,11 +232,55 @@ class Stores:
     chunks: ChunkStore
     plans: PlanStore
     errors: ErrorStore
+    switch: SwitchStore = dataclasses.field(default_factory=AlwaysOn)
 
     @classmethod
     def firestore(cls, db: firestore.Client) -> Stores:
         return cls(FirestoreRuns(db), FirestoreChunks(db), FirestorePlans(db),
-                   FirestoreErrors(db))
+                   FirestoreErrors(db), FirestoreSwitch(db))
+
+
+KILL_SWITCH = "BACKFILL_ENABLED=false: paused by the kill switch; resume once it is back on"
+
+
+def switched_off(settings: Settings, stores: Stores) -> str | None:
+    """Why backfills are off, or None when they are on: ``BACKFILL_ENABLED=false`` (the
+    deploy-time override) or the stored switch an operator turned off (``flip``)."""
+    if not settings.enabled:
+        return KILL_SWITCH
+    switch = stores.switch.get()
+    if switch.enabled:
+        return None
+    return (f"the kill switch is off (switched off by {switch.by or 'an operator'}: "
+            f"{switch.reason or 'no reason given'}); POST /api/admin/switch "
+            '{"enabled": true} (backfill switch on) to switch it back on, then resume')
+
+
+def refuse_if_off(settings: Settings, stores: Stores, what: str) -> None:
+    """``BackfillDisabled`` (503) saying why and that ``what`` did not happen, when off."""
+    if (off := switched_off(settings, stores)) is not None:
+        if not settings.enabled:
+            raise BackfillDisabled(f"backfills are switched off (BACKFILL_ENABLED=false); {what}")
+        raise BackfillDisabled(f"{off}; {what}")
+
+
+class FirestoreSwitch:
+    """The kill switch in ``backfillSwitch/killSwitch``, read afresh on every call: each
+    delivery and start reads it once, and a switch turned on is on at once everywhere."""
+
+    def __init__(self, db: firestore.Client) -> None:
+        self._ref = db.collection(schema.SWITCH).document(schema.SWITCH_ID)
+
+    def get(self) -> SwitchRecord:
+        snap = self._ref.get()
+        return SwitchRecord.model_validate(snap.to_dict() or {}) if snap.exists \
+            else SwitchRecord()
+
+    def set(self, enabled: bool, reason: str, by: str) -> SwitchRecord:
+        before = self.get()
+        self._ref.set({"enabled": enabled, "reason": reason, "by": by,
+                       "changedAt": firestore.SERVER_TIMESTAMP})
+        return before
 
 
 _ADMIT_ATTEMPTS = 10
@@ -252,8 +324,9 @@ class FirestoreRuns:
         snap = schema.run_ref(self._db, migration_id).get()
         return RunRecord.from_snapshot(snap) if snap.exists else None
 
-    def active(self) -> list[RunRecord]:
-        statuses = [RunStatus.PENDING.value, RunStatus.RUNNING.value]
+    def active(self, paused: bool = False) -> list[RunRecord]:
+        statuses = [RunStatus.PENDING.value, RunStatus.RUNNING.value,
+                    *([RunStatus.PAUSED.value] if paused else [])]
         return [RunRecord.from_snapshot(snap) for snap in self._db.collection(schema.RUNS).where(
             filter=FieldFilter("status", "in", statuses)).stream()]
 
@@ -288,7 +361,7 @@ class FirestoreRuns:
     def move(self, migration_id: str, target: RunStatus, *, by: str = "", detail: str = "",
              note: str = "", failure_reason: str | None = None,
              summary: dict[str, Any] | None = None, only_from: RunStatus | None = None,
-             strict: bool = True) -> RunRecord | None:
+             strict: bool = True, fields: dict[str, Any] | None = None) -> RunRecord | None:
         Moved = RunRecord | None
 
         def decide(snap: Any) -> schema.Write[Moved] | schema.Done[Moved]:
@@ -308,6 +381,7 @@ class FirestoreRuns:
                 update["failureReason"] = failure_reason
             if summary is not None:
                 update["summary"] = summary
+            update.update(fields or {})
             if move.finishes:
                 update["finishedAt"] = firestore.SERVER_TIMESTAMP
             if move.starts:
@@ -487,6 +561,30 @@ class FirestoreChunks:
         sums = schema.sums(self._collection(migration_id),
                           tuple(f"counters.{name}" for name in counters))
         return {name: sums[f"counters.{name}"] for name in counters}
+
+    def reserved(self, migration_id: str) -> int:
+        snap = schema.pool_ref(self._db, migration_id).get()
+        return int((snap.to_dict() or {}).get("reserved", 0)) if snap.exists else 0
+
+    def release(self, migration_id: str, states: Collection[ChunkState]) -> int:
+        """Each chunk's allowance goes back under the chunk's update time, so a delivery that
+        claimed it meanwhile keeps it; that one is taken back by a later release."""
+        pool, given = schema.pool_ref(self._db, migration_id), 0
+        stopped = [state for state in states if state is not ChunkState.RUNNING]
+        for chunk in self.chunks(migration_id, stopped):
+            if chunk.allowance <= 0:
+                continue
+            batch = self._db.batch()
+            batch.update(schema.chunk_ref(self._db, migration_id, chunk.chunk_id),
+                         {"allowance": 0},
+                         option=self._db.write_option(last_update_time=chunk.update_time))
+            batch.set(pool, {"reserved": firestore.Increment(-chunk.allowance)}, merge=True)
+            try:
+                batch.commit()
+            except (api_exceptions.FailedPrecondition, api_exceptions.NotFound):
+                continue
+            given += chunk.allowance
+        return given
 
     def expired(self, migration_id: str, states: Collection[ChunkState],
                 now: dt.datetime) -> list[ChunkRecord]:

@@ -17,8 +17,20 @@ from shared.domain.records import RunFields, RunStatusView
 from shared.runs.launcher import StartedRun
 
 
+class Deployment(BaseModel):
+    """Where the answering bundle writes: every JSON answer names it (``deployment``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str
+    database: str
+    environment: str = Field(description="local, test, staging or prod")
+
+
 class _Answer(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    deployment: Deployment | None = None
 
 
 class ErrorAnswer(_Answer):
@@ -63,11 +75,12 @@ class StartedAnswer(_Answer):
     message: str | None = None
     retry_of: dict[str, Any] | None = None
     rollback_of: dict[str, Any] | None = None
-    dry_run: bool | None = None
+    dry_run: bool = Field(description="true: the run writes only its shadow; false: it changes "
+                                      "the ledger")
 
     @classmethod
     def of(cls, started: StartedRun, status_url: str, **more: Any) -> StartedAnswer:
-        """The answer to a started run (``more``: ``retry_of``, ``rollback_of``, ``dry_run``),
+        """The answer to a started run (``more``: ``retry_of``, ``rollback_of``),
         with a note for what the caller may not expect: an end date taken as its month's
         last day, a run that waits for others before it is planned."""
         notes: list[str] = []
@@ -85,7 +98,8 @@ class StartedAnswer(_Answer):
                    chunks=started.chunks, start_date=started.start_date,
                    end_date=started.end_date, requested_end_date=started.requested_end_date,
                    waiting_for=list(started.waiting_for) or None,
-                   note="; ".join(notes) or None, **duplicate, **more)
+                   dry_run=started.dry_run, note="; ".join(notes) or None, **duplicate,
+                   **more)
 
     def answer(self) -> tuple[dict[str, Any], int]:
         """The body and status: 202 for a new run, 200 for a twin firing's run."""
@@ -100,6 +114,7 @@ class RunAnswer(RunStatusView):
     """One run's status, with what reading a stalled run did to rescue it."""
 
     recovery: str | None = None
+    deployment: Deployment | None = None
 
 
 class ErrorRow(_Answer):
@@ -133,6 +148,38 @@ class SteeredAnswer(_Answer):
     previous_status: str
     chunks_moved: int
     changed: bool
+
+
+class SteeredAllAnswer(_Answer):
+    """pause, resume or cancel of many runs: how many matched, and each one's outcome (a run
+    that moved meanwhile has ``changed: false`` and a ``message``)."""
+
+    action: str
+    matched: int
+    runs: list[dict[str, Any]]
+
+
+class SwitchAnswer(_Answer):
+    """The kill switch after ``POST /api/admin/switch``: the runs it paused, and the
+    deploy-time override (``BACKFILL_ENABLED``), which wins when false."""
+
+    enabled: bool
+    previously_enabled: bool
+    reason: str
+    by: str
+    paused: list[str]
+    deploy_time_enabled: bool
+
+
+class SwitchState(_Answer):
+    """The kill switch as stored, and whether backfills run (both switches on)."""
+
+    enabled: bool
+    reason: str
+    by: str
+    changed_at: dt.datetime | None
+    deploy_time_enabled: bool
+    running: bool
 
 
 class ThrottleAnswer(_Answer):

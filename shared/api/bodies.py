@@ -35,10 +35,15 @@ class _TriggerBody(BaseModel):
     start_date: dt.date | None = Field(None, alias="startDate")
     end_date: dt.date | None = Field(None, alias="endDate")
     lookback_days: int | None = Field(None, alias="lookbackDays", gt=0)
-    dry_run: bool = Field(False, alias="dryRun")
+    # A dry run unless the caller says ``"dryRun": false``: live is never the silent default
+    # (the CLI and a rollback default to a dry run too).
+    dry_run: bool = Field(True, alias="dryRun")
     max_events: int | None = Field(None, alias="maxEvents", gt=0, le=10_000_000)
     max_events_per_second: int | None = Field(None, alias="maxEventsPerSecond", gt=0,
                                               le=1_000_000)
+    max_points: int | None = Field(None, alias="maxPoints", gt=0)
+    max_points_per_customer: int | None = Field(None, alias="maxPointsPerCustomer", gt=0)
+    allow_negative_wallets: bool | None = Field(None, alias="allowNegativeWallets")
     force: bool = False
     include_processed: bool = Field(False, alias="includeProcessed")
     repair: bool = False
@@ -114,6 +119,9 @@ def parse_request(raw: bytes, max_range_days: int, today: dt.date) -> BackfillRe
                               dry_run=body.dry_run, max_events=body.max_events,
                               max_events_per_second=body.max_events_per_second,
                               lookback_days=body.lookback_days, force=body.force,
+                              max_points=body.max_points,
+                              max_points_per_customer=body.max_points_per_customer,
+                              allow_negative_wallets=body.allow_negative_wallets,
                               include_processed=body.include_processed,
                               repair=body.repair, target=body.target,
                               requested_end_date=requested_end)
@@ -172,6 +180,72 @@ class ControlRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     reason: str = Field("", max_length=500)
+
+
+class ResumeRequest(ControlRequest):
+    """The body of resume (optional): new guardrails for the rest of the run (a raised cap
+    after a guardrail paused it), or ``force`` to lift them all."""
+
+    max_points: int | None = Field(None, alias="maxPoints", gt=0)
+    max_points_per_customer: int | None = Field(None, alias="maxPointsPerCustomer", gt=0)
+    allow_negative_wallets: bool | None = Field(None, alias="allowNegativeWallets")
+    force: bool = False
+
+    @model_validator(mode="after")
+    def _force_alone(self) -> ResumeRequest:
+        if self.force and self.caps(lifted=False):
+            raise ValueError("force: lifts every guardrail; give it without maxPoints, "
+                             "maxPointsPerCustomer or allowNegativeWallets")
+        return self
+
+    def caps(self, lifted: bool = True) -> dict[str, Any]:
+        """The run document fields the resume changes (``force``: every guardrail lifted)."""
+        if self.force and lifted:
+            return {"maxPoints": None, "maxPointsPerCustomer": None,
+                    "allowNegativeWallets": True}
+        return {name: value for name, value in (
+            ("maxPoints", self.max_points), ("maxPointsPerCustomer", self.max_points_per_customer),
+            ("allowNegativeWallets", self.allow_negative_wallets)) if value is not None}
+
+
+class SwitchRequest(BaseModel):
+    """The body of ``POST /api/admin/switch``: on or off, and why (required to switch off)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    enabled: bool
+    reason: str = Field("", max_length=500)
+
+    @model_validator(mode="after")
+    def _reason_to_switch_off(self) -> SwitchRequest:
+        if not self.enabled and not self.reason.strip():
+            raise ValueError("reason: say why backfills are switched off (it is shown to "
+                             "everyone they refuse)")
+        return self
+
+
+class SteerAllRequest(ControlRequest):
+    """The body of pause, resume or cancel of many runs: ``all``, or a filter by ``type`` and
+    by dates (the runs overlapping ``startDate``..``endDate``)."""
+
+    all: bool = False
+    type: str | None = Field(None, max_length=64)
+    start_date: dt.date | None = Field(None, alias="startDate")
+    end_date: dt.date | None = Field(None, alias="endDate")
+
+    @model_validator(mode="after")
+    def _some_filter(self) -> SteerAllRequest:
+        filtered = self.type is not None or self.start_date is not None \
+            or self.end_date is not None
+        if self.all and filtered:
+            raise ValueError("all: give all, or a type and dates, not both")
+        if not self.all and not filtered:
+            raise ValueError("all: give all: true, or a type or dates, to say which runs")
+        if self.start_date and self.end_date and self.start_date > self.end_date:
+            raise ValueError("endDate: must be on or after startDate")
+        if self.type is not None and self.type not in BACKFILLS.names():
+            raise ValueError(f"type: Input should be one of: {', '.join(BACKFILLS.names())}")
+        return self
 
 
 class RetryRequest(ControlRequest):

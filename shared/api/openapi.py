@@ -113,14 +113,30 @@ def document() -> dict[str, Any]:
             answers={"200": ("the OpenAPI document", {"type": "object"})},
             refused=("401", "403", "405"))},
     }
-    steer = {"pause": "Pause a pending or running run", "resume": "Resume a paused run",
-             "cancel": "Cancel an active run"}
+    steer = {"pause": "Pause a pending or running run", "resume": "Resume a paused run "
+             "(with raised guardrails, or force to lift them)", "cancel": "Cancel an active run"}
     for action, summary in steer.items():
+        body = bodies.ResumeRequest if action == "resume" else bodies.ControlRequest
         paths[f"/api/admin/dataMigrations/{{migrationId}}/{action}"] = {"post": _operation(
             f"{action}Run", summary, refusals, parameters=[_run_id()],
-            body=schemas.ref(bodies.ControlRequest, "validation"), optional_body=True,
+            body=schemas.ref(body, "validation"), optional_body=True,
             answers={"200": ("where the run stands", schemas.ref(answers.SteeredAnswer))},
             refused=("400", "401", "403", "404", "405", "409", "503"))}
+        paths[f"/api/admin/dataMigrations/{action}"] = {"post": _operation(
+            f"{action}Runs", f"{action.capitalize()} every active run of a filter (all, a type, "
+            "dates)", refusals, body=schemas.ref(bodies.SteerAllRequest, "validation"),
+            answers={"200": ("each matched run's outcome",
+                             schemas.ref(answers.SteeredAllAnswer))},
+            refused=("400", "401", "403", "405", "503"))}
+    paths["/api/admin/switch"] = {
+        "get": _operation("getSwitch", "The kill switch, and whether backfills run", refusals,
+                          answers={"200": ("the switch", schemas.ref(answers.SwitchState))},
+                          refused=("401", "403", "405")),
+        "post": _operation("setSwitch", "Switch backfills off (every active run paused) or on",
+                           refusals, body=schemas.ref(bodies.SwitchRequest, "validation"),
+                           answers={"200": ("the switch, and the runs it paused",
+                                            schemas.ref(answers.SwitchAnswer))},
+                           refused=("400", "401", "403", "405", "503"))}
     started = {"202": ("the new run", schemas.ref(answers.StartedAnswer))}
     paths["/api/admin/dataMigrations/{migrationId}/retry"] = {"post": _operation(
         "retryRun", "Start a run over the events that failed in an ended run", refusals,

@@ -49,8 +49,9 @@ def wants_html(accept: Any) -> bool:
     return bool(accept.best_match(["application/json", "text/html"]) == "text/html")
 
 
-def runs_page(runs: list[dict[str, Any]], base: str) -> str:
-    """The recent runs, each linked under ``base`` (the list's own path)."""
+def runs_page(runs: list[dict[str, Any]], base: str, deployment: dict[str, str]) -> str:
+    """The recent runs, each linked under ``base`` (the list's own path); the page's banner
+    names the ``deployment`` (``Settings.deployment``), red for prod."""
     shown = []
     for run in runs:
         taken, total = run["taken"], run["total"] or 0
@@ -59,10 +60,12 @@ def runs_page(runs: list[dict[str, Any]], base: str) -> str:
                       "eta": _duration(run.get("etaSeconds"))})
     refresh = REFRESH_SECONDS if any(run["status"] in ACTIVE for run in runs) else None
     return _PAGES.get_template("runs.html").render(title="Backfill runs", runs=shown,
-                                              refresh=refresh, style=_STYLE, now=_now())
+                                              refresh=refresh, style=_STYLE, now=_now(),
+                                              deployment=deployment)
 
 
-def run_page(run: dict[str, Any], path: str, list_href: str) -> str:
+def run_page(run: dict[str, Any], path: str, list_href: str,
+             deployment: dict[str, str]) -> str:
     """One run, its error report linked under ``path`` (the run's own path). The grid shows
     the answer's page of chunks (``chunks``; ``chunkStates`` counts them all), linked to the
     pages before and after it under ``path``."""
@@ -71,7 +74,7 @@ def run_page(run: dict[str, Any], path: str, list_href: str) -> str:
         title=f"{run['migrationId']}: {run['status']}", run=run, counts=_COUNTS,
         progress_max=max(run["total"], run["taken"], 1), eta=_duration(run.get("etaSeconds")),
         errors_href=f"{path}/errors", list_href=list_href, refresh=refresh, style=_STYLE,
-        now=_now(), chunk_total=sum(run["chunkStates"].values()),
+        now=_now(), chunk_total=sum(run["chunkStates"].values()), deployment=deployment,
         next_href=_page_href(path, run.get("nextChunks")),
         previous_href=_page_href(path, run.get("previousChunks")))
 

@@ -72,6 +72,15 @@ class Counters(_Shape):
 COUNTERS = tuple(Counters.model_fields)
 
 
+class SwitchRecord(_Record):
+    """The stored kill switch: on unless an operator switched it off, with who, why and when."""
+
+    enabled: bool = True
+    reason: str = ""
+    by: str = ""
+    changed_at: dt.datetime | None = None
+
+
 class RunRecord(_Record):
     """One run: its parameters, status and why, and what planning found."""
 
@@ -95,6 +104,10 @@ class RunRecord(_Record):
     retry_of: dict[str, Any] | None = None
     # For a rollback run: the run it rolls back, and how many entries that run wrote.
     rollback_of: dict[str, Any] | None = None
+    # The money guardrails (shared.executor.guard): None is no cap.
+    max_points: int | None = None
+    max_points_per_customer: int | None = None
+    allow_negative_wallets: bool = True
     # A whole minute just before the run began (Firestore point-in-time recovery reads at
     # whole minutes): the database as of then holds none of its writes.
     pitr_timestamp: dt.datetime | None = None
@@ -158,6 +171,8 @@ class ChunkRecord(_Record):
     error_codes: dict[str, int] = Field(default_factory=dict)
     notable: bool = False
     pickups: int = 0
+    # Points of the run's maxPoints this chunk reserved and has not spent (shared.executor.guard).
+    allowance: int = 0
     suspect: dict[str, Any] | None = None
     note: str = ""
     failure_reason: str = ""

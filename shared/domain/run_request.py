@@ -27,6 +27,10 @@ class BackfillRequest(BaseModel):
     # The run's ceiling in events per second (None: BACKFILL_MAX_EVENTS_PER_SECOND, if set).
     max_events_per_second: int | None = None
     lookback_days: int | None = None
+    # The money guardrails (None: the settings' defaults; ``shared.executor.guard``).
+    max_points: int | None = None
+    max_points_per_customer: int | None = None
+    allow_negative_wallets: bool | None = None
     force: bool = False
     include_processed: bool = False
     # ledger_verify: repair what is safe to repair.

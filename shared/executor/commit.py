@@ -34,6 +34,7 @@ from shared.domain import lifecycle
 from shared.errors import EventMissing
 from shared.executor import sinks
 from shared.executor.context import Context
+from shared.executor.guard import Guard
 from shared.executor.lease import Lease
 from shared.models import ChunkState, Outcome
 
@@ -69,6 +70,8 @@ class Planned:
     stored: dict[str, Stored]
     already: set[str]
     below_zero: list[str]
+    # The chunk fields the run's guardrails write with the page (``shared.executor.guard``).
+    guarded: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class PageCommit:
@@ -83,12 +86,14 @@ class PageCommit:
         # Whether pages leave unread the documents they would create (``_assumed``): until one
         # such create fails for this delivery, after which every page reads them.
         self._assume_absent = context.sink.creates_if_absent
+        self._guard = Guard(context.settings, context.db, context.run, context.chunk_id)
 
     def commit(self, lease: Lease, selection: Page, limit: int,
                committing: Callable[[bool], None] = lambda final: None) -> Committed | None:
         """Plan and commit ``selection`` (read with ``limit``); None when it must be read again
         (a conflict, or more than one commit takes: ``schema.fits_one_commit``). ``Lost`` when
-        the chunk is no longer this delivery's.
+        the chunk is no longer this delivery's; ``Crossed`` when the page would cross one of
+        the run's guardrails (nothing of it is written).
 
         ``committing(final)`` is called just before a commit that writes only the page's own
         items (none pulled in from elsewhere), so the next page may be read meanwhile: the
@@ -97,6 +102,9 @@ class PageCommit:
         planned = self.plan(selection)
         final = is_final(selection, limit, lease.left)
         batch = self._context.db.batch()
+        planned.guarded = self._guard.check(batch, lease.chunk.allowance,
+                                            planned.plan.wallet_deltas, planned.below_zero,
+                                            final)
         self.write(batch, lease, selection, planned, final)
         if len(selection.events) > 1 and not schema.fits_one_commit(batch):
             return None  # too many writes or bytes for one commit (purchases pulled in, large
@@ -117,7 +125,8 @@ class PageCommit:
                 return None
         else:
             landed = results[-1].update_time
-        lease.committed(landed, selection.cursor, selection.read, clears(lease, selection))
+        lease.committed(landed, selection.cursor, selection.read, clears(lease, selection),
+                        planned.guarded)
         return self.account(selection, planned, final, began)
 
     def plan(self, selection: Page) -> Planned:
@@ -291,6 +300,7 @@ def checkpoint(settings: Settings, selection: Page, planned: Planned, final: boo
         update[FieldPath("tallies", day, event_type or "-").to_api_repr()] = \
             firestore.Increment(count)
     update.update(marks(plan, planned.below_zero))
+    update.update(planned.guarded)
     if clears_suspect:
         update["suspect"] = None  # it went through after all: its failure was passing
     if planned.below_zero:

@@ -88,10 +88,12 @@ class Lease:
         return self._settle(self._token, error)
 
     def committed(self, update_time: dt.datetime, cursor: dict[str, Any] | None, read: int,
-                  cleared_suspect: bool) -> None:
+                  cleared_suspect: bool, fields: dict[str, Any] | None = None) -> None:
         """A batch with this lease's guard committed at ``update_time``: keep the chunk in step
-        (its cursor moved past ``read`` more entries)."""
-        changes: dict[str, Any] = {"update_time": update_time, "read": self.taken + read}
+        (its cursor moved past ``read`` more entries; ``fields``: plain values it wrote, as
+        record fields)."""
+        changes: dict[str, Any] = {**(fields or {}), "update_time": update_time,
+                                   "read": self.taken + read}
         if cursor is not None:
             changes["cursor"] = cursor
         if cleared_suspect:

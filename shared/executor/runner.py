@@ -43,6 +43,7 @@ from shared.errors import TRANSIENT, Unavailable
 from shared.executor import sinks
 from shared.executor.commit import PageCommit
 from shared.executor.context import Context
+from shared.executor.guard import Crossed
 from shared.executor.lease import Lease, Lost
 from shared.executor.poison import PageFailed, Poison
 from shared.executor.sources import page_size, source_of
@@ -50,6 +51,8 @@ from shared.models import FINAL_RUN_STATUSES, ChunkState, RunStatus
 from shared.runs import completion
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["ChunkReport", "ChunkRunner", "Crossed", "Delivery"]
 
 _PAGE_ATTEMPTS = 8
 # Firestore pushing back: the delivery slows down and tries again (shared.domain.throttle).
@@ -96,6 +99,7 @@ class _Ports:
     stores: Stores
     dispatcher: Dispatcher
     breaker: Callable[[str], str | None]
+    guardrail: Callable[[str, Crossed], bool]
     monotonic: Callable[[], float]
 
 
@@ -105,10 +109,14 @@ class ChunkRunner:
     def __init__(self, settings: Settings, db: firestore.Client, dispatcher: Dispatcher,
                  stores: Stores,
                  breaker: Callable[[str], str | None] = lambda migration_id: None,
-                 monotonic: Callable[[], float] = clock.monotonic) -> None:
+                 monotonic: Callable[[], float] = clock.monotonic,
+                 guardrail: Callable[[str, Crossed], bool] = lambda run, crossed: False) -> None:
         """``breaker`` is asked after a live page with errors whether the run must stop; it
-        answers the reason it stopped the run, or None (``shared.runs.control.check_breaker``)."""
-        self._ports = _Ports(settings, db, stores, dispatcher, breaker, monotonic)
+        answers the reason it stopped the run, or None (``shared.runs.control.check_breaker``).
+        ``guardrail`` is told of a page that would cross one of the run's caps (nothing of it
+        written); it pauses the run and answers whether it could resume it at once
+        (``shared.runs.control.guardrail``)."""
+        self._ports = _Ports(settings, db, stores, dispatcher, breaker, guardrail, monotonic)
         self._settings = settings
         self._stores = stores
 
@@ -124,6 +132,8 @@ class ChunkRunner:
                                               "chunk was paused or cancelled")
         except _Stopped as stop:
             return ChunkReport("stopped", detail=str(stop))
+        except Crossed as crossed:
+            return self._guardrail(delivery.task.migration_id, crossed)
         except Exception as error:
             # A warning: what it leads to (a 503, a 500, a failed chunk) is logged at its own
             # severity where it is decided, and counted there.
@@ -165,6 +175,15 @@ class ChunkRunner:
         return _PageLoop(self._ports, context, delivery, lease,
                          source_of(db, backfill, lease.chunk, self._settings), PageCommit(context),
                          Poison(context), pacer, page_size(self._settings, backfill)).run()
+
+    def _guardrail(self, migration_id: str, crossed: Crossed) -> ChunkReport:
+        """A page would cross a guardrail: the run is paused with the reason (or resumed at
+        once, when the points were held unspent rather than moved: ``guardrail``)."""
+        if self._ports.guardrail(migration_id, crossed):
+            return ChunkReport("continued", detail="held points given back; resumed")
+        logs.log(logger, "run paused by a guardrail", logging.WARNING,
+                 migration_id=migration_id, cap=crossed.cap)
+        return ChunkReport("paused", detail=crossed.reason)
 
     def _share(self, migration_id: str) -> float | None:
         """This delivery's events per second: the run's ceiling over the chunks running."""
@@ -302,7 +321,7 @@ class _PageLoop:
 
             try:
                 committed = self._commit.commit(self._lease, selection, limit, committing)
-            except (Lost, Unavailable):
+            except (Lost, Unavailable, Crossed):
                 raise
             except TRANSIENT:
                 raise

@@ -13,25 +13,31 @@ where it stopped, and tasks of older segments find themselves stale and do nothi
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shared import clock, logs
 from shared.adapters import cloud_tasks
+from shared.adapters import stores as stores_module
 from shared.adapters.cloud_tasks import ChunkTask, Dispatcher, enqueue_all
 from shared.adapters.stores import Stores
 from shared.config import Settings
 from shared.domain import lifecycle
 from shared.domain import throttle as throttling
 from shared.domain.records import ChunkRecord, RunRecord
-from shared.errors import BackfillDisabled, Conflict, NotFound
+from shared.errors import BackfillError, Conflict, NotFound
 from shared.models import ChunkState, RunStatus
 from shared.runs import completion
 
 logger = logging.getLogger(__name__)
 
-KILL_SWITCH = "BACKFILL_ENABLED=false: paused by the kill switch; resume once it is back on"
+KILL_SWITCH = stores_module.KILL_SWITCH
+switched_off = stores_module.switched_off
+refuse_if_off = stores_module.refuse_if_off
+# Who paused a run whose page would cross a guardrail (its status history's ``by``).
+GUARDRAIL = "guardrail"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,10 +109,92 @@ def check_breaker(settings: Settings, stores: Stores, migration_id: str) -> str 
     return reason if halt(settings, stores, migration_id, reason) else None
 
 
+def guardrail(settings: Settings, stores: Stores, dispatcher: Dispatcher, migration_id: str,
+              cap: str, reason: str, moved: int) -> bool:
+    """A page of the run would cross its guardrail ``cap`` (``maxPoints``, ...; ``moved``: the
+    points the page moves): pause the run by ``guardrail`` with ``reason``, and take back the
+    points its stopped chunks hold unspent. When that leaves room for the page within
+    ``maxPoints`` after all (the points were held, not moved), resume at once and answer True:
+    a run stays paused only where its moves would cross a cap."""
+    pause(settings, stores, migration_id, by=GUARDRAIL, note=reason, detail=reason)
+    stores.chunks.release(migration_id, [ChunkState.PAUSED, ChunkState.PENDING])
+    run = stores.runs.get(migration_id)
+    if (cap != "maxPoints" or run is None or run.max_points is None
+            or run.status is not RunStatus.PAUSED
+            or stores.chunks.reserved(migration_id) + moved > run.max_points):
+        return False
+    try:
+        resume(settings, stores, dispatcher, migration_id, GUARDRAIL, "the points held unspent "
+               "by stopped chunks were given back: the page fits within maxPoints")
+    except BackfillError:  # switched off meanwhile: it stays paused, its reason standing
+        return False
+    return True
+
+
+def flip(settings: Settings, stores: Stores, enabled: bool, reason: str,
+         by: str) -> dict[str, Any]:
+    """Store the kill switch. Off: every active run is paused before this answers (each
+    pause moves the run's chunks, so no page of any of them commits afterwards), and every
+    trigger, resume, retry and delivery is refused or paused until it is on again. On: runs
+    stay paused; resume them (one by one, or ``steer_all``)."""
+    before = stores.switch.set(enabled, reason, by)
+    paused: list[str] = []
+    if not enabled:
+        detail = switched_off(settings, stores) or KILL_SWITCH
+        for run in stores.runs.active():
+            try:
+                steered = pause(settings, stores, run.migration_id, by=by, note=reason,
+                                detail=detail)
+            except (Conflict, NotFound):
+                continue  # it ended meanwhile
+            if steered.changed:
+                paused.append(run.migration_id)
+    logs.log(logger, "kill switch", enabled=enabled, previous=before.enabled, caller=by,
+             runs=len(paused))
+    return {"enabled": enabled, "previouslyEnabled": before.enabled, "reason": reason,
+            "by": by, "paused": paused, "deployTimeEnabled": settings.enabled}
+
+
+# The statuses each action of ``steer_all`` takes a run from.
+_STEERABLE = {"pause": (RunStatus.PENDING, RunStatus.RUNNING), "resume": (RunStatus.PAUSED,),
+              "cancel": (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PAUSED)}
+
+
+def steer_all(settings: Settings, stores: Stores, dispatcher: Dispatcher, action: str,
+              by: str, note: str = "", backfill_type: str | None = None,
+              first: dt.date | None = None, last: dt.date | None = None) -> dict[str, Any]:
+    """Pause, resume or cancel every active run that ``action`` applies to (pause: pending
+    and running; resume: paused; cancel: all three), of ``backfill_type`` if given and
+    overlapping ``first``..``last`` if given, one after another; answer each one's outcome.
+    A run that moved meanwhile is reported, not an error; repeating the call is harmless."""
+    matched = [run for run in stores.runs.active(paused=True)
+               if run.status in _STEERABLE[action]
+               and backfill_type in (None, run.type)
+               and (first is None or run.end_date >= first)
+               and (last is None or run.start_date <= last)]
+    outcomes: list[dict[str, Any]] = []
+    for run in sorted(matched, key=lambda run: run.created_at):
+        try:
+            if action == "pause":
+                steered = pause(settings, stores, run.migration_id, by, note)
+            elif action == "resume":
+                steered = resume(settings, stores, dispatcher, run.migration_id, by, note)
+            else:
+                steered = cancel(settings, stores, run.migration_id, by, note)
+        except (Conflict, NotFound) as error:
+            outcomes.append({"migrationId": run.migration_id, "changed": False,
+                             "status": run.status.value, "message": error.message})
+            continue
+        outcomes.append(steered.body())
+    logs.log(logger, "runs steered", action=action, caller=by, runs=len(outcomes))
+    return {"action": action, "matched": len(outcomes), "runs": outcomes}
+
+
 def kill_switch(settings: Settings, stores: Stores, migration_id: str) -> str:
     """Pause a run because the bundle is switched off, instead of failing its tasks."""
     try:
-        pause(settings, stores, migration_id, by="", detail=KILL_SWITCH)
+        pause(settings, stores, migration_id, by="",
+              detail=switched_off(settings, stores) or KILL_SWITCH)
     except NotFound:
         return "no such run"
     except Conflict:
@@ -115,19 +203,28 @@ def kill_switch(settings: Settings, stores: Stores, migration_id: str) -> str:
 
 
 def resume(settings: Settings, stores: Stores, dispatcher: Dispatcher,
-           migration_id: str, by: str, note: str = "") -> Steered:
+           migration_id: str, by: str, note: str = "",
+           caps: dict[str, Any] | None = None) -> Steered:
     """Resume a paused run from its chunks' cursors; on a pending or running run, reopen any
-    chunk left paused (a no-op otherwise). Refused while the kill switch is off."""
-    if not settings.enabled:
-        raise BackfillDisabled("backfills are switched off (BACKFILL_ENABLED=false); switch "
-                               "them on before resuming")
+    chunk left paused (a no-op otherwise). Refused while the kill switch is off.
+
+    ``caps`` (run document fields: ``maxPoints``, ``maxPointsPerCustomer``,
+    ``allowNegativeWallets``) change the run's guardrails with the move, so a run a guardrail
+    paused goes on under the raised cap. The points its stopped chunks hold unspent go back to
+    its pool first (``ChunkStore.release``)."""
+    refuse_if_off(settings, stores, "switch them on before resuming")
     run = stores.runs.get(migration_id)
     if run is None:
         raise NotFound(f"no run {migration_id}")
     target = RunStatus.RUNNING if run.started_at is not None else RunStatus.PENDING
     if run.status in (RunStatus.PENDING, RunStatus.RUNNING):
         target = run.status
-    moved = stores.runs.move(migration_id, target, by=by, note=note)
+    if run.status is RunStatus.PAUSED and run.max_points is not None:
+        stores.chunks.release(migration_id, [ChunkState.PAUSED, ChunkState.PENDING])
+    if caps and run.status not in (RunStatus.PAUSED, RunStatus.PENDING, RunStatus.RUNNING):
+        raise Conflict(f"run {migration_id} is {run.status.value}: its guardrails can no "
+                       "longer change", [])
+    moved = stores.runs.move(migration_id, target, by=by, note=note, fields=caps)
     # Chunks planned while the run was paused never got a task: reopen them too.
     reopen = [ChunkState.PAUSED] + ([ChunkState.PENDING] if moved is not None else [])
     tasks = _reopen_chunks(settings, stores, migration_id, reopen)

@@ -22,13 +22,13 @@ from shared.adapters.cloud_tasks import (
     arm_watchdog,
 )
 from shared.adapters.oidc import Caller
-from shared.adapters.stores import Stores
+from shared.adapters.stores import Stores, refuse_if_off
 from shared.backfills.registry import BACKFILLS
 from shared.config import Settings
 from shared.domain import chunking
 from shared.domain.records import RunRecord
 from shared.domain.run_request import BackfillRequest
-from shared.errors import BackfillDisabled, Conflict, NotFound, TooManyRuns, Unavailable
+from shared.errors import Conflict, NotFound, TooManyRuns, Unavailable
 from shared.models import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, RunStatus
 from shared.runs.completion import fail_run
 
@@ -58,10 +58,12 @@ class StartedRun:
     retry_of: dict[str, Any] | None = None
     # For a rollback run: the run it rolls back, and how many entries that run wrote.
     rollback_of: dict[str, Any] | None = None
+    dry_run: bool = False
 
     @classmethod
     def of(cls, run: RunRecord, duplicate: bool = False) -> StartedRun:
         return cls(run.migration_id, run.status, run.chunk_count, duplicate=duplicate,
+                   dry_run=run.dry_run,
                    waiting_for=tuple(run.waiting_for), start_date=run.start_date.isoformat(),
                    end_date=run.end_date.isoformat(),
                    requested_end_date=run.requested_end_date, retry_of=run.retry_of,
@@ -96,7 +98,12 @@ def start_run(
                    lookback_days=request.lookback_days, forced=request.force,
                    include_processed=request.include_processed, target=request.target,
                    repair=request.repair,
-                   requested_end_date=request.requested_end_date)
+                   requested_end_date=request.requested_end_date,
+                   **{name: value for name, value in (
+                       ("max_points", request.max_points),
+                       ("max_points_per_customer", request.max_points_per_customer),
+                       ("allow_negative_wallets", request.allow_negative_wallets))
+                      if value is not None})
     return _launch(settings, stores, dispatcher, run, request.force, scheduled_for)
 
 
@@ -182,8 +189,12 @@ def _refuse(action: str, source: RunRecord) -> None:
 def _new_run(backfill_type: str, dry_run: bool, start_date: dt.date, end_date: dt.date,
              settings: Settings, caller: Caller, created: dt.datetime, chunk_count: int,
              **more: Any) -> RunRecord:
-    """The run as admission creates it (its id is given then)."""
+    """The run as admission creates it (its id is given then), with the settings' guardrails
+    unless ``more`` names its own."""
     return RunRecord.model_validate({
+        "max_points": settings.max_points,
+        "max_points_per_customer": settings.max_points_per_customer,
+        "allow_negative_wallets": settings.allow_negative_wallets,
         "id": "", "type": backfill_type, "status": RunStatus.PENDING, "dry_run": dry_run,
         "start_date": start_date, "end_date": end_date, "chunk_days": settings.chunk_days,
         "chunk_count": chunk_count,
@@ -197,9 +208,7 @@ def _new_run(backfill_type: str, dry_run: bool, start_date: dt.date, end_date: d
 def _launch(settings: Settings, stores: Stores, dispatcher: Dispatcher, run: RunRecord,
             force: bool, scheduled_for: dt.datetime | None) -> StartedRun:
     # The kill switch, for every way a run starts (the trigger, a retry, a rollback).
-    if not settings.enabled:
-        raise BackfillDisabled("backfills are switched off (BACKFILL_ENABLED=false); "
-                               "nothing was started")
+    refuse_if_off(settings, stores, "nothing was started")
     admitted, existed = _admit(settings, stores, run, force, scheduled_for)
     migration_id = admitted.migration_id
     if existed:

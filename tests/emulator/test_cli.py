@@ -135,7 +135,7 @@ def seed_purchases(db: firestore.Client, count: int = 30, unknown: int = 0) -> N
 def test_start_applies_a_range_and_status_reports_it(cli: Cli, db: firestore.Client) -> None:
     seed_purchases(db, 30)
 
-    migration_id = cli.start(*RANGE, "--apply")
+    migration_id = cli.start(*RANGE, "--apply", "-y")
     cli.stack.wait_idle(timeout=120)
     run = cli.run_status(migration_id)
     table = cli.ok("status")
@@ -151,10 +151,37 @@ def test_start_applies_a_range_and_status_reports_it(cli: Cli, db: firestore.Cli
     data.assert_ledger_consistent(db)
 
 
+def test_a_live_start_asks_naming_the_deployment_and_its_reviewed_dry_run(
+        cli: Cli, db: firestore.Client, stack_env: dict[str, str]) -> None:
+    seed_purchases(db, 6)
+    where = f"[local] project {stack_env['BACKFILL_PROJECT_ID']}, database (default)"
+
+    # No terminal and no -y: nothing starts (a script never goes live by accident).
+    refused = cli.run("start", "webhook_replay", *RANGE, "--apply")
+    assert refused.exit_code == 2, refused.output
+    assert where in plain(refused.stderr) and "-y (--yes)" in refused.stderr
+    assert "no completed dry run of this scope" in plain(refused.stderr)
+    assert not list(db.collection(schema.RUNS).stream())
+    # Answered "n" at the question: nothing starts either.
+    declined = cli.run("start", "webhook_replay", *RANGE, "--apply", answer="n\n")
+    assert declined.exit_code != 0 and not list(db.collection(schema.RUNS).stream())
+
+    dry = cli.start(*RANGE)
+    cli.stack.wait_idle(timeout=120)
+    live = cli.run("start", "webhook_replay", *RANGE, "--apply", "-y")
+
+    assert live.exit_code == 0, live.output
+    assert f"reviewed dry run: {dry}" in live.stderr and where in plain(live.stderr)
+    # Every answer names where it comes from; the banner says it before the answer.
+    started = json.JSONDecoder().raw_decode(live.stdout.lstrip())[0]
+    assert started["dryRun"] is False
+    assert started["deployment"]["project"] == stack_env["BACKFILL_PROJECT_ID"]
+
+
 def test_start_with_wait_watches_the_run_to_its_end(cli: Cli, db: firestore.Client) -> None:
     seed_purchases(db, 30)
 
-    output = cli.ok("start", "webhook_replay", *RANGE, "--apply", "--wait")
+    output = cli.ok("start", "webhook_replay", *RANGE, "--apply", "-y", "--wait")
 
     assert re.search(r"^\s*completed\s+100\.0%\s+taken 30/30", output, re.MULTILINE), output
     assert len(data.credited_orders(db)) == 30
@@ -166,7 +193,7 @@ def test_start_with_include_processed_repairs_processed_purchases_without_entrie
     data.put(db, *(data.purchase(f"lost{n}", f"olost{n}", data.at(1, n), processed=True)
                    for n in range(5)))
 
-    migration_id = cli.start(*RANGE, "--apply", "--include-processed")
+    migration_id = cli.start(*RANGE, "--apply", "-y", "--include-processed")
     cli.stack.wait_idle(timeout=120)
 
     run = cli.run_status(migration_id)
@@ -181,7 +208,7 @@ def test_start_of_a_canary_reads_its_customers_from_a_file(
     customers = tmp_path / "canary.txt"
     customers.write_text("c1\n\nc2\n")
 
-    migration_id = cli.start(*RANGE, "--apply", "--customer", f"@{customers}",
+    migration_id = cli.start(*RANGE, "--apply", "-y", "--customer", f"@{customers}",
                              "--event-type", "ON_ORDER_COMPLETED")
     cli.stack.wait_idle(timeout=120)
 
@@ -194,13 +221,13 @@ def test_start_of_a_canary_reads_its_customers_from_a_file(
 def test_rollback_dry_run_first_then_applied_undoes_a_run(
         cli: Cli, db: firestore.Client) -> None:
     seed_purchases(db, 12)
-    migration_id = cli.start(*RANGE, "--apply")
+    migration_id = cli.start(*RANGE, "--apply", "-y")
     cli.stack.wait_idle(timeout=120)
 
-    refused = cli.run("rollback", migration_id, "--apply")
+    refused = cli.run("rollback", migration_id, "--apply", "-y")
     dry = cli.json("rollback", migration_id)
     cli.stack.wait_idle(timeout=120)
-    live = cli.json("rollback", migration_id, "--apply")
+    live = cli.json("rollback", migration_id, "--apply", "-y")
     cli.stack.wait_idle(timeout=120)
 
     assert refused.exit_code == 1 and "dry-run the rollback" in plain(refused.output)
@@ -233,12 +260,12 @@ def test_the_runbook_gaps_dry_run_canary_run_verify_rollback(
     gaps = cli.json("gaps", "--start", "2025-01-01", "--end", "2025-01-03", "--json")
     dry = cli.start(*RANGE)
     cli.stack.wait_idle(timeout=120)
-    canary = cli.start(*RANGE, "--apply", "--customer", "c1")
+    canary = cli.start(*RANGE, "--apply", "-y", "--customer", "c1")
     cli.stack.wait_idle(timeout=120)
-    run = cli.start(*RANGE, "--apply")
+    run = cli.start(*RANGE, "--apply", "-y")
     cli.stack.wait_idle(timeout=120)
     db.collection(schema.WALLETS).document("c2").update({"balance": firestore.Increment(1)})
-    verified = cli.json("start", "ledger_verify", *RANGE, "--apply")["migrationId"]
+    verified = cli.json("start", "ledger_verify", *RANGE, "--apply", "-y")["migrationId"]
     cli.stack.wait_idle(timeout=120)
     shown = plain(cli.ok("status", verified))
     undo = cli.json("rollback", run)["migrationId"]
@@ -284,10 +311,36 @@ def test_start_refuses_a_missing_or_doubly_given_range_before_calling(
     assert not list(db.collection(schema.RUNS).stream())
 
 
+def test_the_switch_off_pauses_every_run_and_refuses_starts_until_on_and_resume_all(
+        cli: Cli, db: firestore.Client, stack_env: dict[str, str]) -> None:
+    seed_purchases(db, 30)
+    with held_tasks(stack_env):  # both runs stay pending until the switch is off
+        first = cli.start("--start", "2025-01-01", "--end", "2025-01-01", "--apply", "-y")
+        second = cli.start("--start", "2025-01-02", "--end", "2025-01-03", "--apply", "-y")
+        refused = cli.run("switch", "off")  # a reason is required
+        off = cli.json("switch", "off", "--reason", "ledger incident", "--json")
+    cli.stack.wait_idle(timeout=60)
+    shown = cli.json("switch", "--json")
+    start = cli.run("start", "webhook_replay", *RANGE, "--apply", "-y", "--force")
+    on = cli.run("switch", "on")
+    resumed = cli.json("resume", "--all", "--json")
+    cli.stack.wait_idle(timeout=120)
+
+    assert refused.exit_code == 2
+    assert sorted(off["paused"]) == sorted([first, second])
+    assert (shown["enabled"], shown["running"], shown["reason"]) == (False, False,
+                                                                    "ledger incident")
+    assert start.exit_code == 1 and "ledger incident" in plain(start.stderr)
+    assert on.exit_code == 0 and "backfill resume --all" in plain(on.stdout)
+    assert resumed["matched"] == 2
+    assert [cli.run_status(run)["status"] for run in (first, second)] == ["completed"] * 2
+    assert len(data.credited_orders(db)) == 30
+
+
 def test_a_paused_run_applies_nothing_until_it_is_resumed(cli: Cli,
                                                            db: firestore.Client) -> None:
     seed_purchases(db, 3000)  # 50 pages a chunk: the run is still going when it is paused
-    migration_id = cli.start(*RANGE, "--apply")
+    migration_id = cli.start(*RANGE, "--apply", "-y")
     until(lambda: cli.run_status(migration_id)["taken"] > 0)
 
     paused = cli.json("pause", migration_id, "--reason", "checking the product table")
@@ -324,7 +377,7 @@ def test_a_run_paused_before_planning_stays_paused_then_resumes(
         cli: Cli, db: firestore.Client, stack_env: dict[str, str]) -> None:
     seed_purchases(db, 30)
     with held_tasks(stack_env):
-        migration_id = cli.start(*RANGE, "--apply")
+        migration_id = cli.start(*RANGE, "--apply", "-y")
         paused = cli.json("pause", migration_id)
     cli.stack.wait_idle(timeout=60)  # planning runs, but enqueues nothing for a paused run
     held = cli.run_status(migration_id)
@@ -349,7 +402,7 @@ def test_cancel_asks_first_and_a_cancelled_run_stays_cancelled(
         cli: Cli, db: firestore.Client, stack_env: dict[str, str]) -> None:
     seed_purchases(db, 30)
     with held_tasks(stack_env):
-        migration_id = cli.start(*RANGE, "--apply")
+        migration_id = cli.start(*RANGE, "--apply", "-y")
         declined = cli.run("cancel", migration_id, answer="n\n")
         after_no = cli.run_status(migration_id)
         cancelled = cli.json("cancel", migration_id, "--yes", "--reason", "wrong range")
@@ -386,7 +439,7 @@ def test_an_overlapping_start_names_the_run_in_its_way_and_force_passes_it(
 def test_errors_report_and_a_retry_of_one_code_after_the_fix(
         cli: Cli, db: firestore.Client, tmp_path: Path) -> None:
     seed_purchases(db, 30, unknown=3)
-    migration_id = cli.start(*RANGE, "--apply")
+    migration_id = cli.start(*RANGE, "--apply", "-y")
     cli.stack.wait_idle(timeout=120)
     failed = cli.run_status(migration_id)
     shown = cli.ok("status", migration_id)
@@ -410,7 +463,7 @@ def test_errors_report_and_a_retry_of_one_code_after_the_fix(
     assert saved.read_text(encoding="utf-8") == report
 
     data.product(db, "retired", 5)
-    output = cli.ok("retry", migration_id, "--code", "product_not_found", "--wait")
+    output = cli.ok("retry", migration_id, "--code", "product_not_found", "--wait", "-y")
     started, _ = json.JSONDecoder().raw_decode(output.lstrip())
     retried = cli.run_status(started["migrationId"])
 
@@ -427,13 +480,14 @@ def test_errors_report_and_a_retry_of_one_code_after_the_fix(
 def test_retry_of_a_run_without_failures_and_errors_of_no_run_exit_1(cli: Cli,
                                                                       db: firestore.Client) -> None:
     seed_purchases(db, 10)
-    migration_id = cli.start(*RANGE, "--apply")
+    migration_id = cli.start(*RANGE, "--apply", "-y")
     cli.stack.wait_idle(timeout=60)
 
-    retry = cli.run("retry", migration_id)
+    retry = cli.run("retry", migration_id, "-y")  # a live run's retry is live: asked first
     missing = cli.run("errors", "no-such-run")
 
-    assert retry.exit_code == 1 and plain(retry.output).startswith("409")
+    assert retry.exit_code == 1 and "a LIVE run: retry of" in plain(retry.stderr)
+    assert re.search(r"(^| )409 ", plain(retry.stderr)), retry.stderr
     assert "has no failed events" in plain(retry.output)
     assert missing.exit_code == 1 and plain(missing.output).startswith("404")
 
@@ -441,7 +495,7 @@ def test_retry_of_a_run_without_failures_and_errors_of_no_run_exit_1(cli: Cli,
 def test_throttle_changes_an_active_runs_ceiling_and_status_shows_it(
         cli: Cli, db: firestore.Client) -> None:
     seed_purchases(db, 300)
-    migration_id = cli.start(*RANGE, "--apply", "--max-events-per-second", "20")
+    migration_id = cli.start(*RANGE, "--apply", "-y", "--max-events-per-second", "20")
     until(lambda: cli.run_status(migration_id)["taken"] > 0)
     slow = cli.run_status(migration_id)
     shown = cli.ok("status", migration_id)
@@ -489,7 +543,7 @@ def test_json_on_every_command_leaves_only_json_on_stdout(
         cli: Cli, db: firestore.Client, stack_env: dict[str, str]) -> None:
     seed_purchases(db, 30)
     with held_tasks(stack_env):
-        [started] = json_only(cli.run("start", "webhook_replay", *RANGE, "--apply", "--json"))
+        [started] = json_only(cli.run("start", "webhook_replay", *RANGE, "--apply", "-y", "--json"))
         migration_id = started["migrationId"]
         steered = [json_only(cli.run(*args, "--json")) for args in (
             ("pause", migration_id, "--reason", "checking"), ("resume", migration_id),
@@ -513,7 +567,7 @@ def test_a_watched_run_that_completes_exits_0_with_its_answers_as_json(
         cli: Cli, db: firestore.Client) -> None:
     seed_purchases(db, 30)
 
-    result = cli.run("start", "webhook_replay", *RANGE, "--apply", "--wait", "--json")
+    result = cli.run("start", "webhook_replay", *RANGE, "--apply", "-y", "--wait", "--json")
 
     started, last = json_only(result)
     assert (started["status"], last["status"], last["applied"]) == ("pending", "completed", 30)
@@ -527,7 +581,7 @@ def test_a_watched_run_that_is_cancelled_or_paused_exits_with_its_code(
         action: str, code: int) -> None:
     seed_purchases(db, 30)
     with held_tasks(stack_env):
-        migration_id = cli.start(*RANGE, "--apply")
+        migration_id = cli.start(*RANGE, "--apply", "-y")
         with watching(stack_env, migration_id, tmp_path) as watcher:
             until(lambda: "pending" in (tmp_path / "watch.err").read_text())
             cli.ok(action, migration_id, "--yes") if action == "cancel" else cli.ok(

@@ -35,7 +35,7 @@ def ended_run(gateway: str, token: str, db: firestore.Client) -> str:
     started = httpx.post(f"{gateway}/api/jobs/backfill", timeout=30,
                          headers={"Authorization": f"Bearer {token}"},
                          json={"type": "webhook_replay", "startDate": "2025-01-01",
-                               "endDate": "2025-01-01"}).json()
+                               "endDate": "2025-01-01", "dryRun": False}).json()
     migration_id: str = started["migrationId"]
     return migration_id
 

@@ -33,7 +33,9 @@ class Api:
                                      mint())
 
     def start(self, **body: Any) -> str:
-        migration_id: str = self.client.start(body)["migrationId"]
+        """Start a run: a live one unless ``dryRun`` is given (the trigger's own default is a
+        dry run, tested in tests/functions/test_trigger.py)."""
+        migration_id: str = self.client.start({"dryRun": False, **body})["migrationId"]
         return migration_id
 
     def finish(self, **body: Any) -> dict[str, Any]:

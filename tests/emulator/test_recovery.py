@@ -26,7 +26,8 @@ pytestmark = pytest.mark.emulator
 # A short lease, so that lost work is found seconds after it was lost rather than minutes.
 OVERRIDES = {**GATEWAY_OVERRIDES, "BACKFILL_LEASE_SECONDS": "3"}
 EVENTS = 600
-RANGE = {"type": "webhook_replay", "startDate": "2025-01-01", "endDate": "2025-01-06"}
+RANGE = {"type": "webhook_replay", "startDate": "2025-01-01", "endDate": "2025-01-06",
+         "dryRun": False}
 
 
 @pytest.fixture

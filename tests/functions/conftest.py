@@ -49,7 +49,9 @@ class Harness:
         return {"Authorization": f"Bearer {self.mint(email, audience)}"}
 
     def start(self, **body: Any) -> Any:
-        return self.trigger.post("/", json=body, headers=self.headers())
+        """POST the trigger: a live run unless ``dryRun`` is given (most tests are about what a
+        live run writes; the trigger's own default, a dry run, is tested in test_trigger)."""
+        return self.trigger.post("/", json={"dryRun": False, **body}, headers=self.headers())
 
     def post_task(self, task: ChunkTask, retry_count: int = 0) -> Any:
         """One delivery of ``task``, as Cloud Tasks makes it; answer the response."""

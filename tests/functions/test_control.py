@@ -59,7 +59,7 @@ def test_pause_keeps_the_cursors_and_resume_finishes_with_every_event_applied_on
     assert paused.status_code == 200, paused.get_json()
     assert paused.get_json() == {
         "migrationId": migration_id, "status": "paused", "previousStatus": "running",
-        "chunksMoved": 3, "changed": True}
+        "chunksMoved": 3, "changed": True, "deployment": harness.settings.deployment}
     assert after["status"] == "paused"
     assert after["chunkStates"] == {"paused": 3}
     assert after["taken"] == before["taken"] == 30  # one page of 10 per chunk, nothing since

@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 from functions_framework import create_app
 from google.cloud import firestore
-from hypothesis import HealthCheck, assume, example, given, note, settings
+from hypothesis import HealthCheck, assume, event, example, given, note, settings
 from hypothesis import strategies as st
 
 from emulators.stack import Stack
+from shared.adapters import schema
 from shared.adapters.cloud_tasks import ChunkTask, InProcessDispatcher, TaskKind
 from tests import ledgers
 from tests.data import assert_ledger_consistent, credited_orders, documents
@@ -200,6 +201,63 @@ def test_a_replay_makes_the_models_ledger_and_a_second_run_writes_nothing(
     assert (again["applied"], reversed_["applied"]) == (0, 0)
     verify = start(harness, ledger, order, "ledger_verify")
     assert found(harness, verify) == set()  # a replayed ledger is clean
+
+
+# --- a': a capped replay never moves more than its caps, and force then finishes it exactly -----
+
+
+def balances(db: firestore.Client) -> dict[str, int]:
+    return {cid: int(w.get("balance", 0)) for cid, w in documents(db, WALLETS).items()}
+
+
+@settings(EXAMPLES, max_examples=8)
+@given(ledger=UNSETTLED, page_size=PAGE_SIZES, seed=ORDERS, cap=st.integers(1, 120),
+       per_customer=st.one_of(st.none(), st.integers(1, 60)))
+def test_a_capped_replay_stays_within_its_caps_and_force_then_makes_the_models_ledger(
+        harness: Harness, stack: Stack, control: Any, ledger: Ledger, page_size: int,
+        seed: int, cap: int, per_customer: int | None) -> None:
+    order = fresh(harness, stack, page_size, seed, ledger)
+    note(f"cap={cap}, per_customer={per_customer}")
+    ledger.put(harness.db)
+    db, expected = harness.db, ledger.expected()
+    before = balances(db)
+    caps = {"maxPoints": cap} | ({"maxPointsPerCustomer": per_customer} if per_customer else {})
+
+    response = harness.start(type="webhook_replay", **ledger.range, **caps)
+    assert response.status_code == 202, response.get_json()
+    migration_id = response.get_json()["migrationId"]
+    drain(harness, order)
+    run = harness.run(migration_id)
+
+    assert run["status"] in ("completed", "paused"), run
+    after = balances(db)
+    changed = {cid: abs(after.get(cid, 0) - before.get(cid, 0)) for cid in {*after, *before}}
+    # What a page moves is each wallet's change, so no sum of net changes can exceed it.
+    assert sum(changed.values()) <= cap
+    reserved = schema.pool_ref(db, migration_id).get().to_dict() or {}
+    assert reserved.get("reserved", 0) <= cap
+    if per_customer is not None:
+        assert max(changed.values(), default=0) <= per_customer
+        for doc in schema.run_ref(db, migration_id).collection(schema.CUSTOMER_POINTS).stream():
+            assert (doc.to_dict() or {})["points"] <= per_customer
+    assert_ledger_consistent(db)
+    assert set(credited_orders(db).values()) <= {1}
+    event(f"the capped run {run['status']}")  # hypothesis' statistics: both kinds happen
+    if run["status"] == "paused":
+        assert run["statusReason"].startswith("guardrail max"), run["statusReason"]
+        assert run["statusHistory"][-1]["by"] == "guardrail"
+        resumed = control.post(f"/api/admin/dataMigrations/{migration_id}/resume",
+                               json={"force": True}, headers=harness.headers())
+        assert resumed.status_code == 200, resumed.get_json()
+        drain(harness, order)
+        run = harness.run(migration_id)
+
+    assert run["status"] == "completed", run
+    assert ledgers.summary_of(db) == expected.summary()
+    assert credited_orders(db) == Counter({entry["orderId"]: 1 for entry in
+                                           expected.entries.values()
+                                           if entry["type"] == "purchase"})
+    assert_ledger_consistent(db)
 
 
 # --- b: a rollback undoes exactly what its run did --------------------------------------------

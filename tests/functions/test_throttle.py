@@ -176,7 +176,8 @@ def test_a_task_whose_claim_firestore_aborts_answers_503_to_be_retried(
 
     assert answer.status_code == 503
     assert answer.get_json() == {"error": "unavailable", "message": "Firestore or Cloud Tasks "
-                                 "did not answer (Aborted); retry"}
+                                 "did not answer (Aborted); retry",
+                                 "deployment": harness.settings.deployment}
     harness.deliver(tasks)
     harness.deliver_all()
     assert harness.run(migration_id)["applied"] == 3

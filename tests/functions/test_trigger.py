@@ -57,6 +57,31 @@ def test_a_valid_request_records_a_run_and_enqueues_its_planning(harness: Harnes
     assert harness.dispatcher.delays[watchdog] == harness.settings.lease_seconds
 
 
+def test_a_body_without_dry_run_starts_a_dry_run_and_every_answer_says_where(
+        harness: Harness) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, *data.purchases(5, days=1))
+    body = {key: value for key, value in BODY.items() if key != "dryRun"}
+    where = {"project": harness.settings.project_id, "database": "(default)",
+             "environment": "local"}
+
+    answer = harness.trigger.post("/", json=body, headers=harness.headers())
+
+    assert answer.status_code == 202
+    assert answer.get_json()["dryRun"] is True
+    assert answer.get_json()["deployment"] == where
+    run = schema.run_ref(harness.db, answer.get_json()["migrationId"]).get().to_dict()
+    assert run is not None and run["dryRun"] is True
+    live = harness.start(**BODY, force=True)  # beside the dry run of the same days
+    assert live.get_json()["dryRun"] is False
+    # A refusal names the deployment too, in its body and (as any answer) in its headers.
+    refused = harness.trigger.post("/", json={**BODY, "maxEvents": 0}, headers=harness.headers())
+    assert refused.status_code == 400
+    assert refused.get_json()["deployment"] == where
+    assert refused.headers["X-Backfill-Project"] == harness.settings.project_id
+    assert refused.headers["X-Backfill-Environment"] == "local"
+
+
 def test_planning_counts_chunks_and_enqueues_those_with_work_once(harness: Harness) -> None:
     data.product(harness.db, "p1", 10)
     data.put(harness.db, *data.purchases(30, days=2))

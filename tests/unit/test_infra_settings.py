@@ -22,10 +22,14 @@ regular expressions; they rely on the layout ``terraform fmt`` gives them.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
+from unittest import mock
 
-from shared.config import Settings
+import pytest
+
+from shared.config import Settings, Stage
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 
@@ -77,7 +81,13 @@ def settings_variables() -> dict[str, str]:
     return variables
 
 
+# Fields whose unset value the code derives from BACKFILL_ENV: what it is in production.
+DEPLOYED_DEFAULTS: dict[str, object] = {"environment": Stage.PROD.value}
+
+
 def code_default(field: str) -> object:
+    if field in DEPLOYED_DEFAULTS:
+        return DEPLOYED_DEFAULTS[field]
     info = Settings.model_fields[field]
     return REQUIRED if info.is_required() else info.default
 
@@ -316,3 +326,22 @@ def test_only_the_chunk_service_account_reads_the_paynow_api_key() -> None:
     assert not re.search(r"service_account_id\s*=\s*google_service_account\.chunk\.", text)
     assert "google_secret_manager_secret_iam_member.chunk_reads_paynow_api_key" in \
         (INFRA / "functions.tf").read_text(), "the chunk function must deploy after the grant"
+
+
+def test_a_deployment_unnamed_is_prod_and_a_local_machine_is_local() -> None:
+    production = {"BACKFILL_PROJECT_ID": "p", "BACKFILL_CHUNK_URL": "https://chunk.run.app",
+                  "BACKFILL_OPERATOR_AUDIENCES": "a", "BACKFILL_TASKS_IDENTITY": "t@x"}
+    # The unset value is what DEPLOYED_DEFAULTS says it is (the comparison above relies on it).
+    with mock.patch.dict(os.environ, production, clear=True):
+        assert Settings().stage is Stage.PROD
+        assert Settings().deployment == {"project": "p", "database": "(default)",
+                                         "environment": "prod"}
+    with mock.patch.dict(os.environ, {**production, "BACKFILL_ENV": "local"}, clear=True):
+        assert Settings().stage is Stage.LOCAL
+    with mock.patch.dict(os.environ, {**production, "BACKFILL_ENVIRONMENT": "local"},
+                         clear=True), pytest.raises(ValueError, match="developer machine"):
+        Settings()
+    with mock.patch.dict(os.environ, {**production, "BACKFILL_ENV": "local",
+                                      "BACKFILL_ENVIRONMENT": "prod"},
+                         clear=True), pytest.raises(ValueError, match="needs BACKFILL_ENV"):
+        Settings()

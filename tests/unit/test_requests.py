@@ -21,13 +21,17 @@ def test_the_runbook_body_parses() -> None:
     assert request.days == 10
 
 
-def test_optional_fields_default_to_a_live_unbounded_run() -> None:
+def test_optional_fields_default_to_an_unbounded_dry_run() -> None:
     request = parse_request(
         b'{"type": "reversal_backfill", "startDate": "2025-01-01", "endDate": "2025-01-01"}',
         366, TODAY)
 
-    assert request.dry_run is False
+    # Live is never the silent default: a caller who leaves dryRun out changes nothing.
+    assert request.dry_run is True
     assert request.max_events is None
+    live = parse_request(b'{"type": "reversal_backfill", "startDate": "2025-01-01", '
+                         b'"endDate": "2025-01-01", "dryRun": false}', 366, TODAY)
+    assert live.dry_run is False
 
 
 @pytest.mark.parametrize(("raw", "field", "reason"), [
