@@ -29,6 +29,7 @@ ROUTES = (
     ("/api/admin/gaps", "", "backfill_status"),
     ("/api/admin/switch", "POST", "backfill_control"),
     ("/api/admin/switch", "", "backfill_status"),
+    ("/api/admin/preflight", "", "backfill_status"),
     ("/api/openapi.json", "", "backfill_status"),
     ("/tasks/chunk", "", "backfill_chunk"),
 )

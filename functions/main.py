@@ -5,10 +5,11 @@
                               (a page for a browser: Accept text/html)
                         GET   /api/admin/gaps?startDate&endDate[&provider] viewers, operators
                         GET   /api/admin/switch (the kill switch)          viewers, operators
+                        GET   /api/admin/preflight?type&startDate&endDate  viewers, operators
                         GET   /api/openapi.json (this API, OpenAPI 3.1)   viewers, operators
 - ``backfill_control``  POST  /api/admin/dataMigrations/{id}/{action}   operators
                               (action: pause, resume, cancel, retry,
-                               throttle, rollback)
+                               throttle, rollback, approve)
                         POST  /api/admin/dataMigrations/{pause|resume|cancel} (many runs)
                         POST  /api/admin/switch {enabled, reason}       operators
 - ``backfill_sweep``    POST  /api/jobs/sweep                           Cloud Scheduler, operators
@@ -33,6 +34,7 @@ import functions_framework
 
 from shared import clock, logs
 from shared.adapters.cloud_tasks import ChunkTask, TaskBody
+from shared.adapters.firestore_admin import FirestoreAdmin
 from shared.adapters.gap_scans import FirestoreGaps
 from shared.adapters.oidc import Caller, authenticate
 from shared.api import openapi, status_page
@@ -52,13 +54,14 @@ from shared.config import Settings
 from shared.errors import (
     TRANSIENT,
     BackfillError,
+    Conflict,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
 )
 from shared.executor.runner import Delivery
 from shared.models import document_id_problem
-from shared.runs import control, gaps, launcher, progress, reports
+from shared.runs import control, gaps, launcher, preflight, progress, reports
 from shared.wiring import Services, check_configuration, services
 
 logger = logging.getLogger("backfill.functions")
@@ -72,12 +75,12 @@ _RUN_PATH = re.compile(rf"^(?:/api/admin/dataMigrations)?/{_ID}/?$")
 _ERRORS_PATH = re.compile(rf"^(?:/api/admin/dataMigrations)?/{_ID}/errors/?$")
 _LIST_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/?$")
 _GAPS_PATH = re.compile(r"^(?:/api/admin)?/gaps/?$")
-# The kill switch: /api/admin/switch, and beside the runs (dataMigrations/switch, where a client
-# configured with the runs' URL finds it); no run is named "switch".
-_SWITCH_PATH = re.compile(r"^(?:/api/admin)?(?:/dataMigrations)?/switch/?$")
+_PREFLIGHT_PATH = re.compile(r"^(?:/api/admin)?/preflight/?$")
+_SWITCH_PATH = re.compile(r"^(?:/api/admin)?/switch/?$")
 _STEER_ALL_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/(pause|resume|cancel)/?$")
 _ACTION_PATH = re.compile(
-    rf"^(?:/api/admin/dataMigrations)?/{_ID}/(pause|resume|cancel|retry|throttle|rollback)/?$")
+    rf"^(?:/api/admin/dataMigrations)?/{_ID}/"
+    r"(pause|resume|cancel|retry|throttle|rollback|approve)/?$")
 # Run and chunk ids are the bundle's own: {type}_{epoch ms}, a UTC day, plan, watch, retry.
 _BUNDLE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _LIMIT = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() also takes "²"
@@ -166,6 +169,14 @@ def _trigger(request: flask.Request) -> tuple[dict[str, Any], int]:
     settings = svc.settings
     backfill = parse_request(request.get_data(cache=False), settings.max_range_days,
                              clock.now().date())
+    if not backfill.dry_run and settings.preflight_required and not backfill.force:
+        checked = preflight.run(settings, svc.stores, svc.dispatcher, FirestoreAdmin(settings),
+                                backfill.type, backfill.start_date, backfill.end_date,
+                                clock.now(), backfill.max_events_per_second)
+        if failing := preflight.failed(checked):
+            raise Conflict("the preflight failed, nothing was started: " + "; ".join(failing)
+                           + " (GET /api/admin/preflight says what to do; force: true starts "
+                           "it anyway)", [])
     started = launcher.start_run(backfill, caller, settings, svc.stores, svc.dispatcher,
                                  scheduled_for=_schedule_time(request))
     return StartedAnswer.of(started, settings.status_url).answer()
@@ -210,6 +221,16 @@ def _gaps(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer
     sent = gaps.provider_sent(request.args.get("provider"), svc.settings, svc.db)
     return gaps.find_gaps(FirestoreGaps(svc.db), first, last, svc.settings.enqueue_workers,
                           sent), 200
+
+
+def _preflight(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
+    """What to know before a live run of ``?type`` over ``?startDate..endDate``."""
+    now = clock.now()
+    backfill_type, first, last = preflight.parse(
+        svc.settings, request.args.get("type"), request.args.get("startDate"),
+        request.args.get("endDate"), now.date())
+    return preflight.run(svc.settings, svc.stores, svc.dispatcher, FirestoreAdmin(svc.settings),
+                         backfill_type, first, last, now), 200
 
 
 def _switch(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
@@ -297,7 +318,7 @@ def _control(request: flask.Request) -> tuple[dict[str, Any], int]:
     match = _ACTION_PATH.match(request.path)
     if match is None:
         raise NotFound("no such action: POST .../dataMigrations/{migrationId}/"
-                       "{pause|resume|cancel|retry|throttle|rollback}")
+                       "{pause|resume|cancel|retry|throttle|rollback|approve}")
     migration_id, action = _run_id(match.group(1)), match.group(2)
     return _ACTIONS[action](svc, caller, migration_id, request.get_data(cache=False))
 
@@ -358,6 +379,8 @@ _ACTIONS: dict[str, Action] = {
     "resume": _resume,
     "cancel": _steer("cancel", lambda svc, run, by, note: control.cancel(
         svc.settings, svc.stores, run, by, note)),
+    "approve": _steer("approve", lambda svc, run, by, note: control.approve(
+        svc.settings, svc.stores, svc.dispatcher, run, by, note)),
     "throttle": _throttle, "retry": _retry, "rollback": _rollback,
 }
 
@@ -420,7 +443,8 @@ Route = Callable[[Services, flask.Request, re.Match[str]], Answer]
 _STATUS_ROUTES: list[tuple[re.Pattern[str], Route]] = [
     (re.compile(r"^(?:/api)?/openapi\.json/?$"), _openapi),
     (_GAPS_PATH, _gaps),
-    (_SWITCH_PATH, _switch),  # before a run's path: "switch" is no run
+    (_SWITCH_PATH, _switch),
+    (_PREFLIGHT_PATH, _preflight),
     (_ERRORS_PATH, _errors),
     (_RUN_PATH, _run),
     (_LIST_PATH, _runs),

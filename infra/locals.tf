@@ -48,6 +48,7 @@ locals {
     BACKFILL_OPERATOR_AUDIENCES        = join(",", local.operator_audiences)
     BACKFILL_OPERATORS                 = join(",", var.operators)
     BACKFILL_VIEWERS                   = join(",", var.viewers)
+    BACKFILL_APPROVERS                 = join(",", var.approvers)
     BACKFILL_SCHEDULER_IDENTITY        = google_service_account.scheduler.email
     BACKFILL_TASKS_IDENTITY            = google_service_account.tasks.email
     BACKFILL_TASK_MAX_ATTEMPTS         = tostring(var.task_max_attempts) # == the queue's retry_config.max_attempts
@@ -66,6 +67,9 @@ locals {
     BACKFILL_RAMP_START_WRITES         = tostring(var.ramp_start_writes)
     BACKFILL_RAMP_STEP_MINUTES         = tostring(var.ramp_step_minutes)
     BACKFILL_ALLOW_NEGATIVE_WALLETS    = tostring(var.allow_negative_wallets)
+    BACKFILL_PLAN_MAX_AGE_HOURS        = tostring(var.plan_max_age_hours)
+    BACKFILL_ALERTING_ENABLED          = tostring(var.alerting_enabled)
+    BACKFILL_PLAN_TOLERANCE            = tostring(var.plan_tolerance)
     # PayNow's Management API (webhook_recovery, read by the chunk function). The API key is not
     # here: it reaches the chunk function alone from Secret Manager (functions.tf, secrets.tf).
     BACKFILL_PAYNOW_API_URL         = var.paynow_api_url
@@ -80,6 +84,14 @@ locals {
     BACKFILL_MAX_EVENTS_PER_SECOND = tostring(var.max_events_per_second)
     }, var.split_events == null ? {} : {
     BACKFILL_SPLIT_EVENTS = tostring(var.split_events)
+    }, var.require_plan == null ? {} : {
+    BACKFILL_REQUIRE_PLAN = tostring(var.require_plan)
+    }, var.approval_events == null ? {} : {
+    BACKFILL_APPROVAL_EVENTS = tostring(var.approval_events)
+    }, var.approval_points == null ? {} : {
+    BACKFILL_APPROVAL_POINTS = tostring(var.approval_points)
+    }, var.require_preflight == null ? {} : {
+    BACKFILL_REQUIRE_PREFLIGHT = tostring(var.require_preflight)
     }, var.max_points == null ? {} : {
     BACKFILL_MAX_POINTS = tostring(var.max_points)
     }, var.max_points_per_customer == null ? {} : {

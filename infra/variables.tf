@@ -255,6 +255,53 @@ variable "max_events_per_second" {
   }
 }
 
+variable "require_plan" {
+  description = "BACKFILL_REQUIRE_PLAN: whether a live replay, reversal backfill or recovery must name the completed dry run it was reviewed from (planOf); null: true when environment is prod."
+  type        = bool
+  default     = null
+}
+
+variable "approvers" {
+  description = "BACKFILL_APPROVERS: operators who approve large live runs (another's, never their own). Empty: no approval."
+  type        = list(string)
+  default     = []
+}
+
+variable "approval_events" {
+  description = "BACKFILL_APPROVAL_EVENTS: a live run planned above this many events awaits approval (null: no size threshold)."
+  type        = number
+  default     = null
+}
+
+variable "approval_points" {
+  description = "BACKFILL_APPROVAL_POINTS: a live run that may move more points than this (its maxPoints; none counts as more) awaits approval (null: no points threshold)."
+  type        = number
+  default     = null
+}
+
+variable "require_preflight" {
+  description = "BACKFILL_REQUIRE_PREFLIGHT: whether a live run whose preflight fails is refused unless forced; null: true when environment is prod."
+  type        = bool
+  default     = null
+}
+
+variable "plan_max_age_hours" {
+  description = "BACKFILL_PLAN_MAX_AGE_HOURS: how long after it ended a dry run may be the plan of a live run."
+  type        = number
+  default     = 24
+}
+
+variable "plan_tolerance" {
+  description = "BACKFILL_PLAN_TOLERANCE: the share of events (0-1) a range may have gained since its dry run before the live run stops at planning."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.plan_tolerance >= 0 && var.plan_tolerance <= 1
+    error_message = "plan_tolerance must be between 0 and 1."
+  }
+}
+
 variable "max_points" {
   description = "BACKFILL_MAX_POINTS: the points a run may move in all (credits and debits) when it names no maxPoints; a page that would cross it is not written and the run pauses (null: no cap)."
   type        = number

@@ -144,6 +144,26 @@ class Settings(BaseSettings):
     max_points_per_customer: int | None = Field(None, gt=0)
     allow_negative_wallets: bool = True
 
+    # Plan, then apply exactly (shared.runs.plans): a live replay, reversal backfill or recovery
+    # names the completed dry run it was reviewed from (planOf), which must be this recent and of
+    # the same scope; required when true (unset: in prod). Planning stops a live run, writing
+    # nothing, when its events differ from the plan's by more than the tolerance (a fraction).
+    require_plan: bool | None = None
+    # Whether a live run whose preflight fails is refused unless forced (unset: in prod).
+    require_preflight: bool | None = None
+    plan_max_age_hours: float = Field(24.0, gt=0, le=24 * 30)
+    plan_tolerance: float = Field(0.0, ge=0, le=1)
+
+    # Approval (shared.runs.control.approve): with approvers, a live run planned above
+    # approval_events events, or that may move more than approval_points points (its maxPoints;
+    # none counts as more), waits as awaiting_approval until another approver approves it.
+    approvers: CsvList = ()
+    approval_events: int | None = Field(None, gt=0)
+    approval_points: int | None = Field(None, gt=0)
+
+    # Whether Terraform created the alert policies (var.alerting_enabled): the preflight says so.
+    alerting_enabled: bool = False
+
     # Run control (see the README's "Run control").
     max_active_runs: int = Field(3, ge=1, le=100)
     lease_seconds: float = Field(900.0, gt=0)
@@ -177,7 +197,8 @@ class Settings(BaseSettings):
     # answers, as a handler killed mid-chunk would. Tests use it to prove at-least-once safety.
     fault_exit_after_commits: int = Field(0, ge=0)
 
-    @field_validator("operator_audiences", "operators", "viewers", "issuers", mode="before")
+    @field_validator("operator_audiences", "operators", "viewers", "approvers", "issuers",
+                     mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -241,6 +262,18 @@ class Settings(BaseSettings):
         if self.environment is not None:
             return self.environment
         return Stage.LOCAL if self.local else Stage.PROD
+
+    @property
+    def plan_required(self) -> bool:
+        """``BACKFILL_REQUIRE_PLAN``, or whether this is prod."""
+        return self.require_plan if self.require_plan is not None else self.stage is Stage.PROD
+
+    @property
+    def preflight_required(self) -> bool:
+        """``BACKFILL_REQUIRE_PREFLIGHT``, or whether this is prod."""
+        if self.require_preflight is not None:
+            return self.require_preflight
+        return self.stage is Stage.PROD
 
     @property
     def deployment(self) -> dict[str, str]:

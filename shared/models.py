@@ -37,6 +37,9 @@ class RunStatus(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     PAUSED = "paused"
+    # Planned above BACKFILL_APPROVAL_EVENTS or _POINTS: no chunk runs until another approver
+    # approves it (shared.runs.control.approve).
+    AWAITING_APPROVAL = "awaiting_approval"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -55,7 +58,8 @@ class ChunkState(enum.StrEnum):
 
 FINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 # Active runs count against the concurrency limit and block overlapping runs.
-ACTIVE_RUN_STATUSES = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PAUSED})
+ACTIVE_RUN_STATUSES = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PAUSED,
+                                 RunStatus.AWAITING_APPROVAL})
 FINAL_CHUNK_STATES = frozenset({ChunkState.COMPLETED, ChunkState.FAILED, ChunkState.CANCELLED})
 # Chunks whose work a delivery may still do (a paused chunk waits for resume).
 OPEN_CHUNK_STATES = frozenset({ChunkState.PENDING, ChunkState.RUNNING})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
@@ -256,8 +257,14 @@ class MemoryPlans:
     def settled(self, migration_id: str) -> int:
         return 0
 
+    def catalog(self) -> dict[str, int]:
+        return {}
+
+    def products_named(self, window: Window, limit: int) -> tuple[Counter[str], int]:
+        return Counter(), 0
+
     def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
-             completes: str | None) -> bool:
+             completes: str | None, fields: dict[str, Any] | None = None) -> bool:
         if self._runs.records[run.migration_id] != run:
             return False  # moved since it was read
         self.saves += 1

@@ -187,14 +187,15 @@ YesOption = Annotated[bool, typer.Option(
 
 
 def _confirm_live(client: BackfillClient, what: str, yes: bool,
-                  scope: dict[str, Any] | None = None) -> None:
-    """Ask before a live run, naming the project, database and environment it will change;
-    warn when no completed dry run of the same ``scope`` (type, dates, target) exists. Exits
-    2 without ``--yes`` when nobody can answer (no terminal), so a script never goes live by
-    accident: it says ``-y``."""
+                  scope: dict[str, Any] | None = None) -> str | None:
+    """Ask before a live run, naming the project, database and environment it will change,
+    and the completed dry run of the same ``scope`` (type, dates, target) it will be bound to
+    (``planOf``: answered), or warn that there is none. Exits 2 without ``--yes`` when nobody
+    can answer (no terminal), so a script never goes live by accident: it says ``-y``."""
     where = client.deployment()
     notes.print(f"a LIVE run: {what}, in {banner(where)}", soft_wrap=True, markup=False,
                 highlight=False)
+    reviewed = None
     if scope is not None:
         reviewed = _reviewed_dry_run(client, scope)
         if reviewed is None:
@@ -202,15 +203,22 @@ def _confirm_live(client: BackfillClient, what: str, yes: bool,
                         "run the same command without --apply first", soft_wrap=True,
                         markup=False, highlight=False)
         else:
-            notes.print(f"reviewed dry run: {reviewed}", soft_wrap=True, markup=False)
+            notes.print(f"reviewed dry run: {reviewed} (the run is bound to it: planOf)",
+                        soft_wrap=True, markup=False)
     if yes:
-        return
+        return reviewed
     if not sys.stdin.isatty():
         _fail("a live run is confirmed at a terminal, or with -y (--yes) in scripts",
               ExitCode.USAGE)
     if not typer.confirm(f"change {where.get('environment', '?')} now?", default=False,
                          err=True):
         _fail("not started", ExitCode.USAGE)
+    return reviewed
+
+
+# The types whose live runs are bound to a reviewed dry run (the bundle's
+# shared.domain.review.PLANNED_TYPES).
+PLANNED_TYPES = ("webhook_replay", "reversal_backfill", "webhook_recovery")
 
 
 def _reviewed_dry_run(client: BackfillClient, scope: dict[str, Any]) -> str | None:
@@ -322,8 +330,10 @@ def start(
     with _client(ctx, token, as_email, out) as client:
         if not dry_run:
             scope = _scope(body)
-            _confirm_live(client, f"{backfill_type} over {scope['startDate']}.."
-                                  f"{scope['endDate']}", yes, scope)
+            plan = _confirm_live(client, f"{backfill_type} over {scope['startDate']}.."
+                                         f"{scope['endDate']}", yes, scope)
+            if plan is not None and backfill_type in PLANNED_TYPES:
+                body["planOf"] = plan
         started = client.start(body)
         out.answer(started)
         if wait:
@@ -357,13 +367,16 @@ def recover(
     with _client(ctx, token, as_email, out) as client:
         if not dry_run:
             scope = _scope(body)
-            _confirm_live(client, f"webhook_recovery and webhook_replay over "
-                                  f"{scope['startDate']}..{scope['endDate']}", yes, scope)
+            plan = _confirm_live(client, f"webhook_recovery and webhook_replay over "
+                                         f"{scope['startDate']}..{scope['endDate']}", yes, scope)
+            if plan is not None:
+                body["planOf"] = plan
         recovery = client.start(body)
         out.answer(recovery)
         replay = None
         if not dry_run:
             replay = client.start({"type": "webhook_replay", "dryRun": False, **span,
+                                   **({"planOf": body["planOf"]} if "planOf" in body else {}),
                                    **({"eventTypes": body["eventTypes"]} if event_types
                                       else {})})
             out.answer(replay)
@@ -524,6 +537,48 @@ def pause(ctx: typer.Context, migration_id: OptionalRun = None, reason: ReasonOp
     else:
         assert migration_id is not None
         _steer(ctx, "pause", migration_id, reason, token, as_email, Output(as_json))
+
+
+@app.command()
+def approve(ctx: typer.Context, migration_id: RunArgument, reason: ReasonOption = None,
+            as_json: JsonOption = False, token: TokenOption = None,
+            as_email: AsOption = "ops@example.com") -> None:
+    """Approve a live run that awaits approval (an approver who did not start it): its chunks
+    start."""
+    _steer(ctx, "approve", migration_id, reason, token, as_email, Output(as_json))
+
+
+@app.command()
+def preflight(
+    ctx: typer.Context,
+    backfill_type: Annotated[str, typer.Argument(metavar="TYPE", help="the live run's type")],
+    start_date: Annotated[str, typer.Option("--start", help="first UTC day, YYYY-MM-DD")],
+    end_date: Annotated[str, typer.Option("--end", help="last UTC day (inclusive)")],
+    as_json: JsonOption = False,
+    token: TokenOption = None,
+    as_email: AsOption = "ops@example.com",
+) -> None:
+    """What to know before a live run: the switch, the queue, point-in-time recovery, the
+    indexes, alerting, products the range's purchases name that the catalog lacks, and how
+    long it would take. Exits 1 when a check fails. Writes nothing."""
+    out = Output(as_json)
+    with _client(ctx, token, as_email, out) as client:
+        answer = client.preflight(backfill_type, start_date, end_date)
+    if as_json:
+        out.answer(answer)
+    else:
+        table = Table("check", "status", "detail", "what to do",
+                      title=f"preflight of {backfill_type} {start_date}..{end_date}: "
+                            f"{answer['result']}")
+        for check in answer["checks"]:
+            colour = {"pass": "green", "warn": "yellow", "fail": "red"}[check["status"]]
+            table.add_row(check["check"], f"[{colour}]{check['status']}[/{colour}]",
+                          escape(check["detail"]), escape(check["action"]))
+        if isinstance(answer.get("deployment"), dict):
+            notes.print(banner(answer["deployment"]), markup=False, highlight=False)
+        console.print(table)
+    if answer["result"] == "fail":
+        raise typer.Exit(ExitCode.REFUSED)
 
 
 @app.command()
@@ -765,6 +820,9 @@ def _watch(client: BackfillClient, migration_id: str, out: Output, final: bool =
         out.human.print(f"{migration_id} is paused; continue it with `backfill resume "
                         f"{migration_id}`, or end it with `backfill cancel {migration_id}`",
                         soft_wrap=True, markup=False)
+    if run["status"] == "awaiting_approval":
+        out.human.print(f"{migration_id} awaits approval: another approver runs `backfill "
+                        f"approve {migration_id}`", soft_wrap=True, markup=False)
     if (code := exit_code(run)) is not ExitCode.OK:
         raise typer.Exit(code)
     if not final and run.get("errors"):

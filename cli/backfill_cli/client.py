@@ -24,7 +24,9 @@ import httpx
 
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 PAUSED = "paused"
-ACTIONS = ("pause", "resume", "cancel", "retry", "throttle", "rollback")
+# A run that waits for an operator: watching it any longer would wait forever.
+WAITING = frozenset({PAUSED, "awaiting_approval"})
+ACTIONS = ("pause", "resume", "cancel", "retry", "throttle", "rollback", "approve")
 
 TokenProvider = Callable[[str], str]
 """An ID token for an audience (see ``backfill_cli.tokens``)."""
@@ -140,11 +142,10 @@ class BackfillClient:
         their reversal, processed purchases without their entry, and with ``provider`` the
         events PayNow sent that never arrived (the status function's ``/api/admin/gaps``,
         beside its runs)."""
-        base = self.endpoints.require("status").removesuffix("/api/admin/dataMigrations")
         params = {"startDate": start_date, "endDate": end_date}
         if provider:
             params["provider"] = "true"
-        return self._json("GET", f"{base}/api/admin/gaps", params=params)
+        return self._json("GET", f"{self._admin('status')}/gaps", params=params)
 
     def run(self, migration_id: str) -> dict[str, Any]:
         """One run's status: counts, progress, chunks, first errors."""
@@ -169,11 +170,22 @@ class BackfillClient:
 
     def switch(self, enabled: bool | None = None, reason: str = "") -> dict[str, Any]:
         """The kill switch (``enabled`` None: as it is; else switched, every active run paused
-        when off), beside the runs on the status and control functions."""
+        when off): ``/api/admin/switch`` of the status and control functions."""
         if enabled is None:
-            return self._json("GET", f"{self.endpoints.require('status')}/switch")
-        return self._json("POST", f"{self.endpoints.require('control')}/switch",
+            return self._json("GET", f"{self._admin('status')}/switch")
+        return self._json("POST", f"{self._admin('control')}/switch",
                           json={"enabled": enabled, "reason": reason})
+
+    def preflight(self, backfill_type: str, start_date: str, end_date: str) -> dict[str, Any]:
+        """The checks before a live run (``/api/admin/preflight`` of the status function)."""
+        return self._json("GET", f"{self._admin('status')}/preflight", params={
+            "type": backfill_type, "startDate": start_date, "endDate": end_date})
+
+    def _admin(self, endpoint: str) -> str:
+        """``/api/admin`` of a function: beside its runs on the gateway; the function's own
+        URL in production (its paths take the prefix or not)."""
+        base = self.endpoints.require(endpoint).removesuffix("/api/admin/dataMigrations")
+        return f"{base}/api/admin"
 
     @contextlib.contextmanager
     def errors(self, migration_id: str, code: str | None = None,
@@ -198,7 +210,7 @@ class BackfillClient:
             run = self.run(migration_id)
             if progress is not None:
                 progress(run)
-            if run["status"] in FINAL_STATUSES or run["status"] == PAUSED:
+            if run["status"] in FINAL_STATUSES or run["status"] in WAITING:
                 return run
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"run {migration_id} is still {run['status']} after "

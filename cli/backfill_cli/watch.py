@@ -34,7 +34,8 @@ class ExitCode(enum.IntEnum):
 
 
 RUN_EXIT_CODES = {"completed": ExitCode.OK, "failed": ExitCode.FAILED,
-                  "cancelled": ExitCode.CANCELLED, "paused": ExitCode.PAUSED}
+                  "cancelled": ExitCode.CANCELLED, "paused": ExitCode.PAUSED,
+                  "awaiting_approval": ExitCode.PAUSED}
 
 
 def exit_code(run: dict[str, Any]) -> ExitCode:

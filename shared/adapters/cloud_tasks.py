@@ -111,7 +111,19 @@ class TaskBody(BaseModel):
         return ChunkTask(self.migration_id, self.chunk_id or "", self.segment, self.kind)
 
 
+@dataclasses.dataclass(frozen=True)
+class QueueInfo:
+    """The chunk queue as Cloud Tasks reports it (``state``: RUNNING, PAUSED, DISABLED)."""
+
+    state: str
+    max_dispatches_per_second: float | None = None
+    max_concurrent_dispatches: int | None = None
+
+
 class Dispatcher(Protocol):
+    def queue(self) -> QueueInfo | None:
+        """The chunk queue's state and limits; None when Cloud Tasks did not say."""
+
     def enqueue(self, task: ChunkTask, delay_seconds: float = 0.0) -> bool:
         """Create ``task`` (due after ``delay_seconds``); False if its name exists already."""
 
@@ -154,6 +166,15 @@ class CloudTasksDispatcher:
             channel = grpc.insecure_channel(settings.tasks_emulator_host)
             return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
         return tasks_v2.CloudTasksClient()
+
+    def queue(self) -> QueueInfo | None:
+        try:
+            queue = self._client.get_queue(name=self._settings.queue_path, timeout=10)
+        except api_exceptions.GoogleAPICallError:
+            return None
+        limits = queue.rate_limits
+        return QueueInfo(queue.state.name, limits.max_dispatches_per_second or None,
+                         limits.max_concurrent_dispatches or None)
 
     def enqueue(self, task: ChunkTask, delay_seconds: float = 0.0) -> bool:
         settings = self._settings
@@ -204,6 +225,10 @@ class InProcessDispatcher:
         self._names: set[str] = set()
         self.queued: list[ChunkTask] = []
         self.delays: dict[ChunkTask, float] = {}
+        self.state = "RUNNING"  # as Cloud Tasks would report the queue (tests pause it)
+
+    def queue(self) -> QueueInfo | None:
+        return QueueInfo(self.state)
 
     def enqueue(self, task: ChunkTask, delay_seconds: float = 0.0) -> bool:
         with self._lock:

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -39,7 +40,7 @@ from shared.domain.records import (
     SwitchRecord,
 )
 from shared.errors import BackfillDisabled, Conflict, NotFound, Unavailable
-from shared.models import ACTIVE_RUN_STATUSES, ChunkState, RunStatus
+from shared.models import ACTIVE_RUN_STATUSES, ChunkState, EventType, RunStatus
 
 logger = logging.getLogger(__name__)
 
@@ -195,15 +196,24 @@ class PlanStore(Protocol):
     def settled(self, migration_id: str) -> int:
         """How many events run ``migration_id`` flagged processed without an entry."""
 
+    def products_named(self, window: Window, limit: int) -> tuple[Counter[str], int]:
+        """The products the first ``limit`` purchases received in ``window`` name (how many
+        purchases name each), and how many purchases were read."""
+
+    def catalog(self) -> dict[str, int]:
+        """Every product's points (``products/{id}.points``; a product without a whole number
+        of points as -1), for a plan's catalog (``shared.domain.review``)."""
+
     def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
-             completes: str | None) -> bool:
+             completes: str | None, fields: dict[str, Any] | None = None) -> bool:
         """Write the run's chunks (idle ones completed) and its totals, and with ``completes``
         (a reason) complete the run too; False when another delivery planned it meanwhile or
         the run moved. In as many commits as the chunks take, each also writing the run under
         the update time the one before left it (the first: as ``run`` was read), so only one
         delivery's plan is ever being written; the run is ``planned`` by the last, and chunk
         documents of an earlier, interrupted plan that this plan lacks are deleted. The grid
-        (``schema.GRID``) lists the chunk ids in planning order."""
+        (``schema.GRID``) lists the chunk ids in planning order; ``fields`` (run document
+        fields) go with the last commit."""
 
 
 class SwitchStore(Protocol):
@@ -677,8 +687,33 @@ class FirestorePlans:
     def settled(self, migration_id: str) -> int:
         return schema.count(schema.settled_by(self._db, migration_id))
 
+    def products_named(self, window: Window, limit: int) -> tuple[Counter[str], int]:
+        query = schema.in_window(self._db.collection(schema.EVENTS).where(
+            filter=FieldFilter("eventType", "==", EventType.ORDER_COMPLETED.value)), window)
+        named: Counter[str] = Counter()
+        read = 0
+        # Oldest first: the (eventType, receivedAt) index serves it ascending only.
+        for snap in query.order_by("receivedAt").select(["payload.body.lines"]).limit(
+                limit).stream():
+            read += 1
+            lines = ((((snap.to_dict() or {}).get("payload") or {}).get("body") or {})
+                     .get("lines"))
+            for line in lines if isinstance(lines, list) else []:
+                product = line.get("product_id") if isinstance(line, dict) else None
+                if isinstance(product, str) and product:
+                    named[product] += 1
+        return named, read
+
+    def catalog(self) -> dict[str, int]:
+        points: dict[str, int] = {}
+        for snap in self._db.collection(schema.PRODUCTS).select(["points"]).stream():
+            value = (snap.to_dict() or {}).get("points")
+            points[snap.id] = value if isinstance(value, int) and not isinstance(
+                value, bool) else -1
+        return points
+
     def save(self, run: RunRecord, chunks: list[PlannedChunk], lease_until: dt.datetime,
-             completes: str | None) -> bool:
+             completes: str | None, fields: dict[str, Any] | None = None) -> bool:
         ref = schema.run_ref(self._db, run.migration_id)
         chunks_ref, grid_ref = ref.collection(schema.CHUNKS), ref.collection(schema.GRID)
         planned_ids = {chunk.chunk_id for chunk in chunks}
@@ -713,6 +748,7 @@ class FirestorePlans:
             update: dict[str, Any] = {"plannedChunks": written}
             if number == len(groups):
                 update.update(_plan_totals(chunks, completes))
+                update.update(fields or {})
             batch.update(ref, update, option=self._db.write_option(last_update_time=read_at))
             try:
                 results = batch.commit()

@@ -159,6 +159,23 @@ class SteeredAllAnswer(_Answer):
     runs: list[dict[str, Any]]
 
 
+class PreflightCheck(_Answer):
+    check: str = Field(description="switch, queue, pitr, indexes, alerting, products, estimate")
+    status: str = Field(description="pass, warn or fail")
+    detail: str
+    action: str = Field(description="what to do about it (empty when nothing)")
+
+
+class PreflightAnswer(_Answer):
+    """Each check before a live run; ``result`` is the worst of them."""
+
+    type: str
+    start_date: str
+    end_date: str
+    result: str
+    checks: list[PreflightCheck]
+
+
 class SwitchAnswer(_Answer):
     """The kill switch after ``POST /api/admin/switch``: the runs it paused, and the
     deploy-time override (``BACKFILL_ENABLED``), which wins when false."""

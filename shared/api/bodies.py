@@ -44,6 +44,8 @@ class _TriggerBody(BaseModel):
     max_points: int | None = Field(None, alias="maxPoints", gt=0)
     max_points_per_customer: int | None = Field(None, alias="maxPointsPerCustomer", gt=0)
     allow_negative_wallets: bool | None = Field(None, alias="allowNegativeWallets")
+    plan_of: str | None = Field(None, alias="planOf", min_length=1, max_length=200,
+                                pattern=r"^[A-Za-z0-9_-]+$")
     force: bool = False
     include_processed: bool = Field(False, alias="includeProcessed")
     repair: bool = False
@@ -78,6 +80,9 @@ class _TriggerBody(BaseModel):
             assert self.end_date is not None
             if self.start_date > self.end_date:
                 raise ValueError("endDate: must be on or after startDate")
+        if self.plan_of is not None and self.dry_run:
+            raise ValueError("planOf: names the dry run a live run was reviewed from; give "
+                             "it with dryRun: false")
         if self.type not in BACKFILLS.triggered():
             raise ValueError(f"type: Input should be one of: {', '.join(BACKFILLS.triggered())}"
                              + (" (rollback runs start through POST .../{migrationId}/rollback)"
@@ -119,7 +124,7 @@ def parse_request(raw: bytes, max_range_days: int, today: dt.date) -> BackfillRe
                               dry_run=body.dry_run, max_events=body.max_events,
                               max_events_per_second=body.max_events_per_second,
                               lookback_days=body.lookback_days, force=body.force,
-                              max_points=body.max_points,
+                              max_points=body.max_points, plan_of=body.plan_of,
                               max_points_per_customer=body.max_points_per_customer,
                               allow_negative_wallets=body.allow_negative_wallets,
                               include_processed=body.include_processed,

@@ -104,6 +104,17 @@ def document() -> dict[str, Any]:
                        "also ask PayNow's webhook history what never arrived (API calls)")],
             answers={"200": ("the gaps", schemas.ref(answers.GapsAnswer))},
             refused=("400", "401", "403", "405"))},
+        "/api/admin/preflight": {"get": _operation(
+            "getPreflight", "What to know before a live run: switch, queue, PITR, indexes, "
+            "alerting, unknown products, an estimate", refusals, parameters=[
+                _query("type", {"type": "string", "enum": list(BACKFILLS.triggered())},
+                       "the run's type", required=True),
+                _query("startDate", {"type": "string", "format": "date"}, "first UTC day",
+                       required=True),
+                _query("endDate", {"type": "string", "format": "date"}, "last UTC day",
+                       required=True)],
+            answers={"200": ("the checks", schemas.ref(answers.PreflightAnswer))},
+            refused=("400", "401", "403", "405"))},
         "/api/jobs/sweep": {"post": _operation(
             "sweep", "A watchdog round for every active run (Cloud Scheduler)", refusals,
             answers={"200": ("what it did", schemas.ref(answers.SweepAnswer))},
@@ -114,7 +125,8 @@ def document() -> dict[str, Any]:
             refused=("401", "403", "405"))},
     }
     steer = {"pause": "Pause a pending or running run", "resume": "Resume a paused run "
-             "(with raised guardrails, or force to lift them)", "cancel": "Cancel an active run"}
+             "(with raised guardrails, or force to lift them)", "cancel": "Cancel an active run",
+             "approve": "Approve a run that awaits approval (an approver, not its starter)"}
     for action, summary in steer.items():
         body = bodies.ResumeRequest if action == "resume" else bodies.ControlRequest
         paths[f"/api/admin/dataMigrations/{{migrationId}}/{action}"] = {"post": _operation(
@@ -122,6 +134,8 @@ def document() -> dict[str, Any]:
             body=schemas.ref(body, "validation"), optional_body=True,
             answers={"200": ("where the run stands", schemas.ref(answers.SteeredAnswer))},
             refused=("400", "401", "403", "404", "405", "409", "503"))}
+        if action == "approve":
+            continue  # one run at a time
         paths[f"/api/admin/dataMigrations/{action}"] = {"post": _operation(
             f"{action}Runs", f"{action.capitalize()} every active run of a filter (all, a type, "
             "dates)", refusals, body=schemas.ref(bodies.SteerAllRequest, "validation"),

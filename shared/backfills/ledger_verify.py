@@ -119,6 +119,8 @@ class LedgerVerify(WebhookEvents):
     waits_for = (BackfillType.WEBHOOK_REPLAY.value, BackfillType.REVERSAL_BACKFILL.value,
                  BackfillType.ROLLBACK.value)
     options = frozenset({"repair", *target.FIELDS})
+    # A repair credits missing purchase entries: the preflight checks the products.
+    credits_products = True
     event_types = tuple(kind.value for kind in EventType)
     flags_events = False
 

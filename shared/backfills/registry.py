@@ -61,6 +61,11 @@ class Registry:
     def names(self) -> tuple[str, ...]:
         return tuple(self._types)
 
+    def reviewed(self) -> tuple[str, ...]:
+        """The types whose live runs are bound to a reviewed dry run (``reviewed``)."""
+        return tuple(name for name, backfill in self._types.items()
+                     if getattr(backfill, "reviewed", False))
+
     def repairing(self, gap: str) -> str:
         """The type a gaps report suggests for ``gap`` (a key of its totals): the first
         registered whose ``repairs`` names it."""

@@ -36,6 +36,8 @@ class ReversalBackfill(RuleBook):
                  BackfillType.WEBHOOK_RECOVERY.value)
     options = frozenset(target.FIELDS)
     repairs = ("reversalsMissing",)
+    # A live run is bound to the dry run it was reviewed from (``shared.domain.review``).
+    reviewed = True
 
     def selection(self, events: firestore.CollectionReference, window: Window) -> Any:
         return in_window(events.where(filter=FieldFilter("eventType", "in", self.types())),

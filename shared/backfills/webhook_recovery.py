@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from shared.adapters.stores import PlanStore
 
 RECOVERY = BackfillType.WEBHOOK_RECOVERY.value
+REPLAY = BackfillType.WEBHOOK_REPLAY.value
 CHUNK = "history"
 PAYLOAD_CONFLICT = "payload_conflict"
 # How many pages a probe for a range's first page may read before it gives up (2^20 pages
@@ -215,6 +216,10 @@ class WebhookRecovery:
     options = frozenset({"eventTypes"})
     # The gap it closes (``shared.runs.gaps``): events PayNow sent that never arrived.
     repairs = ("neverArrived",)
+    # A live run is bound to the dry run it was reviewed from (``shared.domain.review``); so is
+    # the replay of what it stores, which has no dry run of its own to review.
+    reviewed = True
+    replayed_by = REPLAY
     event_types = tuple(event_type.value for event_type in EventType)
     flags_events = False
 

@@ -57,6 +57,10 @@ class WebhookReplay(RuleBook):
     options = frozenset({"includeProcessed", *target.FIELDS})
     # The gaps it repairs (``shared.runs.gaps``): what a gaps report suggests it for.
     repairs = ("unprocessed", "purchasesWithoutEntry")
+    # A live run is bound to the dry run it was reviewed from (``shared.domain.review``), and
+    # the preflight checks the products its purchases name.
+    reviewed = True
+    credits_products = True
     # A rollback over the same dates unflags events as it goes, a recovery stores them: replay
     # them once it is done.
     waits_for = (BackfillType.ROLLBACK.value, BackfillType.WEBHOOK_RECOVERY.value)

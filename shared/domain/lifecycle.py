@@ -8,6 +8,7 @@ and two writers racing cannot both move from the same status::
               |  \\        |  ^
               |   \\       v  |
               |    `--> paused --> cancelled (and pending/running --> cancelled)
+              `<--> awaiting_approval --> cancelled (a large live run, until approved)
 
     chunk: pending --> running --> completed | failed
               ^  |        |  \\
@@ -36,6 +37,10 @@ RUN_MOVES: Mapping[tuple[RunStatus, RunStatus], str] = {
     (R.PENDING, R.FAILED): "planning failed for good",
     (R.PENDING, R.PAUSED): "paused before it started",
     (R.PENDING, R.CANCELLED): "cancelled before it started",
+    (R.PENDING, R.AWAITING_APPROVAL): "planned above the approval threshold: no chunk runs "
+                                      "until another approver approves it",
+    (R.AWAITING_APPROVAL, R.PENDING): "approved; its chunks are enqueued",
+    (R.AWAITING_APPROVAL, R.CANCELLED): "cancelled while awaiting approval",
     (R.RUNNING, R.PAUSED): "paused; its chunks stop at their next page and keep their cursors",
     (R.RUNNING, R.CANCELLED): "cancelled; its chunks stop at their next page",
     (R.RUNNING, R.COMPLETED): "its last chunk ended",

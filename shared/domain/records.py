@@ -104,6 +104,12 @@ class RunRecord(_Record):
     retry_of: dict[str, Any] | None = None
     # For a rollback run: the run it rolls back, and how many entries that run wrote.
     rollback_of: dict[str, Any] | None = None
+    # The dry run a live run was reviewed from: {migrationId, total, catalog} as it ended
+    # (shared.runs.plans); a dry run's own catalog of product points, as its planning read it.
+    plan_of: dict[str, Any] | None = None
+    catalog: dict[str, Any] | None = None
+    # Who approved a run that awaited approval.
+    approved_by: str | None = None
     # The money guardrails (shared.executor.guard): None is no cap.
     max_points: int | None = None
     max_points_per_customer: int | None = None
@@ -242,6 +248,11 @@ class RunFields(_Shape):
     max_events_per_second: int | None
     retry_of: dict[str, Any] | None
     rollback_of: dict[str, Any] | None
+    plan_of: dict[str, Any] | None
+    approved_by: str | None
+    max_points: int | None
+    max_points_per_customer: int | None
+    allow_negative_wallets: bool
     pitr_timestamp: dt.datetime | None
     forced: bool
     planned: bool

@@ -31,6 +31,8 @@ class BackfillRequest(BaseModel):
     max_points: int | None = None
     max_points_per_customer: int | None = None
     allow_negative_wallets: bool | None = None
+    # The completed dry run this live run was reviewed from (shared.runs.plans).
+    plan_of: str | None = None
     force: bool = False
     include_processed: bool = False
     # ledger_verify: repair what is safe to repair.

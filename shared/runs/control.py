@@ -27,7 +27,7 @@ from shared.config import Settings
 from shared.domain import lifecycle
 from shared.domain import throttle as throttling
 from shared.domain.records import ChunkRecord, RunRecord
-from shared.errors import BackfillError, Conflict, NotFound
+from shared.errors import BackfillError, Conflict, Forbidden, NotFound
 from shared.models import ChunkState, RunStatus
 from shared.runs import completion
 
@@ -129,6 +129,34 @@ def guardrail(settings: Settings, stores: Stores, dispatcher: Dispatcher, migrat
     except BackfillError:  # switched off meanwhile: it stays paused, its reason standing
         return False
     return True
+
+
+def approve(settings: Settings, stores: Stores, dispatcher: Dispatcher, migration_id: str,
+            by: str, note: str = "") -> Steered:
+    """Let a run that awaits approval go: only an approver (``BACKFILL_APPROVERS``) who did not
+    start it may; its chunks are enqueued and its watchdog armed. Refused while the kill
+    switch is off."""
+    refuse_if_off(settings, stores, "approve it once they are on")
+    run = stores.runs.get(migration_id)
+    if run is None:
+        raise NotFound(f"no run {migration_id}")
+    if by not in settings.approvers:
+        raise Forbidden(f"{by} is no approver: one of BACKFILL_APPROVERS "
+                        f"({', '.join(settings.approvers) or 'none configured'}) approves runs")
+    if run.status is not RunStatus.AWAITING_APPROVAL:
+        raise Conflict(f"run {migration_id} is {run.status.value}: only a run awaiting "
+                       "approval is approved", [])
+    if by == run.requested_by:
+        raise Forbidden(f"nobody approves their own run: {by} started {migration_id}; ask "
+                        "another approver")
+    moved = stores.runs.move(migration_id, RunStatus.PENDING, by=by, note=note,
+                             only_from=RunStatus.AWAITING_APPROVAL, strict=True,
+                             fields={"approvedBy": by})
+    tasks = [ChunkTask(migration_id, chunk.chunk_id, chunk.segment)
+             for chunk in stores.chunks.chunks(migration_id, [ChunkState.PENDING])]
+    enqueue_all(dispatcher, tasks, settings.enqueue_workers)
+    cloud_tasks.arm_watchdog(settings, dispatcher, migration_id)
+    return _steered(stores, migration_id, moved, len(tasks))
 
 
 def flip(settings: Settings, stores: Stores, enabled: bool, reason: str,

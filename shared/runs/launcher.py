@@ -25,10 +25,10 @@ from shared.adapters.oidc import Caller
 from shared.adapters.stores import Stores, refuse_if_off
 from shared.backfills.registry import BACKFILLS
 from shared.config import Settings
-from shared.domain import chunking
+from shared.domain import chunking, review
 from shared.domain.records import RunRecord
 from shared.domain.run_request import BackfillRequest
-from shared.errors import Conflict, NotFound, TooManyRuns, Unavailable
+from shared.errors import Conflict, InvalidRequest, NotFound, TooManyRuns, Unavailable
 from shared.models import ACTIVE_RUN_STATUSES, FINAL_RUN_STATUSES, RunStatus
 from shared.runs.completion import fail_run
 
@@ -104,7 +104,33 @@ def start_run(
                        ("max_points_per_customer", request.max_points_per_customer),
                        ("allow_negative_wallets", request.allow_negative_wallets))
                       if value is not None})
+    run = _reviewed(settings, stores, request, run, now(), scheduled_for)
     return _launch(settings, stores, dispatcher, run, request.force, scheduled_for)
+
+
+def _reviewed(settings: Settings, stores: Stores, request: BackfillRequest, run: RunRecord,
+              now: dt.datetime, scheduled_for: dt.datetime | None) -> RunRecord:
+    """The run bound to the dry run it names (``planOf``), or refused: 404 when there is no
+    such run, 409 naming it when it may not plan this one (``review.refusal``), and 409 when a
+    plan is required (``BACKFILL_REQUIRE_PLAN``) and none is named. A run Cloud Scheduler
+    starts needs none: nobody is there to review the nightly job."""
+    if request.plan_of is None:
+        if (settings.plan_required and not request.dry_run and scheduled_for is None
+                and request.type in BACKFILLS.reviewed()):
+            raise Conflict(f"a live {request.type} needs planOf here (BACKFILL_REQUIRE_PLAN): "
+                           "start it as a dry run first (dryRun: true), review what it would "
+                           "do, then start it live with planOf: the dry run's migrationId", [])
+        return run
+    if request.type not in BACKFILLS.reviewed():
+        raise InvalidRequest("planOf", f"only {', '.join(BACKFILLS.reviewed())} runs are "
+                                       f"bound to a plan ({request.type} is not)")
+    plan = stores.runs.get(request.plan_of)
+    if plan is None:
+        raise NotFound(f"planOf: no run {request.plan_of}")
+    replayed_by = getattr(BACKFILLS.get(plan.type), "replayed_by", None)
+    if (problem := review.refusal(settings, plan, run, now, replayed_by)) is not None:
+        raise Conflict(problem, [plan.migration_id])
+    return run.model_copy(update={"plan_of": review.plan_record(plan, run)})
 
 
 def start_retry(source_id: str, caller: Caller, settings: Settings, stores: Stores,

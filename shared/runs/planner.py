@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from shared import logs
 from shared.adapters.cloud_tasks import (
@@ -23,7 +24,7 @@ from shared.adapters.stores import ErrorStore, PlanStore, Stores, still_active
 from shared.backfills.base import Chunks
 from shared.backfills.registry import BACKFILLS
 from shared.config import MAX_CHUNKS, Settings
-from shared.domain import chunking, lifecycle
+from shared.domain import chunking, lifecycle, review
 from shared.domain.chunking import Counted, PlannedChunk, Window
 from shared.domain.records import RunRecord
 from shared.models import (
@@ -31,6 +32,7 @@ from shared.models import (
     ChunkState,
     RunStatus,
 )
+from shared.runs.completion import fail_run
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +68,13 @@ def plan_run(settings: Settings, stores: Stores, dispatcher: Dispatcher,
                                delay_seconds=settings.chain_poll_seconds)
             return f"waiting for {', '.join(waiting)} to end"
         chunks = plan_chunks(settings, stores.plans, stores.errors, run)
+        checked = _check_plan(settings, stores, run, chunks)
+        if isinstance(checked, str):
+            return checked
         completes = lifecycle.run_move(run.status, RunStatus.COMPLETED) if all(
             chunk.idle for chunk in chunks) and run.status is RunStatus.PENDING else None
-        if stores.plans.save(run, chunks, lifecycle.lease_until(settings), completes):
+        if stores.plans.save(run, chunks, lifecycle.lease_until(settings), completes,
+                             checked):
             total = sum(chunk.takes for chunk in chunks)
             logs.log(logger, "run planned", migration_id=migration_id, type=run.type,
                      start_date=run.start_date.isoformat(), end_date=run.end_date.isoformat(),
@@ -76,6 +82,10 @@ def plan_run(settings: Settings, stores: Stores, dispatcher: Dispatcher,
                      total=total, event_count=total, chunks=len(chunks))
             break
     run = stores.runs.get(migration_id)
+    if run is not None and run.status is RunStatus.PENDING and (
+            why := approval_needed(settings, run)) is not None:
+        stores.runs.move(migration_id, RunStatus.AWAITING_APPROVAL, detail=why, strict=False)
+        run = stores.runs.get(migration_id)
     if run is None or run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
         return (f"planned; the run is {run.status.value if run else 'gone'}, so no chunk task "
                 "was enqueued")
@@ -87,6 +97,46 @@ def plan_run(settings: Settings, stores: Stores, dispatcher: Dispatcher,
     tasks = [ChunkTask(migration_id, chunk.chunk_id, chunk.segment) for chunk in pending]
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
     return f"planned; {len(tasks)} chunk task(s) enqueued"
+
+
+def approval_needed(settings: Settings, run: RunRecord) -> str | None:
+    """Why a planned run waits for approval (``BACKFILL_APPROVERS``), or None: a live run of
+    more than ``BACKFILL_APPROVAL_EVENTS`` events, or that may move more than
+    ``BACKFILL_APPROVAL_POINTS`` points (its ``maxPoints``; without one, it may move any)."""
+    if not settings.approvers or run.dry_run:
+        return None
+    reasons = []
+    if settings.approval_events is not None and (run.total or 0) > settings.approval_events:
+        reasons.append(f"{run.total} events, above BACKFILL_APPROVAL_EVENTS="
+                       f"{settings.approval_events}")
+    if settings.approval_points is not None and (
+            run.max_points is None or run.max_points > settings.approval_points):
+        reasons.append(f"maxPoints {run.max_points if run.max_points else 'unset'}, above "
+                       f"BACKFILL_APPROVAL_POINTS={settings.approval_points}")
+    if not reasons:
+        return None
+    return (f"awaiting approval ({'; '.join(reasons)}): another approver "
+            f"({', '.join(settings.approvers)}) approves it with POST .../{run.migration_id}"
+            f"/approve (backfill approve {run.migration_id}); nobody approves their own run")
+
+
+def _check_plan(settings: Settings, stores: Stores, run: RunRecord,
+                chunks: list[PlannedChunk]) -> dict[str, Any] | str:
+    """The run fields planning records of the catalog (a dry run's, for the live run it plans
+    to compare), or, for a live run bound to a plan whose events or catalog moved
+    (``review.drift``), the reason it failed: nothing was written."""
+    if not run.dry_run and run.plan_of is None:
+        return {}
+    found = review.catalog(stores.plans.catalog())
+    if run.plan_of is not None:
+        total = sum(chunk.takes for chunk in chunks)
+        if (moved := review.drift(settings, run.plan_of, total, found)) is not None:
+            fail_run(stores, run.migration_id, moved)
+            logs.log(logger, "run refused at planning: its plan moved", logging.WARNING,
+                     migration_id=run.migration_id, plan=run.plan_of["migrationId"],
+                     event_count=total)
+            return moved
+    return {"catalog": found}
 
 
 def plan_chunks(settings: Settings, plans: PlanStore, errors: ErrorStore,

@@ -61,6 +61,8 @@ def _watch(settings: Settings, stores: Stores, dispatcher: Dispatcher,
         return f"the run is {run.status.value}; the watchdog stops", 0
     if run.status is RunStatus.PAUSED:
         return "the run is paused; resuming it arms a new watchdog", 0
+    if run.status is RunStatus.AWAITING_APPROVAL:
+        return "the run awaits approval; approving it arms a new watchdog", 0
     tasks: list[ChunkTask] = []
     if not run.planned:
         # A run waiting for others has its own planning task polling; a second poll chain would

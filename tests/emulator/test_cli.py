@@ -172,6 +172,8 @@ def test_a_live_start_asks_naming_the_deployment_and_its_reviewed_dry_run(
 
     assert live.exit_code == 0, live.output
     assert f"reviewed dry run: {dry}" in live.stderr and where in plain(live.stderr)
+    assert cli.run_status(json.JSONDecoder().raw_decode(live.stdout.lstrip())[0][
+        "migrationId"])["planOf"]["migrationId"] == dry
     # Every answer names where it comes from; the banner says it before the answer.
     started = json.JSONDecoder().raw_decode(live.stdout.lstrip())[0]
     assert started["dryRun"] is False
@@ -335,6 +337,23 @@ def test_the_switch_off_pauses_every_run_and_refuses_starts_until_on_and_resume_
     assert resumed["matched"] == 2
     assert [cli.run_status(run)["status"] for run in (first, second)] == ["completed"] * 2
     assert len(data.credited_orders(db)) == 30
+
+
+def test_preflight_prints_each_check_and_exits_1_when_one_fails(
+        cli: Cli, db: firestore.Client, stack_env: dict[str, str]) -> None:
+    seed_purchases(db, 12, unknown=2)
+
+    passed = cli.run("preflight", "webhook_replay", *RANGE)
+    with held_tasks(stack_env):
+        paused = cli.run("preflight", "webhook_replay", *RANGE, "--json")
+
+    assert passed.exit_code == 0, passed.output
+    shown = plain(passed.stdout)
+    assert "preflight of webhook_replay 2025-01-01..2025-01-03: warn" in shown
+    assert "retired (2)" in shown and "14 events" in shown
+    assert paused.exit_code == 1
+    answer = json.JSONDecoder().raw_decode(paused.stdout.lstrip())[0]
+    assert {c["check"]: c["status"] for c in answer["checks"]}["queue"] == "fail"
 
 
 def test_a_paused_run_applies_nothing_until_it_is_resumed(cli: Cli,

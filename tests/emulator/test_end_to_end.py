@@ -99,6 +99,30 @@ def test_every_purchase_is_credited_once_when_every_task_is_delivered_twice(
     data.assert_ledger_consistent(db)
 
 
+def test_chunks_running_at_once_share_max_points_and_never_move_more_together(
+        api: Api, stack: Stack, db: firestore.Client) -> None:
+    data.product(db, "p1", 10)
+    data.put(db, *data.purchases(600, days=6))  # 6 chunks, 4 at a time; 12,000 points in all
+    stack.set_faults(duplicate_delivery=True)
+    six_days = {"startDate": "2025-01-01", "endDate": "2025-01-06"}
+
+    paused = api.finish(type="webhook_replay", **six_days, maxPoints=5000)
+    moved = sum(data.assert_ledger_consistent(db).values())
+    pool = schema.pool_ref(db, paused["migrationId"]).get().to_dict() or {}
+    api.client.control(paused["migrationId"], "resume", {"force": True})
+    stack.wait_idle(timeout=180)
+    done = api.client.run(paused["migrationId"])
+
+    assert paused["status"] == "paused", paused["statusReason"]
+    assert paused["statusReason"].startswith("guardrail maxPoints=5000")
+    assert 0 < moved <= 5000
+    assert pool["reserved"] == moved  # what the stopped chunks held went back
+    assert done["status"] == "completed"
+    assert set(data.credited_orders(db).values()) == {1}
+    assert len(data.credited_orders(db)) == 600
+    assert sum(data.assert_ledger_consistent(db).values()) == 12_000
+
+
 def test_every_purchase_is_credited_once_when_the_handler_dies_mid_chunk(
         api: Api, stack: Stack, db: firestore.Client) -> None:
     data.product(db, "p1", 10)

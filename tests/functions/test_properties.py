@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import random
 from collections import Counter
 from typing import Any
@@ -29,8 +30,10 @@ from tests.data import assert_ledger_consistent, credited_orders, documents
 from tests.functions.conftest import SOURCE, Harness
 from tests.ledgers import EVENTS, LEDGER, WALLETS, Corruption, Ledger, Plant, corrupt, parse
 
-# A handful of examples each: an example is several whole runs (the file stays near a minute).
-EXAMPLES = settings(max_examples=12, deadline=None, database=None, print_blob=True,
+# A handful of examples each: an example is several whole runs, so CI's suite takes 9 a property
+# (BACKFILL_PROPERTY_EXAMPLES=100 make test looks much further, in about an hour).
+EXAMPLES = settings(max_examples=int(os.environ.get("BACKFILL_PROPERTY_EXAMPLES", "9")),
+                    deadline=None, database=None, print_blob=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 # 1-100, small ones as often as not: a customer over many pages is where repairs went wrong.
@@ -210,7 +213,7 @@ def balances(db: firestore.Client) -> dict[str, int]:
     return {cid: int(w.get("balance", 0)) for cid, w in documents(db, WALLETS).items()}
 
 
-@settings(EXAMPLES, max_examples=8)
+@settings(EXAMPLES, max_examples=max(1, EXAMPLES.max_examples - 1))
 @given(ledger=UNSETTLED, page_size=PAGE_SIZES, seed=ORDERS, cap=st.integers(1, 120),
        per_customer=st.one_of(st.none(), st.integers(1, 60)))
 def test_a_capped_replay_stays_within_its_caps_and_force_then_makes_the_models_ledger(

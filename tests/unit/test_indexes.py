@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.adapters import rate_limit, schema
+from shared.adapters.firestore_admin import COMPOSITE_INDEXES
 from tests.conftest import ROOT
 
 Index = tuple[str, tuple[tuple[str, str], ...]]
@@ -233,3 +234,10 @@ def test_no_exempt_field_is_queried_or_in_a_composite_index() -> None:
 
     assert [field for field in terraform_exemptions() if is_queried(field, queried)] == []
     assert [field for field in terraform_exemptions() if field in composite] == []
+
+
+def test_the_preflight_checks_the_composite_indexes_infra_declares() -> None:
+    declared = json.loads((ROOT / "infra" / "firestore.indexes.json").read_text())["indexes"]
+
+    assert sorted((index["collectionGroup"], tuple(f["fieldPath"] for f in index["fields"]))
+                  for index in declared) == sorted(COMPOSITE_INDEXES)

@@ -23,7 +23,7 @@ def test_every_public_operation_documents_its_answers_and_refusals() -> None:
     assert document["openapi"] == "3.1.0"
     assert ("/api/jobs/backfill", "post") in operations
     assert {path.rsplit("/", 1)[-1] for path, _ in operations if "{migrationId}/" in path} == {
-        "errors", "pause", "resume", "cancel", "retry", "rollback", "throttle"}
+        "errors", "pause", "resume", "cancel", "retry", "rollback", "throttle", "approve"}
     for (path, _), operation in operations.items():
         assert {"401", "403"} <= set(operation["responses"]), path
     trigger = document["components"]["schemas"]["TriggerBody"]
