@@ -179,7 +179,9 @@ def _trigger(request: flask.Request) -> tuple[dict[str, Any], int]:
                            "it anyway)", [])
     started = launcher.start_run(backfill, caller, settings, svc.stores, svc.dispatcher,
                                  scheduled_for=_schedule_time(request))
-    return StartedAnswer.of(started, settings.status_url).answer()
+    waiting = [] if started.duplicate else control.make_way(settings, svc.stores,
+                                                            started.migration_id)
+    return StartedAnswer.of(started, settings.status_url, made_wait=waiting or None).answer()
 
 
 def _schedule_time(request: flask.Request) -> dt.datetime | None:
@@ -328,7 +330,9 @@ def _retry(svc: Services, caller: Caller, migration_id: str,
     retry = parse_json(raw, RetryRequest)
     started = launcher.start_retry(migration_id, caller, svc.settings, svc.stores,
                                    svc.dispatcher, retry.code, retry.dry_run, retry.force)
-    return StartedAnswer.of(started, svc.settings.status_url, retry_of=started.retry_of).answer()
+    waiting = control.make_way(svc.settings, svc.stores, started.migration_id)
+    return StartedAnswer.of(started, svc.settings.status_url, retry_of=started.retry_of,
+                            made_wait=waiting or None).answer()
 
 
 def _rollback(svc: Services, caller: Caller, migration_id: str,
@@ -336,6 +340,7 @@ def _rollback(svc: Services, caller: Caller, migration_id: str,
     undo = parse_json(raw, RollbackRequest)
     started = launcher.start_rollback(migration_id, caller, svc.settings, svc.stores,
                                       svc.dispatcher, undo.dry_run, undo.force)
+    control.make_way(svc.settings, svc.stores, started.migration_id)
     return StartedAnswer.of(started, svc.settings.status_url,
                             rollback_of=started.rollback_of).answer()
 
@@ -378,7 +383,7 @@ _ACTIONS: dict[str, Action] = {
         svc.settings, svc.stores, run, by, note)),
     "resume": _resume,
     "cancel": _steer("cancel", lambda svc, run, by, note: control.cancel(
-        svc.settings, svc.stores, run, by, note)),
+        svc.settings, svc.stores, run, by, note, svc.dispatcher)),
     "approve": _steer("approve", lambda svc, run, by, note: control.approve(
         svc.settings, svc.stores, svc.dispatcher, run, by, note)),
     "throttle": _throttle, "retry": _retry, "rollback": _rollback,

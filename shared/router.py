@@ -26,7 +26,7 @@ from shared.adapters.stores import Stores
 from shared.config import Settings
 from shared.errors import SourceRefused
 from shared.executor.runner import ChunkReport, ChunkRunner, Crossed, Delivery
-from shared.models import ChunkState
+from shared.models import FINAL_RUN_STATUSES, ChunkState
 from shared.runs import completion, control, planner, watchdog
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,17 @@ class TaskRouter:
         if task.kind is TaskKind.PLAN:
             return ChunkReport("planned", detail=planner.plan_run(
                 settings, self._stores, self._dispatcher, task.migration_id, task.segment))
-        return self._executor.run(delivery)
+        report = self._executor.run(delivery)
+        if report.result == "completed":
+            self._wake_waiters(task.migration_id)
+        return report
+
+    def _wake_waiters(self, migration_id: str) -> None:
+        """The run's last chunk may have ended it: resume the runs that waited for it
+        (``control.make_way``; the sweep does too, should this be lost)."""
+        run = self._stores.runs.get(migration_id)
+        if run is not None and run.status in FINAL_RUN_STATUSES:
+            control.wake(self._settings, self._stores, self._dispatcher)
 
     def _guardrail(self, migration_id: str, crossed: Crossed) -> bool:
         return control.guardrail(self._settings, self._stores, self._dispatcher, migration_id,
@@ -87,3 +97,4 @@ class TaskRouter:
         logs.log(logger, "chunk failed", logging.ERROR, migration_id=task.migration_id,
                  chunk_id=task.chunk_id, reason=reason)
         completion.finish_if_done(self._stores, task.migration_id)
+        self._wake_waiters(task.migration_id)

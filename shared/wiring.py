@@ -59,6 +59,9 @@ class Services:
                                                             run.migration_id)
                       for run in self.stores.runs.active()}
             return watchdog.Swept(paused, 0)
+        # Runs that waited for one that has ended resume here too, should the ending delivery's
+        # call have been lost (``control.make_way``).
+        control.wake(self.settings, self.stores, self.dispatcher)
         return watchdog.sweep(self.settings, self.stores, self.dispatcher)
 
 

@@ -75,6 +75,9 @@ class StartedAnswer(_Answer):
     message: str | None = None
     retry_of: dict[str, Any] | None = None
     rollback_of: dict[str, Any] | None = None
+    made_wait: list[str] | None = Field(None, description="active runs this one made wait "
+                                        "(paused until it ends): they would have waited for "
+                                        "it had they started after it")
     dry_run: bool = Field(description="true: the run writes only its shadow; false: it changes "
                                       "the ledger")
 

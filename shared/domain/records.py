@@ -110,6 +110,9 @@ class RunRecord(_Record):
     catalog: dict[str, Any] | None = None
     # Who approved a run that awaited approval.
     approved_by: str | None = None
+    # The live runs a paused run waits for to end before it resumes by itself
+    # (shared.runs.control.make_way).
+    paused_for: list[str] = Field(default_factory=list)
     # The money guardrails (shared.executor.guard): None is no cap.
     max_points: int | None = None
     max_points_per_customer: int | None = None

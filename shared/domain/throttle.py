@@ -8,7 +8,10 @@ A run's ceiling in events per second is the lower of two:
   ``BACKFILL_RAMP_START_WRITES`` (500) writes a second and grow by half every
   ``BACKFILL_RAMP_STEP_MINUTES`` (5) from the run's start, at three writes an applied event.
 
-Each delivery takes the ceiling's share of the chunks running (``Pacer``), reads pages of at
+The ramp is shared, too: every active run together writes within one ramp (``budget``), counted
+from the first of them to start, so runs started side by side never exceed what one run would
+write. Each delivery takes the lower of its run's ceiling over the run's running chunks and the
+shared budget over every running chunk of every active run (``share``). It reads pages of at
 most a second of that share and, after each page, sleeps as long as its share asks. It reads
 the ceiling and the running chunks again every few seconds, so a change through the control API
 takes hold within that. On contention (Firestore
@@ -21,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from shared.config import Settings
 from shared.domain.records import RunRecord
@@ -56,6 +59,35 @@ def ceiling(settings: Settings, run: RunRecord, now: dt.datetime) -> float | Non
     bounds = [bound for bound in (run.max_events_per_second,
                                   ramp(settings, run.started_at, now)) if bound]
     return float(min(bounds)) if bounds else None
+
+
+def budget(settings: Settings, runs: Sequence[RunRecord], now: dt.datetime) -> float | None:
+    """The events per second every active run shares: the ramp since the first of ``runs``
+    started (none yet: its first step), so that runs started together write no more than one
+    run would, and a run started later joins the traffic the others built up; under
+    ``BACKFILL_MAX_EVENTS_PER_SECOND``, the operators' ceiling of them all. None: neither
+    binds."""
+    if not runs:
+        return None
+    starts = [run.started_at for run in runs if run.started_at is not None]
+    bounds = [bound for bound in (settings.max_events_per_second,
+                                  ramp(settings, min(starts) if starts else None, now)) if bound]
+    return float(min(bounds)) if bounds else None
+
+
+def share(settings: Settings, run: RunRecord, running: Mapping[str, int],
+          runs: Sequence[RunRecord], now: dt.datetime) -> float | None:
+    """One delivery's events per second: the lower of its run's ceiling over that run's
+    running chunks, and the shared ``budget`` of the active ``runs`` over every chunk running
+    (``running``: chunks running by run id; this delivery's chunk counts at least once). The
+    shares of all deliveries of all runs sum to at most the budget (and each run's, to at most
+    its own ceiling). None: unbounded."""
+    mine = max(1, running.get(run.migration_id, 0))
+    everyone = max(mine, sum(running.values()))
+    own, shared = ceiling(settings, run, now), budget(settings, runs, now)
+    parts = [part for part in (own / mine if own else None,
+                               shared / everyone if shared else None) if part is not None]
+    return min(parts) if parts else None
 
 
 class Pacer:

@@ -186,12 +186,20 @@ class ChunkRunner:
         return ChunkReport("paused", detail=crossed.reason)
 
     def _share(self, migration_id: str) -> float | None:
-        """This delivery's events per second: the run's ceiling over the chunks running."""
+        """This delivery's events per second (``throttle.share``): its run's ceiling over the
+        run's running chunks, and the write budget every active run shares over all their
+        running chunks."""
         run = self._stores.runs.get(migration_id)
-        limit = throttle.ceiling(self._settings, run, clock.now()) if run else None
-        if limit is None:
+        if run is None:
             return None
-        return limit / max(1, self._stores.chunks.count(migration_id, [ChunkState.RUNNING]))
+        now = clock.now()
+        if throttle.ceiling(self._settings, run, now) is None and throttle.budget(
+                self._settings, [run], now) is None:
+            return None  # neither bound: no counts to read
+        runs = [other for other in self._stores.runs.active() if other.id != run.id] + [run]
+        running = {other.migration_id: self._stores.chunks.count(
+            other.migration_id, [ChunkState.RUNNING]) for other in runs}
+        return throttle.share(self._settings, run, running, runs, now)
 
     def _claim(self, delivery: Delivery) -> Lease | ChunkReport:
         task = delivery.task

@@ -22,7 +22,8 @@ from shared import clock, logs
 from shared.adapters import cloud_tasks
 from shared.adapters import stores as stores_module
 from shared.adapters.cloud_tasks import ChunkTask, Dispatcher, enqueue_all
-from shared.adapters.stores import Stores
+from shared.adapters.stores import Stores, still_active
+from shared.backfills.registry import BACKFILLS
 from shared.config import Settings
 from shared.domain import lifecycle
 from shared.domain import throttle as throttling
@@ -36,6 +37,12 @@ logger = logging.getLogger(__name__)
 KILL_SWITCH = stores_module.KILL_SWITCH
 switched_off = stores_module.switched_off
 refuse_if_off = stores_module.refuse_if_off
+# The chunk states whose unspent maxPoints allowance goes back to the run's pool on a pause or
+# resume: every one no delivery holds (a failed or cancelled chunk spends nothing more).
+_HOLDING = (ChunkState.PAUSED, ChunkState.PENDING, ChunkState.FAILED, ChunkState.CANCELLED)
+
+# Who paused a run that waits for another (``make_way``), and resumed it (``wake``).
+WAITING = "bundle"
 # Who paused a run whose page would cross a guardrail (its status history's ``by``).
 GUARDRAIL = "guardrail"
 
@@ -57,10 +64,11 @@ class Steered:
 
 
 def pause(settings: Settings, stores: Stores, migration_id: str, by: str,
-          note: str = "", detail: str = "") -> Steered:
-    """Pause a pending or running run; repeating it on a paused run moves any chunk a crashed
-    earlier call left open."""
-    moved = stores.runs.move(migration_id, RunStatus.PAUSED, by=by, note=note, detail=detail)
+          note: str = "", detail: str = "", fields: dict[str, Any] | None = None) -> Steered:
+    """Pause a pending or running run (``fields``: run document fields written with the
+    move); repeating it on a paused run moves any chunk a crashed earlier call left open."""
+    moved = stores.runs.move(migration_id, RunStatus.PAUSED, by=by, note=note, detail=detail,
+                             fields=fields)
     chunks = stop_chunks(settings, stores, migration_id, ChunkState.PAUSED,
                          detail or "its run was paused")
     # A chunk that ended while the pause was on its way may have been the last open one.
@@ -69,14 +77,69 @@ def pause(settings: Settings, stores: Stores, migration_id: str, by: str,
 
 
 def cancel(settings: Settings, stores: Stores, migration_id: str, by: str,
-           note: str = "") -> Steered:
-    """Cancel a pending, running or paused run: its chunks stop at their next page for good."""
+           note: str = "", dispatcher: Dispatcher | None = None) -> Steered:
+    """Cancel a pending, running or paused run: its chunks stop at their next page for good;
+    the runs that waited for it (``make_way``) resume, given a ``dispatcher``."""
     moved = stores.runs.move(migration_id, RunStatus.CANCELLED, by=by, note=note)
     chunks = stop_chunks(settings, stores, migration_id, ChunkState.CANCELLED,
                          "its run was cancelled")
     if moved is not None:
         completion.log_summary(stores, moved, RunStatus.CANCELLED, note or "cancelled")
+    if dispatcher is not None:
+        wake(settings, stores, dispatcher)
     return _steered(stores, migration_id, moved, chunks)
+
+
+def make_way(settings: Settings, stores: Stores, migration_id: str) -> list[str]:
+    """A live run just started (a replay): pause every active run of overlapping dates whose
+    type waits for its type (a reversal backfill, whose refunds would fail as "Original
+    purchase entry not found" while the replay is still applying their purchases) until it
+    has ended, as if it had been started after it. Answers the runs paused. ``wake`` resumes
+    them; the sweep does too, should that call be lost."""
+    run = stores.runs.get(migration_id)
+    if run is None or run.dry_run:
+        return []  # a dry run applies no purchase a reversal could wait for
+    # Where each waits for the other (a rollback and a replay), the one started first goes on
+    # and the new one waits (``waitingFor``): pausing the first too would leave both waiting.
+    waits_itself = set(BACKFILLS.get(run.type).waits_for)
+    paused: list[str] = []
+    for other in stores.runs.active():
+        if (other.migration_id == migration_id or other.type in waits_itself
+                or run.type not in BACKFILLS.get(other.type).waits_for
+                or not (other.start_date <= run.end_date and run.start_date <= other.end_date)):
+            continue
+        why = (f"waiting for {migration_id} ({run.type}) over these dates to end, as if started "
+               "after it: its refunds need the purchases it applies; resumes by itself then")
+        try:
+            steered = pause(settings, stores, other.migration_id, by=WAITING, detail=why,
+                            fields={"pausedFor": [migration_id]})
+        except (Conflict, NotFound):
+            continue  # it ended meanwhile
+        if steered.changed:
+            paused.append(other.migration_id)
+    if paused:
+        logs.log(logger, "runs wait for a new run", migration_id=migration_id,
+                 runs=len(paused))
+    return paused
+
+
+def wake(settings: Settings, stores: Stores, dispatcher: Dispatcher) -> list[str]:
+    """Resume the runs ``make_way`` paused whose runs to wait for have all ended (and only
+    those: a run an operator paused stays paused). Safe to repeat: a resumed run is no longer
+    paused, and resuming clears what it waited for."""
+    woken: list[str] = []
+    for run in stores.runs.active(paused=True):
+        if run.status is not RunStatus.PAUSED or not run.paused_for:
+            continue
+        if still_active(stores.runs, run.paused_for):
+            continue
+        try:
+            resume(settings, stores, dispatcher, run.migration_id, WAITING,
+                   f"{', '.join(run.paused_for)} ended", fields={"pausedFor": []})
+        except (BackfillError, NotFound):
+            continue  # switched off, or gone: the next call or the sweep tries again
+        woken.append(run.migration_id)
+    return woken
 
 
 def halt(settings: Settings, stores: Stores, migration_id: str, reason: str) -> bool:
@@ -117,7 +180,7 @@ def guardrail(settings: Settings, stores: Stores, dispatcher: Dispatcher, migrat
     ``maxPoints`` after all (the points were held, not moved), resume at once and answer True:
     a run stays paused only where its moves would cross a cap."""
     pause(settings, stores, migration_id, by=GUARDRAIL, note=reason, detail=reason)
-    stores.chunks.release(migration_id, [ChunkState.PAUSED, ChunkState.PENDING])
+    stores.chunks.release(migration_id, _HOLDING)
     run = stores.runs.get(migration_id)
     if (cap != "maxPoints" or run is None or run.max_points is None
             or run.status is not RunStatus.PAUSED
@@ -208,7 +271,7 @@ def steer_all(settings: Settings, stores: Stores, dispatcher: Dispatcher, action
             elif action == "resume":
                 steered = resume(settings, stores, dispatcher, run.migration_id, by, note)
             else:
-                steered = cancel(settings, stores, run.migration_id, by, note)
+                steered = cancel(settings, stores, run.migration_id, by, note, dispatcher)
         except (Conflict, NotFound) as error:
             outcomes.append({"migrationId": run.migration_id, "changed": False,
                              "status": run.status.value, "message": error.message})
@@ -232,11 +295,11 @@ def kill_switch(settings: Settings, stores: Stores, migration_id: str) -> str:
 
 def resume(settings: Settings, stores: Stores, dispatcher: Dispatcher,
            migration_id: str, by: str, note: str = "",
-           caps: dict[str, Any] | None = None) -> Steered:
+           fields: dict[str, Any] | None = None) -> Steered:
     """Resume a paused run from its chunks' cursors; on a pending or running run, reopen any
     chunk left paused (a no-op otherwise). Refused while the kill switch is off.
 
-    ``caps`` (run document fields: ``maxPoints``, ``maxPointsPerCustomer``,
+    ``fields`` (run document fields: ``maxPoints``, ``maxPointsPerCustomer``,
     ``allowNegativeWallets``) change the run's guardrails with the move, so a run a guardrail
     paused goes on under the raised cap. The points its stopped chunks hold unspent go back to
     its pool first (``ChunkStore.release``)."""
@@ -248,11 +311,11 @@ def resume(settings: Settings, stores: Stores, dispatcher: Dispatcher,
     if run.status in (RunStatus.PENDING, RunStatus.RUNNING):
         target = run.status
     if run.status is RunStatus.PAUSED and run.max_points is not None:
-        stores.chunks.release(migration_id, [ChunkState.PAUSED, ChunkState.PENDING])
-    if caps and run.status not in (RunStatus.PAUSED, RunStatus.PENDING, RunStatus.RUNNING):
+        stores.chunks.release(migration_id, _HOLDING)
+    if fields and run.status not in (RunStatus.PAUSED, RunStatus.PENDING, RunStatus.RUNNING):
         raise Conflict(f"run {migration_id} is {run.status.value}: its guardrails can no "
                        "longer change", [])
-    moved = stores.runs.move(migration_id, target, by=by, note=note, fields=caps)
+    moved = stores.runs.move(migration_id, target, by=by, note=note, fields=fields)
     # Chunks planned while the run was paused never got a task: reopen them too.
     reopen = [ChunkState.PAUSED] + ([ChunkState.PENDING] if moved is not None else [])
     tasks = _reopen_chunks(settings, stores, migration_id, reopen)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from functions_framework import create_app
 
 from shared.adapters import schema
 from shared.backfills.registry import BACKFILLS, BackfillType
 from tests import data
-from tests.functions.conftest import Harness
+from tests.functions.conftest import SOURCE, Harness
 
 REPLAY: dict[str, Any] = {"type": "webhook_replay", "startDate": "2025-01-01",
                           "endDate": "2025-01-04"}
@@ -288,3 +289,59 @@ def test_a_waiting_run_with_a_month_end_date_is_told_both(harness: Harness) -> N
 
     assert (answer["endDate"], answer["waitingFor"]) == ("2024-11-30", [replay_id])
     assert "2024-11-30" in answer["note"] and replay_id in answer["note"]
+
+
+def seeded_refunds(harness: Harness) -> None:
+    """Six purchases the live path never applied, on day 1, each refunded in half on day 2."""
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, *(data.purchase(f"buy{n}", f"o{n}", data.at(1, n), f"c{n}",
+                                         total=100) for n in range(6)),
+             *(data.refund(f"r{n}", f"o{n}", data.at(2, n), 50) for n in range(6)))
+
+
+def test_a_replay_started_during_a_reversal_backfill_makes_it_wait_and_no_refund_fails(
+        harness: Harness) -> None:
+    seeded_refunds(harness)
+    reversal = harness.start(**REVERSALS).get_json()["migrationId"]
+    harness.plan()  # its chunks are queued: without the replay, each refund would fail
+
+    replay = harness.start(**REPLAY)
+    waiting = harness.run(reversal)
+    harness.deliver_all()  # the reversal's queued tasks find it paused; the replay runs
+    done = harness.run(reversal)
+
+    assert replay.status_code == 202 and replay.get_json()["madeWait"] == [reversal]
+    assert waiting["status"] == "paused"
+    assert waiting["statusReason"].startswith(f"waiting for {replay.get_json()['migrationId']}")
+    assert waiting["statusHistory"][-1]["by"] == "bundle"
+    assert harness.run(replay.get_json()["migrationId"])["status"] == "completed"
+    assert (done["status"], done["errors"]) == ("completed", 0), done
+    assert done["statusHistory"][-2]["to"] in ("running", "pending")  # resumed by itself
+    assert data.assert_ledger_consistent(harness.db) == {f"c{n}": 5 for n in range(6)}
+    reversals = [e for e in data.documents(harness.db, schema.LEDGER).values()
+                 if e["type"] == "reversal"]
+    assert sorted(e["sourceEventId"] for e in reversals) == [f"r{n}" for n in range(6)]
+
+
+def test_a_waiting_reversal_resumes_when_the_replay_is_cancelled_and_an_operators_pause_holds(
+        harness: Harness) -> None:
+    control = create_app("backfill_control", SOURCE).test_client()
+    seeded_refunds(harness)
+    reversal = harness.start(**REVERSALS).get_json()["migrationId"]
+    harness.plan()
+    replay = harness.start(**REPLAY).get_json()["migrationId"]
+    held = harness.start(**{**REVERSALS, "type": "ledger_verify"}, force=True)
+    harness.plan()
+    verify = held.get_json()["migrationId"]
+    # An operator pauses the verify (which waited for the replay at its start: waitingFor).
+    control.post(f"/api/admin/dataMigrations/{verify}/pause", json={},
+                 headers=harness.headers())
+
+    cancelled = control.post(f"/api/admin/dataMigrations/{replay}/cancel", json={},
+                             headers=harness.headers())
+
+    assert cancelled.status_code == 200
+    assert harness.run(reversal)["status"] in ("pending", "running")
+    assert harness.run(verify)["status"] == "paused"  # the operator's pause stands
+    harness.deliver_all()
+    assert harness.run(reversal)["status"] == "completed"

@@ -7,6 +7,9 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 
 from shared.domain import throttle
 from shared.domain.throttle import Pacer
@@ -134,3 +137,41 @@ def test_a_page_takes_at_most_a_second_of_the_share() -> None:
     shares[0] = None
     pacer.start()
     assert pacer.page_cap() is None
+
+
+@given(starts=st.lists(st.integers(0, 60), min_size=1, max_size=4),
+       chunks=st.lists(st.integers(0, 20), min_size=4, max_size=4),
+       ceilings=st.lists(st.one_of(st.none(), st.integers(1, 2000)), min_size=4, max_size=4),
+       minutes=st.integers(0, 90), shared=st.one_of(st.none(), st.integers(1, 1000)))
+@settings_(max_examples=300, deadline=None)
+def test_the_deliveries_of_every_active_run_together_stay_within_one_runs_budget(
+        starts: list[int], chunks: list[int], ceilings: list[int | None], minutes: int,
+        shared: int | None) -> None:
+    # Runs started ``starts`` minutes after the first, each with its running chunks; the clock
+    # reads ``minutes`` after the first start; ``shared``: BACKFILL_MAX_EVENTS_PER_SECOND.
+    ramped = settings(ramp_start_writes=500, ramp_step_minutes=5,
+                      **({"max_events_per_second": shared} if shared else {}))
+    runs = MemoryRuns()
+    active = [runs.add(f"r{n}", RunStatus.RUNNING, started_at=NOW + dt.timedelta(minutes=late),
+                       max_events_per_second=ceilings[n])
+              for n, late in enumerate(starts)]
+    running = {run.migration_id: chunks[n] for n, run in enumerate(active)}
+    now = NOW + dt.timedelta(minutes=max(minutes, max(starts)))
+
+    shares = {run.migration_id: throttle.share(ramped, run, running, active, now)
+              for run in active}
+    budget = throttle.budget(ramped, active, now)
+
+    # Each running chunk is one delivery at its run's share.
+    total = sum((shares[run.migration_id] or 0) * running[run.migration_id] for run in active)
+    assert budget is not None and all(share is not None for share in shares.values())
+    assert total <= budget * (1 + 1e-9)
+    assert shared is None or budget <= shared
+    for run in active:
+        own = throttle.ceiling(ramped, run, now)
+        assert own is not None
+        assert (shares[run.migration_id] or 0) * running[run.migration_id] <= own * (1 + 1e-9)
+    # Three runs started together share what one of them would have had alone.
+    if len(set(starts)) == 1 and all(ceiling is None for ceiling in ceilings) and not shared:
+        alone = throttle.ceiling(ramped, active[0], now)
+        assert alone is not None and budget == pytest.approx(alone)
