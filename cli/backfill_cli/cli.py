@@ -747,6 +747,11 @@ def rollback(
     = True,
     force: Annotated[bool, typer.Option(
         help="roll back without a dry run first, or again after an earlier rollback")] = False,
+    customer_ids: Annotated[list[str] | None, typer.Option(
+        "--customer", help="only this customer's entries (repeat it, or @FILE with one id "
+                           "per line)")] = None,
+    order_ids: Annotated[list[str] | None, typer.Option(
+        "--order", help="only this order's entries (repeat it, or @FILE)")] = None,
     wait: WaitOption = False,
     yes: YesOption = False,
     as_json: JsonOption = False,
@@ -755,10 +760,14 @@ def rollback(
 ) -> None:
     """Start a run that undoes what an ended run wrote: a compensating entry for each of its
     ledger entries (wallets moved with them) and its events unflagged, so a later replay can
-    apply them again. A dry run unless --apply."""
+    apply them again; --customer and --order undo only theirs, leaving the rest as it is. A
+    dry run unless --apply (which needs a dry run of the same scope first)."""
     body: dict[str, Any] = {"dryRun": dry_run}
     if force:
         body["force"] = True
+    for field, values in (("customerIds", customer_ids), ("orderIds", order_ids)):
+        if values:
+            body[field] = _listed(values)
     _start_by_control(ctx, migration_id, "rollback", body, wait, Output(as_json), token,
                       as_email, yes, live=not dry_run)
 

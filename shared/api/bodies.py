@@ -60,10 +60,8 @@ class _TriggerBody(BaseModel):
     @property
     def target(self) -> dict[str, list[str]] | None:
         """The run's target as runs record it (sorted, without repeats), or None."""
-        target = {name: sorted(set(values)) for name, values in (
-            ("eventTypes", self.event_types), ("customerIds", self.customer_ids),
-            ("orderIds", self.order_ids), ("eventIds", self.event_ids)) if values}
-        return target or None
+        return _recorded(("eventTypes", self.event_types), ("customerIds", self.customer_ids),
+                         ("orderIds", self.order_ids), ("eventIds", self.event_ids))
 
     @model_validator(mode="after")
     def _one_kind_of_range(self) -> _TriggerBody:
@@ -264,10 +262,27 @@ class RetryRequest(ControlRequest):
 
 class RollbackRequest(ControlRequest):
     """The body of rollback (optional): ``dryRun`` (default true: a live rollback needs a
-    completed dry run of it first, unless ``force``)."""
+    completed dry run of the same scope first, unless ``force``); ``customerIds`` and
+    ``orderIds`` roll back only those customers' or orders' entries (both: an entry must match
+    both), leaving every other entry, wallet and flag as it was."""
 
     dry_run: bool = Field(True, alias="dryRun")
     force: bool = False
+    customer_ids: list[TargetId] | None = Field(None, alias="customerIds", min_length=1,
+                                                max_length=MAX_TARGET_IDS)
+    order_ids: list[TargetId] | None = Field(None, alias="orderIds", min_length=1,
+                                             max_length=MAX_TARGET_IDS)
+
+    @property
+    def target(self) -> dict[str, list[str]] | None:
+        """The rollback's scope as runs record it (sorted, without repeats), or None: all."""
+        return _recorded(("customerIds", self.customer_ids), ("orderIds", self.order_ids))
+
+
+def _recorded(*fields: tuple[str, list[str] | None]) -> dict[str, list[str]] | None:
+    """A target as runs record it: each field given, sorted and without repeats; None if none."""
+    target = {name: sorted(set(values)) for name, values in fields if values}
+    return target or None
 
 
 class ThrottleRequest(BaseModel):

@@ -17,6 +17,12 @@ them again. For each entry, in one commit with its page:
   settled claims an effect the rollback removed. A duplicate of an entry the run did not write
   (the live path's, another run's) stays as it was: its effect is still there.
 
+A rollback with a scope (``customerIds``, ``orderIds``: the run's ``target``) undoes only the
+entries of those customers or orders, and unflags only their events; every other entry it reads
+is counted ``outside`` and left exactly as it was, so a later replay reinstates exactly what
+it rolled back. An order's entries share its customer and order id, so a scope never splits an
+order.
+
 A purchase whose order still carries reversals the run does not undo (a refund applied by
 another run or the live path since) is not rolled back: that needs a person, and is recorded
 as ``reversed_since``. Started only through run control (``POST .../{migrationId}/rollback``);
@@ -34,10 +40,12 @@ from shared.adapters import schema
 from shared.backfills.apply import Book, entry_int, entry_path
 from shared.backfills.base import Event, ItemResult, Page, PagePlan, PageSource, Sink, Stored
 from shared.backfills.registry import BACKFILLS, BackfillType
+from shared.backfills.rules import OUTSIDE_TARGET
 from shared.config import Settings
 from shared.domain import ledger
 from shared.domain.chunking import PlannedChunk, Window
 from shared.domain.records import ChunkRecord, RunRecord
+from shared.domain.target import Target, order_of
 from shared.errors import ItemError, MalformedPayload
 from shared.models import Outcome, document_id_problem
 
@@ -73,8 +81,12 @@ class Rollback:
     event_types: tuple[str, ...] = ()
     flags_events = False
 
+    def __init__(self, scope: Target | None = None) -> None:
+        self.scope = scope
+
     def variant(self, run: Mapping[str, Any]) -> Rollback:
-        return self
+        scope = Target.of(run.get("target"))
+        return self if scope is None else Rollback(scope)
 
     def refusal(self, action: str) -> str | None:
         if action == "retry":
@@ -108,6 +120,11 @@ class Rollback:
             entry = item.data
             if _is_event(entry):
                 paths[f"{schema.EVENTS}/{item.event_id}"] = None
+                # Its customer, when the scope names customers, is its purchase's.
+                order_id = order_of(str(entry.get("eventType")), entry)
+                if self.scope is not None and self.scope.customer_ids is not None \
+                        and order_id and not document_id_problem(order_id):
+                    paths[entry_path(ledger.purchase_id(order_id))] = None
                 continue
             paths[entry_path(item.event_id)] = None
             for entry_id in (_order_entry(entry), entry.get("reinstates")):
@@ -136,6 +153,12 @@ class Rollback:
         plan = PagePlan()
         book = Book(stored, plan)
         for item in events:
+            if (why := self._outside(item, stored)) is not None:
+                plan.results.append(ItemResult(
+                    item.event_id, _kind(item.data) or str(item.data.get("eventType", "")),
+                    Outcome.SKIPPED, code=OUTSIDE_TARGET, settled=False, outside=True,
+                    message=f"outside the rollback's scope: {why}"))
+                continue
             if _is_event(item.data):
                 plan.results.append(_unflag(item, plan, stored, migration_id))
                 continue
@@ -146,6 +169,26 @@ class Rollback:
                                                code=error.code, message=error.message,
                                                hint=error.hint))
         return plan
+
+    def _outside(self, item: Event, stored: Mapping[str, Stored]) -> str | None:
+        """Why the item is outside the rollback's scope, or None (in it, or no scope)."""
+        if self.scope is None:
+            return None
+        data = item.data
+        if _is_event(data):
+            def customer_of(order_id: str) -> str | None:
+                found = stored.get(entry_path(ledger.purchase_id(order_id)))
+                customer = (found.data or {}).get("customerId") if found is not None else None
+                return customer if isinstance(customer, str) else None
+
+            return self.scope.excludes(item.event_id, str(data.get("eventType")), data,
+                                       customer_of)
+        if self.scope.order_ids is not None and data.get("orderId") not in self.scope.order_ids:
+            return "its order is not one of orderIds"
+        if self.scope.customer_ids is not None \
+                and data.get("customerId") not in self.scope.customer_ids:
+            return "its customer is not one of customerIds"
+        return None
 
 
 def _undo(entry_id: str, book: Book, plan: PagePlan, stored: Mapping[str, Stored],

@@ -77,6 +77,11 @@ class Target:
         return None
 
 
+def order_of(event_type: str, data: Mapping[str, Any]) -> str:
+    """The order a stored webhook event names ("" when it names none)."""
+    return _order_and_customer(event_type, _body(data))[0]
+
+
 def _body(data: Mapping[str, Any]) -> Mapping[str, Any]:
     payload = data.get("payload")
     body = payload.get("body") if isinstance(payload, dict) else None

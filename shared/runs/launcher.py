@@ -168,13 +168,16 @@ def start_retry(source_id: str, caller: Caller, settings: Settings, stores: Stor
 
 def start_rollback(source_id: str, caller: Caller, settings: Settings, stores: Stores,
                    dispatcher: Dispatcher, dry_run: bool = True, force: bool = False,
+                   target: dict[str, list[str]] | None = None,
                    now: Clock = clock.now) -> StartedRun:
     """Start a run that undoes the ledger entries run ``source_id`` wrote
-    (``shared.backfills.rollback``).
+    (``shared.backfills.rollback``); with ``target`` (``customerIds``, ``orderIds``), only
+    those customers' or orders' entries: every other entry, wallet and flag stays as it was.
 
     The run must have ended and have been live; a live rollback needs a completed dry run of
-    it first and none live before it (``force`` passes both checks: rolling back again takes
-    what an earlier rollback left).
+    the same scope first, and none live before it of that scope or of the whole run (``force``
+    passes both checks: rolling back again takes what an earlier rollback left). Rollbacks of
+    other scopes do not count: each passes over entries another rolled back.
     """
     source = stores.runs.get(source_id)
     if source is None:
@@ -186,23 +189,38 @@ def start_rollback(source_id: str, caller: Caller, settings: Settings, stores: S
     if source.dry_run:
         raise Conflict(f"run {source_id} was a dry run and wrote no ledger entry", [source_id])
     earlier = stores.runs.rollbacks(source_id)
+    scope = f" of {_scope(target)}" if target else ""
     if not dry_run and not force:
         live = [run.migration_id for run in earlier if not run.dry_run
-                and run.status in (RunStatus.COMPLETED, *ACTIVE_RUN_STATUSES)]
+                and run.status in (RunStatus.COMPLETED, *ACTIVE_RUN_STATUSES)
+                and run.target in (None, target)]
         if live:
-            raise Conflict(f"run {source_id} is rolled back already by {', '.join(live)}; pass "
-                           "force: true to roll back what is left", live)
-        if not any(run.dry_run and run.status is RunStatus.COMPLETED for run in earlier):
-            raise Conflict(f"dry-run the rollback of {source_id} first (dryRun: true), read "
-                           "its report, then roll back with dryRun: false", [source_id])
+            raise Conflict(f"run {source_id} is rolled back already{scope} by "
+                           f"{', '.join(live)}; pass force: true to roll back what is left",
+                           live)
+        if not any(run.dry_run and run.status is RunStatus.COMPLETED and run.target == target
+                   for run in earlier):
+            raise Conflict(f"dry-run the rollback{scope} of {source_id} first (dryRun: true, "
+                           "the same customerIds and orderIds), read its report, then roll "
+                           "back with dryRun: false", [source_id])
     written = stores.plans.written(source_id)
     if written == 0:
         raise Conflict(f"run {source_id} wrote no ledger entry: nothing to roll back",
                        [source_id])
     run = _new_run(BACKFILLS.undoer(), dry_run, source.start_date, source.end_date, settings,
                    caller, now(), 1, rollback_of={"migrationId": source_id, "entries": written},
-                   forced=force)
+                   forced=force, target=target)
     return _launch(settings, stores, dispatcher, run, force, None)
+
+
+def _scope(target: dict[str, list[str]]) -> str:
+    """A rollback's scope in words: "customers c1, c2 and orders o1" (the first few ids)."""
+    def named(what: str, ids: list[str]) -> str:
+        shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        return f"{what} {shown}"
+
+    return " and ".join(named(what, target[field]) for field, what in (
+        ("customerIds", "customers"), ("orderIds", "orders")) if target.get(field))
 
 
 def _refuse(action: str, source: RunRecord) -> None:

@@ -241,6 +241,26 @@ def test_rollback_dry_run_first_then_applied_undoes_a_run(
     assert not any(event["processed"] for event in data.documents(db, schema.EVENTS).values())
 
 
+def test_a_partial_rollback_by_customer_undoes_only_that_customer(
+        cli: Cli, db: firestore.Client) -> None:
+    seed_purchases(db, 12)  # c1 bought orders 1 and 8: 20 and 30 points
+    migration_id = cli.start(*RANGE, "--apply", "-y")
+    cli.stack.wait_idle(timeout=120)
+    wallets = data.assert_ledger_consistent(db)
+
+    dry = cli.json("rollback", migration_id, "--customer", "c1")
+    cli.stack.wait_idle(timeout=120)
+    live = cli.json("rollback", migration_id, "--customer", "c1", "--apply", "-y")
+    cli.stack.wait_idle(timeout=120)
+
+    assert dry["dryRun"] and not live["dryRun"]
+    run = cli.run_status(live["migrationId"])
+    assert run["target"] == {"customerIds": ["c1"]}
+    assert (run["status"], run["applied"], run["outside"]) == ("completed", 2, 10)
+    assert data.assert_ledger_consistent(db) == {**wallets, "c1": 0}
+    assert wallets["c1"] == 50
+
+
 def test_gaps_show_the_scope_per_day_and_the_runs_to_close_them(
         cli: Cli, db: firestore.Client) -> None:
     seed_purchases(db, 9)

@@ -187,3 +187,93 @@ def test_a_rollback_waits_for_an_active_run_and_refuses_while_its_run_is_active(
     run = harness.run(started)
     assert run["pitrTimestamp"].endswith(":00Z")
     assert run["pitrTimestamp"] <= run["createdAt"]
+
+
+def stored_as_is(harness: Harness) -> dict[str, dict[str, Any]]:
+    """Every ledger entry, wallet and event with its update time: a document rewritten with
+    the same fields is not one left as it was."""
+    return {collection: {snap.id: (snap.to_dict(), snap.update_time)
+                         for snap in harness.db.collection(collection).stream()}
+            for collection in (schema.LEDGER, schema.WALLETS, schema.EVENTS)}
+
+
+def test_a_partial_rollback_undoes_only_its_customers_and_orders_and_a_replay_reinstates_them(
+        harness: Harness, control: Any) -> None:
+    seed(harness)
+    replay = finished(harness, harness.start(type="webhook_replay", **RANGE))
+    applied, replayed = snapshot(harness), stored_as_is(harness)
+    scope = {"customerIds": ["c1"], "orderIds": ["o1", "o5", "o9"]}  # c1's orders, some
+    in_scope = {"o1", "o5", "o9"}
+
+    whole_dry = finished(harness, roll_back(harness, control, replay["migrationId"]))
+    refused = roll_back(harness, control, replay["migrationId"], dryRun=False, **scope)
+    dry = finished(harness, roll_back(harness, control, replay["migrationId"], **scope))
+    assert stored_as_is(harness) == replayed  # dry runs change nothing
+    live = finished(harness, roll_back(harness, control, replay["migrationId"], dryRun=False,
+                                       **scope), twice=True)
+    after = stored_as_is(harness)
+
+    assert whole_dry["applied"] == 28
+    assert refused.status_code == 409  # the whole run's dry run is not this scope's
+    assert "dry-run the rollback of customers c1 and orders o1, o5, o9" in \
+        refused.get_json()["message"]
+    assert dry["target"] == live["target"] == scope
+    # o1: purchase and two reversals; o5: purchase and a reversal, its chargeback unflagged;
+    # o9: a purchase. Everything else the replay wrote was read and left alone.
+    assert (live["applied"], live["errors"]) == (7, 0)
+    assert live["outside"] == 28 - 7
+    for collection, documents_ in replayed.items():
+        for doc_id, (fields, updated) in documents_.items():
+            touched = (collection == schema.WALLETS and doc_id == "c1") or (
+                fields.get("orderId") in in_scope if collection == schema.LEDGER else
+                collection == schema.EVENTS and doc_id in {"e1", "e5", "e9", "r1", "r2", "r3",
+                                                           "cb"})
+            if not touched:
+                assert after[collection][doc_id] == (fields, updated), (collection, doc_id)
+    ledger = data.documents(harness.db, schema.LEDGER)
+    rolled_back = {entry_id for entry_id, entry in ledger.items()
+                   if entry.get("rolledBackBy") == live["migrationId"]}
+    assert {ledger[entry_id]["orderId"] for entry_id in rolled_back} == in_scope
+    net = data.net_points(harness.db)
+    assert all(net[order] == 0 for order in in_scope)
+    assert all(net[order] == applied["net"].get(order, 0) for order in net
+               if order not in in_scope)
+    data.assert_ledger_consistent(harness.db)
+
+    # Another scope is no repeat of this one: its own dry run, then live, without force.
+    finished(harness, roll_back(harness, control, replay["migrationId"], orderIds=["o2"]))
+    other = finished(harness, roll_back(harness, control, replay["migrationId"],
+                                        dryRun=False, orderIds=["o2"]))
+    again = roll_back(harness, control, replay["migrationId"], dryRun=False, **scope)
+    assert other["applied"] == 1
+    assert again.status_code == 409
+    assert again.get_json()["blocking"] == [live["migrationId"]]
+
+    reinstated = finished(harness, harness.start(type="webhook_replay", **RANGE), twice=True)
+
+    # The six entries and o2's purchase, once each; the chargeback settled again.
+    assert (reinstated["applied"], reinstated["skipped"]) == (7, 1)
+    assert snapshot(harness) == applied
+
+
+def test_a_partial_rollback_refuses_a_bad_scope_and_starts_nothing(
+        harness: Harness, control: Any) -> None:
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, *data.purchases(3, days=1))
+    replay = finished(harness, harness.start(type="webhook_replay", **RANGE))
+    runs = set(data.documents(harness.db, schema.RUNS))
+
+    bodies: dict[str, dict[str, Any]] = {
+        "empty": {"customerIds": []},
+        "not ids": {"orderIds": ["a/b"]},
+        "not a list": {"customerIds": "c1"},
+        "unknown field": {"eventIds": ["e1"]},
+    }
+    answers = {name: roll_back(harness, control, replay["migrationId"], **body)
+               for name, body in bodies.items()}
+
+    for name, response in answers.items():
+        assert response.status_code == 400, name
+        assert response.get_json()["field"].split(".")[0] in (
+            "customerIds", "orderIds", "eventIds"), name
+    assert set(data.documents(harness.db, schema.RUNS)) == runs
