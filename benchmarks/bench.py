@@ -328,6 +328,67 @@ class Suite:
         stack.reset_firestore()
         return {"chunks": chunks, "seconds": round(seconds, 3)}
 
+    def trace_of_a_customer(self, events: int, others: int,
+                            repetitions: int) -> dict[str, Any]:
+        """The trace answer (JSON over HTTP) for a customer with ``events`` webhook events (7 in
+        10 purchases, the rest refunds of them) that a live replay applied, among ``others``
+        events of other customers; against the simplest correct alternative, reading every
+        webhook event (the collection scan a trace must not be)."""
+        stack, db = self.bench.stack, self.db
+        stack.reset_firestore()
+        db.collection(schema.PRODUCTS).document("p1").set({"name": "p1", "points": 10})
+        begin = dt.datetime.combine(START, dt.time(), dt.UTC)
+        bought = events * 7 // 10
+
+        def event(event_id: str, kind: str, minute: float, body: dict[str, Any],
+                  processed: bool) -> dict[str, Any]:
+            return {"eventId": event_id, "provider": "paynow", "eventType": kind,
+                    "receivedAt": begin + dt.timedelta(minutes=minute),
+                    "processed": processed, "processedAt": None, "processingError": None,
+                    "payload": {"event_type": kind, "event_id": event_id, "body": body}}
+
+        def purchase(order: str, customer: str) -> dict[str, Any]:
+            return {"id": order, "customer": {"id": customer}, "total_amount": 1000,
+                    "currency": "EUR", "lines": [{"product_id": "p1", "quantity": 1}]}
+
+        documents = [event(f"big-e{n}", "ON_ORDER_COMPLETED", n, purchase(f"big-o{n}", "big"),
+                           False) for n in range(bought)]
+        documents += [event(f"big-r{n}", "ON_REFUND", bought + n, {
+            "id": f"x{n}", "order_id": f"big-o{n}", "amount": 500, "currency": "EUR"}, False)
+            for n in range(events - bought)]
+        documents += [event(f"o-e{n}", "ON_ORDER_COMPLETED", n % 1400,
+                            purchase(f"o-o{n}", f"c{n % 500}"), True) for n in range(others)]
+        for first in range(0, len(documents), 500):
+            batch = db.batch()
+            for document in documents[first:first + 500]:
+                batch.set(db.collection(schema.EVENTS).document(document["eventId"]), document)
+            batch.commit()
+        api = self.bench.api
+        day = START.isoformat()
+        started = api.start({"type": "webhook_replay", "startDate": day, "endDate": day,
+                             "dryRun": False})
+        run = api.wait_for_end(started["migrationId"])
+        self.check("the customer's replay applied every event",
+                   run["status"] == "completed" and run["applied"] == events)
+        times, found = [], {}
+        for _ in range(max(repetitions, 3)):
+            began = time.perf_counter()
+            found = api.trace("customerId", "big")
+            times.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        scanned = sum(1 for snap in db.collection(schema.EVENTS).select(
+            ["payload.body.customer.id", "payload.body.order_id"]).stream())
+        scan = time.perf_counter() - began
+        self.check("the trace shows every event of the customer, its wallet matching",
+                   len(found["events"]) == events and found["complete"]
+                   and all(wallet["matches"] for wallet in found["wallets"]))
+        stack.reset_firestore()
+        median = statistics.median(times)
+        return {"events": events, "others": others, "entries": len(found["entries"]),
+                "runs": len(found["runs"]), "seconds": [round(s, 3) for s in times],
+                "median_seconds": round(median, 3), "scan_seconds": round(scan, 3),
+                "scanned": scanned, "trace_over_scan": round(median / scan, 2)}
+
     def latency_of_a_year(self, events: int, repetitions: int) -> dict[str, Any]:
         """The trigger's answer and the status function's, for a 366-day run."""
         result = self.bench.trigger_latency(events, repetitions)
@@ -491,6 +552,12 @@ def print_table(results: dict[str, Any]) -> None:
                      f"{memory.get('rss_mib_at_25pct')} / {memory.get('rss_mib_at_50pct')} / "
                      f"{memory.get('rss_mib_at_75pct')} / {memory.get('rss_mib_at_100pct')}; "
                      f"max {memory['rss_mib_max']} ({memory['events']} events)"))
+    if "trace" in results:
+        trace = results["trace"]
+        rows.append((f"trace of a customer with {trace['events']} events",
+                     f"{trace['median_seconds']} s median; reading every event instead "
+                     f"({trace['scanned']}): {trace['scan_seconds']} s "
+                     f"(x{trace['trace_over_scan']})"))
     if "year" in results:
         year = results["year"]
         rows += [("trigger answer, 366-day run",
@@ -532,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
                              "take more than ten minutes to seed and plan here)")
     parser.add_argument("--only", default="",
                         help="comma-separated: direct, latency, estimate, status, planning, "
-                             "costs, memory, year (default: all; estimate needs direct)")
+                             "costs, memory, year, trace (default: all; estimate needs "
+                             "direct)")
     parser.add_argument("--year-events", type=int, default=3000)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--port-base", type=int, default=9550)
@@ -540,10 +608,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="correctness only: small numbers (CI)")
     parser.add_argument("--out", type=Path, default=RESULTS.with_name("bench-suite.json"))
     args = parser.parse_args(argv)
-    status_sizes, plan_chunks = (1000, 5000), 5000
+    status_sizes, plan_chunks, trace_events = (1000, 5000), 5000, 1000
     if args.quick:
         args.events, args.rss_events, args.year_events, args.repetitions = 300, 1000, 200, 1
-        status_sizes, plan_chunks = (50, 200), 300
+        status_sizes, plan_chunks, trace_events = (50, 200), 300, 100
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -574,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                                 1000)))
             wanted = set(filter(None, args.only.split(","))) or {
                 "direct", "latency", "estimate", "status", "planning", "costs", "memory",
-                "year"}
+                "year", "trace"}
 
             def measure(name: str, action: Callable[[], dict[str, Any]]) -> None:
                 if name in wanted:
@@ -596,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
             measure("costs", lambda: suite.costs(min(args.events, 2000)))
             measure("memory", lambda: suite.memory(args.rss_events))
             measure("year", lambda: suite.latency_of_a_year(args.year_events, args.repetitions))
+            measure("trace", lambda: suite.trace_of_a_customer(
+                trace_events, 10 * trace_events, args.repetitions))
         finally:
             api.close()
             failures = suite.failures

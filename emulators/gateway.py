@@ -30,6 +30,7 @@ ROUTES = (
     ("/api/admin/switch", "POST", "backfill_control"),
     ("/api/admin/switch", "", "backfill_status"),
     ("/api/admin/preflight", "", "backfill_status"),
+    ("/api/admin/trace", "", "backfill_status"),
     ("/api/openapi.json", "", "backfill_status"),
     ("/tasks/chunk", "", "backfill_chunk"),
 )

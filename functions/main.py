@@ -6,6 +6,8 @@
                         GET   /api/admin/gaps?startDate&endDate[&provider] viewers, operators
                         GET   /api/admin/switch (the kill switch)          viewers, operators
                         GET   /api/admin/preflight?type&startDate&endDate  viewers, operators
+                        GET   /api/admin/trace?customerId|orderId|eventId  viewers, operators
+                              (a page for a browser)
                         GET   /api/openapi.json (this API, OpenAPI 3.1)   viewers, operators
 - ``backfill_control``  POST  /api/admin/dataMigrations/{id}/{action}   operators
                               (action: pause, resume, cancel, retry,
@@ -37,6 +39,7 @@ from shared.adapters.cloud_tasks import ChunkTask, TaskBody
 from shared.adapters.firestore_admin import FirestoreAdmin
 from shared.adapters.gap_scans import FirestoreGaps
 from shared.adapters.oidc import Caller, authenticate
+from shared.adapters.trace_reads import FirestoreTraces
 from shared.api import openapi, status_page
 from shared.api.answers import StartedAnswer
 from shared.api.bodies import (
@@ -61,7 +64,7 @@ from shared.errors import (
 )
 from shared.executor.runner import Delivery
 from shared.models import document_id_problem
-from shared.runs import control, gaps, launcher, preflight, progress, reports
+from shared.runs import control, gaps, launcher, preflight, progress, reports, trace
 from shared.wiring import Services, check_configuration, services
 
 logger = logging.getLogger("backfill.functions")
@@ -76,6 +79,7 @@ _ERRORS_PATH = re.compile(rf"^(?:/api/admin/dataMigrations)?/{_ID}/errors/?$")
 _LIST_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/?$")
 _GAPS_PATH = re.compile(r"^(?:/api/admin)?/gaps/?$")
 _PREFLIGHT_PATH = re.compile(r"^(?:/api/admin)?/preflight/?$")
+_TRACE_PATH = re.compile(r"^(?:/api/admin)?/trace/?$")
 _SWITCH_PATH = re.compile(r"^(?:/api/admin)?/switch/?$")
 _STEER_ALL_PATH = re.compile(r"^(?:/api/admin/dataMigrations)?/(pause|resume|cancel)/?$")
 _ACTION_PATH = re.compile(
@@ -233,6 +237,17 @@ def _preflight(svc: Services, request: flask.Request, match: re.Match[str]) -> A
         request.args.get("endDate"), now.date())
     return preflight.run(svc.settings, svc.stores, svc.dispatcher, FirestoreAdmin(svc.settings),
                          backfill_type, first, last, now), 200
+
+
+def _trace(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
+    """What happened to one customer, order or event (``shared.runs.trace``): JSON, or a page
+    for a browser. Reads only."""
+    field, value = trace.parse(request.args)
+    traced = trace.trace(FirestoreTraces(svc.db), field, value, svc.settings.status_url)
+    if status_page.wants_html(request.accept_mimetypes):
+        runs_href = request.path.rstrip("/").removesuffix("/trace") + "/dataMigrations"
+        return _page(status_page.trace_page(traced, runs_href, svc.settings.deployment))
+    return traced, 200
 
 
 def _switch(svc: Services, request: flask.Request, match: re.Match[str]) -> Answer:
@@ -450,6 +465,7 @@ _STATUS_ROUTES: list[tuple[re.Pattern[str], Route]] = [
     (_GAPS_PATH, _gaps),
     (_SWITCH_PATH, _switch),
     (_PREFLIGHT_PATH, _preflight),
+    (_TRACE_PATH, _trace),
     (_ERRORS_PATH, _errors),
     (_RUN_PATH, _run),
     (_LIST_PATH, _runs),

@@ -176,6 +176,40 @@ locals {
   }
 }
 
+# Collection-group single-field indexes (Firestore makes single-field indexes for one collection
+# only): a trace reads every run's error records of some events (errors.eventId) and a
+# verify's findings about a customer (errors.subject) across runs (shared.adapters.trace_reads).
+# The ascending index of the collection stays too. Keep infra/firestore.indexes.json
+# ("fieldOverrides" with a COLLECTION_GROUP index) in step with this list.
+locals {
+  firestore_collection_group_fields = {
+    run_errors_event_id = { collection = "errors", field = "eventId" }
+    run_errors_subject  = { collection = "errors", field = "subject" }
+  }
+}
+
+resource "google_firestore_field" "collection_group" {
+  for_each = local.firestore_collection_group_fields
+
+  project    = var.project_id
+  database   = var.firestore_database
+  collection = each.value.collection
+  field      = each.value.field
+
+  index_config {
+    indexes {
+      order       = "ASCENDING"
+      query_scope = "COLLECTION"
+    }
+    indexes {
+      order       = "ASCENDING"
+      query_scope = "COLLECTION_GROUP"
+    }
+  }
+
+  depends_on = [google_project_service.required]
+}
+
 resource "google_firestore_field" "exempt" {
   for_each = local.firestore_field_exemptions
 

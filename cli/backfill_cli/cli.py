@@ -490,6 +490,50 @@ def gaps(
         console.print(f"next: {escape(step)}", soft_wrap=True)
 
 
+@app.command()
+def trace(
+    ctx: typer.Context,
+    customer_id: Annotated[str | None, typer.Option(
+        "--customer", help="a customer (\"my points never arrived\")")] = None,
+    order_id: Annotated[str | None, typer.Option("--order", help="an order")] = None,
+    event_id: Annotated[str | None, typer.Option("--event", help="a webhook event")] = None,
+    as_json: JsonOption = False,
+    token: TokenOption = None,
+    as_email: AsOption = "ops@example.com",
+) -> None:
+    """What happened to one customer, order or event, in time order: its webhook events and
+    their state, its ledger entries, its wallet against the sum of its entries, and every run
+    that touched them (with what it did). Writes nothing."""
+    given = [(field, value) for field, value in (
+        ("customerId", customer_id), ("orderId", order_id), ("eventId", event_id)) if value]
+    if len(given) != 1:
+        _fail("give exactly one of --customer, --order or --event", ExitCode.USAGE)
+    out = Output(as_json)
+    with _client(ctx, token, as_email, out) as client:
+        found = client.trace(*given[0])
+    if as_json:
+        out.answer(found)
+        return
+    for wallet in found["wallets"]:
+        state = "[green]matches[/]" if wallet["matches"] else "[red]DOES NOT MATCH[/]"
+        console.print(f"wallet {escape(wallet['customerId'])}: {wallet['balance']} points; "
+                      f"sum of its entries {wallet['entriesSum']}: {state}", soft_wrap=True)
+    table = Table("at (UTC)", "what", "id", "it says")
+    for item in found["timeline"]:
+        table.add_row(item["at"] or "-", item["kind"], escape(item["id"]), escape(item["what"]))
+    console.print(table)
+    runs = Table("run", "type", "status", "dry run", "what it did")
+    for run in found["runs"]:
+        runs.add_row(escape(run["migrationId"]), run["type"] or "-", run["status"] or "-",
+                     "yes" if run["dryRun"] else "no", escape("; ".join(
+                         f"{deed['what']} {deed.get('eventId') or deed.get('entryId') or ''}"
+                         + (f" ({deed['code']})" if deed.get("code") else "")
+                         for deed in run["did"])))
+    console.print(runs)
+    if not found["complete"]:
+        console.print("[yellow]more documents than a trace reads: the lists are cut[/]")
+
+
 # Many runs at once, instead of one ID (pause, resume, cancel).
 AllOption = Annotated[bool, typer.Option("--all", help="every active run (instead of an ID)")]
 TypeFilterOption = Annotated[str | None, typer.Option(

@@ -181,6 +181,11 @@ class BackfillClient:
         return self._json("GET", f"{self._admin('status')}/preflight", params={
             "type": backfill_type, "startDate": start_date, "endDate": end_date})
 
+    def trace(self, field: str, value: str) -> dict[str, Any]:
+        """What happened to a customer, order or event (``/api/admin/trace`` of the status
+        function); ``field``: customerId, orderId or eventId."""
+        return self._json("GET", f"{self._admin('status')}/trace", params={field: value})
+
     def _admin(self, endpoint: str) -> str:
         """``/api/admin`` of a function: beside its runs on the gateway; the function's own
         URL in production (its paths take the prefix or not)."""

@@ -246,6 +246,109 @@ class GapsAnswer(_Answer):
     next: list[str] = Field(description="the runs that would close the gaps, in order")
 
 
+class TraceWallet(_Answer):
+    customer_id: str
+    balance: int | None = Field(description="null: the customer has no wallet document")
+    entries_sum: int
+    matches: bool = Field(description="the balance (0 without a wallet) equals entriesSum")
+
+
+class TraceItem(_Answer):
+    at: str | None
+    kind: str = Field(description="event, entry or record (a run's error or finding)")
+    id: str
+    what: str
+    migration_id: str | None = None
+
+
+class TraceDryRun(_Answer):
+    migration_id: str
+    outcome: str | None
+
+
+class TraceEvent(_Answer):
+    event_id: str
+    event_type: str | None
+    order_id: str | None
+    customer_id: str | None
+    received_at: str | None
+    processed: bool
+    processed_at: str | None
+    state: str
+    backfill_migration_id: str | None
+    backfill_outcome: str | None
+    rolled_back_by: str | None
+    processing_error: str | None
+    dry_run: TraceDryRun | None
+
+
+class TraceEntry(_Answer):
+    entry_id: str
+    type: str | None
+    points: int
+    customer_id: str | None
+    order_id: str | None
+    source_event_id: str | None
+    source: str | None
+    migration_id: str | None
+    created_at: str | None
+    rolled_back_by: str | None
+    compensates: str | None
+    reinstates: str | None
+
+
+class TraceRecord(_Answer):
+    migration_id: str
+    record_id: str
+    event_id: str | None
+    code: str | None
+    message: str | None
+    hint: str | None
+    subject: str | None
+    repaired: bool | None
+    resolved_by: str | None
+    at: str | None
+
+
+class TraceDeed(_Answer):
+    what: str | None = Field(description="applied, duplicate, skipped, unflagged, dry_run, "
+                                          "wrote, rolled_back, reinstated, repaired, error, "
+                                          "finding")
+    event_id: str | None = None
+    entry_id: str | None = None
+    points: int | None = None
+    outcome: str | None = None
+    code: str | None = None
+    subject: str | None = None
+    repaired: bool | None = None
+    resolved_by: str | None = None
+
+
+class TraceRun(_Answer):
+    migration_id: str
+    type: str | None
+    status: str | None
+    dry_run: bool | None
+    created_at: str | None
+    requested_by: str | None
+    link: str
+    did: list[TraceDeed]
+
+
+class TraceAnswer(_Answer):
+    """What happened to one customer, order or event, in time order."""
+
+    query: dict[str, str]
+    customers: list[str]
+    wallets: list[TraceWallet]
+    timeline: list[TraceItem]
+    events: list[TraceEvent]
+    entries: list[TraceEntry]
+    records: list[TraceRecord]
+    runs: list[TraceRun]
+    complete: bool = Field(description="false: a kind of document passed the trace's limit")
+
+
 class SweepAnswer(_Answer):
     runs: int
     picked_up: int

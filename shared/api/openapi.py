@@ -115,6 +115,14 @@ def document() -> dict[str, Any]:
                        required=True)],
             answers={"200": ("the checks", schemas.ref(answers.PreflightAnswer))},
             refused=("400", "401", "403", "405"))},
+        "/api/admin/trace": {"get": _operation(
+            "getTrace", "What happened to one customer, order or event: its events, entries, "
+            "wallet and every run that touched them, in time order", refusals, parameters=[
+                _query("customerId", {"type": "string"}, "a customer (or orderId, or eventId)"),
+                _query("orderId", {"type": "string"}, "an order"),
+                _query("eventId", {"type": "string"}, "a webhook event")],
+            answers={"200": ("the trace", schemas.ref(answers.TraceAnswer))},
+            refused=("400", "401", "403", "404", "405"))},
         "/api/jobs/sweep": {"post": _operation(
             "sweep", "A watchdog round for every active run (Cloud Scheduler)", refusals,
             answers={"200": ("what it did", schemas.ref(answers.SweepAnswer))},

@@ -1,13 +1,15 @@
 """The status page: what the status function answers a browser (``Accept: text/html``).
 
-Two views, built from the same answers as the JSON status (``shared.runs.progress``): the recent
-runs (status, a progress bar, rate, ETA, errors), and one run (progress, a grid of its chunks
-coloured by state, error codes with counts and the first errors, its status history, links to
-the error report). Rate and ETA are the status answer's, already bounded by the run's
-ceiling (``shared.runs.progress``): the page computes none of its own. Every value is escaped
-(Jinja's autoescape: event data is untrusted); the page has no script at all, and its one
-style sheet is allowed by its hash in the page's Content-Security-Policy, so nothing injected
-could run or load. A page of an active run refreshes itself every ``REFRESH_SECONDS``.
+Three views, built from the same answers as the JSON (``shared.runs.progress``,
+``shared.runs.trace``): the recent runs (status, a progress bar, rate, ETA, errors); one run
+(progress, a grid of its chunks coloured by state, error codes with counts and the first
+errors, its status history, links to the error report); and a trace (a customer's, order's or
+event's wallets, history in time order, and the runs that touched it). Rate and ETA are the
+status answer's, already bounded by the run's ceiling: the page computes none of its own. Every
+value is escaped (Jinja's autoescape: event data is untrusted); the page has no script at all,
+and its one style sheet is allowed by its hash in the page's Content-Security-Policy, so
+nothing injected could run or load. A page of an active run refreshes itself every
+``REFRESH_SECONDS``.
 
 It carries no token: the browser (or the proxy in front of it, such as
 ``gcloud run services proxy``) sends the caller's own on every request, refreshes included.
@@ -77,6 +79,15 @@ def run_page(run: dict[str, Any], path: str, list_href: str,
         now=_now(), chunk_total=sum(run["chunkStates"].values()), deployment=deployment,
         next_href=_page_href(path, run.get("nextChunks")),
         previous_href=_page_href(path, run.get("previousChunks")))
+
+
+def trace_page(trace: dict[str, Any], runs_href: str, deployment: dict[str, str]) -> str:
+    """A trace (``shared.runs.trace``): wallets, its history in time order, and the runs that
+    touched it, each linked under ``runs_href``."""
+    query = " ".join(f"{field} {value}" for field, value in trace["query"].items())
+    return _PAGES.get_template("trace.html").render(
+        title=f"Trace of {query}", trace=trace, runs_href=runs_href, refresh=None,
+        style=_STYLE, now=_now(), deployment=deployment)
 
 
 def _page_href(path: str, answer_path: str | None) -> str | None:

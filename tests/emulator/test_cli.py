@@ -261,6 +261,24 @@ def test_a_partial_rollback_by_customer_undoes_only_that_customer(
     assert wallets["c1"] == 50
 
 
+def test_trace_shows_a_customers_history_as_a_table_and_as_json(
+        cli: Cli, db: firestore.Client) -> None:
+    seed_purchases(db, 12)  # c1 bought orders 1 and 8
+    migration_id = cli.start(*RANGE, "--apply", "-y")
+    cli.stack.wait_idle(timeout=120)
+
+    table = plain(cli.ok("trace", "--customer", "c1"))
+    found = cli.json("trace", "--customer", "c1", "--json")
+    refused = cli.run("trace", "--customer", "c1", "--order", "oe00001")
+
+    assert "wallet c1: 50 points; sum of its entries 50: matches" in table
+    assert migration_id in table and "purchase_oe00001" in table
+    assert [event["eventId"] for event in found["events"]] == ["e00001", "e00008"]
+    assert [run["migrationId"] for run in found["runs"]] == [migration_id]
+    assert refused.exit_code == 2
+    assert "exactly one of --customer, --order or --event" in plain(refused.output)
+
+
 def test_gaps_show_the_scope_per_day_and_the_runs_to_close_them(
         cli: Cli, db: firestore.Client) -> None:
     seed_purchases(db, 9)

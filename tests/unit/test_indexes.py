@@ -82,7 +82,22 @@ def terraform_exemptions() -> list[Field]:
 
 def json_exemptions() -> list[Field]:
     return [(str(override["collectionGroup"]), str(override["fieldPath"]))
-            for override in _json()["fieldOverrides"]]
+            for override in _json()["fieldOverrides"] if override["indexes"] == []]
+
+
+def terraform_collection_group_fields() -> list[Field]:
+    block = re.search(r"firestore_collection_group_fields\s*=\s*\{(.*?)\n  \}\n",
+                      _terraform(), re.S)
+    assert block, "no local.firestore_collection_group_fields in infra/firestore.tf"
+    return re.findall(r'\{\s*collection\s*=\s*"([^"]+)"\s*,\s*field\s*=\s*"([^"]+)"\s*\}',
+                      block.group(1))
+
+
+def json_collection_group_fields() -> list[Field]:
+    return [(str(override["collectionGroup"]), str(override["fieldPath"]))
+            for override in _json()["fieldOverrides"]
+            if any(index.get("queryScope") == "COLLECTION_GROUP"
+                   for index in override["indexes"])]
 
 
 def exempt_fields() -> set[Field]:
@@ -201,16 +216,32 @@ def test_terraform_and_the_firebase_cli_declare_the_same_exemptions() -> None:
     assert len(terraform) >= 20
     assert len(set(terraform)) == len(terraform), "an exemption is declared twice"
     assert sorted(terraform) == sorted(firebase)
-    # Each one drops every single-field index and touches nothing else (no TTL policy).
+    # Each one drops every single-field index and touches nothing else (no TTL policy); the
+    # only other overrides add a collection-group index (and keep the collection's).
     for override in _json()["fieldOverrides"]:
         assert set(override) == {"collectionGroup", "fieldPath", "indexes"}, override
-        assert override["indexes"] == [], override
+        assert override["indexes"] in ([], [
+            {"order": "ASCENDING", "queryScope": "COLLECTION"},
+            {"order": "ASCENDING", "queryScope": "COLLECTION_GROUP"}]), override
     resource = re.search(r'resource "google_firestore_field" "exempt" \{(.*?)\n\}', _terraform(),
                          re.S)
     assert resource, "no google_firestore_field resource in infra/firestore.tf"
     assert re.search(r"^\s*index_config \{\}$", resource.group(1), re.M)
     assert "ttl_config" not in resource.group(1)
     assert "for_each = local.firestore_field_exemptions" in resource.group(1)
+
+
+def test_terraform_and_the_firebase_cli_declare_the_same_collection_group_fields() -> None:
+    terraform = terraform_collection_group_fields()
+
+    assert sorted(terraform) == sorted(json_collection_group_fields())
+    # A trace reads every run's records of some events, and the findings about a customer.
+    assert {("errors", "eventId"), ("errors", "subject")} <= set(terraform)
+    assert not set(terraform) & exempt_fields()
+    resource = re.search(r'resource "google_firestore_field" "collection_group" \{(.*?)\n\}',
+                         _terraform(), re.S)
+    assert resource and 'query_scope = "COLLECTION_GROUP"' in resource.group(1)
+    assert "for_each = local.firestore_collection_group_fields" in resource.group(1)
 
 
 def test_the_query_scan_finds_the_queries_it_must() -> None:
