@@ -665,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
             measure("memory", lambda: suite.memory(args.rss_events))
             measure("year", lambda: suite.latency_of_a_year(args.year_events, args.repetitions))
             measure("trace", lambda: suite.trace_of_a_customer(
-                trace_events, 10 * trace_events, args.repetitions))
+                trace_events, trace_events, args.repetitions))
         finally:
             api.close()
             failures = suite.failures

@@ -1,12 +1,14 @@
 """Start, inspect and stop the local stack (docs/local-stack-contract.md).
 
-The stack is six processes on 127.0.0.1, each at ``port_base + offset``: the official Firestore
-emulator (+1), the Cloud Tasks emulator (+2 gRPC, +3 admin HTTP; ``emulators/tasks_emulator.py``
-in its own venv), the local OIDC issuer (+4, ``emulators/issuer.py``), the local PayNow
-Management API (+7, ``emulators/paynow.py``), the functions gateway (+5, ``python -m
-emulators.gateway``) and a Cloud Scheduler stand-in that fires the gateway's
-``POST /api/jobs/sweep`` every ``sweep_seconds`` (admin HTTP +6, ``emulators/scheduler.py``;
-started with the gateway only). ``up`` also creates the chunk queue with the real
+The stack is seven processes on 127.0.0.1, each at ``port_base + offset``: the official
+Firestore emulator (+1), the official Pub/Sub emulator (+8, the Cloud SDK's; ``up`` creates the
+run-notices topic and a pull subscription ``NOTICES_SUBSCRIPTION`` on it), the Cloud Tasks
+emulator (+2 gRPC, +3 admin HTTP; ``emulators/tasks_emulator.py`` in its own venv), the local
+OIDC issuer (+4, ``emulators/issuer.py``), the local PayNow Management API (+7,
+``emulators/paynow.py``), the functions gateway (+5, ``python -m emulators.gateway``) and a
+Cloud Scheduler stand-in that fires the gateway's ``POST /api/jobs/sweep`` every
+``sweep_seconds`` (admin HTTP +6, ``emulators/scheduler.py``; started with the gateway only).
+``up`` also creates the chunk queue with the real
 google-cloud-tasks client and writes ``<state-dir>/stack.env``.
 
 CLI::
@@ -40,6 +42,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -77,7 +80,11 @@ DEFAULT_STATE_DIR = Path(".local")
 # The emulator's JVM otherwise takes a quarter of RAM as heap (1.3-2.7 GB RSS measured).
 FIRESTORE_JAVA_OPTIONS = "-Xmx1g -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 
-PROCESS_ORDER = ("firestore", "issuer", "paynow", "tasks", "gateway", "scheduler")
+PROCESS_ORDER = ("firestore", "pubsub", "issuer", "paynow", "tasks", "gateway", "scheduler")
+# The run-notices topic (shared.adapters.notices) and a subscription on it to read them with.
+NOTICES_TOPIC = "backfill-run-notices"
+NOTICES_SUBSCRIPTION = "backfill-run-notices-local"
+PUBSUB_JAVA_OPTIONS = "-Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 STOP_GRACE_SECONDS = 5.0
 DEFAULT_SWEEP_SECONDS = 60.0
 SWEEP_PATH = "/api/jobs/sweep"
@@ -123,6 +130,10 @@ class Ports:
     def paynow(self) -> int:
         return self.base + 7
 
+    @property
+    def pubsub(self) -> int:
+        return self.base + 8
+
     def named(self) -> dict[str, int]:
         return {
             "firestore": self.firestore,
@@ -132,6 +143,7 @@ class Ports:
             "gateway": self.gateway,
             "scheduler": self.scheduler,
             "paynow": self.paynow,
+            "pubsub": self.pubsub,
         }
 
 
@@ -146,6 +158,8 @@ def contract_env(port_base: int) -> dict[str, str]:
         "BACKFILL_PROJECT_ID": PROJECT_ID,
         "GOOGLE_CLOUD_PROJECT": PROJECT_ID,
         "FIRESTORE_EMULATOR_HOST": f"{host}:{ports.firestore}",
+        "PUBSUB_EMULATOR_HOST": f"{host}:{ports.pubsub}",
+        "BACKFILL_NOTICES_TOPIC": NOTICES_TOPIC,
         "CLOUD_TASKS_EMULATOR_HOST": f"{host}:{ports.tasks}",
         "BACKFILL_TASKS_ADMIN_URL": f"http://{host}:{ports.tasks_admin}",
         "BACKFILL_ISSUER_URL": issuer,
@@ -374,6 +388,10 @@ class Stack:
                 )
                 if "paynow" not in self._records:  # a stack started before PayNow was in it
                     self._start_paynow()
+                if "pubsub" not in self._records:  # ... or before Pub/Sub was
+                    self._start_pubsub()
+                    self._await_ready("pubsub", timeout=90)
+                    self._create_topic()
                 gateway_up = "gateway" in self._records
                 if self.with_gateway and (
                     not gateway_up or self._recorded_overrides() != self.overrides
@@ -394,11 +412,14 @@ class Stack:
         started = time.monotonic()
         try:
             self._ensure_tasks_venv()
+            self._start_pubsub()  # its JVM starts while the others do; awaited below
             self._start_firestore()
             self._start_issuer()
             self._start_paynow()
             self._start_tasks()
             self._create_queue()
+            self._await_ready("pubsub", timeout=90)
+            self._create_topic()
             self._write_env_file()
             if self.with_gateway:
                 self._start_gateway()
@@ -665,6 +686,12 @@ class Stack:
                 "java is not on PATH; the Firestore emulator needs Java 11+ "
                 "(e.g. apt-get install openjdk-17-jre-headless)"
             )
+        if self._sdk_file("pubsub-emulator", "bin", "cloud-pubsub-emulator") is None:
+            problems.append(
+                "the Pub/Sub emulator is not installed: run "
+                "`gcloud components install pubsub-emulator`, or on Debian/Ubuntu "
+                "`apt-get install google-cloud-cli-pubsub-emulator`"
+            )
         if self._firestore_emulator() is None:
             problems.append(
                 "the Firestore emulator is not installed: run "
@@ -677,6 +704,11 @@ class Stack:
             raise StackError("cannot start the local stack:\n  - " + "\n  - ".join(problems))
 
     def _firestore_emulator(self) -> Path | None:
+        return self._sdk_file("cloud-firestore-emulator", "cloud_firestore_emulator")
+
+    @functools.cache  # noqa: B019 (one stack object, a few calls; `gcloud info` is slow)
+    def _sdk_file(self, component: str, *parts: str) -> Path | None:
+        """A file of a Cloud SDK component (``platform/<component>/...``), if installed."""
         candidates: list[Path] = []
         if shutil.which("gcloud"):
             try:
@@ -693,11 +725,9 @@ class Stack:
                 candidates.append(Path(root))
         candidates += [Path("/usr/lib/google-cloud-sdk"), Path.home() / "google-cloud-sdk"]
         for sdk_root in candidates:
-            wrapper = (
-                sdk_root / "platform" / "cloud-firestore-emulator" / "cloud_firestore_emulator"
-            )
-            if wrapper.is_file():
-                return wrapper
+            found = sdk_root.joinpath("platform", component, *parts)
+            if found.is_file():
+                return found
         return None
 
     def _check_ports(self) -> None:
@@ -758,6 +788,7 @@ class Stack:
             "gateway": f"{host}:{ports.gateway}/healthz",
             "scheduler": f"{host}:{ports.scheduler}/",
             "paynow": f"{host}:{ports.paynow}/",
+            "pubsub": f"{host}:{ports.pubsub}/",
         }
 
     def _spawn(
@@ -766,8 +797,10 @@ class Stack:
         command: list[str],
         extra_env: Mapping[str, str],
         timeout: float,
+        wait: bool = True,
     ) -> None:
-        """Start ``command`` in its own session, record it, and wait until its health URL is 200."""
+        """Start ``command`` in its own session, record it, and (``wait``) wait until its
+        health URL is 200."""
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log = self.logs_dir / f"{name}.log"
         env = {**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"}
@@ -792,6 +825,14 @@ class Stack:
         self._children[process.pid] = process
         self._records[name] = ProcessRecord(name, process.pid, ticks, str(log), command)
         self._save()
+        if wait:
+            self._await_ready(name, timeout)
+
+    def _await_ready(self, name: str, timeout: float) -> None:
+        """Wait until the process ``name`` started answers its health URL."""
+        record = self._records[name]
+        process = self._children[record.pid]
+        log = Path(record.log)
         url = self._health_urls()[name]
         deadline = time.monotonic() + timeout
         while _http_status(url) != 200:
@@ -816,6 +857,37 @@ class Stack:
             {"JAVA_TOOL_OPTIONS": java_options},
             timeout=60,
         )
+
+    def _start_pubsub(self) -> None:
+        emulator = self._sdk_file("pubsub-emulator", "bin", "cloud-pubsub-emulator")
+        assert emulator is not None  # checked by _check_prerequisites
+        java_options = " ".join(
+            filter(None, [os.environ.get("JAVA_TOOL_OPTIONS"), PUBSUB_JAVA_OPTIONS])
+        )
+        self._spawn(
+            "pubsub",
+            [str(emulator), "--host=127.0.0.1", f"--port={self.ports.pubsub}"],
+            {"JAVA_TOOL_OPTIONS": java_options},
+            timeout=90,
+            wait=False,
+        )
+
+    def _create_topic(self) -> None:
+        """The run-notices topic and the local pull subscription, over the emulator's REST."""
+        base = f"http://127.0.0.1:{self.ports.pubsub}/v1/projects/{PROJECT_ID}"
+        topic = f"projects/{PROJECT_ID}/topics/{NOTICES_TOPIC}"
+        for path, body in ((f"topics/{NOTICES_TOPIC}", {}),
+                           (f"subscriptions/{NOTICES_SUBSCRIPTION}", {"topic": topic})):
+            request = urllib.request.Request(  # noqa: S310 (http on loopback)
+                f"{base}/{path}", data=json.dumps(body).encode(), method="PUT",
+                headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=10):  # noqa: S310 (loopback)
+                    pass
+            except urllib.error.HTTPError as error:
+                if error.code != 409:  # 409: it exists (a stack that was up)
+                    raise StackError(f"could not create {path} on the Pub/Sub emulator: "
+                                     f"{error.code}") from error
 
     def _start_issuer(self) -> None:
         self._spawn(

@@ -354,7 +354,8 @@ def _rollback(svc: Services, caller: Caller, migration_id: str,
               raw: bytes) -> tuple[dict[str, Any], int]:
     undo = parse_json(raw, RollbackRequest)
     started = launcher.start_rollback(migration_id, caller, svc.settings, svc.stores,
-                                      svc.dispatcher, undo.dry_run, undo.force, undo.target)
+                                      svc.dispatcher, undo.dry_run, undo.force, undo.target,
+                                      undo.reason)
     control.make_way(svc.settings, svc.stores, started.migration_id)
     return StartedAnswer.of(started, svc.settings.status_url,
                             rollback_of=started.rollback_of).answer()

@@ -170,6 +170,10 @@ locals {
     dry_run_ledger_updated_at = { collection = "dryRunLedger", field = "updatedAt" }
     dry_run_documents_data    = { collection = "dryRunDocuments", field = "data" }
 
+    # backfillNotices/{noticeId} (shared.adapters.notices)
+    notices_at           = { collection = "backfillNotices", field = "at" }
+    notices_published_at = { collection = "backfillNotices", field = "publishedAt" }
+
     # rateLimits/{limitId} (shared.adapters.rate_limit)
     rate_limits_tat        = { collection = "rateLimits", field = "tat" }
     rate_limits_updated_at = { collection = "rateLimits", field = "updatedAt" }

@@ -69,6 +69,9 @@ locals {
     BACKFILL_ALLOW_NEGATIVE_WALLETS    = tostring(var.allow_negative_wallets)
     BACKFILL_PLAN_MAX_AGE_HOURS        = tostring(var.plan_max_age_hours)
     BACKFILL_ALERTING_ENABLED          = tostring(var.alerting_enabled)
+    BACKFILL_ALERT_ERROR_RATE          = tostring(var.alert_error_rate)
+    BACKFILL_ALERT_MIN_EVENTS          = tostring(var.alert_min_events)
+    BACKFILL_NOTICES_TOPIC             = google_pubsub_topic.notices.name
     BACKFILL_PLAN_TOLERANCE            = tostring(var.plan_tolerance)
     # PayNow's Management API (webhook_recovery, read by the chunk function). The API key is not
     # here: it reaches the chunk function alone from Secret Manager (functions.tf, secrets.tf).
@@ -86,6 +89,8 @@ locals {
     BACKFILL_SPLIT_EVENTS = tostring(var.split_events)
     }, var.require_plan == null ? {} : {
     BACKFILL_REQUIRE_PLAN = tostring(var.require_plan)
+    }, var.require_reason == null ? {} : {
+    BACKFILL_REQUIRE_REASON = tostring(var.require_reason)
     }, var.approval_events == null ? {} : {
     BACKFILL_APPROVAL_EVENTS = tostring(var.approval_events)
     }, var.approval_points == null ? {} : {

@@ -21,12 +21,14 @@
 # to the lines the code writes.
 
 locals {
-  backfill_logs = "jsonPayload.component=\"backfill\""
-  page_logs     = "${local.backfill_logs} AND jsonPayload.message=\"${var.page_log_message}\""
-  status_logs   = "${local.backfill_logs} AND jsonPayload.message=\"${var.status_log_message}\""
-  sweep_logs    = "${local.backfill_logs} AND jsonPayload.message=\"${var.sweep_log_message}\""
-  summary_logs  = "${local.backfill_logs} AND jsonPayload.message=\"${var.summary_log_message}\""
-  failure_logs  = "${local.backfill_logs} AND jsonPayload.message=\"${var.failure_log_message}\""
+  backfill_logs      = "jsonPayload.component=\"backfill\""
+  page_logs          = "${local.backfill_logs} AND jsonPayload.message=\"${var.page_log_message}\""
+  status_logs        = "${local.backfill_logs} AND jsonPayload.message=\"${var.status_log_message}\""
+  sweep_logs         = "${local.backfill_logs} AND jsonPayload.message=\"${var.sweep_log_message}\""
+  summary_logs       = "${local.backfill_logs} AND jsonPayload.message=\"${var.summary_log_message}\""
+  failure_logs       = "${local.backfill_logs} AND jsonPayload.message=\"${var.failure_log_message}\""
+  stall_logs         = "${local.backfill_logs} AND jsonPayload.message=\"${var.stall_log_message}\""
+  running_error_logs = "${local.backfill_logs} AND jsonPayload.message=\"${var.error_rate_log_message}\""
 
   page_count_metrics = {
     events_processed = {
@@ -294,6 +296,36 @@ resource "google_logging_metric" "runs_paused_by_kill_switch" {
   depends_on = [google_project_service.required]
 }
 
+resource "google_logging_metric" "runs_stalled" {
+  name        = "${var.name_prefix}/runs_stalled"
+  description = "Watchdog rounds that found chunks of an active run with no progress for a lease (the watchdog picks them up again; the run's notice says which)."
+  filter      = local.stall_logs
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "INT64"
+    unit         = "1"
+    display_name = "Backfill runs stalled"
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_logging_metric" "runs_failing_while_running" {
+  name        = "${var.name_prefix}/runs_failing_while_running"
+  description = "Watchdog rounds of a live, running run whose share of failed events is above alert_error_rate (after alert_min_events events): the run has not ended yet."
+  filter      = local.running_error_logs
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "INT64"
+    unit         = "1"
+    display_name = "Backfill live runs failing while they run"
+  }
+
+  depends_on = [google_project_service.required]
+}
+
 resource "google_logging_metric" "sweep_recoveries" {
   name        = "${var.name_prefix}/sweep_recoveries"
   description = "Sweeps that enqueued lost chunk or planning tasks of active runs again: runs needed the safety net. The runs: log lines jsonPayload.message=\"watchdog picked up lost work\" (field migration_id)."
@@ -415,6 +447,18 @@ locals {
       condition     = "Runs stopped by the circuit breaker"
       metric        = google_logging_metric.runs_stopped_by_breaker.name
       documentation = "A live backfill run failed more events than `BACKFILL_BREAKER_ERROR_RATE` allows and the circuit breaker stopped it (status `failed`, reason `circuit breaker: ...`). Find the run in the logs (`jsonPayload.component=\"backfill\" jsonPayload.message=\"${var.status_log_message}\" jsonPayload.reason=~\"^circuit breaker:\"`), read its errors with the status function (`GET ${local.function_urls.status}/{migrationId}`; stored under `dataMigrations/{migrationId}/errors`), fix the cause, then retry it through the control function (`POST ${local.function_urls.control}/api/admin/dataMigrations/{migrationId}/retry`)."
+    }
+    stalled = {
+      display_name  = "Backfill: a run stalled"
+      condition     = "Runs with chunks that made no progress for a lease"
+      metric        = google_logging_metric.runs_stalled.name
+      documentation = "Chunks of an active backfill run made no progress for a lease (`BACKFILL_LEASE_SECONDS`). The watchdog picks them up again from their cursors; if this repeats, the chunk function is failing or timing out. Find the run: `jsonPayload.component=\"backfill\" jsonPayload.message=\"${var.stall_log_message}\"` (field migration_id); its status: `GET ${local.function_urls.status}/{migrationId}`; or `backfill status {migrationId}`."
+    }
+    failing_while_running = {
+      display_name  = "Backfill: a live run is failing while it runs"
+      condition     = "Live runs above the error rate while running"
+      metric        = google_logging_metric.runs_failing_while_running.name
+      documentation = "A live backfill run has failed more than ${var.alert_error_rate * 100}% of its events so far and is still running. Look at its errors now (`GET ${local.function_urls.status}/{migrationId}/errors`); pause it (`POST ${local.function_urls.control}/api/admin/dataMigrations/{migrationId}/pause`) if the cause is not a few bad events. Find it: `jsonPayload.component=\"backfill\" jsonPayload.message=\"${var.error_rate_log_message}\"`."
     }
     kill_switch = {
       display_name  = "Backfill: runs paused by the kill switch"

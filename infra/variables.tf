@@ -255,6 +255,12 @@ variable "max_events_per_second" {
   }
 }
 
+variable "require_reason" {
+  description = "BACKFILL_REQUIRE_REASON: whether a live run (a start, a rollback) must say why it is started (reason: a ticket or an incident id); null: true when environment is prod."
+  type        = bool
+  default     = null
+}
+
 variable "require_plan" {
   description = "BACKFILL_REQUIRE_PLAN: whether a live replay, reversal backfill or recovery must name the completed dry run it was reviewed from (planOf); null: true when environment is prod."
   type        = bool
@@ -583,14 +589,54 @@ variable "failure_log_message" {
   default     = "event failed"
 }
 
+variable "stall_log_message" {
+  description = "Message of the line a run's watchdog writes when chunks of the run made no progress for a lease (fields migration_id, chunks); the stalled-runs metric counts these lines."
+  type        = string
+  default     = "run stalled"
+}
+
+variable "error_rate_log_message" {
+  description = "Message of the line a live run's watchdog writes, while the run runs, when its share of failed events is above alert_error_rate (fields migration_id, errors, processed, error_rate)."
+  type        = string
+  default     = "run error rate high"
+}
+
+variable "notices_push_endpoint" {
+  description = "A chat webhook (HTTPS) to push every run notice to, unwrapped: the message's JSON, whose text field suits Slack-style incoming webhooks; null: no push subscription (subscribe to the topic yourself)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.notices_push_endpoint == null || startswith(coalesce(var.notices_push_endpoint, "x"), "https://")
+    error_message = "notices_push_endpoint must be an https:// URL."
+  }
+}
+
+variable "notices_kms_key" {
+  description = "A Cloud KMS key (projects/.../cryptoKeys/...) to encrypt the run-notices topic with; null: Google-managed encryption."
+  type        = string
+  default     = null
+}
+
 variable "alert_error_rate" {
-  description = "Alert when a live run ends with more than this share of its events failed (0.01: 1%)."
+  description = "Alert when a live run ends with more than this share of its events failed (0.01: 1%), and while it runs once its watchdog has seen alert_min_events events of it."
   type        = number
   default     = 0.01
 
   validation {
     condition     = var.alert_error_rate >= 0 && var.alert_error_rate < 1
     error_message = "alert_error_rate is a share of events: at least 0, below 1."
+  }
+}
+
+variable "alert_min_events" {
+  description = "Events a live run must have taken before its error rate is judged while it runs."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.alert_min_events >= 1
+    error_message = "alert_min_events is at least 1."
   }
 }
 

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     chunk_url: str = Field(min_length=1)
     chunk_audience: str = ""
     status_url: str = ""
+    # The Pub/Sub topic (its id, in project_id) every run's status changes are published to
+    # (shared.adapters.notices); empty: notices are recorded in Firestore, not sent.
+    notices_topic: str = Field("", max_length=255, pattern=r"^([A-Za-z][A-Za-z0-9._~+%-]{2,254})?$")
 
     operator_audiences: CsvList = Field(min_length=1)
     operators: CsvList = ()
@@ -151,6 +154,8 @@ class Settings(BaseSettings):
     require_plan: bool | None = None
     # Whether a live run whose preflight fails is refused unless forced (unset: in prod).
     require_preflight: bool | None = None
+    # Whether a live run (a trigger's, a rollback's) must give a ``reason``; None: in prod.
+    require_reason: bool | None = None
     plan_max_age_hours: float = Field(24.0, gt=0, le=24 * 30)
     plan_tolerance: float = Field(0.0, ge=0, le=1)
 
@@ -163,6 +168,11 @@ class Settings(BaseSettings):
 
     # Whether Terraform created the alert policies (var.alerting_enabled): the preflight says so.
     alerting_enabled: bool = False
+    # A live run whose share of failed events passes this while it runs is announced (a
+    # notice, and the "run error rate high" log an alert counts), once its watchdog has seen
+    # at least alert_min_events events of it (shared.runs.watchdog).
+    alert_error_rate: float = Field(0.01, ge=0, lt=1)
+    alert_min_events: int = Field(100, ge=1)
 
     # Run control (see the README's "Run control").
     max_active_runs: int = Field(3, ge=1, le=100)
@@ -193,6 +203,8 @@ class Settings(BaseSettings):
 
     firestore_emulator_host: str = Field("", validation_alias="FIRESTORE_EMULATOR_HOST")
     tasks_emulator_host: str = Field("", validation_alias="CLOUD_TASKS_EMULATOR_HOST")
+    # Read by the Pub/Sub client itself; named here so production refuses it.
+    pubsub_emulator_host: str = Field("", validation_alias="PUBSUB_EMULATOR_HOST")
     # Local only: the chunk handler's process exits right after its Nth page commit, before it
     # answers, as a handler killed mid-chunk would. Tests use it to prove at-least-once safety.
     fault_exit_after_commits: int = Field(0, ge=0)
@@ -236,8 +248,10 @@ class Settings(BaseSettings):
             problems.append("BACKFILL_CERTS_URL must be Google's certificates URL")
         if not set(self.issuers) <= set(GOOGLE_ISSUERS):
             problems.append("BACKFILL_ISSUERS may only name Google's issuers")
-        if self.firestore_emulator_host or self.tasks_emulator_host:
-            problems.append("emulator hosts (FIRESTORE_/CLOUD_TASKS_EMULATOR_HOST) must be unset")
+        if self.firestore_emulator_host or self.tasks_emulator_host or \
+                self.pubsub_emulator_host:
+            problems.append("emulator hosts (FIRESTORE_/CLOUD_TASKS_/PUBSUB_EMULATOR_HOST) "
+                            "must be unset")
         if self.fault_exit_after_commits:
             problems.append("fault injection must be off")
         for name, url in (("BACKFILL_CHUNK_URL", self.chunk_url), ("BACKFILL_CHUNK_AUDIENCE",
@@ -267,6 +281,13 @@ class Settings(BaseSettings):
     def plan_required(self) -> bool:
         """``BACKFILL_REQUIRE_PLAN``, or whether this is prod."""
         return self.require_plan if self.require_plan is not None else self.stage is Stage.PROD
+
+    @property
+    def reason_required(self) -> bool:
+        """``BACKFILL_REQUIRE_REASON``, or whether this is prod: a live run must say why it
+        is started (``reason``)."""
+        return self.require_reason if self.require_reason is not None \
+            else self.stage is Stage.PROD
 
     @property
     def preflight_required(self) -> bool:

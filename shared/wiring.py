@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from shared import clock, logs
 from shared.adapters import schema
 from shared.adapters.cloud_tasks import CloudTasksDispatcher, Dispatcher
+from shared.adapters.notices import Announcer
 from shared.adapters.stores import Stores
 from shared.clock import Clock, SystemClock
 from shared.config import Settings, get_settings
@@ -32,7 +33,12 @@ class Services:
 
     @property
     def stores(self) -> Stores:
-        return Stores.firestore(self.db)
+        return Stores.firestore(self.db, self.announcer)
+
+    @property
+    def announcer(self) -> Announcer:
+        """Each status change's notice, published (``shared.adapters.notices``)."""
+        return Announcer(self.db, self.settings)
 
     @property
     def tasks(self) -> TaskRouter:
@@ -62,7 +68,10 @@ class Services:
         # Runs that waited for one that has ended resume here too, should the ending delivery's
         # call have been lost (``control.make_way``).
         control.wake(self.settings, self.stores, self.dispatcher)
-        return watchdog.sweep(self.settings, self.stores, self.dispatcher)
+        swept = watchdog.sweep(self.settings, self.stores, self.dispatcher)
+        # Notices a dead announcer left unpublished (shared.adapters.notices).
+        self.announcer.pending()
+        return swept
 
 
 _lock = threading.Lock()

@@ -47,6 +47,8 @@ def stack_env(stack: Stack) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def db(stack_env: dict[str, str]) -> firestore.Client:
     os.environ["FIRESTORE_EMULATOR_HOST"] = stack_env["FIRESTORE_EMULATOR_HOST"]
+    # The functions run in this process too: their notices go to the stack's Pub/Sub emulator.
+    os.environ["PUBSUB_EMULATOR_HOST"] = stack_env["PUBSUB_EMULATOR_HOST"]
     return firestore.Client(project=stack_env["BACKFILL_PROJECT_ID"])
 
 

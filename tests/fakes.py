@@ -36,6 +36,10 @@ NOW = dt.datetime(2025, 1, 10, tzinfo=dt.UTC)
 
 
 class MemoryRuns:
+    def notify(self, migration_id: str, key: str, fields: dict[str, Any]) -> bool:
+        """Notices are the Firestore store's (shared.adapters.notices): none kept here."""
+        return True
+
     def __init__(self) -> None:
         self.records: dict[str, RunRecord] = {}
         self.summaries: dict[str, dict[str, Any]] = {}

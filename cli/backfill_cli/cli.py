@@ -163,6 +163,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="print only the JSON an
 RunArgument = Annotated[str, typer.Argument(metavar="ID", help="the run's migrationId")]
 ReasonOption = Annotated[str | None, typer.Option(
     help="why (kept in the run's status history)")]
+WhyOption = Annotated[str | None, typer.Option(
+    "--reason", help="why it is started: a ticket or an incident id (required for a live run "
+                     "in production)")]
 ForceOption = Annotated[bool, typer.Option(
     help="start even over an overlapping active run or past the active run limit")]
 # A run's range and mode, as start and recover take them.
@@ -300,6 +303,7 @@ def start(
         "--order", help="only this order's events (repeat it, or @FILE)")] = None,
     event_ids: Annotated[list[str] | None, typer.Option(
         "--event", help="only this event (repeat it, or @FILE)")] = None,
+    reason: WhyOption = None,
     wait: WaitOption = False,
     yes: YesOption = False,
     as_json: JsonOption = False,
@@ -311,6 +315,8 @@ def start(
     narrow it to a target."""
     body: dict[str, Any] = {"type": backfill_type, "dryRun": dry_run}
     body.update(_range(start_date, end_date, lookback_days))
+    if reason:
+        body["reason"] = reason
     if max_events is not None:
         body["maxEvents"] = max_events
     if max_events_per_second is not None:
@@ -796,6 +802,7 @@ def rollback(
                            "per line)")] = None,
     order_ids: Annotated[list[str] | None, typer.Option(
         "--order", help="only this order's entries (repeat it, or @FILE)")] = None,
+    reason: WhyOption = None,
     wait: WaitOption = False,
     yes: YesOption = False,
     as_json: JsonOption = False,
@@ -812,6 +819,8 @@ def rollback(
     for field, values in (("customerIds", customer_ids), ("orderIds", order_ids)):
         if values:
             body[field] = _listed(values)
+    if reason:
+        body["reason"] = reason
     _start_by_control(ctx, migration_id, "rollback", body, wait, Output(as_json), token,
                       as_email, yes, live=not dry_run)
 

@@ -52,6 +52,9 @@ SWITCH_ID = "killSwitch"
 # The money guardrails (shared.executor.guard): dataMigrations/{id}/guard/points holds the points
 # of maxPoints reserved ({"reserved"}), dataMigrations/{id}/customerPoints/{customerId} those
 # the run moved of one customer ({"points", "customerId"}).
+# backfillNotices/{migrationId}-{key}: a run's status changes (and stalls, error rates), each
+# published once to the notices topic (shared.adapters.notices).
+NOTICES = "backfillNotices"
 GUARD = "guard"
 GUARD_POOL = "points"
 CUSTOMER_POINTS = "customerPoints"
@@ -172,10 +175,12 @@ def sums(query: Any, fields: tuple[str, ...]) -> dict[str, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Write(Generic[T]):
-    """``compare_and_set`` writes ``fields``, then answers ``then(update_time)``."""
+    """``compare_and_set`` writes ``fields``, and creates the documents of ``creates`` in the
+    same commit (it fails whole if one exists), then answers ``then(update_time)``."""
 
     fields: dict[str, Any]
     then: Callable[[Any], T]
+    creates: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,13 +206,20 @@ def compare_and_set(db: firestore.Client, ref: firestore.DocumentReference,
         decision = decide(snap)
         if isinstance(decision, Done):
             return decision.value
+        option = db.write_option(last_update_time=snap.update_time)
         try:
-            result = ref.update(decision.fields,
-                                option=db.write_option(last_update_time=snap.update_time))
+            if decision.creates:
+                batch = db.batch()
+                batch.update(ref, decision.fields, option=option)
+                for path, document in decision.creates.items():
+                    batch.create(db.document(path), document)
+                update_time = batch.commit()[0].update_time
+            else:
+                update_time = ref.update(decision.fields, option=option).update_time
         except api_exceptions.FailedPrecondition:
             time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 (jitter, not security)
             continue
-        return decision.then(result.update_time)
+        return decision.then(update_time)
     if give_up is not None:
         return give_up()
     raise Unavailable(f"{what} kept changing under concurrent writes; retry")

@@ -25,7 +25,8 @@ from google.cloud.firestore_v1.base_query import FieldFilter, Or
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from shared import clock, logs
-from shared.adapters import schema
+from shared.adapters import notices, schema
+from shared.adapters.notices import Announcer
 from shared.adapters.write_token import CLAIM_WRITE, STAMP, UNSURE, token_of, write_token
 from shared.config import Settings
 from shared.domain import lifecycle
@@ -90,6 +91,10 @@ class RunStore(Protocol):
         second one sees the first run. With ``twin``, an existing run under ``ids[0]`` is
         answered instead (a twin firing of one schedule). Answers the run, and whether it
         existed already."""
+
+    def notify(self, migration_id: str, key: str, fields: dict[str, Any]) -> bool:
+        """Record the run's notice ``key`` (a stall, an error rate: the key names the
+        occurrence) if it is new, and announce it; answers whether it was new."""
 
 
 class ChunkStore(Protocol):
@@ -245,9 +250,11 @@ class Stores:
     switch: SwitchStore = dataclasses.field(default_factory=AlwaysOn)
 
     @classmethod
-    def firestore(cls, db: firestore.Client) -> Stores:
-        return cls(FirestoreRuns(db), FirestoreChunks(db), FirestorePlans(db),
-                   FirestoreErrors(db), FirestoreSwitch(db))
+    def firestore(cls, db: firestore.Client, announcer: Announcer | None = None) -> Stores:
+        """The Firestore stores; with ``announcer``, each status change is announced
+        (``shared.adapters.notices``) once its commit is made."""
+        return cls(FirestoreRuns(db, announcer), FirestoreChunks(db),
+                   FirestorePlans(db, announcer), FirestoreErrors(db), FirestoreSwitch(db))
 
 
 KILL_SWITCH = "BACKFILL_ENABLED=false: paused by the kill switch; resume once it is back on"
@@ -297,8 +304,19 @@ _ADMIT_ATTEMPTS = 10
 
 
 class FirestoreRuns:
-    def __init__(self, db: firestore.Client) -> None:
+    def __init__(self, db: firestore.Client, announcer: Announcer | None = None) -> None:
         self._db = db
+        self._announcer = announcer
+
+    def notify(self, migration_id: str, key: str, fields: dict[str, Any]) -> bool:
+        if self._announcer is not None:
+            return self._announcer.record(migration_id, key, fields)
+        return notices.create(self._db, migration_id, key, fields)
+
+    def _announce(self, *migration_ids: str) -> None:
+        if self._announcer is not None:
+            for migration_id in migration_ids:
+                self._announcer.announce(migration_id)
 
     def admit(self, run: RunRecord, ids: list[str],
               decide: Callable[[list[RunRecord]], RunRecord],
@@ -318,7 +336,15 @@ class FirestoreRuns:
             for ref in candidates:
                 if not ref.get(transaction=transaction).exists:
                     created = admitted.model_copy(update={"id": ref.id})
-                    transaction.create(ref, created.to_document())
+                    document = created.to_document()
+                    transaction.create(ref, document)
+                    # Its first notice: started (or waiting for the runs it names).
+                    notice_path, notice = notices.status_notice(
+                        document, ref.id, 0, created.status.value, None,
+                        created.status_reason, created.requested_by)
+                    if created.waiting_for:
+                        notice["kind"] = "waiting"
+                    transaction.create(self._db.document(notice_path), notice)
                     return created, False
             raise Unavailable("could not find a free migration id; retry")
 
@@ -328,6 +354,8 @@ class FirestoreRuns:
         except (api_exceptions.Aborted, ValueError) as error:
             # ValueError: the client gave up after max_attempts contended commits.
             raise Unavailable("too many runs are starting at once; retry") from error
+        if not result[1]:
+            self._announce(result[0].migration_id)
         return result
 
     def get(self, migration_id: str) -> RunRecord | None:
@@ -396,15 +424,39 @@ class FirestoreRuns:
                 update["finishedAt"] = firestore.SERVER_TIMESTAMP
             if move.starts:
                 update["startedAt"] = firestore.SERVER_TIMESTAMP
+            # Its notice, in the same commit: the run's next number, read under its update time.
+            seq = run.notice_seq + 1
+            update["noticeSeq"] = seq
+            notice_path, notice = notices.status_notice(
+                snap.to_dict() or {}, migration_id, seq, target.value, move.previous.value,
+                move.reason, by, note)
+            creates = {notice_path: notice}
+            undone = _rolled_back(run, target)
+            if undone is not None:
+                creates[undone[0]] = undone[1]
 
             def moved(_: Any) -> Moved:
                 log_move(migration_id, move, by)
+                self._announce(migration_id, *([undone[1]["migrationId"]] if undone else []))
                 return run
 
-            return schema.Write(update, moved)
+            return schema.Write(update, moved, creates)
 
         return schema.compare_and_set(self._db, schema.run_ref(self._db, migration_id), decide,
                                      attempts=_RUN_MOVE_ATTEMPTS, what=f"run {migration_id}")
+
+
+def _rolled_back(run: RunRecord, target: RunStatus) -> tuple[str, dict[str, Any]] | None:
+    """The notice a live rollback's completion gives the run it rolled back, or None."""
+    if target is not RunStatus.COMPLETED or run.rollback_of is None or run.dry_run:
+        return None
+    source = str(run.rollback_of["migrationId"])
+    scope = f" (only {run.target})" if run.target else ""
+    return notices.path(f"{source}-rolled_back-{run.migration_id}"), {
+        "migrationId": source, "seq": None, "kind": "rolled_back", "status": "rolled_back",
+        "previous": None, "reason": f"rolled back by {run.migration_id}{scope}",
+        "by": run.requested_by, "note": "", "at": firestore.SERVER_TIMESTAMP,
+        "published": False}
 
 
 def claimed(chunk: ChunkRecord, owner: str, lease_until: dt.datetime,
@@ -673,8 +725,9 @@ class FirestoreChunks:
 
 
 class FirestorePlans:
-    def __init__(self, db: firestore.Client) -> None:
+    def __init__(self, db: firestore.Client, announcer: Announcer | None = None) -> None:
         self._db = db
+        self._announcer = announcer
 
     def eligible(self, selection: Selection, window: Window) -> int:
         if window.end <= window.start:
@@ -749,12 +802,21 @@ class FirestorePlans:
             if number == len(groups):
                 update.update(_plan_totals(chunks, completes))
                 update.update(fields or {})
+                if completes is not None:  # done at once: its notice in the same commit
+                    update["noticeSeq"] = run.notice_seq + 1
+                    notice_path, notice = notices.status_notice(
+                        {"type": run.type, "dryRun": run.dry_run}, run.migration_id,
+                        run.notice_seq + 1, RunStatus.COMPLETED.value, run.status.value,
+                        completes)
+                    batch.create(self._db.document(notice_path), notice)
             batch.update(ref, update, option=self._db.write_option(last_update_time=read_at))
             try:
                 results = batch.commit()
             except (api_exceptions.AlreadyExists, api_exceptions.FailedPrecondition):
                 return False  # another delivery planned it meanwhile, or the run's status moved
             read_at = results[-1].update_time
+        if completes is not None and self._announcer is not None:
+            self._announcer.announce(run.migration_id)
         return True
 
 

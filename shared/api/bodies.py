@@ -47,6 +47,8 @@ class _TriggerBody(BaseModel):
     plan_of: str | None = Field(None, alias="planOf", min_length=1, max_length=200,
                                 pattern=r"^[A-Za-z0-9_-]+$")
     force: bool = False
+    # Why it is started: a ticket or an incident id (required for a live run in production).
+    reason: str = Field("", max_length=500)
     include_processed: bool = Field(False, alias="includeProcessed")
     repair: bool = False
     event_types: list[str] | None = Field(None, alias="eventTypes", min_length=1, max_length=8)
@@ -127,7 +129,7 @@ def parse_request(raw: bytes, max_range_days: int, today: dt.date) -> BackfillRe
                               allow_negative_wallets=body.allow_negative_wallets,
                               include_processed=body.include_processed,
                               repair=body.repair, target=body.target,
-                              requested_end_date=requested_end)
+                              requested_end_date=requested_end, reason=body.reason.strip())
     if request.days > max_range_days:
         raise InvalidRequest(
             "endDate", f"the range spans {request.days} days; at most {max_range_days} per run"

@@ -130,12 +130,17 @@ class RunRecord(_Record):
     eligible: int | None = None
     total: int | None = None
     requested_by: str = ""
+    # Why it was started (a ticket, an incident id), as its starter said.
+    reason: str = ""
     created_at: dt.datetime
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
     status_reason: str = ""
     status_history: list[dict[str, Any]] = Field(default_factory=list)
     failure_reason: str = ""
+    # The number of its last status notice (``backfillNotices/{id}-{seq}``): each status change
+    # creates the next one in the commit that makes it (``shared.adapters.notices``).
+    notice_seq: int = 0
 
     @property
     def migration_id(self) -> str:
@@ -263,6 +268,7 @@ class RunFields(_Shape):
     total: int | None
     chunk_count: int
     requested_by: str
+    reason: str
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None

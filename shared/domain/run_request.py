@@ -42,6 +42,8 @@ class BackfillRequest(BaseModel):
     # The endDate as sent, when it named a day past its month's end (e.g. 2024-11-31), which
     # the request takes as the month's last day (``end_date``).
     requested_end_date: str | None = None
+    # Why it is started (a ticket, an incident id); a live run in production must say.
+    reason: str = ""
 
     @property
     def days(self) -> int:

@@ -87,6 +87,7 @@ def start_run(
     nothing. Raises ``Conflict``/``TooManyRuns`` (unless ``request.force``) and, when the task
     cannot be enqueued, ``Unavailable`` after marking the run failed.
     """
+    _refuse_unexplained(settings, request.dry_run, request.reason)
     admit = getattr(BACKFILLS.get(request.type), "admit", None)
     if admit is not None:  # what the type itself refuses (``Backfill``'s admission hook)
         admit(settings, request.start_date, now().date())
@@ -98,7 +99,7 @@ def start_run(
                    lookback_days=request.lookback_days, forced=request.force,
                    include_processed=request.include_processed, target=request.target,
                    repair=request.repair,
-                   requested_end_date=request.requested_end_date,
+                   requested_end_date=request.requested_end_date, reason=request.reason,
                    **{name: value for name, value in (
                        ("max_points", request.max_points),
                        ("max_points_per_customer", request.max_points_per_customer),
@@ -168,7 +169,7 @@ def start_retry(source_id: str, caller: Caller, settings: Settings, stores: Stor
 
 def start_rollback(source_id: str, caller: Caller, settings: Settings, stores: Stores,
                    dispatcher: Dispatcher, dry_run: bool = True, force: bool = False,
-                   target: dict[str, list[str]] | None = None,
+                   target: dict[str, list[str]] | None = None, reason: str = "",
                    now: Clock = clock.now) -> StartedRun:
     """Start a run that undoes the ledger entries run ``source_id`` wrote
     (``shared.backfills.rollback``); with ``target`` (``customerIds``, ``orderIds``), only
@@ -179,6 +180,7 @@ def start_rollback(source_id: str, caller: Caller, settings: Settings, stores: S
     passes both checks: rolling back again takes what an earlier rollback left). Rollbacks of
     other scopes do not count: each passes over entries another rolled back.
     """
+    _refuse_unexplained(settings, dry_run, reason)
     source = stores.runs.get(source_id)
     if source is None:
         raise NotFound(f"no run {source_id}")
@@ -209,7 +211,7 @@ def start_rollback(source_id: str, caller: Caller, settings: Settings, stores: S
                        [source_id])
     run = _new_run(BACKFILLS.undoer(), dry_run, source.start_date, source.end_date, settings,
                    caller, now(), 1, rollback_of={"migrationId": source_id, "entries": written},
-                   forced=force, target=target)
+                   forced=force, target=target, reason=reason.strip())
     return _launch(settings, stores, dispatcher, run, force, None)
 
 
@@ -221,6 +223,14 @@ def _scope(target: dict[str, list[str]]) -> str:
 
     return " and ".join(named(what, target[field]) for field, what in (
         ("customerIds", "customers"), ("orderIds", "orders")) if target.get(field))
+
+
+def _refuse_unexplained(settings: Settings, dry_run: bool, reason: str) -> None:
+    """``InvalidRequest`` naming ``reason`` for a live run without one where one is required
+    (production: its report and its notices say who started it and why)."""
+    if not dry_run and settings.reason_required and not reason.strip():
+        raise InvalidRequest("reason", f"say why this live run is started (a ticket or an "
+                                       f"incident id): required in {settings.stage.value}")
 
 
 def _refuse(action: str, source: RunRecord) -> None:

@@ -45,8 +45,9 @@ class TraceSource(Protocol):
     def purchases_of(self, customer_id: str, limit: int) -> list[Row]:
         """The customer's purchase events."""
 
-    def events_of(self, order_ids: Sequence[str], limit: int) -> list[Row]:
-        """The events of the orders: their purchases, refunds and chargebacks."""
+    def events_of(self, order_ids: Sequence[str], limit: int,
+                  purchases: bool = True) -> list[Row]:
+        """The orders' refunds and chargebacks, and (``purchases``) their purchases."""
 
     def entries(self, field: str, value: str, limit: int) -> list[Row]:
         """The ledger entries (``entryId`` added) whose ``field`` is ``value``."""
@@ -142,8 +143,8 @@ def _gather(source: TraceSource, field: str, value: str) -> tuple[list[Row], lis
         entries = source.entries("customerId", value, LIMIT)
         orders = {order for event in purchases if (order := _order(event))} \
             | {entry["orderId"] for entry in entries if isinstance(entry.get("orderId"), str)}
-        events = [*purchases, *source.events_of(sorted(orders), LIMIT)]
-        # An order's entries all carry its customer; those found by order are the same ones.
+        # Its purchases are found by customer already; an order's refunds name only the order.
+        events = [*purchases, *source.events_of(sorted(orders), LIMIT, purchases=False)]
     return (sorted({event["eventId"]: event for event in events}.values(),
                    key=lambda event: event["eventId"]),
             sorted({entry["entryId"]: entry for entry in entries}.values(),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 from typing import Any
 
@@ -74,6 +75,8 @@ def _watch(settings: Settings, stores: Stores, dispatcher: Dispatcher,
                                    int(clock.now().timestamp())))
     else:
         tasks = _lost_chunks(settings, stores, dispatcher, migration_id, now)
+        if not run.dry_run and run.status is RunStatus.RUNNING:
+            check_error_rate(settings, stores, migration_id)
     enqueue_all(dispatcher, tasks, settings.enqueue_workers)
     if outside:
         cloud_tasks.ensure_watchdog(settings, dispatcher, migration_id)
@@ -122,10 +125,38 @@ def sweep(settings: Settings, stores: Stores, dispatcher: Dispatcher,
     return Swept(rounds, picked_up)
 
 
+def check_error_rate(settings: Settings, stores: Stores, migration_id: str) -> None:
+    """Announce a live run whose share of failed events passed ``alert_error_rate`` while it
+    runs (once a run: its notice's key), and log it every round it is above (the alert)."""
+    counts = stores.chunks.totals(migration_id, ("taken", "errors"))
+    taken, errors = counts["taken"], counts["errors"]
+    if taken < settings.alert_min_events or errors / taken <= settings.alert_error_rate:
+        return
+    rate = round(errors / taken, 4)
+    logs.log(logger, "run error rate high", logging.WARNING, migration_id=migration_id,
+             errors=errors, processed=taken, error_rate=rate)
+    stores.runs.notify(migration_id, "error_rate", {
+        "status": "error_rate", "reason": f"{errors} of {taken} events failed so far "
+                                          f"({rate:.1%}, above {settings.alert_error_rate:.1%})"})
+
+
 def _lost_chunks(settings: Settings, stores: Stores, dispatcher: Dispatcher,
                  migration_id: str, now: dt.datetime) -> list[ChunkTask]:
     lost: list[ChunkTask] = []
-    for chunk in stores.chunks.expired(migration_id, OPEN_CHUNK_STATES, now):
+    expired = stores.chunks.expired(migration_id, OPEN_CHUNK_STATES, now)
+    if expired:
+        # One notice per stall: the chunks and segments that stopped name it, so a repeat of
+        # this round makes none, and a chunk that stalls again after its pickup makes another.
+        stopped = sorted(f"{chunk.chunk_id}:{chunk.segment}" for chunk in expired)
+        key = hashlib.sha256(",".join(stopped).encode()).hexdigest()[:12]
+        shown = ", ".join(chunk.chunk_id for chunk in expired[:5]) + (
+            f" and {len(expired) - 5} more" if len(expired) > 5 else "")
+        logs.log(logger, "run stalled", logging.WARNING, migration_id=migration_id,
+                 chunks=len(expired))
+        stores.runs.notify(migration_id, f"stalled-{key}", {
+            "status": "stalled", "reason": f"{len(expired)} chunk(s) made no progress for a "
+                                           f"lease ({shown}); the watchdog looks at them"})
+    for chunk in expired:
         current = ChunkTask(migration_id, chunk.chunk_id, chunk.segment)
         if dispatcher.exists(current):
             continue  # queued, backing off or in flight: Cloud Tasks will deliver it

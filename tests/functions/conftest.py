@@ -11,6 +11,7 @@ import pytest
 from functions_framework import create_app
 from google.cloud import firestore
 
+from shared.adapters import schema
 from shared.adapters.cloud_tasks import ChunkTask, InProcessDispatcher, TaskKind
 from shared.config import Settings
 from shared.wiring import Services, use
@@ -25,6 +26,13 @@ def make_settings(env: dict[str, str], **overrides: Any) -> Settings:
     fields.update(firestore_emulator_host=env["FIRESTORE_EMULATOR_HOST"],
                   tasks_emulator_host=env["CLOUD_TASKS_EMULATOR_HOST"], **overrides)
     return Settings.model_validate(fields)
+
+
+def page_commit(batch: Any) -> bool:
+    """Whether a batch is a page's commit (several writes), not a run's status change (the
+    run and its notice, ``shared.adapters.notices``): tests that fail page commits use it."""
+    names = [write.update.name for write in batch._write_pbs if write.update.name]
+    return len(batch) > 1 and not any(f"/{schema.NOTICES}/" in name for name in names)
 
 
 class Harness:

@@ -21,7 +21,7 @@ from google.cloud.firestore_v1.batch import WriteBatch
 from shared.adapters import schema
 from shared.adapters.cloud_tasks import ChunkTask, TaskKind
 from tests import data
-from tests.functions.conftest import Harness
+from tests.functions.conftest import Harness, page_commit
 
 DAY = "2025-01-01"
 RANGE: dict[str, Any] = {"type": "webhook_replay", "startDate": DAY, "endDate": DAY}
@@ -204,7 +204,7 @@ def test_an_unexpected_failure_behind_a_503_or_a_failed_chunk_logs_its_type_not_
     original = WriteBatch.commit
 
     def failing(self: WriteBatch, *args: Any, **kwargs: Any) -> Any:
-        if len(self) > 1:  # page commits: Firestore fails, quoting a document path
+        if page_commit(self):  # page commits: Firestore fails, quoting a document path
             raise api_exceptions.InternalServerError(f"internal error at {QUOTED}")
         return original(self, *args, **kwargs)
 

@@ -82,6 +82,29 @@ def test_a_body_without_dry_run_starts_a_dry_run_and_every_answer_says_where(
     assert refused.headers["X-Backfill-Environment"] == "local"
 
 
+def test_where_a_reason_is_required_a_live_run_without_one_is_refused(
+        harness: Harness) -> None:
+    harness.configure(require_reason=True)  # production's default
+    data.product(harness.db, "p1", 10)
+    data.put(harness.db, *data.purchases(5, days=1))
+
+    refused = [harness.start(**BODY), harness.start(**BODY, reason="   ")]
+    assert nothing_written(harness)
+    dry = harness.start(**{**BODY, "dryRun": True})  # a dry run needs none
+    live = harness.start(**BODY, reason="INC-2041: points missing since the outage",
+                         force=True)
+    too_long = harness.start(**BODY, reason="x" * 501, force=True)
+
+    for answer in refused:
+        assert answer.status_code == 400
+        assert answer.get_json()["field"] == "reason"
+        assert "a ticket or an incident id" in answer.get_json()["message"]
+    assert (dry.status_code, live.status_code, too_long.status_code) == (202, 202, 400)
+    run = harness.run(live.get_json()["migrationId"])
+    assert run["reason"] == "INC-2041: points missing since the outage"
+    assert too_long.get_json()["field"] == "reason"
+
+
 def test_planning_counts_chunks_and_enqueues_those_with_work_once(harness: Harness) -> None:
     data.product(harness.db, "p1", 10)
     data.put(harness.db, *data.purchases(30, days=2))

@@ -53,6 +53,7 @@ NOT_PASSED = frozenset({
     # The local stack and tests only: production refuses emulators and fault injection.
     "FIRESTORE_EMULATOR_HOST",
     "CLOUD_TASKS_EMULATOR_HOST",
+    "PUBSUB_EMULATOR_HOST",
     "BACKFILL_FAULT_EXIT_AFTER_COMMITS",
 })
 # The one secret: Terraform never passes its value, only (to the chunk function) the path of the

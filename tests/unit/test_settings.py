@@ -31,7 +31,7 @@ PRODUCTION = {
 
 def settings_from(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
     for key in (*LOCAL, *PRODUCTION, "BACKFILL_FAULT_EXIT_AFTER_COMMITS",
-                "CLOUD_TASKS_EMULATOR_HOST", "BACKFILL_ENABLED"):
+                "CLOUD_TASKS_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "BACKFILL_ENABLED"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -120,7 +120,8 @@ def test_production_accepts_a_deployed_functions_url(monkeypatch: pytest.MonkeyP
 def _start_function(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Load a function as functions-framework does at start, in a process of its own."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("BACKFILL_")
-           and key not in ("FIRESTORE_EMULATOR_HOST", "CLOUD_TASKS_EMULATOR_HOST")}
+           and key not in ("FIRESTORE_EMULATOR_HOST", "CLOUD_TASKS_EMULATOR_HOST",
+                           "PUBSUB_EMULATOR_HOST")}
     env.update(PRODUCTION, **extra)
     code = ("import functions_framework; "
             "functions_framework.create_app(target='backfill_status', source='functions/main.py')")
