@@ -5,11 +5,14 @@ only) are found by gaps with the provider, recovered and replayed.
 
 Run by ``make demo`` after ``make up``. Everything goes through the public surface: the trigger
 and status endpoints with OIDC tokens from the local issuer, Cloud Tasks (the emulator) calling
-the chunk handler. It ends with the ledger's invariants checked on the data in Firestore.
+the chunk handler. Then one customer's trace, and the notices every run's status changes
+published to the Pub/Sub emulator. It ends with the ledger's invariants checked on the data in
+Firestore.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -27,6 +30,7 @@ from backfill_cli.client import FINAL_STATUSES, ApiError, BackfillClient, Endpoi
 from emulators import paynow
 from emulators.issuer import mint_token
 from emulators.sample import seed
+from emulators.stack import NOTICES_SUBSCRIPTION
 from shared.adapters import schema
 
 console = Console()
@@ -162,6 +166,57 @@ def never_arrived(client: BackfillClient, db: firestore.Client, env: dict[str, s
     return once and stored["applied"] == MISSING and gaps["totals"]["neverArrived"] == MISSING
 
 
+def traced(client: BackfillClient, db: firestore.Client, migration_id: str) -> bool:
+    """One customer's trace (a refunded one the replay touched): its history in time order."""
+    console.rule("trace: what happened to one customer")
+    reversal = next(iter(db.collection(schema.LEDGER).where(
+        filter=FieldFilter("migrationId", "==", migration_id)).where(
+        filter=FieldFilter("type", "==", "reversal")).limit(1).stream()), None)
+    if reversal is None:
+        console.print("  no refunded customer to trace")
+        return False
+    customer = str((reversal.to_dict() or {})["customerId"])
+    found = client.trace("customerId", customer)
+    for wallet in found["wallets"]:
+        console.print(f"  wallet {wallet['customerId']}: {wallet['balance']} points, its "
+                      f"entries sum to {wallet['entriesSum']}: "
+                      f"{'matches' if wallet['matches'] else 'DOES NOT MATCH'}", highlight=False)
+    for item in found["timeline"][:8]:
+        console.print(f"  {item['at']}  {item['kind']:<6} {item['what']}", highlight=False,
+                      markup=False)
+    if len(found["timeline"]) > 8:
+        console.print(f"  ... {len(found['timeline']) - 8} more; every run that touched them: "
+                      f"{', '.join(run['migrationId'] for run in found['runs'])}",
+                      highlight=False)
+    page = client.endpoints.require("status").removesuffix("/api/admin/dataMigrations")
+    console.print(f"  the same as a page: {page}/api/admin/trace?customerId={customer}",
+                  highlight=False)
+    return all(wallet["matches"] for wallet in found["wallets"])
+
+
+def notices_told(env: dict[str, str]) -> int:
+    """The run notices published to the local Pub/Sub emulator's topic (pulled from the
+    stack's subscription): one per status change of every run above."""
+    console.rule("notices: who was told")
+    url = (f"http://{env['PUBSUB_EMULATOR_HOST']}/v1/projects/{env['BACKFILL_PROJECT_ID']}/"
+           f"subscriptions/{NOTICES_SUBSCRIPTION}")
+    told: Counter[str] = Counter()
+    while True:
+        pulled = httpx.post(f"{url}:pull", json={"maxMessages": 500, "returnImmediately": True},
+                            timeout=10).json().get("receivedMessages", [])
+        if not pulled:
+            break
+        httpx.post(f"{url}:acknowledge", json={"ackIds": [m["ackId"] for m in pulled]},
+                   timeout=10)
+        for message in pulled:
+            notice = json.loads(base64.b64decode(message["message"]["data"]))
+            told[f"{notice['type']} {notice['status']}"] += 1
+    console.print(f"  {sum(told.values())} notices on the Pub/Sub topic: "
+                  + ", ".join(f"{count} x {what}" for what, count in sorted(told.items())),
+                  highlight=False)
+    return sum(told.values())
+
+
 def main() -> None:
     env = dict(os.environ)
     if not env.get("FIRESTORE_EMULATOR_HOST") or env.get("BACKFILL_ENV") != "local":
@@ -209,6 +264,8 @@ def main() -> None:
                   f"{verified['errorCodes'] or 'none'}", highlight=False)
 
     recovered = never_arrived(client, db, env)
+    explained = traced(client, db, live["migrationId"])
+    told = notices_told(env)
 
     console.rule("outcome")
     after = ledger_totals(db)
@@ -220,7 +277,8 @@ def main() -> None:
     console.print(f"every wallet equals the sum of its entries, reversals exact: {not problems}")
     for problem in problems[:20]:
         console.print(f"  [red]{problem}[/red]")
-    if problems or not unchanged or not recovered or live["status"] != "completed" or \
+    if problems or not unchanged or not recovered or not explained or not told or \
+            live["status"] != "completed" or \
             reversal["status"] != "completed" or reversal["errors"] or \
             verified["status"] != "completed":
         sys.exit(1)

@@ -95,7 +95,12 @@ def trace(source: TraceSource, field: str, value: str, status_url: str = "") -> 
         balance, total = source.wallet(customer_id)
         wallets.append({"customerId": customer_id, "balance": balance, "entriesSum": total,
                         "matches": (balance or 0) == total})
-    shown_events = [_event(event) for event in events]
+    # The last run that failed each event and has not seen it resolved (its state says so).
+    failed: dict[str, Row] = {}
+    for record in sorted(records, key=lambda row: _when(_time(row.get("at")))):
+        if record.get("eventId") and not record.get("subject") and not record.get("resolvedBy"):
+            failed[str(record["eventId"])] = record
+    shown_events = [_event(event, failed.get(event["eventId"])) for event in events]
     shown_entries = [_entry(entry) for entry in entries]
     shown_records = [_record(record) for record in records]
     did = _deeds(events, entries, records)
@@ -151,12 +156,15 @@ def _gather(source: TraceSource, field: str, value: str) -> tuple[list[Row], lis
                    key=lambda entry: entry["entryId"]))
 
 
-def _event(event: Row) -> Row:
+def _event(event: Row, failed: Row | None = None) -> Row:
     processed = event.get("processed") is True
     by = event.get("backfillMigrationId")
     if processed:
         state = f"processed ({event.get('backfillOutcome')} by {by})" if by else \
             "processed by the live path"
+    elif failed is not None:
+        state = (f"unprocessed: failed in {failed['migrationId']} ({failed.get('code')}); "
+                 "retry that run's failures once the cause is fixed")
     elif event.get("rolledBackBy"):
         state = f"rolled back by {event['rolledBackBy']}; unprocessed"
     else:

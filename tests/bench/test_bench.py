@@ -53,3 +53,4 @@ def test_the_quick_benchmark_measures_every_figure_and_applies_each_event_once(
     assert 2 <= results["costs"]["replay"]["writes_per_event"] <= 3.5
     assert results["memory"]["rss_mib_max"] > 0
     assert results["year"]["status"]["chunks"] == 366
+    assert (results["trace"]["events"], results["trace"]["runs"]) == (100, 1)

@@ -52,10 +52,14 @@ def test_the_stack_answers_as_its_openapi_document_says(
     migration_id = ended_run(gateway, token, clean)
     stack.wait_idle(timeout=120)
     config = tmp_path / "schemathesis.toml"
-    # Every operation on a run acts on this one (no random id would find a run).
+    # Every operation on a run acts on this one (no random id would find a run), and a trace
+    # is of a customer the run credited (data.purchases: c0..c6).
     config.write_text("[[operations]]\n"
                       "include-path-regex = '\\{migrationId\\}'\n"
-                      f"parameters = {{ migrationId = '{migration_id}' }}\n")
+                      f"parameters = {{ migrationId = '{migration_id}' }}\n"
+                      "[[operations]]\n"
+                      "include-path-regex = '/api/admin/trace'\n"
+                      "parameters = { customerId = 'c1' }\n")
 
     result = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",

@@ -30,9 +30,9 @@ from tests.data import assert_ledger_consistent, credited_orders, documents
 from tests.functions.conftest import SOURCE, Harness
 from tests.ledgers import EVENTS, LEDGER, WALLETS, Corruption, Ledger, Plant, corrupt, parse
 
-# A handful of examples each: an example is several whole runs, so CI's suite takes 9 a property
+# A handful of examples each: an example is several whole runs, so CI's suite takes 7 a property
 # (BACKFILL_PROPERTY_EXAMPLES=100 make test looks much further, in about an hour).
-EXAMPLES = settings(max_examples=int(os.environ.get("BACKFILL_PROPERTY_EXAMPLES", "9")),
+EXAMPLES = settings(max_examples=int(os.environ.get("BACKFILL_PROPERTY_EXAMPLES", "7")),
                     deadline=None, database=None, print_blob=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])

@@ -99,6 +99,8 @@ def test_a_customers_trace_lists_exactly_its_history_and_writes_nothing(
             ("rolled_back", f"rollback_{rollback}_reversal_r1", "")} <= deeds(trace, rollback)
     assert {("reinstated", f"reinstate_{rollback}_purchase_o1", ""),
             ("applied", "e1", ""), ("applied", "r1", "")} <= deeds(trace, again)
+    assert next(event for event in trace["events"] if event["eventId"] == "e2")["state"] == \
+        f"processed (applied by {retry})"
     error = next(record for record in trace["records"] if record["eventId"] == "e2")
     assert (error["migrationId"], error["code"], error["resolvedBy"]) == (
         replay, "product_not_found", retry)
@@ -142,6 +144,8 @@ def test_an_orders_and_an_events_trace_and_refusals(harness: Harness) -> None:
     assert [run["migrationId"] for run in refund["runs"]] == [replay]
     # A refund whose purchase never came: its error, and no customer to show.
     assert orphan["customers"] == [] and orphan["entries"] == []
+    assert orphan["events"][0]["state"].startswith(
+        f"unprocessed: failed in {replay} (purchase_not_found); retry")
     assert [(record["migrationId"], record["code"]) for record in orphan["records"]] == [
         (replay, "purchase_not_found")]
     statuses = {name: response.status_code for name, response in answers.items()}
