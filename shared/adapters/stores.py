@@ -300,7 +300,9 @@ class FirestoreSwitch:
         return before
 
 
-_ADMIT_ATTEMPTS = 10
+# Racing admissions retry their transaction (the emulator aborts all but one per round); a
+# run and its first notice are created in it.
+_ADMIT_ATTEMPTS = 25
 
 
 class FirestoreRuns:
